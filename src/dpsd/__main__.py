@@ -1,0 +1,3 @@
+from dpsd.cli import main
+
+main()

@@ -1,0 +1,98 @@
+"""The composition root: builds every part of dpsd from one Settings object."""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from dpsd.domain.ids import format_id_scope
+from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
+from dpsd.http.app import ServiceApiApp
+from dpsd.http.routing import Router
+from dpsd.http.service_api import EnrollmentHandlers
+from dpsd.service.enrollments import EnrollmentService
+from dpsd.settings import Settings
+from dpsd.storage.engine import create_engine
+from dpsd.storage.migrate import migrate
+from dpsd.storage.sql import (
+    SqlEnrollmentRepository,
+    SqlInstanceRepository,
+    SqlRegistrationStateRepository,
+)
+from dpsd.tls import TlsFiles, ensure_tls
+
+OWNER_POLICY = "provisioningserviceowner"
+_DEFAULT_POLICIES: dict[str, AccessRights] = {
+    OWNER_POLICY: ALL_RIGHTS,
+    "enrollmentread": AccessRights.ENROLLMENT_READ,
+    "enrollmentwrite": AccessRights.ENROLLMENT_READ | AccessRights.ENROLLMENT_WRITE,
+    "registrationstatusread": AccessRights.REGISTRATION_STATUS_READ,
+    "registrationstatuswrite": AccessRights.REGISTRATION_STATUS_READ
+    | AccessRights.REGISTRATION_STATUS_WRITE,
+}
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class SystemEntropy:
+    def random_bytes(self, count: int) -> bytes:
+        return os.urandom(count)
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    settings: Settings
+    asgi_app: ServiceApiApp
+    id_scope: str
+    policies: dict[str, SharedAccessPolicy]
+    tls: TlsFiles
+
+    def connection_string(self, port: int, policy_name: str = OWNER_POLICY) -> str:
+        host = self.settings.hostname if port == 443 else f"{self.settings.hostname}:{port}"
+        policy = self.policies[policy_name]
+        return (
+            f"HostName={host};SharedAccessKeyName={policy.name};"
+            f"SharedAccessKey={policy.primary_key}"
+        )
+
+
+def _new_policies(entropy: SystemEntropy) -> list[SharedAccessPolicy]:
+    def key() -> str:
+        return base64.b64encode(entropy.random_bytes(32)).decode()
+
+    return [
+        SharedAccessPolicy(name=name, primary_key=key(), secondary_key=key(), rights=rights)
+        for name, rights in _DEFAULT_POLICIES.items()
+    ]
+
+
+@asynccontextmanager
+async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """Prepare the data dir and the store, then hand out a ready runtime."""
+    clock, entropy = SystemClock(), SystemEntropy()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    tls = ensure_tls(settings.data_dir, settings.certificate_names, clock.now())
+    engine = create_engine(settings.database_url)
+    try:
+        await migrate(engine)
+        id_scope, policies = await SqlInstanceRepository(engine).ensure(
+            format_id_scope(entropy.random_bytes(4)), _new_policies(entropy)
+        )
+        service = EnrollmentService(
+            enrollments=SqlEnrollmentRepository(engine),
+            registration_states=SqlRegistrationStateRepository(engine),
+            clock=clock,
+            entropy=entropy,
+        )
+        by_name = {policy.name: policy for policy in policies}
+        app = ServiceApiApp(Router(EnrollmentHandlers(service).routes()), by_name, clock.now)
+        yield Runtime(settings, app, id_scope, by_name, tls)
+    finally:
+        await engine.dispose()

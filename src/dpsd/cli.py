@@ -1,0 +1,159 @@
+"""The ``dpsd`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from dpsd.app import Runtime, build_runtime
+from dpsd.server import Endpoints, endpoints_file, serve
+from dpsd.settings import DEFAULT_HOST, DEFAULT_HOSTNAME, DEFAULT_HTTPS_PORT, Settings, default_data_dir
+
+cli = typer.Typer(
+    help="dpsd: a self-hostable Azure IoT Hub Device Provisioning Service.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option("--data-dir", envvar="DPSD_DATA_DIR", help="Where dpsd keeps its state.", show_default=False),
+]
+Database = Annotated[
+    str | None,
+    typer.Option(
+        "--database",
+        envvar="DPSD_DATABASE",
+        help="postgresql://... to share a store between instances (default: SQLite in the data dir).",
+    ),
+]
+Host = Annotated[str, typer.Option("--host", envvar="DPSD_HOST", help="Address to listen on.")]
+HttpsPort = Annotated[int, typer.Option("--https-port", envvar="DPSD_HTTPS_PORT", help="HTTPS port (0: any free port).")]
+HttpPort = Annotated[
+    int | None,
+    typer.Option("--http-port", envvar="DPSD_HTTP_PORT", help="Also serve plain HTTP on this port (off by default)."),
+]
+Hostname = Annotated[
+    str,
+    typer.Option("--hostname", envvar="DPSD_HOSTNAME", help="Name clients use to reach dpsd (connection string, certificate)."),
+]
+TlsNames = Annotated[
+    list[str] | None,
+    typer.Option("--tls-name", envvar="DPSD_TLS_NAMES", help="More names or addresses for the server certificate."),
+]
+
+
+def _settings(
+    data_dir: Path | None,
+    database: str | None,
+    host: str,
+    https_port: int,
+    http_port: int | None,
+    hostname: str,
+    tls_names: list[str] | None,
+) -> Settings:
+    names = tuple(name.strip() for entry in tls_names or [] for name in entry.split(",") if name.strip())
+    try:
+        return Settings(
+            data_dir=(data_dir or default_data_dir()).expanduser().resolve(),
+            host=host,
+            https_port=https_port,
+            http_port=http_port,
+            database=database,
+            hostname=hostname,
+            tls_names=names,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
+
+
+def _print_banner(console: Console, runtime: Runtime, endpoints: Endpoints) -> None:
+    port = int(endpoints.https.rsplit(":", 1)[1])
+    console.print("[bold]dpsd[/bold] is serving the Device Provisioning Service API")
+    console.print(f"  HTTPS endpoint     {endpoints.https}")
+    console.print(f"  HTTP endpoint      {endpoints.http or 'off'}")
+    console.print(f"  ID scope           {runtime.id_scope}")
+    console.print(f"  Connection string  {runtime.connection_string(port)}", soft_wrap=True)
+    console.print(f"  CA certificate     {runtime.tls.ca_certificate}")
+    console.print(f"  Data               {runtime.settings.database_url if runtime.settings.database is None else 'PostgreSQL'}")
+    console.print("Stop with Ctrl+C.")
+
+
+@cli.command("serve")
+def serve_command(
+    data_dir: DataDir = None,
+    database: Database = None,
+    host: Host = DEFAULT_HOST,
+    https_port: HttpsPort = DEFAULT_HTTPS_PORT,
+    http_port: HttpPort = None,
+    hostname: Hostname = DEFAULT_HOSTNAME,
+    tls_name: TlsNames = None,
+) -> None:
+    """Serve the DPS service API over HTTPS (and optionally plain HTTP)."""
+    settings = _settings(data_dir, database, host, https_port, http_port, hostname, tls_name)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console = Console(highlight=False)
+
+    async def run() -> None:
+        async with build_runtime(settings) as runtime:
+            await serve(runtime, lambda endpoints: _print_banner(console, runtime, endpoints))
+
+    asyncio.run(run())
+    console.print("dpsd stopped.")
+
+
+@cli.command("info")
+def info_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    data_dir: DataDir = None,
+    database: Database = None,
+    host: Host = DEFAULT_HOST,
+    https_port: HttpsPort = DEFAULT_HTTPS_PORT,
+    http_port: HttpPort = None,
+    hostname: Hostname = DEFAULT_HOSTNAME,
+    tls_name: TlsNames = None,
+) -> None:
+    """Print the ID scope, service connection string, CA path and endpoints.
+
+    Initialises the data dir when it is new, exactly as the first ``dpsd serve`` would.
+    """
+    settings = _settings(data_dir, database, host, https_port, http_port, hostname, tls_name)
+
+    async def read() -> tuple[Runtime, Endpoints]:
+        async with build_runtime(settings) as runtime:
+            return runtime, _endpoints_of(settings)
+
+    runtime, endpoints = asyncio.run(read())
+    port = int(endpoints.https.rsplit(":", 1)[1])
+    info = {
+        "idScope": runtime.id_scope,
+        "serviceConnectionString": runtime.connection_string(port),
+        "caCertificatePath": str(runtime.tls.ca_certificate),
+        "endpoints": endpoints.as_json(),
+    }
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    console = Console(highlight=False)
+    for key, value in info.items():
+        console.print(f"{key:26} {value}", soft_wrap=True)
+
+
+def _endpoints_of(settings: Settings) -> Endpoints:
+    """The endpoints of the server running on this data dir, else those the settings name."""
+    path = endpoints_file(settings.data_dir)
+    if path.exists():
+        recorded = json.loads(path.read_text())
+        return Endpoints(https=recorded["https"], http=recorded.get("http"))
+    http = None if settings.http_port is None else f"http://{settings.hostname}:{settings.http_port}"
+    return Endpoints(https=f"https://{settings.hostname}:{settings.https_port}", http=http)
+
+
+def main() -> None:
+    cli()

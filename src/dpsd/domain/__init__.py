@@ -1,0 +1,1 @@
+"""The DPS vocabulary: enrollments, attestation, access policies. Pure: no I/O, no clock."""

@@ -1,0 +1,1 @@
+"""The HTTPS edge: the DPS service API as an ASGI application."""

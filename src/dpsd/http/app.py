@@ -1,0 +1,121 @@
+"""The ASGI application: routing, api-version, authentication, body limits and errors.
+
+Handlers only translate between the wire and the use cases; everything a request must
+pass before reaching one happens here, once.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from dpsd.domain.sas import SharedAccessPolicy
+from dpsd.domain.timestamps import format_timestamp
+from dpsd.http.errors import (
+    InvalidApiVersion,
+    MethodNotAllowed,
+    message_of,
+    status_and_code,
+)
+from dpsd.http.routing import Router
+from dpsd.http.schemas import ErrorDetailsWire
+from dpsd.service.auth import authenticate, require
+
+logger = logging.getLogger("dpsd.http")
+
+JSON = "application/json; charset=utf-8"
+REQUEST_ID_HEADER = "x-ms-request-id"
+SERVICE_API_VERSIONS = frozenset(
+    {"2017-11-15", "2018-04-01", "2018-09-01-preview", "2019-03-31", "2021-06-01", "2021-10-01"}
+)
+_encoder = msgspec.json.Encoder()
+
+
+def json_response(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(_encoder.encode(body), status_code=status, headers=headers, media_type=JSON)
+
+
+class ServiceApiApp:
+    """An ASGI app serving one route table with DPS authentication and error handling."""
+
+    def __init__(
+        self,
+        router: Router,
+        policies: Mapping[str, SharedAccessPolicy],
+        now: Callable[[], datetime],
+    ) -> None:
+        self._router = router
+        self._policies = policies
+        self._now = now
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
+        request_id = str(uuid.uuid4())
+        try:
+            response = await self._handle(request)
+        except Exception as error:  # noqa: BLE001 - the one place errors become responses
+            response = self._error_response(error, request_id)
+        response.headers[REQUEST_ID_HEADER] = request_id
+        await response(scope, receive, send)
+
+    async def _handle(self, request: Request) -> Response:
+        route, params = self._router.resolve(request.method, request.scope.get("raw_path") or b"/")
+        _check_api_version(request)
+        if route.right is not None:
+            policy = authenticate(
+                request.headers.get("authorization"),
+                self._policies,
+                now=int(self._now().timestamp()),
+                host=request.url.hostname or "",
+            )
+            require(policy, route.right)
+        return await route.handler(request, params)
+
+    def _error_response(self, error: Exception, request_id: str) -> Response:
+        status, code = status_and_code(error)
+        message = message_of(error)
+        if status >= 500:
+            logger.exception("request %s failed", request_id, exc_info=error)
+            message = "The service failed to handle the request; the tracking id identifies it"
+        body = ErrorDetailsWire(
+            error_code=code,
+            tracking_id=request_id,
+            message=message,
+            timestamp_utc=format_timestamp(self._now()),
+            info={},
+        )
+        headers = {"x-ms-error-code": str(code)}
+        if isinstance(error, MethodNotAllowed):
+            headers["allow"] = ", ".join(error.allowed)
+        return json_response(body, status, headers)
+
+
+def _check_api_version(request: Request) -> None:
+    version = request.query_params.get("api-version")
+    if not version:
+        raise InvalidApiVersion("The api-version query parameter is required (2021-10-01)")
+    if version not in SERVICE_API_VERSIONS:
+        known = ", ".join(sorted(SERVICE_API_VERSIONS))
+        raise InvalidApiVersion(f"api-version {version!r} is not supported; use one of {known}")
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

@@ -1,0 +1,95 @@
+"""Runs the listeners of ``dpsd serve`` on uvicorn until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvicorn
+
+from dpsd.app import Runtime
+
+
+class _Server(uvicorn.Server):
+    """dpsd runs several listeners in one loop and handles signals itself."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    https: str
+    http: str | None
+
+    def as_json(self) -> dict[str, str | None]:
+        return {"https": self.https, "http": self.http}
+
+
+def endpoints_file(data_dir: Path) -> Path:
+    """Written while a server runs, so that ``dpsd info`` reports the ports it really bound."""
+    return data_dir / "endpoints.json"
+
+
+def _bound_port(server: uvicorn.Server) -> int:
+    port: int = server.servers[0].sockets[0].getsockname()[1]
+    return port
+
+
+async def serve(runtime: Runtime, on_ready: Callable[[Endpoints], None]) -> None:
+    settings = runtime.settings
+    common = {"host": settings.host, "log_level": "warning", "lifespan": "off", "access_log": False}
+    listeners = [
+        _Server(
+            uvicorn.Config(
+                runtime.asgi_app,
+                port=settings.https_port,
+                ssl_certfile=str(runtime.tls.server_certificate),
+                ssl_keyfile=str(runtime.tls.server_key),
+                **common,  # type: ignore[arg-type]
+            )
+        )
+    ]
+    if settings.http_port is not None:
+        listeners.append(_Server(uvicorn.Config(runtime.asgi_app, port=settings.http_port, **common)))  # type: ignore[arg-type]
+
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, _stop, listeners)
+    tasks = [asyncio.create_task(listener.serve()) for listener in listeners]
+    try:
+        while not all(listener.started for listener in listeners):
+            if any(task.done() for task in tasks):
+                break
+            await asyncio.sleep(0.02)
+        if all(listener.started for listener in listeners):
+            endpoints = _endpoints(runtime, listeners)
+            path = endpoints_file(settings.data_dir)
+            path.write_text(json.dumps(endpoints.as_json()))
+            on_ready(endpoints)
+        await asyncio.gather(*tasks)
+    finally:
+        endpoints_file(settings.data_dir).unlink(missing_ok=True)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    failed = [task for task in tasks if task.exception() is not None]
+    if failed or not all(listener.started for listener in listeners):
+        raise SystemExit(f"dpsd could not listen on {settings.host}: is the port in use?")
+
+
+def _stop(listeners: list[_Server]) -> None:
+    for listener in listeners:
+        listener.should_exit = True
+
+
+def _endpoints(runtime: Runtime, listeners: list[_Server]) -> Endpoints:
+    hostname = runtime.settings.hostname
+    https = f"https://{hostname}:{_bound_port(listeners[0])}"
+    http = f"http://{hostname}:{_bound_port(listeners[1])}" if len(listeners) > 1 else None
+    return Endpoints(https=https, http=http)

@@ -1,0 +1,1 @@
+"""Use cases of the DPS service API, shared by every protocol adapter."""

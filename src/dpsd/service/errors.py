@@ -1,0 +1,53 @@
+"""Errors raised by the use cases. Each carries the data the edge needs to report it.
+
+    ServiceError
+    ├── Unauthorized             no valid credential, or a credential without the right
+    ├── NotFound
+    │   └── EnrollmentNotFound
+    ├── EnrollmentAlreadyExists  create without If-Match on an existing record
+    ├── PreconditionFailed       If-Match does not name the current etag
+    └── BadRequest               a request the service cannot act on (bad paging token, ...)
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Unauthorized(ServiceError):
+    pass
+
+
+class NotFound(ServiceError):
+    pass
+
+
+class EnrollmentNotFound(NotFound):
+    def __init__(self, registration_id: str) -> None:
+        super().__init__(f"Enrollment with registration id {registration_id!r} was not found")
+        self.registration_id = registration_id
+
+
+class EnrollmentAlreadyExists(ServiceError):
+    def __init__(self, registration_id: str) -> None:
+        super().__init__(
+            f"Enrollment {registration_id!r} already exists; to update it, send If-Match "
+            "with its etag (or '*')"
+        )
+        self.registration_id = registration_id
+
+
+class PreconditionFailed(ServiceError):
+    def __init__(self, registration_id: str) -> None:
+        super().__init__(
+            f"The etag in If-Match does not match the current etag of {registration_id!r}"
+        )
+        self.registration_id = registration_id
+
+
+class BadRequest(ServiceError):
+    pass

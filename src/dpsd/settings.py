@@ -1,0 +1,62 @@
+"""The one frozen settings object every part of dpsd is built from."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HTTPS_PORT = 8443
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_HOSTNAME = "localhost"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "dpsd"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """``hostname`` is the name clients use to reach dpsd: it goes into the service
+    connection string and the server certificate. ``tls_names`` adds more names."""
+
+    data_dir: Path
+    host: str = DEFAULT_HOST
+    https_port: int = DEFAULT_HTTPS_PORT
+    http_port: int | None = None
+    database: str | None = None
+    hostname: str = DEFAULT_HOSTNAME
+    tls_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, port in (("https port", self.https_port), ("http port", self.http_port)):
+            if port is not None and not 0 <= port <= 65535:
+                raise ValueError(f"the {name} must be between 0 and 65535, not {port}")
+        if self.http_port is not None and self.http_port == self.https_port != 0:
+            raise ValueError("the https and http listeners need different ports")
+        if not self.hostname:
+            raise ValueError("the hostname must not be empty")
+        if self.database is not None and not self.database.startswith(("sqlite:", "postgresql")):
+            raise ValueError("the database must be a sqlite:/// or postgresql:// URL")
+
+    @property
+    def database_url(self) -> str:
+        return self.database or f"sqlite:///{self.data_dir / 'dpsd.db'}"
+
+    @property
+    def certificate_names(self) -> tuple[str, ...]:
+        """Names the server certificate must cover."""
+        names = ["localhost", "127.0.0.1", "::1", self.hostname, *self.tls_names]
+        if _is_specific_address(self.host):
+            names.append(self.host)
+        return tuple(dict.fromkeys(names))
+
+
+def _is_specific_address(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return bool(host)
+    return not address.is_unspecified

@@ -1,0 +1,51 @@
+"""Tables, one metadata for SQLite and PostgreSQL.
+
+Each record is a JSON document plus the columns that queries filter on.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+enrollments = sa.Table(
+    "enrollments",
+    metadata,
+    sa.Column("id_key", sa.String(128), primary_key=True),
+    sa.Column("registration_id", sa.String(128), nullable=False),
+    sa.Column("etag", sa.String(64), nullable=False),
+    sa.Column("provisioning_status", sa.String(16), nullable=False),
+    sa.Column("device_id", sa.String(128), nullable=True),
+    sa.Column("iot_hub_host_name", sa.String(255), nullable=True),
+    sa.Column("attestation_type", sa.String(16), nullable=False),
+    sa.Column("allocation_policy", sa.String(16), nullable=True),
+    sa.Column("iot_edge", sa.Boolean, nullable=False),
+    sa.Column("document", sa.Text, nullable=False),
+)
+
+registration_states = sa.Table(
+    "registration_states",
+    metadata,
+    sa.Column("id_key", sa.String(128), primary_key=True),
+    sa.Column("registration_id", sa.String(128), nullable=False),
+    sa.Column("etag", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("document", sa.Text, nullable=False),
+)
+
+instance = sa.Table(
+    "instance",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+access_policies = sa.Table(
+    "access_policies",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("primary_key", sa.String(128), nullable=False),
+    sa.Column("secondary_key", sa.String(128), nullable=False),
+    sa.Column("rights", sa.String(255), nullable=False),
+)
