@@ -99,7 +99,7 @@ class EnrollmentService:
                     continue
             if wanted not in (WILDCARD, current.etag):
                 raise PreconditionFailed(path_id)
-            enrollment = self._build(draft, current, created=current.created)
+            enrollment = self._build(draft, current, created=current.created, now=self.clock.now())
             if await self.enrollments.replace(enrollment, expected_etag=current.etag):
                 return enrollment
             if wanted != WILDCARD:
@@ -107,7 +107,8 @@ class EnrollmentService:
         raise PreconditionFailed(path_id)
 
     async def _create(self, draft: IndividualEnrollmentDraft) -> IndividualEnrollment:
-        enrollment = self._build(draft, None, created=self.clock.now())
+        now = self.clock.now()
+        enrollment = self._build(draft, None, created=now, now=now)
         if not await self.enrollments.add(enrollment):
             raise EnrollmentAlreadyExists(draft.registration_id)
         return enrollment
@@ -118,6 +119,7 @@ class EnrollmentService:
         stored: IndividualEnrollment | None,
         *,
         created: datetime,
+        now: datetime,
     ) -> IndividualEnrollment:
         attestation = self._complete_attestation(
             draft.settings.attestation, stored.settings.attestation if stored else None
@@ -127,7 +129,7 @@ class EnrollmentService:
             settings=replace(draft.settings, attestation=attestation),
             etag=new_etag(self.entropy.random_bytes(16)),
             created=created,
-            last_updated=self.clock.now(),
+            last_updated=now,
             device_id=draft.device_id,
             optional_device_information=draft.optional_device_information,
         )
