@@ -13,7 +13,13 @@ from rich.console import Console
 
 from dpsd.app import Runtime, build_runtime
 from dpsd.server import Endpoints, endpoints_file, serve
-from dpsd.settings import DEFAULT_HOST, DEFAULT_HOSTNAME, DEFAULT_HTTPS_PORT, Settings, default_data_dir
+from dpsd.settings import (
+    DEFAULT_HOST,
+    DEFAULT_HOSTNAME,
+    DEFAULT_HTTPS_PORT,
+    Settings,
+    default_data_dir,
+)
 
 cli = typer.Typer(
     help="dpsd: a self-hostable Azure IoT Hub Device Provisioning Service.",
@@ -23,29 +29,46 @@ cli = typer.Typer(
 
 DataDir = Annotated[
     Path | None,
-    typer.Option("--data-dir", envvar="DPSD_DATA_DIR", help="Where dpsd keeps its state.", show_default=False),
+    typer.Option(
+        "--data-dir", envvar="DPSD_DATA_DIR", help="Where dpsd keeps its state.", show_default=False
+    ),
 ]
 Database = Annotated[
     str | None,
     typer.Option(
         "--database",
         envvar="DPSD_DATABASE",
-        help="postgresql://... to share a store between instances (default: SQLite in the data dir).",
+        help="postgresql://... to share one store between instances (default: SQLite).",
     ),
 ]
 Host = Annotated[str, typer.Option("--host", envvar="DPSD_HOST", help="Address to listen on.")]
-HttpsPort = Annotated[int, typer.Option("--https-port", envvar="DPSD_HTTPS_PORT", help="HTTPS port (0: any free port).")]
+HttpsPort = Annotated[
+    int,
+    typer.Option("--https-port", envvar="DPSD_HTTPS_PORT", help="HTTPS port (0: any free port)."),
+]
 HttpPort = Annotated[
     int | None,
-    typer.Option("--http-port", envvar="DPSD_HTTP_PORT", help="Also serve plain HTTP on this port (off by default)."),
+    typer.Option(
+        "--http-port",
+        envvar="DPSD_HTTP_PORT",
+        help="Also serve plain HTTP on this port (off by default).",
+    ),
 ]
 Hostname = Annotated[
     str,
-    typer.Option("--hostname", envvar="DPSD_HOSTNAME", help="Name clients use to reach dpsd (connection string, certificate)."),
+    typer.Option(
+        "--hostname",
+        envvar="DPSD_HOSTNAME",
+        help="Name clients use to reach dpsd (connection string, certificate).",
+    ),
 ]
 TlsNames = Annotated[
     list[str] | None,
-    typer.Option("--tls-name", envvar="DPSD_TLS_NAMES", help="More names or addresses for the server certificate."),
+    typer.Option(
+        "--tls-name",
+        envvar="DPSD_TLS_NAMES",
+        help="More names or addresses for the server certificate.",
+    ),
 ]
 
 
@@ -58,7 +81,9 @@ def _settings(
     hostname: str,
     tls_names: list[str] | None,
 ) -> Settings:
-    names = tuple(name.strip() for entry in tls_names or [] for name in entry.split(",") if name.strip())
+    names = tuple(
+        name.strip() for entry in tls_names or [] for name in entry.split(",") if name.strip()
+    )
     try:
         return Settings(
             data_dir=(data_dir or default_data_dir()).expanduser().resolve(),
@@ -81,7 +106,8 @@ def _print_banner(console: Console, runtime: Runtime, endpoints: Endpoints) -> N
     console.print(f"  ID scope           {runtime.id_scope}")
     console.print(f"  Connection string  {runtime.connection_string(port)}", soft_wrap=True)
     console.print(f"  CA certificate     {runtime.tls.ca_certificate}")
-    console.print(f"  Data               {runtime.settings.database_url if runtime.settings.database is None else 'PostgreSQL'}")
+    store = "PostgreSQL" if runtime.settings.database else runtime.settings.database_url
+    console.print(f"  Store              {store}")
     console.print("Stop with Ctrl+C.")
 
 
@@ -97,7 +123,9 @@ def serve_command(
 ) -> None:
     """Serve the DPS service API over HTTPS (and optionally plain HTTP)."""
     settings = _settings(data_dir, database, host, https_port, http_port, hostname, tls_name)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     console = Console(highlight=False)
 
     async def run() -> None:
@@ -151,7 +179,9 @@ def _endpoints_of(settings: Settings) -> Endpoints:
     if path.exists():
         recorded = json.loads(path.read_text())
         return Endpoints(https=recorded["https"], http=recorded.get("http"))
-    http = None if settings.http_port is None else f"http://{settings.hostname}:{settings.http_port}"
+    http = (
+        None if settings.http_port is None else f"http://{settings.hostname}:{settings.http_port}"
+    )
     return Endpoints(https=f"https://{settings.hostname}:{settings.https_port}", http=http)
 
 

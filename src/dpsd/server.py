@@ -44,20 +44,9 @@ def _bound_port(server: uvicorn.Server) -> int:
 
 async def serve(runtime: Runtime, on_ready: Callable[[Endpoints], None]) -> None:
     settings = runtime.settings
-    common = {"host": settings.host, "log_level": "warning", "lifespan": "off", "access_log": False}
-    listeners = [
-        _Server(
-            uvicorn.Config(
-                runtime.asgi_app,
-                port=settings.https_port,
-                ssl_certfile=str(runtime.tls.server_certificate),
-                ssl_keyfile=str(runtime.tls.server_key),
-                **common,  # type: ignore[arg-type]
-            )
-        )
-    ]
+    listeners = [_listener(runtime, settings.https_port, tls=True)]
     if settings.http_port is not None:
-        listeners.append(_Server(uvicorn.Config(runtime.asgi_app, port=settings.http_port, **common)))  # type: ignore[arg-type]
+        listeners.append(_listener(runtime, settings.http_port, tls=False))
 
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -81,6 +70,20 @@ async def serve(runtime: Runtime, on_ready: Callable[[Endpoints], None]) -> None
     failed = [task for task in tasks if task.exception() is not None]
     if failed or not all(listener.started for listener in listeners):
         raise SystemExit(f"dpsd could not listen on {settings.host}: is the port in use?")
+
+
+def _listener(runtime: Runtime, port: int, *, tls: bool) -> _Server:
+    config = uvicorn.Config(
+        runtime.asgi_app,
+        host=runtime.settings.host,
+        port=port,
+        ssl_certfile=str(runtime.tls.server_certificate) if tls else None,
+        ssl_keyfile=str(runtime.tls.server_key) if tls else None,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+    )
+    return _Server(config)
 
 
 def _stop(listeners: list[_Server]) -> None:

@@ -87,7 +87,9 @@ def _strip_certificates(certificates: X509Certificates | None) -> X509Certificat
     def strip(entry: X509CertificateWithInfo | None) -> X509CertificateWithInfo | None:
         return None if entry is None else X509CertificateWithInfo(info=entry.info)
 
-    return X509Certificates(primary=strip(certificates.primary), secondary=strip(certificates.secondary))
+    return X509Certificates(
+        primary=strip(certificates.primary), secondary=strip(certificates.secondary)
+    )
 
 
 def check_consistent(mechanism: AttestationMechanism) -> None:
@@ -104,7 +106,9 @@ def check_consistent(mechanism: AttestationMechanism) -> None:
             f"{', '.join(repr(name) for name in extra)}; send only the mechanism the type names"
         )
     if mechanism.type == AttestationType.TPM and mechanism.tpm is None:
-        raise InvalidAttestation("attestation type 'tpm' needs a 'tpm' object with an endorsementKey")
+        raise InvalidAttestation(
+            "attestation type 'tpm' needs a 'tpm' object with an endorsementKey"
+        )
     if mechanism.type == AttestationType.X509 and mechanism.x509 is None:
         raise InvalidAttestation("attestation type 'x509' needs an 'x509' object")
 
@@ -141,7 +145,10 @@ def complete_symmetric_key(
 
 
 def check_tpm(tpm: TpmAttestation) -> None:
-    for name, value in (("endorsementKey", tpm.endorsement_key), ("storageRootKey", tpm.storage_root_key)):
+    for name, value in (
+        ("endorsementKey", tpm.endorsement_key),
+        ("storageRootKey", tpm.storage_root_key),
+    ):
         if value is None:
             continue
         try:
@@ -182,7 +189,9 @@ def _complete_certificate(
             certificate = load_certificate(given.certificate)
         except InvalidAttestation as error:
             raise type(error)(f"{where}.certificate: {error.message}") from error
-        return X509CertificateWithInfo(certificate=to_pem(certificate), info=certificate_info(certificate))
+        return X509CertificateWithInfo(
+            certificate=to_pem(certificate), info=certificate_info(certificate)
+        )
     if (
         stored is not None
         and given.info is not None

@@ -97,7 +97,11 @@ def check_settings(settings: EnrollmentSettings) -> None:
         raise ValidationError("allocationPolicy 'custom' needs a customAllocationDefinition")
     if definition is not None:
         _check_webhook(definition)
-    if policy == AllocationPolicy.STATIC and settings.iot_hubs is not None and len(settings.iot_hubs) > 1:
+    if (
+        policy == AllocationPolicy.STATIC
+        and settings.iot_hubs is not None
+        and len(settings.iot_hubs) > 1
+    ):
         raise ValidationError("allocationPolicy 'static' takes exactly one IoT hub in iotHubs")
     for hub in settings.iot_hubs or ():
         if not hub or len(hub) > 255 or any(character.isspace() for character in hub):
@@ -112,7 +116,8 @@ def _check_webhook(definition: CustomAllocationDefinition) -> None:
     if definition.api_version not in _KNOWN_WEBHOOK_API_VERSIONS:
         known = ", ".join(sorted(_KNOWN_WEBHOOK_API_VERSIONS))
         raise ValidationError(
-            f"customAllocationDefinition.apiVersion {definition.api_version!r} is not one of {known}"
+            f"customAllocationDefinition.apiVersion {definition.api_version!r} "
+            f"is not one of {known}"
         )
 
 

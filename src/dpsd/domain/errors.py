@@ -1,12 +1,12 @@
 """Errors raised by the domain.
 
-    DomainError
-    ├── ValidationError           input that breaks a DPS rule
-    │   ├── InvalidRegistrationId
-    │   ├── InvalidAttestation
-    │   ├── InvalidCertificate
-    │   └── InvalidQuery
-    └── InvalidToken              a SharedAccessSignature that cannot be parsed
+DomainError
+├── ValidationError           input that breaks a DPS rule
+│   ├── InvalidRegistrationId
+│   ├── InvalidAttestation
+│   ├── InvalidCertificate
+│   └── InvalidQuery
+└── InvalidToken              a SharedAccessSignature that cannot be parsed
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ class SharedAccessPolicy:
     secondary_key: str
     rights: AccessRights
 
-    def keys(self) -> tuple[bytes, bytes]:
+    def signing_keys(self) -> tuple[bytes, bytes]:
         return base64.b64decode(self.primary_key), base64.b64decode(self.secondary_key)
 
 

@@ -38,7 +38,9 @@ SERVICE_API_VERSIONS = frozenset(
 _encoder = msgspec.json.Encoder()
 
 
-def json_response(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+def json_response(
+    body: object, status: int = 200, headers: Mapping[str, str] | None = None
+) -> Response:
     return Response(_encoder.encode(body), status_code=status, headers=headers, media_type=JSON)
 
 

@@ -60,5 +60,7 @@ class Router:
                 return route, params
             allowed.append(route.method)
         if allowed:
-            raise MethodNotAllowed(f"{method} is not allowed here; use {', '.join(allowed)}", allowed)
+            raise MethodNotAllowed(
+                f"{method} is not allowed here; use {', '.join(allowed)}", allowed
+            )
         raise RouteNotFound("No such resource in the Device Provisioning Service API")

@@ -17,8 +17,8 @@ from dpsd.domain.attestation import (
     TpmAttestation,
     X509Attestation,
     X509CAReferences,
-    X509CertificateWithInfo,
     X509Certificates,
+    X509CertificateWithInfo,
 )
 from dpsd.domain.enrollment import (
     AllocationPolicy,
@@ -240,9 +240,7 @@ def _settings_to_domain(wire: IndividualEnrollmentWire) -> EnrollmentSettings:
     if wire.custom_allocation_definition is not None:
         definition = wire.custom_allocation_definition
         if not definition.webhook_url or not definition.api_version:
-            raise ValidationError(
-                "customAllocationDefinition needs both webhookUrl and apiVersion"
-            )
+            raise ValidationError("customAllocationDefinition needs both webhookUrl and apiVersion")
         custom = CustomAllocationDefinition(definition.webhook_url, definition.api_version)
     return EnrollmentSettings(
         attestation=attestation_to_domain(wire.attestation),
@@ -301,7 +299,9 @@ def _certificates_to_wire(certificates: X509Certificates | None) -> Certificates
             return None
         return CertificateWithInfoWire(info=_info_to_wire(value.info))
 
-    return CertificatesWire(primary=entry(certificates.primary), secondary=entry(certificates.secondary))
+    return CertificatesWire(
+        primary=entry(certificates.primary), secondary=entry(certificates.secondary)
+    )
 
 
 def attestation_to_wire(mechanism: AttestationMechanism) -> AttestationWire:
@@ -322,7 +322,9 @@ def attestation_to_wire(mechanism: AttestationMechanism) -> AttestationWire:
             if x509.ca_references is None
             else CAReferencesWire(x509.ca_references.primary, x509.ca_references.secondary),
         ),
-        symmetric_key=None if keys is None else SymmetricKeyWire(keys.primary_key, keys.secondary_key),
+        symmetric_key=None
+        if keys is None
+        else SymmetricKeyWire(keys.primary_key, keys.secondary_key),
     )
 
 
@@ -342,7 +344,9 @@ def registration_state_to_wire(state: DeviceRegistrationState) -> RegistrationSt
     )
 
 
-def enrollment_to_wire(enrollment: IndividualEnrollment, *, secrets: bool) -> IndividualEnrollmentWire:
+def enrollment_to_wire(
+    enrollment: IndividualEnrollment, *, secrets: bool
+) -> IndividualEnrollmentWire:
     """``secrets``: the PUT response carries the keys (clients read generated keys there);
     GET and query leave them out."""
     settings = enrollment.settings
@@ -372,4 +376,3 @@ def enrollment_to_wire(enrollment: IndividualEnrollment, *, secrets: bool) -> In
         if custom is None
         else CustomAllocationWire(custom.webhook_url, custom.api_version),
     )
-

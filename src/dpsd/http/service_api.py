@@ -130,7 +130,9 @@ class EnrollmentHandlers:
         for index, wire in enumerate(operation.enrollments):
             if mode == BulkMode.DELETE and wire.attestation is None:
                 # Deleting needs nothing but the id.
-                wire = msgspec.structs.replace(wire, attestation=AttestationWire(type=AttestationType.NONE))
+                wire = msgspec.structs.replace(
+                    wire, attestation=AttestationWire(type=AttestationType.NONE)
+                )
             try:
                 drafts.append(enrollment_to_draft(wire))
             except DomainError as error:

@@ -37,7 +37,7 @@ def authenticate(
     policy = policies.get(token.key_name or "")
     if policy is None:
         raise Unauthorized("The token names no shared access policy this service knows (skn)")
-    if not any(signed_by(token, key) for key in policy.keys()):
+    if not any(signed_by(token, key) for key in policy.signing_keys()):
         raise Unauthorized("The token's signature does not match the policy's keys")
     if token.expiry <= now:
         raise Unauthorized("The SharedAccessSignature token has expired")

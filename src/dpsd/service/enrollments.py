@@ -148,11 +148,11 @@ class EnrollmentService:
                 )
                 return replace(given, symmetric_key=keys)
             case AttestationType.X509:
-                assert given.x509 is not None  # noqa: S101 - check_consistent ensured it
+                assert given.x509 is not None
                 stored_x509 = same_kind.x509 if same_kind else None
                 return replace(given, x509=_complete_x509(given.x509, stored_x509))
             case AttestationType.TPM:
-                assert given.tpm is not None  # noqa: S101 - check_consistent ensured it
+                assert given.tpm is not None
                 check_tpm(given.tpm)
                 return given
             case AttestationType.NONE:
@@ -262,7 +262,7 @@ def _complete_x509(given: X509Attestation, stored: X509Attestation | None) -> X5
                 field="clientCertificates",
             )
         )
-    assert given.signing_certificates is not None  # noqa: S101 - checked just above
+    assert given.signing_certificates is not None
     return X509Attestation(
         signing_certificates=complete_certificates(
             given.signing_certificates,

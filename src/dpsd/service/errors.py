@@ -1,12 +1,12 @@
 """Errors raised by the use cases. Each carries the data the edge needs to report it.
 
-    ServiceError
-    ├── Unauthorized             no valid credential, or a credential without the right
-    ├── NotFound
-    │   └── EnrollmentNotFound
-    ├── EnrollmentAlreadyExists  create without If-Match on an existing record
-    ├── PreconditionFailed       If-Match does not name the current etag
-    └── BadRequest               a request the service cannot act on (bad paging token, ...)
+ServiceError
+├── Unauthorized             no valid credential, or a credential without the right
+├── NotFound
+│   └── EnrollmentNotFound
+├── EnrollmentAlreadyExists  create without If-Match on an existing record
+├── PreconditionFailed       If-Match does not name the current etag
+└── BadRequest               a request the service cannot act on (bad paging token, ...)
 """
 
 from __future__ import annotations

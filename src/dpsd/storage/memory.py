@@ -16,7 +16,9 @@ def _field_value(enrollment: IndividualEnrollment, field: str) -> str | bool | N
         "provisioningStatus": settings.provisioning_status.value,
         "iotHubHostName": settings.iot_hub_host_name,
         "attestation.type": settings.attestation.type.value,
-        "allocationPolicy": settings.allocation_policy.value if settings.allocation_policy else None,
+        "allocationPolicy": settings.allocation_policy.value
+        if settings.allocation_policy
+        else None,
         "capabilities.iotEdge": settings.capabilities.iot_edge,
     }
     return values[field]

@@ -41,7 +41,9 @@ def _enrollment_row(enrollment: IndividualEnrollment) -> dict[str, Any]:
         "device_id": enrollment.device_id,
         "iot_hub_host_name": settings.iot_hub_host_name,
         "attestation_type": settings.attestation.type.value,
-        "allocation_policy": settings.allocation_policy.value if settings.allocation_policy else None,
+        "allocation_policy": settings.allocation_policy.value
+        if settings.allocation_policy
+        else None,
         "iot_edge": settings.capabilities.iot_edge,
         "document": codec.encode(enrollment),
     }
