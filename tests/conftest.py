@@ -3,6 +3,7 @@ and SAS tokens signed the way the Azure SDKs sign them."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -10,6 +11,7 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -20,9 +22,7 @@ import pytest
 from dpsd.app import Runtime, build_runtime
 from dpsd.settings import Settings
 
-POSTGRES_URL = os.environ.get(
-    "DPSD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
-)
+POSTGRES_URL = os.environ.get("DPSD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 API = "?api-version=2021-10-01"
 
 
@@ -42,28 +42,31 @@ def sas_token(
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session (dropped at the end)."""
-    import asyncio
-
     import asyncpg
 
     name = f"dpsd_test_{uuid.uuid4().hex[:12]}"
 
-    async def admin(statement: str) -> None:
-        connection = await asyncpg.connect(POSTGRES_URL)
+    async def run(statement: str) -> None:
+        connection = await asyncpg.connect(POSTGRES_URL, timeout=10)
         try:
             await connection.execute(statement)
         finally:
             await connection.close()
 
+    def admin(statement: str) -> None:
+        # In a thread of its own: this fixture may be first asked for inside a running loop.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(asyncio.run, run(statement)).result()
+
     try:
-        asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+        admin(f'CREATE DATABASE "{name}"')
     except (OSError, asyncpg.PostgresError) as error:
         if os.environ.get("CI"):
             raise
         pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_URL}: {error}")
     base = POSTGRES_URL.rsplit("/", 1)[0]
     yield f"{base}/{name}"
-    asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass

@@ -1,0 +1,199 @@
+"""One contract for every store: in-memory, SQLite and PostgreSQL behave alike."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from dpsd.domain.enrollment import ProvisioningStatus
+from dpsd.domain.etag import new_etag
+from dpsd.domain.query import ENROLLMENT_QUERY_FIELDS, parse_query
+from dpsd.domain.registration import DeviceRegistrationState, RegistrationStatus
+from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
+from dpsd.storage.engine import create_engine
+from dpsd.storage.memory import InMemoryEnrollmentRepository, InMemoryRegistrationStateRepository
+from dpsd.storage.migrate import migrate
+from dpsd.storage.schema import metadata
+from dpsd.storage.sql import (
+    SqlEnrollmentRepository,
+    SqlInstanceRepository,
+    SqlRegistrationStateRepository,
+)
+from tests.factories import enrollment, with_settings, x509_enrollment
+
+
+@dataclass
+class Store:
+    enrollments: InMemoryEnrollmentRepository | SqlEnrollmentRepository
+    states: InMemoryRegistrationStateRepository | SqlRegistrationStateRepository
+    engine: AsyncEngine | None
+
+
+async def _clean(engine: AsyncEngine) -> None:
+    async with engine.begin() as connection:
+        for table in reversed(metadata.sorted_tables):
+            await connection.execute(table.delete())
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        yield Store(InMemoryEnrollmentRepository(), InMemoryRegistrationStateRepository(), None)
+        return
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'contract.db'}"
+    else:
+        url = request.getfixturevalue("postgres_server")
+    engine = create_engine(url)
+    await migrate(engine)
+    await _clean(engine)
+    try:
+        yield Store(SqlEnrollmentRepository(engine), SqlRegistrationStateRepository(engine), engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_record_comes_back_as_it_was_stored(store: Store) -> None:
+    for record in (enrollment("plain-1"), x509_enrollment("x509-1")):
+        assert await store.enrollments.add(record)
+        assert await store.enrollments.get(record.registration_id) == record
+
+
+async def test_ids_are_case_insensitive(store: Store) -> None:
+    assert await store.enrollments.add(enrollment("Device-A"))
+    assert not await store.enrollments.add(enrollment("device-a"))
+    found = await store.enrollments.get("DEVICE-a")
+    assert found is not None
+    assert found.registration_id == "Device-A"
+
+
+async def test_replace_only_at_the_expected_etag(store: Store) -> None:
+    first = enrollment("device-1")
+    await store.enrollments.add(first)
+    second = replace(first, etag=new_etag(b"2" * 16), device_id="renamed")
+    assert not await store.enrollments.replace(second, expected_etag="stale")
+    assert await store.enrollments.replace(second, expected_etag=first.etag)
+    assert await store.enrollments.get("device-1") == second
+    assert not await store.enrollments.replace(enrollment("absent"), expected_etag=first.etag)
+
+
+async def test_delete_honours_the_etag(store: Store) -> None:
+    record = enrollment("device-1")
+    await store.enrollments.add(record)
+    assert not await store.enrollments.delete("device-1", expected_etag="stale")
+    assert await store.enrollments.get("device-1") is not None
+    assert await store.enrollments.delete("device-1", expected_etag=record.etag)
+    assert not await store.enrollments.delete("device-1", expected_etag=None)
+    await store.enrollments.add(enrollment("device-2"))
+    assert await store.enrollments.delete("DEVICE-2", expected_etag=None)
+
+
+async def test_only_one_of_concurrent_conditional_writes_wins(store: Store) -> None:
+    record = enrollment("contended")
+    await store.enrollments.add(record)
+    contenders = [
+        replace(record, etag=new_etag(bytes([n]) * 16), device_id=f"writer-{n}") for n in range(8)
+    ]
+    results = await asyncio.gather(
+        *(store.enrollments.replace(c, expected_etag=record.etag) for c in contenders)
+    )
+    assert sum(results) == 1
+    winner = contenders[results.index(True)]
+    assert await store.enrollments.get("contended") == winner
+
+
+async def _ids(store: Store, text: str, *, after: str | None = None, limit: int = 100) -> list[str]:
+    where = parse_query(text, ENROLLMENT_QUERY_FIELDS).where
+    found = await store.enrollments.query(where, after=after, limit=limit)
+    return [record.registration_id for record in found]
+
+
+async def test_query_filters_and_pages_in_id_order(store: Store) -> None:
+    await store.enrollments.add(x509_enrollment("c-x509"))
+    await store.enrollments.add(enrollment("b-plain", device_id="dev-b"))
+    await store.enrollments.add(
+        with_settings(enrollment("a-off"), provisioning_status=ProvisioningStatus.DISABLED)
+    )
+    assert await _ids(store, "SELECT *") == ["a-off", "b-plain", "c-x509"]
+    assert await _ids(store, "SELECT *", after="a-off", limit=1) == ["b-plain"]
+    disabled = "SELECT * WHERE provisioningStatus = 'disabled'"
+    assert await _ids(store, disabled) == ["a-off", "c-x509"]
+    assert await _ids(store, "select * where attestation.type = 'x509'") == ["c-x509"]
+    assert await _ids(store, "SELECT * WHERE deviceId = 'dev-b'") == ["b-plain"]
+    assert await _ids(store, "SELECT * WHERE deviceId = null") == ["a-off", "c-x509"]
+    assert await _ids(store, "SELECT * WHERE iotHubHostName = 'hub-a.example'") == ["c-x509"]
+    assert await _ids(store, "SELECT * WHERE capabilities.iotEdge = true") == ["c-x509"]
+    assert await _ids(store, "SELECT * WHERE registrationId = 'B-PLAIN'") == ["b-plain"]
+    either = "SELECT * WHERE deviceId = 'dev-b' OR NOT (provisioningStatus != 'disabled')"
+    assert await _ids(store, either) == ["a-off", "b-plain", "c-x509"]
+    both = "SELECT * WHERE provisioningStatus = 'disabled' AND allocationPolicy = 'static'"
+    assert await _ids(store, both) == ["c-x509"]
+
+
+async def test_registration_states_replace_earlier_ones(store: Store) -> None:
+    moment = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    state = DeviceRegistrationState(
+        registration_id="device-1",
+        status=RegistrationStatus.ASSIGNED,
+        etag=new_etag(b"s" * 16),
+        created=moment,
+        last_updated=moment,
+        assigned_hub="hub-a.example",
+        device_id="device-1",
+        payload={"model": "x"},
+    )
+    assert await store.states.get("device-1") is None
+    await store.states.put(state)
+    await store.states.put(replace(state, status=RegistrationStatus.FAILED, error_code=400209))
+    found = await store.states.get("DEVICE-1")
+    assert found is not None
+    assert found.status == RegistrationStatus.FAILED
+    assert found.error_code == 400209
+
+
+def _policy(name: str, rights: AccessRights) -> SharedAccessPolicy:
+    key = base64.b64encode(os.urandom(32)).decode()
+    return SharedAccessPolicy(name=name, primary_key=key, secondary_key=key, rights=rights)
+
+
+async def test_the_first_instance_identity_stays(store: Store) -> None:
+    if store.engine is None:
+        pytest.skip("the instance identity lives only in SQL stores")
+    repository = SqlInstanceRepository(store.engine)
+    first = [_policy("owner", ALL_RIGHTS), _policy("reader", AccessRights.ENROLLMENT_READ)]
+    scope, policies = await repository.ensure("0ne00000001", first)
+    assert scope == "0ne00000001"
+    assert sorted(policies, key=lambda p: p.name) == first
+    again = await repository.ensure("0ne00000002", [_policy("owner", ALL_RIGHTS)])
+    assert again[0] == "0ne00000001"
+    assert sorted(again[1], key=lambda p: p.name) == first
+
+
+async def test_migrations_run_again_without_change(store: Store) -> None:
+    if store.engine is None:
+        pytest.skip("only SQL stores have a schema")
+    await migrate(store.engine)
+    async with store.engine.connect() as connection:
+        version = (
+            await connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+        ).scalar_one()
+    assert version == "0001"
+
+
+@pytest.mark.postgres
+async def test_instances_starting_together_migrate_once(postgres_server: str) -> None:
+    engines = [create_engine(postgres_server) for _ in range(3)]
+    try:
+        await asyncio.gather(*(migrate(engine) for engine in engines))
+    finally:
+        for engine in engines:
+            await engine.dispose()
