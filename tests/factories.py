@@ -12,8 +12,8 @@ from dpsd.domain.attestation import (
     AttestationType,
     SymmetricKeyAttestation,
     X509Attestation,
-    X509CertificateWithInfo,
     X509Certificates,
+    X509CertificateWithInfo,
 )
 from dpsd.domain.enrollment import (
     AllocationPolicy,

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from dpsd.app import Runtime, build_runtime
-from dpsd.server import Endpoints, endpoints_file, serve
+from dpsd.server import Endpoints, running_endpoints, serve
 from dpsd.settings import (
     DEFAULT_HOST,
     DEFAULT_HOSTNAME,
@@ -175,10 +175,9 @@ def info_command(
 
 def _endpoints_of(settings: Settings) -> Endpoints:
     """The endpoints of the server running on this data dir, else those the settings name."""
-    path = endpoints_file(settings.data_dir)
-    if path.exists():
-        recorded = json.loads(path.read_text())
-        return Endpoints(https=recorded["https"], http=recorded.get("http"))
+    running = running_endpoints(settings.data_dir)
+    if running is not None:
+        return running
     http = (
         None if settings.http_port is None else f"http://{settings.hostname}:{settings.http_port}"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -37,6 +38,24 @@ def endpoints_file(data_dir: Path) -> Path:
     return data_dir / "endpoints.json"
 
 
+def _record_endpoints(data_dir: Path, endpoints: Endpoints) -> None:
+    path = endpoints_file(data_dir)
+    draft = path.with_suffix(".tmp")
+    draft.write_text(json.dumps({**endpoints.as_json(), "pid": os.getpid()}))
+    draft.replace(path)
+
+
+def running_endpoints(data_dir: Path) -> Endpoints | None:
+    """The endpoints of the dpsd process serving ``data_dir``, if one is alive."""
+    path = endpoints_file(data_dir)
+    try:
+        recorded = json.loads(path.read_text())
+        os.kill(int(recorded["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return Endpoints(https=str(recorded["https"]), http=recorded.get("http"))
+
+
 def _bound_port(server: uvicorn.Server) -> int:
     port: int = server.servers[0].sockets[0].getsockname()[1]
     return port
@@ -59,8 +78,7 @@ async def serve(runtime: Runtime, on_ready: Callable[[Endpoints], None]) -> None
             await asyncio.sleep(0.02)
         if all(listener.started for listener in listeners):
             endpoints = _endpoints(runtime, listeners)
-            path = endpoints_file(settings.data_dir)
-            path.write_text(json.dumps(endpoints.as_json()))
+            _record_endpoints(settings.data_dir, endpoints)
             on_ready(endpoints)
         await asyncio.gather(*tasks)
     finally:
