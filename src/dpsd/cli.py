@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from dpsd.app import Runtime, build_runtime
-from dpsd.server import Endpoints, running_endpoints, serve
+from dpsd.server import Endpoints, ListenError, running_endpoints, serve
 from dpsd.settings import (
     DEFAULT_HOST,
     DEFAULT_HOSTNAME,
@@ -132,7 +132,11 @@ def serve_command(
         async with build_runtime(settings) as runtime:
             await serve(runtime, lambda endpoints: _print_banner(console, runtime, endpoints))
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    except ListenError as error:
+        Console(stderr=True, highlight=False).print(f"[red]error:[/red] {error}")
+        raise typer.Exit(code=2) from None
     console.print("dpsd stopped.")
 
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,45 +57,71 @@ def running_endpoints(data_dir: Path) -> Endpoints | None:
     return Endpoints(https=str(recorded["https"]), http=recorded.get("http"))
 
 
-def _bound_port(server: uvicorn.Server) -> int:
-    port: int = server.servers[0].sockets[0].getsockname()[1]
-    return port
+class ListenError(Exception):
+    """A listener's address cannot be bound."""
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, bound before uvicorn starts so that failures are reported
+    plainly and the real port is known at once (connections wait in the backlog)."""
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM
+        )[0]
+        listener = socket.socket(family, kind, protocol)
+    except OSError as error:
+        raise ListenError(f"dpsd cannot listen on {host}:{port}: {error}") from error
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(2048)
+    except OSError as error:
+        listener.close()
+        reason = error.strerror or str(error)
+        raise ListenError(f"dpsd cannot listen on {host}:{port}: {reason}") from error
+    return listener
 
 
 async def serve(runtime: Runtime, on_ready: Callable[[Endpoints], None]) -> None:
+    """Serve until SIGINT or SIGTERM. Raises ListenError when a port cannot be bound."""
     settings = runtime.settings
-    listeners = [_listener(runtime, settings.https_port, tls=True)]
-    if settings.http_port is not None:
-        listeners.append(_listener(runtime, settings.http_port, tls=False))
+    sockets = [bind(settings.host, settings.https_port)]
+    try:
+        if settings.http_port is not None:
+            sockets.append(bind(settings.host, settings.http_port))
+        await _serve_on(runtime, sockets, on_ready)
+    finally:
+        for listener in sockets:
+            listener.close()
 
+
+async def _serve_on(
+    runtime: Runtime, sockets: list[socket.socket], on_ready: Callable[[Endpoints], None]
+) -> None:
+    settings = runtime.settings
+    listeners = [_listener(runtime, tls=index == 0) for index in range(len(sockets))]
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _stop, listeners)
-    tasks = [asyncio.create_task(listener.serve()) for listener in listeners]
     try:
-        while not all(listener.started for listener in listeners):
-            if any(task.done() for task in tasks):
-                break
-            await asyncio.sleep(0.02)
-        if all(listener.started for listener in listeners):
-            endpoints = _endpoints(runtime, listeners)
-            _record_endpoints(settings.data_dir, endpoints)
-            on_ready(endpoints)
-        await asyncio.gather(*tasks)
+        endpoints = _endpoints(runtime, sockets)
+        _record_endpoints(settings.data_dir, endpoints)
+        on_ready(endpoints)
+        await asyncio.gather(
+            *(
+                listener.serve(sockets=[sock])
+                for listener, sock in zip(listeners, sockets, strict=True)
+            )
+        )
     finally:
         endpoints_file(settings.data_dir).unlink(missing_ok=True)
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
-    failed = [task for task in tasks if task.exception() is not None]
-    if failed or not all(listener.started for listener in listeners):
-        raise SystemExit(f"dpsd could not listen on {settings.host}: is the port in use?")
 
 
-def _listener(runtime: Runtime, port: int, *, tls: bool) -> _Server:
+def _listener(runtime: Runtime, *, tls: bool) -> _Server:
     config = uvicorn.Config(
         runtime.asgi_app,
-        host=runtime.settings.host,
-        port=port,
         ssl_certfile=str(runtime.tls.server_certificate) if tls else None,
         ssl_keyfile=str(runtime.tls.server_key) if tls else None,
         log_level="warning",
@@ -109,8 +136,9 @@ def _stop(listeners: list[_Server]) -> None:
         listener.should_exit = True
 
 
-def _endpoints(runtime: Runtime, listeners: list[_Server]) -> Endpoints:
+def _endpoints(runtime: Runtime, sockets: list[socket.socket]) -> Endpoints:
     hostname = runtime.settings.hostname
-    https = f"https://{hostname}:{_bound_port(listeners[0])}"
-    http = f"http://{hostname}:{_bound_port(listeners[1])}" if len(listeners) > 1 else None
+    ports = [listener.getsockname()[1] for listener in sockets]
+    https = f"https://{hostname}:{ports[0]}"
+    http = f"http://{hostname}:{ports[1]}" if len(ports) > 1 else None
     return Endpoints(https=https, http=http)
