@@ -13,12 +13,22 @@ from dpsd.domain.ids import format_id_scope
 from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
 from dpsd.http.app import ServiceApiApp
 from dpsd.http.routing import Router
-from dpsd.http.service_api import EnrollmentHandlers
+from dpsd.http.service_api import (
+    EnrollmentGroupHandlers,
+    EnrollmentHandlers,
+    RegistrationStateHandlers,
+)
+from dpsd.service.certificates import CertificateService
+from dpsd.service.enrollment_groups import EnrollmentGroupService
 from dpsd.service.enrollments import EnrollmentService
+from dpsd.service.ports import RegistrationStateStore
+from dpsd.service.registration_states import RegistrationStateService
 from dpsd.settings import Settings
 from dpsd.storage.engine import create_engine
 from dpsd.storage.migrate import migrate
 from dpsd.storage.sql import (
+    SqlCertificateRepository,
+    SqlEnrollmentGroupRepository,
     SqlEnrollmentRepository,
     SqlInstanceRepository,
     SqlRegistrationStateRepository,
@@ -53,6 +63,8 @@ class Runtime:
     id_scope: str
     policies: dict[str, SharedAccessPolicy]
     tls: TlsFiles
+    certificates: CertificateService
+    registration_states: RegistrationStateStore
 
     def connection_string(self, port: int, policy_name: str = OWNER_POLICY) -> str:
         host = self.settings.hostname if port == 443 else f"{self.settings.hostname}:{port}"
@@ -85,14 +97,27 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         id_scope, policies = await SqlInstanceRepository(engine).ensure(
             format_id_scope(entropy.random_bytes(4)), _new_policies(entropy)
         )
-        service = EnrollmentService(
-            enrollments=SqlEnrollmentRepository(engine),
-            registration_states=SqlRegistrationStateRepository(engine),
-            clock=clock,
-            entropy=entropy,
+        states = SqlRegistrationStateRepository(engine)
+        certificates = SqlCertificateRepository(engine)
+        enrollments = EnrollmentService(SqlEnrollmentRepository(engine), states, clock, entropy)
+        groups = EnrollmentGroupService(
+            SqlEnrollmentGroupRepository(engine), certificates, clock, entropy
         )
+        routes = [
+            *EnrollmentHandlers(enrollments).routes(),
+            *EnrollmentGroupHandlers(groups).routes(),
+            *RegistrationStateHandlers(RegistrationStateService(states)).routes(),
+        ]
         by_name = {policy.name: policy for policy in policies}
-        app = ServiceApiApp(Router(EnrollmentHandlers(service).routes()), by_name, clock.now)
-        yield Runtime(settings, app, id_scope, by_name, tls)
+        app = ServiceApiApp(Router(routes), by_name, clock.now)
+        yield Runtime(
+            settings=settings,
+            asgi_app=app,
+            id_scope=id_scope,
+            policies=by_name,
+            tls=tls,
+            certificates=CertificateService(certificates, clock, entropy),
+            registration_states=states,
+        )
     finally:
         await engine.dispose()

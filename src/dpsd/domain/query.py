@@ -8,7 +8,7 @@ conditions combine with AND, OR, NOT and parentheses. Keywords are case-insensit
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
@@ -16,6 +16,7 @@ from typing import Literal
 from dpsd.domain.errors import InvalidQuery
 
 MAX_QUERY_LENGTH = 4096
+MAX_NESTING = 50
 
 Value = str | bool | None
 
@@ -76,6 +77,7 @@ class _Parser:
         self.tokens = tokens
         self.position = 0
         self.fields = fields
+        self.depth = 0
 
     def peek(self) -> tuple[str, str] | None:
         return self.tokens[self.position] if self.position < len(self.tokens) else None
@@ -129,14 +131,24 @@ class _Parser:
 
     def negation(self) -> Condition:
         if self.keyword("not"):
-            return Not(self.negation())
+            return Not(self.nested(self.negation))
         token = self.peek()
         if token == ("op", "("):
             self.position += 1
-            inner = self.disjunction()
+            inner = self.nested(self.disjunction)
             self.expect("op", ")")
             return inner
         return self.comparison()
+
+    def nested(self, parse: Callable[[], Condition]) -> Condition:
+        """Parse one level deeper; bounded so that no query can exhaust the stack."""
+        if self.depth >= MAX_NESTING:
+            raise InvalidQuery(f"the query nests NOT and parentheses deeper than {MAX_NESTING}")
+        self.depth += 1
+        try:
+            return parse()
+        finally:
+            self.depth -= 1
 
     def comparison(self) -> Condition:
         kind, name = self.take()
@@ -187,6 +199,17 @@ ENROLLMENT_QUERY_FIELDS: Mapping[str, type] = MappingProxyType(
     {
         "registrationId": str,
         "deviceId": str,
+        "provisioningStatus": str,
+        "iotHubHostName": str,
+        "attestation.type": str,
+        "allocationPolicy": str,
+        "capabilities.iotEdge": bool,
+    }
+)
+
+ENROLLMENT_GROUP_QUERY_FIELDS: Mapping[str, type] = MappingProxyType(
+    {
+        "enrollmentGroupId": str,
         "provisioningStatus": str,
         "iotHubHostName": str,
         "attestation.type": str,

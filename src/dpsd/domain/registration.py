@@ -36,3 +36,4 @@ class DeviceRegistrationState:
     error_code: int | None = None
     error_message: str | None = None
     payload: dict[str, Any] | None = None
+    enrollment_group_id: str | None = None

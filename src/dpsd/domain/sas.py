@@ -97,13 +97,14 @@ def parse_token(header: str) -> SasToken:
         signature = base64.b64decode(unquote(fields["sig"]), validate=True)
     except (binascii.Error, ValueError) as error:
         raise InvalidToken(f"the {SCHEME} token's signature is not base64") from error
-    if not fields["se"].isdigit() or len(fields["se"]) > 12:
+    expiry = fields["se"]
+    if not (expiry.isascii() and expiry.isdigit()) or len(expiry) > 12:
         raise InvalidToken(f"the {SCHEME} token's expiry is not a number of seconds")
     key_name = fields.get("skn")
     return SasToken(
         resource=fields["sr"],
         signature=signature,
-        expiry=int(fields["se"]),
+        expiry=int(expiry),
         key_name=unquote(key_name) if key_name else None,
     )
 

@@ -30,6 +30,7 @@ from dpsd.domain.enrollment import (
     ProvisioningStatus,
     ReprovisionPolicy,
 )
+from dpsd.domain.enrollment_group import EnrollmentGroup, EnrollmentGroupDraft
 from dpsd.domain.errors import ValidationError
 from dpsd.domain.registration import DeviceRegistrationState
 from dpsd.domain.timestamps import format_timestamp
@@ -119,11 +120,9 @@ class RegistrationStateWire(_Wire):
     payload: Any = None
 
 
-class IndividualEnrollmentWire(_Wire):
-    registration_id: str | None = None
-    device_id: str | None = None
-    registration_state: RegistrationStateWire | None = None
-    optional_device_information: JsonObject | None = None
+class _SettingsWire(_Wire):
+    """The fields individual enrollments and enrollment groups share."""
+
     attestation: AttestationWire | None = None
     capabilities: CapabilitiesWire | None = None
     iot_hub_host_name: str | None = None
@@ -138,6 +137,17 @@ class IndividualEnrollmentWire(_Wire):
     custom_allocation_definition: CustomAllocationWire | None = None
 
 
+class IndividualEnrollmentWire(_SettingsWire):
+    registration_id: str | None = None
+    device_id: str | None = None
+    registration_state: RegistrationStateWire | None = None
+    optional_device_information: JsonObject | None = None
+
+
+class EnrollmentGroupWire(_SettingsWire):
+    enrollment_group_id: str | None = None
+
+
 class QuerySpecificationWire(_Wire):
     query: str | None = None
 
@@ -145,6 +155,11 @@ class QuerySpecificationWire(_Wire):
 class BulkEnrollmentOperationWire(_Wire):
     mode: str | None = None
     enrollments: list[IndividualEnrollmentWire] | None = None
+
+
+class BulkEnrollmentGroupOperationWire(_Wire):
+    mode: str | None = None
+    enrollment_groups: list[EnrollmentGroupWire] | None = None
 
 
 class BulkErrorWire(_Wire):
@@ -156,6 +171,17 @@ class BulkErrorWire(_Wire):
 class BulkResultWire(msgspec.Struct, rename="camel"):
     is_successful: bool
     errors: list[BulkErrorWire]
+
+
+class BulkGroupErrorWire(_Wire):
+    enrollment_group_id: str
+    error_code: int
+    error_status: str
+
+
+class BulkGroupResultWire(msgspec.Struct, rename="camel"):
+    is_successful: bool
+    errors: list[BulkGroupErrorWire]
 
 
 class ErrorDetailsWire(msgspec.Struct, rename="camel"):
@@ -224,7 +250,7 @@ def attestation_to_domain(wire: AttestationWire | None) -> AttestationMechanism:
     return AttestationMechanism(type=wire.type, tpm=tpm, x509=x509, symmetric_key=symmetric_key)
 
 
-def _settings_to_domain(wire: IndividualEnrollmentWire) -> EnrollmentSettings:
+def _settings_to_domain(wire: _SettingsWire) -> EnrollmentSettings:
     capabilities = DeviceCapabilities()
     if wire.capabilities is not None:
         if wire.capabilities.iot_edge is None:
@@ -269,6 +295,14 @@ def enrollment_to_draft(wire: IndividualEnrollmentWire) -> IndividualEnrollmentD
         settings=_settings_to_domain(wire),
         device_id=wire.device_id,
         optional_device_information=wire.optional_device_information,
+    )
+
+
+def group_to_draft(wire: EnrollmentGroupWire) -> EnrollmentGroupDraft:
+    if not wire.enrollment_group_id:
+        raise ValidationError("enrollmentGroupId is required")
+    return EnrollmentGroupDraft(
+        enrollment_group_id=wire.enrollment_group_id, settings=_settings_to_domain(wire)
     )
 
 
@@ -344,35 +378,50 @@ def registration_state_to_wire(state: DeviceRegistrationState) -> RegistrationSt
     )
 
 
+def _settings_fields(settings: EnrollmentSettings, *, secrets: bool) -> dict[str, Any]:
+    attestation = settings.attestation if secrets else settings.attestation.without_secrets()
+    custom = settings.custom_allocation_definition
+    return {
+        "attestation": attestation_to_wire(attestation),
+        "capabilities": CapabilitiesWire(iot_edge=settings.capabilities.iot_edge),
+        "iot_hub_host_name": settings.iot_hub_host_name,
+        "initial_twin": settings.initial_twin,
+        "provisioning_status": settings.provisioning_status,
+        "reprovision_policy": ReprovisionPolicyWire(
+            update_hub_assignment=settings.reprovision_policy.update_hub_assignment,
+            migrate_device_data=settings.reprovision_policy.migrate_device_data,
+        ),
+        "allocation_policy": settings.allocation_policy,
+        "iot_hubs": None if settings.iot_hubs is None else list(settings.iot_hubs),
+        "custom_allocation_definition": None
+        if custom is None
+        else CustomAllocationWire(custom.webhook_url, custom.api_version),
+    }
+
+
 def enrollment_to_wire(
     enrollment: IndividualEnrollment, *, secrets: bool
 ) -> IndividualEnrollmentWire:
     """``secrets``: the PUT response carries the keys (clients read generated keys there);
     GET and query leave them out."""
-    settings = enrollment.settings
-    attestation = settings.attestation if secrets else settings.attestation.without_secrets()
-    custom = settings.custom_allocation_definition
     state = enrollment.registration_state
     return IndividualEnrollmentWire(
         registration_id=enrollment.registration_id,
         device_id=enrollment.device_id,
         registration_state=None if state is None else registration_state_to_wire(state),
         optional_device_information=enrollment.optional_device_information,
-        attestation=attestation_to_wire(attestation),
-        capabilities=CapabilitiesWire(iot_edge=settings.capabilities.iot_edge),
-        iot_hub_host_name=settings.iot_hub_host_name,
-        initial_twin=settings.initial_twin,
         etag=enrollment.etag,
-        provisioning_status=settings.provisioning_status,
-        reprovision_policy=ReprovisionPolicyWire(
-            update_hub_assignment=settings.reprovision_policy.update_hub_assignment,
-            migrate_device_data=settings.reprovision_policy.migrate_device_data,
-        ),
         created_date_time_utc=format_timestamp(enrollment.created),
         last_updated_date_time_utc=format_timestamp(enrollment.last_updated),
-        allocation_policy=settings.allocation_policy,
-        iot_hubs=None if settings.iot_hubs is None else list(settings.iot_hubs),
-        custom_allocation_definition=None
-        if custom is None
-        else CustomAllocationWire(custom.webhook_url, custom.api_version),
+        **_settings_fields(enrollment.settings, secrets=secrets),
+    )
+
+
+def group_to_wire(group: EnrollmentGroup, *, secrets: bool) -> EnrollmentGroupWire:
+    return EnrollmentGroupWire(
+        enrollment_group_id=group.enrollment_group_id,
+        etag=group.etag,
+        created_date_time_utc=format_timestamp(group.created),
+        last_updated_date_time_utc=format_timestamp(group.last_updated),
+        **_settings_fields(group.settings, secrets=secrets),
     )

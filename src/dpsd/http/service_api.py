@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import msgspec
@@ -22,19 +23,31 @@ from dpsd.http.errors import (
 from dpsd.http.routing import Route
 from dpsd.http.schemas import (
     AttestationWire,
+    BulkEnrollmentGroupOperationWire,
     BulkEnrollmentOperationWire,
     BulkErrorWire,
+    BulkGroupErrorWire,
+    BulkGroupResultWire,
     BulkResultWire,
+    EnrollmentGroupWire,
     IndividualEnrollmentWire,
     QuerySpecificationWire,
     attestation_to_wire,
     enrollment_to_draft,
     enrollment_to_wire,
+    group_to_draft,
+    group_to_wire,
+    registration_state_to_wire,
 )
-from dpsd.service.enrollments import BulkMode, EnrollmentService
+from dpsd.service.enrollment_groups import EnrollmentGroupService
+from dpsd.service.enrollments import EnrollmentService
+from dpsd.service.records import BulkMode
+from dpsd.service.registration_states import RegistrationStateService
 
 MAX_BODY_BYTES = 96 * 1024
 T = TypeVar("T")
+W = TypeVar("W", IndividualEnrollmentWire, EnrollmentGroupWire)
+D = TypeVar("D")
 
 
 async def read_json(request: Request, model: type[T]) -> T:
@@ -67,6 +80,55 @@ def _max_item_count(request: Request) -> int | None:
         return int(value)
     except ValueError:
         raise InvalidHeader(f"x-ms-max-item-count must be an integer, not {value!r}") from None
+
+
+def _continuation(request: Request) -> str | None:
+    return request.headers.get("x-ms-continuation") or None
+
+
+def _page_response(
+    items: Sequence[object], item_type: str, page_size: int, continuation: str | None
+) -> Response:
+    """A query page: a bare JSON array; the continuation header only when more follow."""
+    headers = {"x-ms-item-type": item_type, "x-ms-max-item-count": str(page_size)}
+    if continuation is not None:
+        headers["x-ms-continuation"] = continuation
+    return json_response(items, headers=headers)
+
+
+async def _query_text(request: Request) -> str:
+    specification = await read_json(request, QuerySpecificationWire)
+    if specification.query is None:
+        raise ValidationError("The query specification needs a 'query'")
+    return specification.query
+
+
+def _bulk_items(mode: str | None, items: list[W] | None, what: str) -> tuple[BulkMode, list[W]]:
+    if not mode:
+        raise ValidationError("The bulk operation needs a 'mode'")
+    if items is None:
+        raise ValidationError(f"The bulk operation needs '{what}'")
+    parsed = BulkMode.parse(mode)
+    if parsed == BulkMode.DELETE:
+        # Deleting needs nothing but the id.
+        deletable = AttestationWire(type=AttestationType.NONE)
+        items = [
+            item
+            if item.attestation is not None
+            else msgspec.structs.replace(item, attestation=deletable)
+            for item in items
+        ]
+    return parsed, items
+
+
+def _drafts(items: list[W], to_draft: Callable[[W], D], what: str) -> list[D]:
+    drafts = []
+    for index, item in enumerate(items):
+        try:
+            drafts.append(to_draft(item))
+        except DomainError as error:
+            raise ValidationError(f"{what}[{index}]: {error.message}") from error
+    return drafts
 
 
 class EnrollmentHandlers:
@@ -105,40 +167,109 @@ class EnrollmentHandlers:
         return json_response(attestation_to_wire(mechanism))
 
     async def query(self, request: Request, params: dict[str, str]) -> Response:
-        specification = await read_json(request, QuerySpecificationWire)
-        if specification.query is None:
-            raise ValidationError("The query specification needs a 'query'")
-        page = await self._service.query(
-            specification.query,
-            request.headers.get("x-ms-continuation") or None,
-            _max_item_count(request),
-        )
-        headers = {"x-ms-item-type": "Enrollment", "x-ms-max-item-count": str(page.page_size)}
-        if page.continuation is not None:
-            headers["x-ms-continuation"] = page.continuation
+        text = await _query_text(request)
+        page = await self._service.query(text, _continuation(request), _max_item_count(request))
         items = [enrollment_to_wire(item, secrets=False) for item in page.items]
-        return json_response(items, headers=headers)
+        return _page_response(items, "Enrollment", page.page_size, page.continuation)
 
     async def bulk(self, request: Request, params: dict[str, str]) -> Response:
         operation = await read_json(request, BulkEnrollmentOperationWire)
-        if not operation.mode:
-            raise ValidationError("The bulk operation needs a 'mode'")
-        if operation.enrollments is None:
-            raise ValidationError("The bulk operation needs 'enrollments'")
-        mode = BulkMode.parse(operation.mode)
-        drafts, etags, errors = [], [], []
-        for index, wire in enumerate(operation.enrollments):
-            if mode == BulkMode.DELETE and wire.attestation is None:
-                # Deleting needs nothing but the id.
-                wire = msgspec.structs.replace(
-                    wire, attestation=AttestationWire(type=AttestationType.NONE)
-                )
-            try:
-                drafts.append(enrollment_to_draft(wire))
-            except DomainError as error:
-                raise ValidationError(f"enrollments[{index}]: {error.message}") from error
-            etags.append(wire.etag)
-        for failure in await self._service.run_bulk_operation(mode, drafts, etags):
-            _, code = status_and_code(failure.error)
-            errors.append(BulkErrorWire(failure.registration_id, code, failure.error.message))
+        mode, items = _bulk_items(operation.mode, operation.enrollments, "enrollments")
+        drafts = _drafts(items, enrollment_to_draft, "enrollments")
+        failures = await self._service.run_bulk_operation(mode, drafts, [i.etag for i in items])
+        errors = [
+            BulkErrorWire(
+                failure.registration_id, status_and_code(failure.error)[1], failure.error.message
+            )
+            for failure in failures
+        ]
         return json_response(BulkResultWire(is_successful=not errors, errors=errors))
+
+
+class EnrollmentGroupHandlers:
+    def __init__(self, service: EnrollmentGroupService) -> None:
+        self._service = service
+
+    def routes(self) -> list[Route]:
+        read, write = AccessRights.ENROLLMENT_READ, AccessRights.ENROLLMENT_WRITE
+        return [
+            Route("POST", ("enrollmentgroups", "query"), self.query, read),
+            Route("POST", ("enrollmentgroups",), self.bulk, write),
+            Route("GET", ("enrollmentgroups", "{id}"), self.get, read),
+            Route("PUT", ("enrollmentgroups", "{id}"), self.put, write),
+            Route("DELETE", ("enrollmentgroups", "{id}"), self.delete, write),
+            Route(
+                "POST",
+                ("enrollmentgroups", "{id}", "attestationmechanism"),
+                self.attestation,
+                write,
+            ),
+        ]
+
+    async def put(self, request: Request, params: dict[str, str]) -> Response:
+        wire = await read_json(request, EnrollmentGroupWire)
+        group = await self._service.create_or_update(
+            params["id"], group_to_draft(wire), request.headers.get("if-match")
+        )
+        return json_response(group_to_wire(group, secrets=True))
+
+    async def get(self, request: Request, params: dict[str, str]) -> Response:
+        return json_response(group_to_wire(await self._service.get(params["id"]), secrets=False))
+
+    async def delete(self, request: Request, params: dict[str, str]) -> Response:
+        await self._service.delete(params["id"], request.headers.get("if-match"))
+        return Response(status_code=204)
+
+    async def attestation(self, request: Request, params: dict[str, str]) -> Response:
+        mechanism = await self._service.attestation_mechanism(params["id"])
+        return json_response(attestation_to_wire(mechanism))
+
+    async def query(self, request: Request, params: dict[str, str]) -> Response:
+        text = await _query_text(request)
+        page = await self._service.query(text, _continuation(request), _max_item_count(request))
+        items = [group_to_wire(item, secrets=False) for item in page.items]
+        return _page_response(items, "EnrollmentGroup", page.page_size, page.continuation)
+
+    async def bulk(self, request: Request, params: dict[str, str]) -> Response:
+        operation = await read_json(request, BulkEnrollmentGroupOperationWire)
+        mode, items = _bulk_items(operation.mode, operation.enrollment_groups, "enrollmentGroups")
+        drafts = _drafts(items, group_to_draft, "enrollmentGroups")
+        failures = await self._service.run_bulk_operation(mode, drafts, [i.etag for i in items])
+        errors = [
+            BulkGroupErrorWire(
+                failure.enrollment_group_id,
+                status_and_code(failure.error)[1],
+                failure.error.message,
+            )
+            for failure in failures
+        ]
+        return json_response(BulkGroupResultWire(is_successful=not errors, errors=errors))
+
+
+class RegistrationStateHandlers:
+    def __init__(self, service: RegistrationStateService) -> None:
+        self._service = service
+
+    def routes(self) -> list[Route]:
+        read = AccessRights.REGISTRATION_STATUS_READ
+        write = AccessRights.REGISTRATION_STATUS_WRITE
+        return [
+            Route("POST", ("registrations", "{id}", "query"), self.query, read),
+            Route("GET", ("registrations", "{id}"), self.get, read),
+            Route("DELETE", ("registrations", "{id}"), self.delete, write),
+        ]
+
+    async def get(self, request: Request, params: dict[str, str]) -> Response:
+        return json_response(registration_state_to_wire(await self._service.get(params["id"])))
+
+    async def delete(self, request: Request, params: dict[str, str]) -> Response:
+        await self._service.delete(params["id"], request.headers.get("if-match"))
+        return Response(status_code=204)
+
+    async def query(self, request: Request, params: dict[str, str]) -> Response:
+        # The spec sends no body; Node and C# send a query specification. Both mean "all".
+        page = await self._service.query(
+            params["id"], _continuation(request), _max_item_count(request)
+        )
+        items = [registration_state_to_wire(item) for item in page.items]
+        return _page_response(items, "DeviceRegistration", page.page_size, page.continuation)

@@ -32,7 +32,44 @@ class EnrollmentNotFound(NotFound):
         self.registration_id = registration_id
 
 
-class EnrollmentAlreadyExists(ServiceError):
+class EnrollmentGroupNotFound(NotFound):
+    def __init__(self, enrollment_group_id: str) -> None:
+        super().__init__(f"Enrollment group {enrollment_group_id!r} was not found")
+        self.enrollment_group_id = enrollment_group_id
+
+
+class RegistrationStateNotFound(NotFound):
+    def __init__(self, registration_id: str) -> None:
+        super().__init__(f"No registration state for registration id {registration_id!r}")
+        self.registration_id = registration_id
+
+
+class CertificateNotFound(NotFound):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"CA certificate {name!r} was not found")
+        self.name = name
+
+
+class AlreadyExists(ServiceError):
+    pass
+
+
+class EnrollmentGroupAlreadyExists(AlreadyExists):
+    def __init__(self, enrollment_group_id: str) -> None:
+        super().__init__(
+            f"Enrollment group {enrollment_group_id!r} already exists; to update it, send "
+            "If-Match with its etag (or '*')"
+        )
+        self.enrollment_group_id = enrollment_group_id
+
+
+class CertificateAlreadyExists(AlreadyExists):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"CA certificate {name!r} already exists")
+        self.name = name
+
+
+class EnrollmentAlreadyExists(AlreadyExists):
     def __init__(self, registration_id: str) -> None:
         super().__init__(
             f"Enrollment {registration_id!r} already exists; to update it, send If-Match "
@@ -42,11 +79,9 @@ class EnrollmentAlreadyExists(ServiceError):
 
 
 class PreconditionFailed(ServiceError):
-    def __init__(self, registration_id: str) -> None:
-        super().__init__(
-            f"The etag in If-Match does not match the current etag of {registration_id!r}"
-        )
-        self.registration_id = registration_id
+    def __init__(self, record_id: str) -> None:
+        super().__init__(f"The etag in If-Match does not match the current etag of {record_id!r}")
+        self.record_id = record_id
 
 
 class BadRequest(ServiceError):

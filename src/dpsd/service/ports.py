@@ -5,7 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Protocol
 
+from dpsd.domain.ca_certificate import CACertificate
 from dpsd.domain.enrollment import IndividualEnrollment
+from dpsd.domain.enrollment_group import EnrollmentGroup
 from dpsd.domain.query import Condition
 from dpsd.domain.registration import DeviceRegistrationState
 from dpsd.domain.sas import SharedAccessPolicy
@@ -41,6 +43,8 @@ class EnrollmentRepository(Protocol):
 class RegistrationStateRepository(Protocol):
     async def get(self, registration_id: str) -> DeviceRegistrationState | None: ...
 
+    async def delete(self, registration_id: str, *, expected_etag: str | None) -> bool: ...
+
 
 class InstanceRepository(Protocol):
     """The identity of a DPS instance, shared by every dpsd process on the same store."""
@@ -58,3 +62,51 @@ class Clock(Protocol):
 
 class Entropy(Protocol):
     def random_bytes(self, count: int) -> bytes: ...
+
+
+class EnrollmentGroupRepository(Protocol):
+    """Enrollment groups, keyed case-insensitively by group id; atomic like enrollments."""
+
+    async def get(self, record_id: str) -> EnrollmentGroup | None: ...
+
+    async def add(self, record: EnrollmentGroup) -> bool: ...
+
+    async def replace(self, record: EnrollmentGroup, *, expected_etag: str) -> bool: ...
+
+    async def delete(self, record_id: str, *, expected_etag: str | None) -> bool: ...
+
+    async def query(
+        self, where: Condition | None, *, after: str | None, limit: int
+    ) -> list[EnrollmentGroup]: ...
+
+
+class CertificateRepository(Protocol):
+    """CA certificates registered with the service, keyed case-insensitively by name."""
+
+    async def get(self, record_id: str) -> CACertificate | None: ...
+
+    async def add(self, record: CACertificate) -> bool: ...
+
+    async def replace(self, record: CACertificate, *, expected_etag: str) -> bool: ...
+
+    async def delete(self, record_id: str, *, expected_etag: str | None) -> bool: ...
+
+    async def list(self) -> list[CACertificate]: ...
+
+
+class RegistrationStateStore(Protocol):
+    """Device registration states: read, deleted at an etag, listed by enrollment group."""
+
+    async def get(self, record_id: str) -> DeviceRegistrationState | None: ...
+
+    async def add(self, record: DeviceRegistrationState) -> bool: ...
+
+    async def replace(self, record: DeviceRegistrationState, *, expected_etag: str) -> bool: ...
+
+    async def delete(self, record_id: str, *, expected_etag: str | None) -> bool: ...
+
+    async def put(self, state: DeviceRegistrationState) -> None: ...
+
+    async def query_group(
+        self, enrollment_group_id: str, *, after: str | None, limit: int
+    ) -> list[DeviceRegistrationState]: ...

@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
-from dpsd.domain.enrollment import IndividualEnrollment
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
+
+from dpsd.domain.ca_certificate import CACertificate
+from dpsd.domain.enrollment import EnrollmentSettings, IndividualEnrollment
+from dpsd.domain.enrollment_group import EnrollmentGroup
 from dpsd.domain.ids import id_key
 from dpsd.domain.query import BooleanOp, Comparison, Condition, Not
 from dpsd.domain.registration import DeviceRegistrationState
 
+FieldValue = str | bool | None
+_ID_FIELDS = frozenset({"registrationId", "enrollmentGroupId"})
 
-def _field_value(enrollment: IndividualEnrollment, field: str) -> str | bool | None:
-    settings = enrollment.settings
-    values: dict[str, str | bool | None] = {
-        "registrationId": id_key(enrollment.registration_id),
-        "deviceId": enrollment.device_id,
+
+class Versioned(Protocol):
+    @property
+    def etag(self) -> str: ...
+
+
+R = TypeVar("R", bound=Versioned)
+
+
+def _settings_fields(settings: EnrollmentSettings) -> dict[str, FieldValue]:
+    return {
         "provisioningStatus": settings.provisioning_status.value,
         "iotHubHostName": settings.iot_hub_host_name,
         "attestation.type": settings.attestation.type.value,
@@ -21,15 +34,29 @@ def _field_value(enrollment: IndividualEnrollment, field: str) -> str | bool | N
         else None,
         "capabilities.iotEdge": settings.capabilities.iot_edge,
     }
-    return values[field]
 
 
-def matches(enrollment: IndividualEnrollment, condition: Condition) -> bool:
+def enrollment_fields(record: IndividualEnrollment) -> dict[str, FieldValue]:
+    return {
+        "registrationId": id_key(record.registration_id),
+        "deviceId": record.device_id,
+        **_settings_fields(record.settings),
+    }
+
+
+def group_fields(record: EnrollmentGroup) -> dict[str, FieldValue]:
+    return {
+        "enrollmentGroupId": id_key(record.enrollment_group_id),
+        **_settings_fields(record.settings),
+    }
+
+
+def matches(fields: dict[str, FieldValue], condition: Condition) -> bool:
     """SQL semantics: a comparison with a missing value is false, either way round."""
     match condition:
         case Comparison(field=field, operator=operator, value=value):
-            actual = _field_value(enrollment, field)
-            if field == "registrationId" and isinstance(value, str):
+            actual = fields[field]
+            if field in _ID_FIELDS and isinstance(value, str):
                 value = id_key(value)
             if value is None:
                 return (actual is None) == (operator == "=")
@@ -37,59 +64,92 @@ def matches(enrollment: IndividualEnrollment, condition: Condition) -> bool:
                 return False
             return (actual == value) == (operator == "=")
         case Not(operand=operand):
-            return not matches(enrollment, operand)
+            return not matches(fields, operand)
         case BooleanOp(operator="and", operands=operands):
-            return all(matches(enrollment, operand) for operand in operands)
+            return all(matches(fields, operand) for operand in operands)
         case BooleanOp(operands=operands):
-            return any(matches(enrollment, operand) for operand in operands)
+            return any(matches(fields, operand) for operand in operands)
 
 
-class InMemoryEnrollmentRepository:
-    def __init__(self) -> None:
-        self._records: dict[str, IndividualEnrollment] = {}
+class InMemoryDocumentRepository(Generic[R]):
+    def __init__(
+        self,
+        record_id: Callable[[R], str],
+        fields: Callable[[R], dict[str, FieldValue]] = lambda _record: {},
+    ) -> None:
+        self._records: dict[str, R] = {}
+        self._record_id = record_id
+        self._fields = fields
 
-    async def get(self, registration_id: str) -> IndividualEnrollment | None:
-        return self._records.get(id_key(registration_id))
+    async def get(self, record_id: str) -> R | None:
+        return self._records.get(id_key(record_id))
 
-    async def add(self, enrollment: IndividualEnrollment) -> bool:
-        key = id_key(enrollment.registration_id)
+    async def add(self, record: R) -> bool:
+        key = id_key(self._record_id(record))
         if key in self._records:
             return False
-        self._records[key] = enrollment
+        self._records[key] = record
         return True
 
-    async def replace(self, enrollment: IndividualEnrollment, *, expected_etag: str) -> bool:
-        key = id_key(enrollment.registration_id)
+    async def replace(self, record: R, *, expected_etag: str) -> bool:
+        key = id_key(self._record_id(record))
         current = self._records.get(key)
         if current is None or current.etag != expected_etag:
             return False
-        self._records[key] = enrollment
+        self._records[key] = record
         return True
 
-    async def delete(self, registration_id: str, *, expected_etag: str | None) -> bool:
-        key = id_key(registration_id)
+    async def delete(self, record_id: str, *, expected_etag: str | None) -> bool:
+        key = id_key(record_id)
         current = self._records.get(key)
         if current is None or (expected_etag is not None and current.etag != expected_etag):
             return False
         del self._records[key]
         return True
 
-    async def query(
-        self, where: Condition | None, *, after: str | None, limit: int
-    ) -> list[IndividualEnrollment]:
+    async def query(self, where: Condition | None, *, after: str | None, limit: int) -> list[R]:
+        return self._select(
+            lambda record: where is None or matches(self._fields(record), where), after, limit
+        )
+
+    def _select(self, keep: Callable[[R], bool], after: str | None, limit: int) -> list[R]:
         keys = sorted(key for key in self._records if after is None or key > after)
-        found = [self._records[key] for key in keys]
-        if where is not None:
-            found = [record for record in found if matches(record, where)]
-        return found[:limit]
+        return [self._records[key] for key in keys if keep(self._records[key])][:limit]
 
 
-class InMemoryRegistrationStateRepository:
+class InMemoryEnrollmentRepository(InMemoryDocumentRepository[IndividualEnrollment]):
     def __init__(self) -> None:
-        self._states: dict[str, DeviceRegistrationState] = {}
+        super().__init__(lambda record: record.registration_id, enrollment_fields)
 
-    async def get(self, registration_id: str) -> DeviceRegistrationState | None:
-        return self._states.get(id_key(registration_id))
+
+class InMemoryEnrollmentGroupRepository(InMemoryDocumentRepository[EnrollmentGroup]):
+    def __init__(self) -> None:
+        super().__init__(lambda record: record.enrollment_group_id, group_fields)
+
+
+class InMemoryCertificateRepository(InMemoryDocumentRepository[CACertificate]):
+    def __init__(self) -> None:
+        super().__init__(lambda record: record.name)
+
+    async def list(self) -> list[CACertificate]:
+        return self._select(lambda _record: True, None, len(self._records))
+
+
+class InMemoryRegistrationStateRepository(InMemoryDocumentRepository[DeviceRegistrationState]):
+    def __init__(self) -> None:
+        super().__init__(lambda record: record.registration_id)
 
     async def put(self, state: DeviceRegistrationState) -> None:
-        self._states[id_key(state.registration_id)] = state
+        self._records[id_key(state.registration_id)] = state
+
+    async def query_group(
+        self, enrollment_group_id: str, *, after: str | None, limit: int
+    ) -> list[DeviceRegistrationState]:
+        group = id_key(enrollment_group_id)
+
+        def belongs(state: DeviceRegistrationState) -> bool:
+            return (
+                state.enrollment_group_id is not None and id_key(state.enrollment_group_id) == group
+            )
+
+        return self._select(belongs, after, limit)

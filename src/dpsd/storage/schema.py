@@ -1,6 +1,6 @@
 """Tables, one metadata for SQLite and PostgreSQL.
 
-Each record is a JSON document plus the columns that queries filter on.
+Each record is a JSON document plus the columns that lookups and queries filter on.
 """
 
 from __future__ import annotations
@@ -24,6 +24,20 @@ enrollments = sa.Table(
     sa.Column("document", sa.Text, nullable=False),
 )
 
+enrollment_groups = sa.Table(
+    "enrollment_groups",
+    metadata,
+    sa.Column("id_key", sa.String(128), primary_key=True),
+    sa.Column("enrollment_group_id", sa.String(128), nullable=False),
+    sa.Column("etag", sa.String(64), nullable=False),
+    sa.Column("provisioning_status", sa.String(16), nullable=False),
+    sa.Column("iot_hub_host_name", sa.String(255), nullable=True),
+    sa.Column("attestation_type", sa.String(16), nullable=False),
+    sa.Column("allocation_policy", sa.String(16), nullable=True),
+    sa.Column("iot_edge", sa.Boolean, nullable=False),
+    sa.Column("document", sa.Text, nullable=False),
+)
+
 registration_states = sa.Table(
     "registration_states",
     metadata,
@@ -31,6 +45,16 @@ registration_states = sa.Table(
     sa.Column("registration_id", sa.String(128), nullable=False),
     sa.Column("etag", sa.String(64), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("group_key", sa.String(128), nullable=True),
+    sa.Column("document", sa.Text, nullable=False),
+)
+
+ca_certificates = sa.Table(
+    "ca_certificates",
+    metadata,
+    sa.Column("id_key", sa.String(256), primary_key=True),
+    sa.Column("name", sa.String(256), nullable=False),
+    sa.Column("etag", sa.String(64), nullable=False),
     sa.Column("document", sa.Text, nullable=False),
 )
 

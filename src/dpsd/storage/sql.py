@@ -1,149 +1,253 @@
 """Repositories on SQLAlchemy Core, the same code for SQLite and PostgreSQL.
 
-Conditional writes are single statements (``UPDATE ... WHERE etag = :expected``), so an
-etag-guarded write is atomic on both engines.
+Every record kind is a JSON document keyed by its case-folded id, plus the columns that
+queries filter on. Conditional writes are single statements (``UPDATE ... WHERE etag =
+:expected``), so an etag-guarded write is atomic on both engines.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dpsd.domain.ca_certificate import CACertificate
 from dpsd.domain.enrollment import IndividualEnrollment
+from dpsd.domain.enrollment_group import EnrollmentGroup
 from dpsd.domain.ids import id_key
 from dpsd.domain.query import BooleanOp, Comparison, Condition, Not
 from dpsd.domain.registration import DeviceRegistrationState
 from dpsd.domain.sas import SharedAccessPolicy, format_rights, parse_rights
 from dpsd.storage import codec
-from dpsd.storage.schema import access_policies, enrollments, instance, registration_states
-
-_ENROLLMENT_COLUMNS: dict[str, sa.Column[Any]] = {
-    "registrationId": enrollments.c.id_key,
-    "deviceId": enrollments.c.device_id,
-    "provisioningStatus": enrollments.c.provisioning_status,
-    "iotHubHostName": enrollments.c.iot_hub_host_name,
-    "attestation.type": enrollments.c.attestation_type,
-    "allocationPolicy": enrollments.c.allocation_policy,
-    "capabilities.iotEdge": enrollments.c.iot_edge,
-}
+from dpsd.storage.schema import (
+    access_policies,
+    ca_certificates,
+    enrollment_groups,
+    enrollments,
+    instance,
+    registration_states,
+)
 
 
-def _enrollment_row(enrollment: IndividualEnrollment) -> dict[str, Any]:
-    settings = enrollment.settings
+class Versioned(Protocol):
+    @property
+    def etag(self) -> str: ...
+
+
+R = TypeVar("R", bound=Versioned)
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentKind(Generic[R]):
+    """How one kind of record maps onto its table."""
+
+    table: sa.Table
+    record_id: Callable[[R], str]
+    columns: Callable[[R], dict[str, Any]]
+    decode: Callable[[str], R]
+    query_columns: Mapping[str, sa.Column[Any]]
+
+    def row(self, record: R) -> dict[str, Any]:
+        return {
+            "id_key": id_key(self.record_id(record)),
+            "etag": record.etag,
+            "document": codec.encode(record),
+            **self.columns(record),
+        }
+
+
+def compile_condition(
+    condition: Condition, columns: Mapping[str, sa.Column[Any]]
+) -> sa.ColumnElement[bool]:
+    match condition:
+        case Comparison(field=field, operator=operator, value=value):
+            column = columns[field]
+            if column.name == "id_key" and isinstance(value, str):
+                value = id_key(value)
+            if value is None:
+                return column.is_(None) if operator == "=" else column.is_not(None)
+            return column == value if operator == "=" else column != value
+        case Not(operand=operand):
+            return sa.not_(compile_condition(operand, columns))
+        case BooleanOp(operator="and", operands=operands):
+            return sa.and_(*(compile_condition(operand, columns) for operand in operands))
+        case BooleanOp(operands=operands):
+            return sa.or_(*(compile_condition(operand, columns) for operand in operands))
+
+
+class SqlDocumentRepository(Generic[R]):
+    def __init__(self, engine: AsyncEngine, kind: DocumentKind[R]) -> None:
+        self._engine = engine
+        self._kind = kind
+        self._table = kind.table
+
+    async def get(self, record_id: str) -> R | None:
+        statement = sa.select(self._table.c.document).where(
+            self._table.c.id_key == id_key(record_id)
+        )
+        async with self._engine.connect() as connection:
+            document = (await connection.execute(statement)).scalar_one_or_none()
+        return None if document is None else self._kind.decode(document)
+
+    async def add(self, record: R) -> bool:
+        try:
+            async with self._engine.begin() as connection:
+                await connection.execute(self._table.insert().values(self._kind.row(record)))
+        except IntegrityError:
+            return False
+        return True
+
+    async def replace(self, record: R, *, expected_etag: str) -> bool:
+        statement = (
+            self._table.update()
+            .where(self._table.c.id_key == id_key(self._kind.record_id(record)))
+            .where(self._table.c.etag == expected_etag)
+            .values(self._kind.row(record))
+        )
+        async with self._engine.begin() as connection:
+            result = await connection.execute(statement)
+        return result.rowcount == 1
+
+    async def delete(self, record_id: str, *, expected_etag: str | None) -> bool:
+        statement = self._table.delete().where(self._table.c.id_key == id_key(record_id))
+        if expected_etag is not None:
+            statement = statement.where(self._table.c.etag == expected_etag)
+        async with self._engine.begin() as connection:
+            result = await connection.execute(statement)
+        return result.rowcount == 1
+
+    async def query(self, where: Condition | None, *, after: str | None, limit: int) -> list[R]:
+        filters = [] if where is None else [compile_condition(where, self._kind.query_columns)]
+        return await self._select(filters, after=after, limit=limit)
+
+    async def _select(
+        self, filters: list[sa.ColumnElement[bool]], *, after: str | None, limit: int
+    ) -> list[R]:
+        statement = sa.select(self._table.c.document).order_by(self._table.c.id_key).limit(limit)
+        for condition in filters:
+            statement = statement.where(condition)
+        if after is not None:
+            statement = statement.where(self._table.c.id_key > after)
+        async with self._engine.connect() as connection:
+            documents = (await connection.execute(statement)).scalars().all()
+        return [self._kind.decode(document) for document in documents]
+
+
+def _settings_columns(settings: Any) -> dict[str, Any]:
     return {
-        "id_key": id_key(enrollment.registration_id),
-        "registration_id": enrollment.registration_id,
-        "etag": enrollment.etag,
         "provisioning_status": settings.provisioning_status.value,
-        "device_id": enrollment.device_id,
         "iot_hub_host_name": settings.iot_hub_host_name,
         "attestation_type": settings.attestation.type.value,
         "allocation_policy": settings.allocation_policy.value
         if settings.allocation_policy
         else None,
         "iot_edge": settings.capabilities.iot_edge,
-        "document": codec.encode(enrollment),
     }
 
 
-def compile_condition(condition: Condition) -> sa.ColumnElement[bool]:
-    match condition:
-        case Comparison(field=field, operator=operator, value=value):
-            column = _ENROLLMENT_COLUMNS[field]
-            if field == "registrationId" and isinstance(value, str):
-                value = id_key(value)
-            if value is None:
-                return column.is_(None) if operator == "=" else column.is_not(None)
-            return column == value if operator == "=" else column != value
-        case Not(operand=operand):
-            return sa.not_(compile_condition(operand))
-        case BooleanOp(operator="and", operands=operands):
-            return sa.and_(*(compile_condition(operand) for operand in operands))
-        case BooleanOp(operands=operands):
-            return sa.or_(*(compile_condition(operand) for operand in operands))
+def _settings_query_columns(table: sa.Table) -> dict[str, sa.Column[Any]]:
+    return {
+        "provisioningStatus": table.c.provisioning_status,
+        "iotHubHostName": table.c.iot_hub_host_name,
+        "attestation.type": table.c.attestation_type,
+        "allocationPolicy": table.c.allocation_policy,
+        "capabilities.iotEdge": table.c.iot_edge,
+    }
 
 
-class SqlEnrollmentRepository:
+ENROLLMENTS: DocumentKind[IndividualEnrollment] = DocumentKind(
+    table=enrollments,
+    record_id=lambda record: record.registration_id,
+    columns=lambda record: {
+        "registration_id": record.registration_id,
+        "device_id": record.device_id,
+        **_settings_columns(record.settings),
+    },
+    decode=codec.decoder(IndividualEnrollment),
+    query_columns={
+        "registrationId": enrollments.c.id_key,
+        "deviceId": enrollments.c.device_id,
+        **_settings_query_columns(enrollments),
+    },
+)
+
+ENROLLMENT_GROUPS: DocumentKind[EnrollmentGroup] = DocumentKind(
+    table=enrollment_groups,
+    record_id=lambda record: record.enrollment_group_id,
+    columns=lambda record: {
+        "enrollment_group_id": record.enrollment_group_id,
+        **_settings_columns(record.settings),
+    },
+    decode=codec.decoder(EnrollmentGroup),
+    query_columns={
+        "enrollmentGroupId": enrollment_groups.c.id_key,
+        **_settings_query_columns(enrollment_groups),
+    },
+)
+
+REGISTRATION_STATES: DocumentKind[DeviceRegistrationState] = DocumentKind(
+    table=registration_states,
+    record_id=lambda record: record.registration_id,
+    columns=lambda record: {
+        "registration_id": record.registration_id,
+        "status": record.status.value,
+        "group_key": None
+        if record.enrollment_group_id is None
+        else id_key(record.enrollment_group_id),
+    },
+    decode=codec.decoder(DeviceRegistrationState),
+    query_columns={},
+)
+
+CA_CERTIFICATES: DocumentKind[CACertificate] = DocumentKind(
+    table=ca_certificates,
+    record_id=lambda record: record.name,
+    columns=lambda record: {"name": record.name},
+    decode=codec.decoder(CACertificate),
+    query_columns={},
+)
+
+
+class SqlEnrollmentRepository(SqlDocumentRepository[IndividualEnrollment]):
     def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-
-    async def get(self, registration_id: str) -> IndividualEnrollment | None:
-        statement = sa.select(enrollments.c.document).where(
-            enrollments.c.id_key == id_key(registration_id)
-        )
-        async with self._engine.connect() as connection:
-            document = (await connection.execute(statement)).scalar_one_or_none()
-        return None if document is None else codec.decode_enrollment(document)
-
-    async def add(self, enrollment: IndividualEnrollment) -> bool:
-        try:
-            async with self._engine.begin() as connection:
-                await connection.execute(enrollments.insert().values(_enrollment_row(enrollment)))
-        except IntegrityError:
-            return False
-        return True
-
-    async def replace(self, enrollment: IndividualEnrollment, *, expected_etag: str) -> bool:
-        statement = (
-            enrollments.update()
-            .where(enrollments.c.id_key == id_key(enrollment.registration_id))
-            .where(enrollments.c.etag == expected_etag)
-            .values(_enrollment_row(enrollment))
-        )
-        async with self._engine.begin() as connection:
-            result = await connection.execute(statement)
-        return result.rowcount == 1
-
-    async def delete(self, registration_id: str, *, expected_etag: str | None) -> bool:
-        statement = enrollments.delete().where(enrollments.c.id_key == id_key(registration_id))
-        if expected_etag is not None:
-            statement = statement.where(enrollments.c.etag == expected_etag)
-        async with self._engine.begin() as connection:
-            result = await connection.execute(statement)
-        return result.rowcount == 1
-
-    async def query(
-        self, where: Condition | None, *, after: str | None, limit: int
-    ) -> list[IndividualEnrollment]:
-        statement = sa.select(enrollments.c.document).order_by(enrollments.c.id_key).limit(limit)
-        if where is not None:
-            statement = statement.where(compile_condition(where))
-        if after is not None:
-            statement = statement.where(enrollments.c.id_key > after)
-        async with self._engine.connect() as connection:
-            documents = (await connection.execute(statement)).scalars().all()
-        return [codec.decode_enrollment(document) for document in documents]
+        super().__init__(engine, ENROLLMENTS)
 
 
-class SqlRegistrationStateRepository:
+class SqlEnrollmentGroupRepository(SqlDocumentRepository[EnrollmentGroup]):
     def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+        super().__init__(engine, ENROLLMENT_GROUPS)
 
-    async def get(self, registration_id: str) -> DeviceRegistrationState | None:
-        statement = sa.select(registration_states.c.document).where(
-            registration_states.c.id_key == id_key(registration_id)
-        )
-        async with self._engine.connect() as connection:
-            document = (await connection.execute(statement)).scalar_one_or_none()
-        return None if document is None else codec.decode_registration_state(document)
+
+class SqlCertificateRepository(SqlDocumentRepository[CACertificate]):
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine, CA_CERTIFICATES)
+
+    async def list(self) -> list[CACertificate]:
+        return await self._select([], after=None, limit=1_000_000)
+
+
+class SqlRegistrationStateRepository(SqlDocumentRepository[DeviceRegistrationState]):
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine, REGISTRATION_STATES)
 
     async def put(self, state: DeviceRegistrationState) -> None:
         """Record a device's registration state, replacing an earlier one."""
-        row = {
-            "id_key": id_key(state.registration_id),
-            "registration_id": state.registration_id,
-            "etag": state.etag,
-            "status": state.status.value,
-            "document": codec.encode(state),
-        }
+        row = REGISTRATION_STATES.row(state)
         async with self._engine.begin() as connection:
             await connection.execute(
                 registration_states.delete().where(registration_states.c.id_key == row["id_key"])
             )
             await connection.execute(registration_states.insert().values(row))
+
+    async def query_group(
+        self, enrollment_group_id: str, *, after: str | None, limit: int
+    ) -> list[DeviceRegistrationState]:
+        belongs = registration_states.c.group_key == id_key(enrollment_group_id)
+        return await self._select([belongs], after=after, limit=limit)
 
 
 class SqlInstanceRepository:

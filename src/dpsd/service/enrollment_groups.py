@@ -1,0 +1,197 @@
+"""Use cases for enrollment groups: create or update, read, delete, query, bulk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from dpsd.domain.attestation import AttestationMechanism, AttestationType, check_consistent
+from dpsd.domain.enrollment import check_settings
+from dpsd.domain.enrollment_group import (
+    EnrollmentGroup,
+    EnrollmentGroupDraft,
+    check_group_attestation,
+)
+from dpsd.domain.errors import DomainError, InvalidAttestation, InvalidQuery, ValidationError
+from dpsd.domain.etag import WILDCARD, new_etag, normalize_if_match
+from dpsd.domain.ids import id_key, validate_registration_id
+from dpsd.domain.query import ENROLLMENT_GROUP_QUERY_FIELDS, parse_query
+from dpsd.service import records
+from dpsd.service.attestation import complete_attestation
+from dpsd.service.errors import (
+    EnrollmentGroupAlreadyExists,
+    EnrollmentGroupNotFound,
+    ServiceError,
+)
+from dpsd.service.ports import CertificateRepository, Clock, EnrollmentGroupRepository, Entropy
+from dpsd.service.records import BulkMode
+
+MAX_GROUPS_PER_ATTESTATION = 100
+_PAGING_KIND = "g1"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPage:
+    items: list[EnrollmentGroup]
+    continuation: str | None
+    page_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class BulkGroupFailure:
+    enrollment_group_id: str
+    error: DomainError | ServiceError
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentGroupService:
+    groups: EnrollmentGroupRepository
+    certificates: CertificateRepository
+    clock: Clock
+    entropy: Entropy
+
+    async def create_or_update(
+        self, path_id: str, draft: EnrollmentGroupDraft, if_match: str | None
+    ) -> EnrollmentGroup:
+        """PUT /enrollmentGroups/{id}: the same etag rules as individual enrollments."""
+        _check_draft(path_id, draft)
+        await self._check_ca_references(draft.settings.attestation)
+        if if_match is None or normalize_if_match(if_match) == WILDCARD:
+            await self._check_group_limit(draft)
+
+        def build(stored: EnrollmentGroup | None) -> EnrollmentGroup:
+            now = self.clock.now()
+            attestation = complete_attestation(
+                draft.settings.attestation,
+                stored.settings.attestation if stored else None,
+                self.entropy,
+            )
+            return EnrollmentGroup(
+                enrollment_group_id=draft.enrollment_group_id,
+                settings=replace(draft.settings, attestation=attestation),
+                etag=new_etag(self.entropy.random_bytes(16)),
+                created=stored.created if stored else now,
+                last_updated=now,
+            )
+
+        return await records.create_or_update(
+            self.groups,
+            path_id,
+            if_match,
+            build,
+            lambda: EnrollmentGroupAlreadyExists(draft.enrollment_group_id),
+        )
+
+    async def _check_ca_references(self, attestation: AttestationMechanism) -> None:
+        references = attestation.x509.ca_references if attestation.x509 else None
+        if references is None:
+            return
+        for slot, name in (("primary", references.primary), ("secondary", references.secondary)):
+            if name is None:
+                continue
+            certificate = await self.certificates.get(name)
+            if certificate is None:
+                raise InvalidAttestation(
+                    f"x509.caReferences.{slot} names {name!r}, which is not a CA certificate "
+                    "registered with this service (dpsd certificate list)"
+                )
+            if not certificate.is_verified:
+                raise InvalidAttestation(
+                    f"x509.caReferences.{slot} names CA certificate {name!r}, which is not "
+                    "verified: prove possession of its key first (dpsd certificate verify)"
+                )
+
+    async def _check_group_limit(self, draft: EnrollmentGroupDraft) -> None:
+        if await self.groups.get(draft.enrollment_group_id) is not None:
+            return
+        kind = draft.settings.attestation.type
+        where = parse_query(
+            f"SELECT * WHERE attestation.type = '{kind.value}'", ENROLLMENT_GROUP_QUERY_FIELDS
+        ).where
+        existing = await self.groups.query(where, after=None, limit=MAX_GROUPS_PER_ATTESTATION)
+        if len(existing) >= MAX_GROUPS_PER_ATTESTATION:
+            label = "symmetric-key" if kind == AttestationType.SYMMETRIC_KEY else "X.509"
+            raise ValidationError(
+                f"the service holds {MAX_GROUPS_PER_ATTESTATION} {label} enrollment groups, "
+                "its limit; delete one first"
+            )
+
+    async def get(self, enrollment_group_id: str) -> EnrollmentGroup:
+        validate_registration_id(enrollment_group_id, what="id")
+        group = await self.groups.get(enrollment_group_id)
+        if group is None:
+            raise EnrollmentGroupNotFound(enrollment_group_id)
+        return group
+
+    async def attestation_mechanism(self, enrollment_group_id: str) -> AttestationMechanism:
+        return (await self.get(enrollment_group_id)).settings.attestation
+
+    async def delete(self, enrollment_group_id: str, if_match: str | None) -> None:
+        """Registration states of the group's devices stay, as records of what happened."""
+        validate_registration_id(enrollment_group_id, what="id")
+        await records.delete(
+            self.groups,
+            enrollment_group_id,
+            if_match,
+            lambda: EnrollmentGroupNotFound(enrollment_group_id),
+        )
+
+    async def query(self, text: str, continuation: str | None, max_items: int | None) -> GroupPage:
+        query = parse_query(text, ENROLLMENT_GROUP_QUERY_FIELDS)
+        if query.source not in (None, "enrollmentgroups"):
+            raise InvalidQuery(
+                f"enrollment group queries read FROM enrollmentGroups, not {query.source!r}"
+            )
+        size = records.page_size(max_items)
+        after = records.decode_continuation(_PAGING_KIND, continuation) if continuation else None
+        rows = await self.groups.query(query.where, after=after, limit=size + 1)
+        items = rows[:size]
+        token = None
+        if len(rows) > size:
+            token = records.encode_continuation(_PAGING_KIND, id_key(items[-1].enrollment_group_id))
+        return GroupPage(items=items, continuation=token, page_size=size)
+
+    async def run_bulk_operation(
+        self, mode: BulkMode, drafts: list[EnrollmentGroupDraft], etags: list[str | None]
+    ) -> list[BulkGroupFailure]:
+        if not drafts:
+            raise ValidationError("a bulk operation needs at least one enrollment group")
+        if len(drafts) > records.MAX_BULK_ITEMS:
+            raise ValidationError(
+                f"a bulk operation takes at most {records.MAX_BULK_ITEMS} enrollment groups; "
+                f"got {len(drafts)}"
+            )
+        failures: list[BulkGroupFailure] = []
+        for draft, etag in zip(drafts, etags, strict=True):
+            try:
+                await self._bulk_item(mode, draft, etag)
+            except (DomainError, ServiceError) as error:
+                failures.append(BulkGroupFailure(draft.enrollment_group_id, error))
+        return failures
+
+    async def _bulk_item(
+        self, mode: BulkMode, draft: EnrollmentGroupDraft, etag: str | None
+    ) -> None:
+        match mode:
+            case BulkMode.CREATE:
+                await self.create_or_update(draft.enrollment_group_id, draft, None)
+            case BulkMode.UPDATE:
+                await self.create_or_update(draft.enrollment_group_id, draft, WILDCARD)
+            case BulkMode.UPDATE_IF_MATCH_ETAG:
+                if not etag:
+                    raise ValidationError("mode updateIfMatchETag needs each group's etag")
+                await self.create_or_update(draft.enrollment_group_id, draft, etag)
+            case BulkMode.DELETE:
+                await self.delete(draft.enrollment_group_id, None)
+
+
+def _check_draft(path_id: str, draft: EnrollmentGroupDraft) -> None:
+    validate_registration_id(path_id, what="id in the path")
+    validate_registration_id(draft.enrollment_group_id, what="enrollmentGroupId")
+    if id_key(path_id) != id_key(draft.enrollment_group_id):
+        raise ValidationError(
+            f"enrollmentGroupId {draft.enrollment_group_id!r} in the body does not match "
+            f"the id {path_id!r} in the path"
+        )
+    check_consistent(draft.settings.attestation)
+    check_group_attestation(draft.settings.attestation)
+    check_settings(draft.settings)

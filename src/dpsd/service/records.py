@@ -1,0 +1,139 @@
+"""Etag-guarded create, update and delete, shared by every kind of record.
+
+PUT semantics of the DPS service API: without If-Match a PUT creates, and refuses an
+existing record; with If-Match it updates at that etag (``*``: at whatever etag is there).
+The etag check happens in the store, so a concurrent writer cannot slip in between.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from dpsd.domain.errors import ValidationError
+from dpsd.domain.etag import WILDCARD, normalize_if_match
+from dpsd.service.errors import BadRequest, PreconditionFailed, ServiceError
+
+DEFAULT_PAGE_SIZE = 100
+MAX_BULK_ITEMS = 10
+MAX_PAGE_SIZE = 1000
+_WILDCARD_RETRIES = 5
+
+
+class BulkMode(enum.StrEnum):
+    """Modes of the bulk operations, matched case-insensitively (Node writes
+    ``updateIfMatchEtag``)."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    UPDATE_IF_MATCH_ETAG = "updateIfMatchETag"
+    DELETE = "delete"
+
+    @classmethod
+    def parse(cls, text: str) -> BulkMode:
+        for mode in cls:
+            if mode.value.lower() == text.lower():
+                return mode
+        raise ValidationError(
+            f"bulk mode {text!r} is not one of {', '.join(mode.value for mode in cls)}"
+        )
+
+
+class Versioned(Protocol):
+    @property
+    def etag(self) -> str: ...
+
+
+R = TypeVar("R", bound=Versioned)
+
+
+class GuardedRepository(Protocol[R]):
+    async def get(self, record_id: str) -> R | None: ...
+
+    async def add(self, record: R) -> bool: ...
+
+    async def replace(self, record: R, *, expected_etag: str) -> bool: ...
+
+    async def delete(self, record_id: str, *, expected_etag: str | None) -> bool: ...
+
+
+async def create_or_update(
+    repository: GuardedRepository[R],
+    record_id: str,
+    if_match: str | None,
+    build: Callable[[R | None], R],
+    already_exists: Callable[[], ServiceError],
+) -> R:
+    """``build(stored)`` makes the record to write from the stored one (None on create)."""
+    if if_match is None:
+        return await _create(repository, build, already_exists)
+    wanted = normalize_if_match(if_match)
+    for _ in range(_WILDCARD_RETRIES):
+        current = await repository.get(record_id)
+        if current is None:
+            if wanted != WILDCARD:
+                raise PreconditionFailed(record_id)
+            try:
+                return await _create(repository, build, already_exists)
+            except ServiceError:
+                continue
+        if wanted not in (WILDCARD, current.etag):
+            raise PreconditionFailed(record_id)
+        record = build(current)
+        if await repository.replace(record, expected_etag=current.etag):
+            return record
+        if wanted != WILDCARD:
+            raise PreconditionFailed(record_id)
+    raise PreconditionFailed(record_id)
+
+
+async def _create(
+    repository: GuardedRepository[R],
+    build: Callable[[R | None], R],
+    already_exists: Callable[[], ServiceError],
+) -> R:
+    record = build(None)
+    if not await repository.add(record):
+        raise already_exists()
+    return record
+
+
+async def delete(
+    repository: GuardedRepository[R],
+    record_id: str,
+    if_match: str | None,
+    not_found: Callable[[], ServiceError],
+) -> None:
+    """Delete, at the If-Match etag when one is given."""
+    wanted = normalize_if_match(if_match) if if_match is not None else WILDCARD
+    expected = None if wanted == WILDCARD else wanted
+    if await repository.delete(record_id, expected_etag=expected):
+        return
+    if expected is not None and await repository.get(record_id) is not None:
+        raise PreconditionFailed(record_id)
+    raise not_found()
+
+
+def page_size(max_items: int | None) -> int:
+    if max_items is None or max_items <= 0:
+        return DEFAULT_PAGE_SIZE
+    return min(max_items, MAX_PAGE_SIZE)
+
+
+def encode_continuation(kind: str, last_key: str) -> str:
+    """An opaque paging token: where the last page ended, for one kind of listing."""
+    return base64.urlsafe_b64encode(f"{kind}:{last_key}".encode()).decode()
+
+
+def decode_continuation(kind: str, token: str) -> str:
+    try:
+        text = base64.urlsafe_b64decode(token.encode("ascii")).decode("utf-8")
+    except (binascii.Error, ValueError, UnicodeError) as error:
+        raise BadRequest("x-ms-continuation is not a token this service issued") from error
+    prefix = f"{kind}:"
+    if not text.startswith(prefix):
+        raise BadRequest("x-ms-continuation is not a token this service issued")
+    return text[len(prefix) :]
