@@ -1,101 +1,28 @@
-"""The ``dpsd`` command."""
+"""``dpsd serve`` and ``dpsd info``."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from dpsd.app import Runtime, build_runtime
+from dpsd.cli.options import (
+    Database,
+    DataDir,
+    Host,
+    Hostname,
+    HttpPort,
+    HttpsPort,
+    TlsNames,
+    make_settings,
+)
 from dpsd.server import Endpoints, ListenError, running_endpoints, serve
-from dpsd.settings import (
-    DEFAULT_HOST,
-    DEFAULT_HOSTNAME,
-    DEFAULT_HTTPS_PORT,
-    Settings,
-    default_data_dir,
-)
-
-cli = typer.Typer(
-    help="dpsd: a self-hostable Azure IoT Hub Device Provisioning Service.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", envvar="DPSD_DATA_DIR", help="Where dpsd keeps its state.", show_default=False
-    ),
-]
-Database = Annotated[
-    str | None,
-    typer.Option(
-        "--database",
-        envvar="DPSD_DATABASE",
-        help="postgresql://... to share one store between instances (default: SQLite).",
-    ),
-]
-Host = Annotated[str, typer.Option("--host", envvar="DPSD_HOST", help="Address to listen on.")]
-HttpsPort = Annotated[
-    int,
-    typer.Option("--https-port", envvar="DPSD_HTTPS_PORT", help="HTTPS port (0: any free port)."),
-]
-HttpPort = Annotated[
-    int | None,
-    typer.Option(
-        "--http-port",
-        envvar="DPSD_HTTP_PORT",
-        help="Also serve plain HTTP on this port (off by default).",
-    ),
-]
-Hostname = Annotated[
-    str,
-    typer.Option(
-        "--hostname",
-        envvar="DPSD_HOSTNAME",
-        help="Name clients use to reach dpsd (connection string, certificate).",
-    ),
-]
-TlsNames = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--tls-name",
-        envvar="DPSD_TLS_NAMES",
-        help="More names or addresses for the server certificate.",
-    ),
-]
-
-
-def _settings(
-    data_dir: Path | None,
-    database: str | None,
-    host: str,
-    https_port: int,
-    http_port: int | None,
-    hostname: str,
-    tls_names: list[str] | None,
-) -> Settings:
-    names = tuple(
-        name.strip() for entry in tls_names or [] for name in entry.split(",") if name.strip()
-    )
-    try:
-        return Settings(
-            data_dir=(data_dir or default_data_dir()).expanduser().resolve(),
-            host=host,
-            https_port=https_port,
-            http_port=http_port,
-            database=database,
-            hostname=hostname,
-            tls_names=names,
-        )
-    except ValueError as error:
-        raise typer.BadParameter(str(error)) from error
+from dpsd.settings import DEFAULT_HOST, DEFAULT_HOSTNAME, DEFAULT_HTTPS_PORT, Settings
 
 
 def _print_banner(console: Console, runtime: Runtime, endpoints: Endpoints) -> None:
@@ -111,7 +38,6 @@ def _print_banner(console: Console, runtime: Runtime, endpoints: Endpoints) -> N
     console.print("Stop with Ctrl+C.")
 
 
-@cli.command("serve")
 def serve_command(
     data_dir: DataDir = None,
     database: Database = None,
@@ -122,7 +48,7 @@ def serve_command(
     tls_name: TlsNames = None,
 ) -> None:
     """Serve the DPS service API over HTTPS (and optionally plain HTTP)."""
-    settings = _settings(data_dir, database, host, https_port, http_port, hostname, tls_name)
+    settings = make_settings(data_dir, database, host, https_port, http_port, hostname, tls_name)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -140,7 +66,6 @@ def serve_command(
     console.print("dpsd stopped.")
 
 
-@cli.command("info")
 def info_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
     data_dir: DataDir = None,
@@ -155,7 +80,7 @@ def info_command(
 
     Initialises the data dir when it is new, exactly as the first ``dpsd serve`` would.
     """
-    settings = _settings(data_dir, database, host, https_port, http_port, hostname, tls_name)
+    settings = make_settings(data_dir, database, host, https_port, http_port, hostname, tls_name)
 
     async def read() -> tuple[Runtime, Endpoints]:
         async with build_runtime(settings) as runtime:
@@ -186,7 +111,3 @@ def _endpoints_of(settings: Settings) -> Endpoints:
         None if settings.http_port is None else f"http://{settings.hostname}:{settings.http_port}"
     )
     return Endpoints(https=f"https://{settings.hostname}:{settings.https_port}", http=http)
-
-
-def main() -> None:
-    cli()

@@ -1,0 +1,86 @@
+"""Options shared by the dpsd commands, each also read from a DPSD_* environment variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from dpsd.settings import (
+    DEFAULT_HOST,
+    DEFAULT_HOSTNAME,
+    DEFAULT_HTTPS_PORT,
+    Settings,
+    default_data_dir,
+)
+
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", envvar="DPSD_DATA_DIR", help="Where dpsd keeps its state.", show_default=False
+    ),
+]
+Database = Annotated[
+    str | None,
+    typer.Option(
+        "--database",
+        envvar="DPSD_DATABASE",
+        help="postgresql://... to share one store between instances (default: SQLite).",
+    ),
+]
+Host = Annotated[str, typer.Option("--host", envvar="DPSD_HOST", help="Address to listen on.")]
+HttpsPort = Annotated[
+    int,
+    typer.Option("--https-port", envvar="DPSD_HTTPS_PORT", help="HTTPS port (0: any free port)."),
+]
+HttpPort = Annotated[
+    int | None,
+    typer.Option(
+        "--http-port",
+        envvar="DPSD_HTTP_PORT",
+        help="Also serve plain HTTP on this port (off by default).",
+    ),
+]
+Hostname = Annotated[
+    str,
+    typer.Option(
+        "--hostname",
+        envvar="DPSD_HOSTNAME",
+        help="Name clients use to reach dpsd (connection string, certificate).",
+    ),
+]
+TlsNames = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--tls-name",
+        envvar="DPSD_TLS_NAMES",
+        help="More names or addresses for the server certificate.",
+    ),
+]
+
+
+def make_settings(
+    data_dir: Path | None,
+    database: str | None,
+    host: str = DEFAULT_HOST,
+    https_port: int = DEFAULT_HTTPS_PORT,
+    http_port: int | None = None,
+    hostname: str = DEFAULT_HOSTNAME,
+    tls_names: list[str] | None = None,
+) -> Settings:
+    names = tuple(
+        name.strip() for entry in tls_names or [] for name in entry.split(",") if name.strip()
+    )
+    try:
+        return Settings(
+            data_dir=(data_dir or default_data_dir()).expanduser().resolve(),
+            host=host,
+            https_port=https_port,
+            http_port=http_port,
+            database=database,
+            hostname=hostname,
+            tls_names=names,
+        )
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from error
