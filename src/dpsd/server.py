@@ -17,6 +17,9 @@ import uvicorn
 from dpsd.app import Runtime
 
 
+GRACEFUL_SHUTDOWN_SECONDS = 5
+
+
 class _Server(uvicorn.Server):
     """dpsd runs several listeners in one loop and handles signals itself."""
 
@@ -127,6 +130,9 @@ def _listener(runtime: Runtime, *, tls: bool) -> _Server:
         log_level="warning",
         lifespan="off",
         access_log=False,
+        # Idle TLS keep-alive connections otherwise hold shutdown until the client answers
+        # the TLS close (asyncio waits up to 30 s); requests in flight get this long.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     return _Server(config)
 
