@@ -20,9 +20,9 @@ from dpsd.domain.etag import new_etag
 from dpsd.domain.query import ENROLLMENT_QUERY_FIELDS, parse_query
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationStatus
 from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
+from dpsd.storage import migrate as migrate_module
 from dpsd.storage.engine import create_engine
 from dpsd.storage.memory import InMemoryEnrollmentRepository, InMemoryRegistrationStateRepository
-from dpsd.storage import migrate as migrate_module
 from dpsd.storage.migrate import migrate
 from dpsd.storage.schema import metadata
 from dpsd.storage.sql import (
