@@ -16,7 +16,6 @@ import uvicorn
 
 from dpsd.app import Runtime
 
-
 GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
