@@ -66,8 +66,12 @@ class Runtime:
     certificates: CertificateService
     registration_states: RegistrationStateStore
 
-    def connection_string(self, port: int, policy_name: str = OWNER_POLICY) -> str:
-        host = self.settings.hostname if port == 443 else f"{self.settings.hostname}:{port}"
+    def connection_string(
+        self, port: int, hostname: str | None = None, policy_name: str = OWNER_POLICY
+    ) -> str:
+        """``hostname``: the name the server was started with, when it differs from ours."""
+        name = hostname or self.settings.hostname
+        host = name if port == 443 else f"{name}:{port}"
         policy = self.policies[policy_name]
         return (
             f"HostName={host};SharedAccessKeyName={policy.name};"

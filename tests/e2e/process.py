@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,12 +114,25 @@ class DpsdProcess:
 def start_dpsd(data_dir: Path, log_path: Path, *extra_args: str) -> DpsdProcess:
     """Start ``dpsd serve`` on ``data_dir`` with HTTPS and HTTP on free ports of 127.0.0.1
     and return once it has recorded the ports it bound."""
+    listeners = ["--https-port", "0", "--http-port", "0"]
+    return start_dpsd_listening(data_dir, log_path, [*listeners, *extra_args])
+
+
+def start_dpsd_listening(
+    data_dir: Path,
+    log_path: Path,
+    serve_args: Sequence[str],
+    info_args: Sequence[str] = (),
+) -> DpsdProcess:
+    """Start ``dpsd serve --data-dir DATA_DIR *SERVE_ARGS`` on the listeners the caller names
+    (start_dpsd picks free ports of 127.0.0.1) and return once it has recorded the ports it
+    bound. ``info`` is ``dpsd info --json --data-dir DATA_DIR *INFO_ARGS``: pass the same
+    ``--hostname``, which the connection string names."""
     recorded_path = endpoints_path(data_dir)
     assert not recorded_path.exists(), f"stale {recorded_path}: is another dpsd running?"
-    args = ["--data-dir", str(data_dir), "--https-port", "0", "--http-port", "0"]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*DPSD, "serve", *args, *extra_args],
+            [*DPSD, "serve", "--data-dir", str(data_dir), *serve_args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -136,8 +150,11 @@ def start_dpsd(data_dir: Path, log_path: Path, *extra_args: str) -> DpsdProcess:
             pytest.fail(f"dpsd serve was not listening after {START_TIMEOUT}s:\n{server.output()}")
         time.sleep(POLL_INTERVAL)  # poll interval, not a wait for readiness
     try:
-        server.info = info_json(data_dir)
-        # The file may hold more than the endpoints (a pid, say); those two must agree.
+        result = run_dpsd("info", "--json", "--data-dir", str(data_dir), *info_args)
+        assert result.returncode == 0, (
+            f"dpsd info failed with {result.returncode}:\n{result.stdout}{result.stderr}"
+        )
+        server.info = json.loads(result.stdout)
         assert server.info["endpoints"] == recorded_endpoints(recorded), (server.info, recorded)
         if "pid" in recorded:
             assert recorded["pid"] == process.pid, recorded

@@ -127,7 +127,14 @@ def test_every_operation_conforms(case: Any, dpsd_server: DpsdProcess) -> None:
     case.query = {**(case.query or {}), "api-version": "2021-10-01"}
     headers = {"Authorization": sas_token("localhost", "provisioningserviceowner", owner_key)}
     response = case.call(base_url=base_url, headers=headers)
-    case.validate_response(response, checks=CHECKS)
+    # A 204 has no body and, as the real service sends it, no Content-Type, although the
+    # spec declares application/json for every answer (docs/compatibility.md).
+    selected = [
+        check
+        for check in CHECKS
+        if response.status_code != 204 or check is not checks.content_type_conformance
+    ]
+    case.validate_response(response, checks=selected)
     _error_body_is_dps_shaped(response)
 
 

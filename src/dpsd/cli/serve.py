@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -87,10 +88,10 @@ def info_command(
             return runtime, _endpoints_of(settings)
 
     runtime, endpoints = asyncio.run(read())
-    port = int(endpoints.https.rsplit(":", 1)[1])
+    https = urlsplit(endpoints.https)
     info = {
         "idScope": runtime.id_scope,
-        "serviceConnectionString": runtime.connection_string(port),
+        "serviceConnectionString": runtime.connection_string(https.port or 443, https.hostname),
         "caCertificatePath": str(runtime.tls.ca_certificate),
         "endpoints": endpoints.as_json(),
     }
