@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from dpsd.domain.ids import format_id_scope
 from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
 from dpsd.http.app import ServiceApiApp
+from dpsd.http.device_api import DeviceHandlers
 from dpsd.http.routing import Router
 from dpsd.http.service_api import (
     EnrollmentGroupHandlers,
@@ -19,8 +20,10 @@ from dpsd.http.service_api import (
     RegistrationStateHandlers,
 )
 from dpsd.service.certificates import CertificateService
+from dpsd.service.device_registration import DeviceRegistrationService
 from dpsd.service.enrollment_groups import EnrollmentGroupService
 from dpsd.service.enrollments import EnrollmentService
+from dpsd.service.hubs import HubService
 from dpsd.service.ports import RegistrationStateStore
 from dpsd.service.registration_states import RegistrationStateService
 from dpsd.settings import Settings
@@ -30,7 +33,9 @@ from dpsd.storage.sql import (
     SqlCertificateRepository,
     SqlEnrollmentGroupRepository,
     SqlEnrollmentRepository,
+    SqlHubRepository,
     SqlInstanceRepository,
+    SqlOperationRepository,
     SqlRegistrationStateRepository,
 )
 from dpsd.tls import TlsFiles, ensure_tls
@@ -64,6 +69,7 @@ class Runtime:
     policies: dict[str, SharedAccessPolicy]
     tls: TlsFiles
     certificates: CertificateService
+    hubs: HubService
     registration_states: RegistrationStateStore
 
     def connection_string(
@@ -103,14 +109,27 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         )
         states = SqlRegistrationStateRepository(engine)
         certificates = SqlCertificateRepository(engine)
-        enrollments = EnrollmentService(SqlEnrollmentRepository(engine), states, clock, entropy)
-        groups = EnrollmentGroupService(
-            SqlEnrollmentGroupRepository(engine), certificates, clock, entropy
+        hubs = SqlHubRepository(engine)
+        enrollment_store = SqlEnrollmentRepository(engine)
+        group_store = SqlEnrollmentGroupRepository(engine)
+        enrollments = EnrollmentService(enrollment_store, states, clock, entropy, hubs)
+        groups = EnrollmentGroupService(group_store, certificates, clock, entropy, hubs)
+        devices = DeviceRegistrationService(
+            id_scope=id_scope,
+            enrollments=enrollment_store,
+            groups=group_store,
+            hubs=hubs,
+            states=states,
+            operations=SqlOperationRepository(engine),
+            clock=clock,
+            entropy=entropy,
+            service_location=settings.location,
         )
         routes = [
             *EnrollmentHandlers(enrollments).routes(),
             *EnrollmentGroupHandlers(groups).routes(),
             *RegistrationStateHandlers(RegistrationStateService(states)).routes(),
+            *DeviceHandlers(devices, settings.retry_after).routes(),
         ]
         by_name = {policy.name: policy for policy in policies}
         app = ServiceApiApp(Router(routes), by_name, clock.now)
@@ -121,6 +140,7 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             policies=by_name,
             tls=tls,
             certificates=CertificateService(certificates, clock, entropy),
+            hubs=HubService(hubs, entropy),
             registration_states=states,
         )
     finally:

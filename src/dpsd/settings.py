@@ -10,6 +10,7 @@ from pathlib import Path
 DEFAULT_HTTPS_PORT = 8443
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HOSTNAME = "localhost"
+DEFAULT_RETRY_AFTER = 3
 
 
 def default_data_dir() -> Path:
@@ -20,7 +21,9 @@ def default_data_dir() -> Path:
 @dataclass(frozen=True, slots=True)
 class Settings:
     """``hostname`` is the name clients use to reach dpsd: it goes into the service
-    connection string and the server certificate. ``tls_names`` adds more names."""
+    connection string and the server certificate. ``tls_names`` adds more names.
+    ``location`` is where this service stands, for geoLatency allocation; ``retry_after``
+    is how long devices are told to wait between polls."""
 
     data_dir: Path
     host: str = DEFAULT_HOST
@@ -29,6 +32,8 @@ class Settings:
     database: str | None = None
     hostname: str = DEFAULT_HOSTNAME
     tls_names: tuple[str, ...] = ()
+    location: str | None = None
+    retry_after: int = DEFAULT_RETRY_AFTER
 
     def __post_init__(self) -> None:
         for name, port in (("https port", self.https_port), ("http port", self.http_port)):
@@ -36,6 +41,8 @@ class Settings:
                 raise ValueError(f"the {name} must be between 0 and 65535, not {port}")
         if self.http_port is not None and self.http_port == self.https_port != 0:
             raise ValueError("the https and http listeners need different ports")
+        if not 1 <= self.retry_after <= 300:
+            raise ValueError(f"retry-after must be 1 to 300 seconds, not {self.retry_after}")
         if not self.hostname:
             raise ValueError("the hostname must not be empty")
         if self.database is not None and not self.database.startswith(("sqlite:", "postgresql")):

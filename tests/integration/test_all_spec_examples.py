@@ -138,6 +138,15 @@ def valid_attestation(attestation: dict[str, Any], *, group: bool) -> dict[str, 
     return {"type": "symmetricKey", "symmetricKey": dict(KEYS)}
 
 
+async def link_hubs(service_api: ServiceApi, record: dict[str, Any], request: Request) -> None:
+    named = {*record.get("iotHubs", []), *filter(None, [record.get("iotHubHostName")])}
+    for hub in named:
+        if await service_api.runtime.hubs.hubs.get(hub) is None:
+            await service_api.runtime.hubs.link(hub)
+    if named:
+        request.correct("an enrollment names only linked IoT hubs: link the example's first")
+
+
 def correct_record(record: dict[str, Any], request: Request, *, group: bool) -> dict[str, Any]:
     fixed = copy.deepcopy(record)
     fixed["attestation"] = valid_attestation(fixed["attestation"], group=group)
@@ -186,6 +195,7 @@ async def correct_create_or_update(service_api: ServiceApi, request: Request) ->
     group = request.operation.startswith("EnrollmentGroup")
     id_field = "enrollmentGroupId" if group else "registrationId"
     request.body = correct_record(request.body, request, group=group)
+    await link_hubs(service_api, request.body, request)
     request.path_id = request.body[id_field]
     request.correct("the path id must be the body's id")
     if "If-Match" in request.headers:
@@ -220,6 +230,8 @@ async def correct_bulk(service_api: ServiceApi, request: Request) -> None:
     group = request.operation.startswith("EnrollmentGroup")
     key = "enrollmentGroups" if group else "enrollments"
     request.body[key] = [correct_record(item, request, group=group) for item in request.body[key]]
+    for item in request.body[key]:
+        await link_hubs(service_api, item, request)
 
 
 CORRECTIONS: dict[str, Correction] = {

@@ -68,6 +68,11 @@ async def test_minimum_set_corrected(service_api: ServiceApi) -> None:
     assert returned["provisioningStatus"] == "enabled"
 
 
+async def link_hubs(service_api: ServiceApi, body: dict[str, Any]) -> None:
+    for hub in {body["iotHubHostName"], *body["iotHubs"]}:
+        await service_api.runtime.hubs.link(hub)
+
+
 def _maximum_set_corrected(example: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     body = copy.deepcopy(request_body(example))
     attestation = body["attestation"]
@@ -114,6 +119,11 @@ async def test_maximum_set_as_sent_names_each_broken_rule(service_api: ServiceAp
 
     _, corrected = _maximum_set_corrected(example)
     typed["customAllocationDefinition"] = corrected["customAllocationDefinition"]
+    hubs_unknown = await service_api.put(f"/enrollments/{body['registrationId']}", typed)
+    assert hubs_unknown.status_code == 400
+    assert "'lwgwrfdherfrbowfdbrdhvnragwrs' is not linked" in hubs_unknown.json()["message"]
+
+    await link_hubs(service_api, body)
     keys_wrong = await service_api.put(f"/enrollments/{body['registrationId']}", typed)
     assert keys_wrong.status_code == 400
     assert "symmetricKey.primaryKey is not valid base64" in keys_wrong.json()["message"]
@@ -125,6 +135,8 @@ async def test_maximum_set_as_sent_names_each_broken_rule(service_api: ServiceAp
 async def test_maximum_set_corrected(service_api: ServiceApi) -> None:
     example = load(MAXIMUM_SET)
     path_id, body = _maximum_set_corrected(example)
+    # Correction: an enrollment names only IoT hubs linked to the service; link the example's.
+    await link_hubs(service_api, body)
     # Correction: the example's If-Match names no existing etag, so the first PUT is a
     # create (no If-Match) and the second an update at the etag the first returned.
     created = await service_api.put(f"/enrollments/{path_id}", body)

@@ -37,3 +37,30 @@ class DeviceRegistrationState:
     error_message: str | None = None
     payload: dict[str, Any] | None = None
     enrollment_group_id: str | None = None
+    initial_hub: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationOperation:
+    """One register call of a device: ``assigning`` until a hub is chosen, then terminal.
+
+    ``state`` is what the device is told (its registration state, or the failure);
+    ``enrollment_group_id`` says which group attested it, if any.
+    """
+
+    operation_id: str
+    registration_id: str
+    status: RegistrationStatus
+    created: datetime
+    last_updated: datetime
+    state: DeviceRegistrationState | None = None
+    enrollment_group_id: str | None = None
+    attestation_type: str | None = None
+
+    @property
+    def etag(self) -> str:
+        return self.operation_id
+
+    @property
+    def finished(self) -> bool:
+        return self.status not in (RegistrationStatus.ASSIGNING, RegistrationStatus.UNASSIGNED)

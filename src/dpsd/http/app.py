@@ -33,7 +33,16 @@ logger = logging.getLogger("dpsd.http")
 JSON = "application/json; charset=utf-8"
 REQUEST_ID_HEADER = "x-ms-request-id"
 SERVICE_API_VERSIONS = frozenset(
-    {"2017-11-15", "2018-04-01", "2018-09-01-preview", "2019-03-31", "2021-06-01", "2021-10-01"}
+    {
+        "2017-11-15",
+        "2018-04-01",
+        "2018-09-01-preview",
+        "2018-11-01",
+        "2019-03-31",
+        "2021-06-01",
+        "2021-10-01",
+        "2021-11-01-preview",
+    }
 )
 _encoder = msgspec.json.Encoder()
 

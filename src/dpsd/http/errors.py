@@ -16,6 +16,12 @@ from dpsd.domain.errors import (
     InvalidToken,
     ValidationError,
 )
+from dpsd.service.device_registration import (
+    DeviceUnauthorized,
+    OperationNotFound,
+    RegistrationNotFound,
+    UnsupportedAttestation,
+)
 from dpsd.service.errors import (
     AlreadyExists,
     BadRequest,
@@ -70,6 +76,10 @@ class UnsupportedMediaType(HttpError):
 
 
 ERROR_TABLE: dict[type[Exception], tuple[int, int]] = {
+    DeviceUnauthorized: (401, 401002),
+    UnsupportedAttestation: (400, 400004),
+    OperationNotFound: (404, 404205),
+    RegistrationNotFound: (404, 404202),
     InvalidApiVersion: (400, 400001),
     InvalidRegistrationId: (400, 400004),
     InvalidAttestation: (400, 400004),

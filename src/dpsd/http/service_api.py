@@ -45,6 +45,7 @@ from dpsd.service.records import BulkMode
 from dpsd.service.registration_states import RegistrationStateService
 
 MAX_BODY_BYTES = 96 * 1024
+_EMPTY_BODY = "The request needs a JSON body"
 T = TypeVar("T")
 W = TypeVar("W", IndividualEnrollmentWire, EnrollmentGroupWire)
 D = TypeVar("D")
@@ -65,11 +66,24 @@ async def read_json(request: Request, model: type[T]) -> T:
         if len(body) > MAX_BODY_BYTES:
             raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES} bytes")
     if not body:
-        raise ValidationError("The request needs a JSON body")
+        raise ValidationError(_EMPTY_BODY)
     try:
         return msgspec.json.decode(bytes(body), type=model)
     except msgspec.DecodeError as error:
         raise describe_decode_error(error) from error
+
+
+async def read_optional_json(request: Request, model: type[T]) -> T | None:
+    """Like read_json, but an empty body is None (device clients differ in what they send)."""
+    declared = request.headers.get("content-length", "")
+    if declared == "0":
+        return None
+    try:
+        return await read_json(request, model)
+    except ValidationError as error:
+        if error.message == _EMPTY_BODY:
+            return None
+        raise
 
 
 def _max_item_count(request: Request) -> int | None:

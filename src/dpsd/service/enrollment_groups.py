@@ -22,7 +22,14 @@ from dpsd.service.errors import (
     EnrollmentGroupNotFound,
     ServiceError,
 )
-from dpsd.service.ports import CertificateRepository, Clock, EnrollmentGroupRepository, Entropy
+from dpsd.service.hubs import check_linked
+from dpsd.service.ports import (
+    CertificateRepository,
+    Clock,
+    EnrollmentGroupRepository,
+    Entropy,
+    HubRepository,
+)
 from dpsd.service.records import BulkMode
 
 MAX_GROUPS_PER_ATTESTATION = 100
@@ -48,6 +55,7 @@ class EnrollmentGroupService:
     certificates: CertificateRepository
     clock: Clock
     entropy: Entropy
+    hubs: HubRepository
 
     async def create_or_update(
         self, path_id: str, draft: EnrollmentGroupDraft, if_match: str | None
@@ -55,6 +63,7 @@ class EnrollmentGroupService:
         """PUT /enrollmentGroups/{id}: the same etag rules as individual enrollments."""
         _check_draft(path_id, draft)
         await self._check_ca_references(draft.settings.attestation)
+        await check_linked(self.hubs, draft.settings)
         if if_match is None or normalize_if_match(if_match) == WILDCARD:
             await self._check_group_limit(draft)
 

@@ -18,7 +18,14 @@ from dpsd.domain.query import ENROLLMENT_QUERY_FIELDS, parse_query
 from dpsd.service import records
 from dpsd.service.attestation import complete_attestation
 from dpsd.service.errors import EnrollmentAlreadyExists, EnrollmentNotFound, ServiceError
-from dpsd.service.ports import Clock, EnrollmentRepository, Entropy, RegistrationStateRepository
+from dpsd.service.hubs import check_linked
+from dpsd.service.ports import (
+    Clock,
+    EnrollmentRepository,
+    Entropy,
+    HubRepository,
+    RegistrationStateRepository,
+)
 from dpsd.service.records import (
     DEFAULT_PAGE_SIZE,
     MAX_BULK_ITEMS,
@@ -58,12 +65,14 @@ class EnrollmentService:
     registration_states: RegistrationStateRepository
     clock: Clock
     entropy: Entropy
+    hubs: HubRepository
 
     async def create_or_update(
         self, path_id: str, draft: IndividualEnrollmentDraft, if_match: str | None
     ) -> IndividualEnrollment:
         """PUT /enrollments/{id}: create without If-Match, otherwise update at that etag."""
         _check_draft(path_id, draft)
+        await check_linked(self.hubs, draft.settings)
 
         def build(stored: IndividualEnrollment | None) -> IndividualEnrollment:
             now = self.clock.now()

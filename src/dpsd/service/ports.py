@@ -8,8 +8,9 @@ from typing import Protocol
 from dpsd.domain.ca_certificate import CACertificate
 from dpsd.domain.enrollment import IndividualEnrollment
 from dpsd.domain.enrollment_group import EnrollmentGroup
+from dpsd.domain.hub import LinkedHub
 from dpsd.domain.query import Condition
-from dpsd.domain.registration import DeviceRegistrationState
+from dpsd.domain.registration import DeviceRegistrationState, RegistrationOperation
 from dpsd.domain.sas import SharedAccessPolicy
 
 
@@ -110,3 +111,27 @@ class RegistrationStateStore(Protocol):
     async def query_group(
         self, enrollment_group_id: str, *, after: str | None, limit: int
     ) -> list[DeviceRegistrationState]: ...
+
+
+class HubRepository(Protocol):
+    """IoT hubs linked to the service, keyed case-insensitively by host name."""
+
+    async def get(self, record_id: str) -> LinkedHub | None: ...
+
+    async def add(self, record: LinkedHub) -> bool: ...
+
+    async def replace(self, record: LinkedHub, *, expected_etag: str) -> bool: ...
+
+    async def delete(self, record_id: str, *, expected_etag: str | None) -> bool: ...
+
+    async def list(self) -> list[LinkedHub]: ...
+
+
+class OperationRepository(Protocol):
+    """Device registration operations, readable by every dpsd process on the store."""
+
+    async def get(self, record_id: str) -> RegistrationOperation | None: ...
+
+    async def save(self, operation: RegistrationOperation) -> None: ...
+
+    async def delete_older_than(self, moment: datetime) -> None: ...

@@ -8,6 +8,7 @@ from typing import Generic, Protocol, TypeVar
 from dpsd.domain.ca_certificate import CACertificate
 from dpsd.domain.enrollment import EnrollmentSettings, IndividualEnrollment
 from dpsd.domain.enrollment_group import EnrollmentGroup
+from dpsd.domain.hub import LinkedHub
 from dpsd.domain.ids import id_key
 from dpsd.domain.query import BooleanOp, Comparison, Condition, Not
 from dpsd.domain.registration import DeviceRegistrationState
@@ -132,6 +133,14 @@ class InMemoryCertificateRepository(InMemoryDocumentRepository[CACertificate]):
         super().__init__(lambda record: record.name)
 
     async def list(self) -> list[CACertificate]:
+        return self._select(lambda _record: True, None, len(self._records))
+
+
+class InMemoryHubRepository(InMemoryDocumentRepository[LinkedHub]):
+    def __init__(self) -> None:
+        super().__init__(lambda record: record.host_name)
+
+    async def list(self) -> list[LinkedHub]:
         return self._select(lambda _record: True, None, len(self._records))
 
 

@@ -73,3 +73,22 @@ access_policies = sa.Table(
     sa.Column("secondary_key", sa.String(128), nullable=False),
     sa.Column("rights", sa.String(255), nullable=False),
 )
+
+linked_hubs = sa.Table(
+    "linked_hubs",
+    metadata,
+    sa.Column("id_key", sa.String(260), primary_key=True),
+    sa.Column("host_name", sa.String(260), nullable=False),
+    sa.Column("etag", sa.String(64), nullable=False),
+    sa.Column("document", sa.Text, nullable=False),
+)
+
+registration_operations = sa.Table(
+    "registration_operations",
+    metadata,
+    sa.Column("id_key", sa.String(128), primary_key=True),
+    sa.Column("registration_id", sa.String(128), nullable=False),
+    sa.Column("etag", sa.String(128), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("document", sa.Text, nullable=False),
+)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 import sqlalchemy as sa
@@ -18,9 +19,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from dpsd.domain.ca_certificate import CACertificate
 from dpsd.domain.enrollment import IndividualEnrollment
 from dpsd.domain.enrollment_group import EnrollmentGroup
+from dpsd.domain.hub import LinkedHub
 from dpsd.domain.ids import id_key
 from dpsd.domain.query import BooleanOp, Comparison, Condition, Not
-from dpsd.domain.registration import DeviceRegistrationState
+from dpsd.domain.registration import DeviceRegistrationState, RegistrationOperation
 from dpsd.domain.sas import SharedAccessPolicy, format_rights, parse_rights
 from dpsd.storage import codec
 from dpsd.storage.schema import (
@@ -29,6 +31,8 @@ from dpsd.storage.schema import (
     enrollment_groups,
     enrollments,
     instance,
+    linked_hubs,
+    registration_operations,
     registration_states,
 )
 
@@ -212,6 +216,26 @@ CA_CERTIFICATES: DocumentKind[CACertificate] = DocumentKind(
 )
 
 
+LINKED_HUBS: DocumentKind[LinkedHub] = DocumentKind(
+    table=linked_hubs,
+    record_id=lambda record: record.host_name,
+    columns=lambda record: {"host_name": record.host_name},
+    decode=codec.decoder(LinkedHub),
+    query_columns={},
+)
+
+REGISTRATION_OPERATIONS: DocumentKind[RegistrationOperation] = DocumentKind(
+    table=registration_operations,
+    record_id=lambda record: record.operation_id,
+    columns=lambda record: {
+        "registration_id": record.registration_id,
+        "created_at": record.created.timestamp(),
+    },
+    decode=codec.decoder(RegistrationOperation),
+    query_columns={},
+)
+
+
 class SqlEnrollmentRepository(SqlDocumentRepository[IndividualEnrollment]):
     def __init__(self, engine: AsyncEngine) -> None:
         super().__init__(engine, ENROLLMENTS)
@@ -248,6 +272,39 @@ class SqlRegistrationStateRepository(SqlDocumentRepository[DeviceRegistrationSta
     ) -> list[DeviceRegistrationState]:
         belongs = registration_states.c.group_key == id_key(enrollment_group_id)
         return await self._select([belongs], after=after, limit=limit)
+
+
+class SqlHubRepository(SqlDocumentRepository[LinkedHub]):
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine, LINKED_HUBS)
+
+    async def list(self) -> list[LinkedHub]:
+        return await self._select([], after=None, limit=1_000_000)
+
+
+class SqlOperationRepository(SqlDocumentRepository[RegistrationOperation]):
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine, REGISTRATION_OPERATIONS)
+
+    async def save(self, operation: RegistrationOperation) -> None:
+        """Record an operation's latest status (operations change only forward)."""
+        row = REGISTRATION_OPERATIONS.row(operation)
+        async with self._engine.begin() as connection:
+            result = await connection.execute(
+                registration_operations.update()
+                .where(registration_operations.c.id_key == row["id_key"])
+                .values(row)
+            )
+            if result.rowcount == 0:
+                await connection.execute(registration_operations.insert().values(row))
+
+    async def delete_older_than(self, moment: datetime) -> None:
+        async with self._engine.begin() as connection:
+            await connection.execute(
+                registration_operations.delete().where(
+                    registration_operations.c.created_at < moment.timestamp()
+                )
+            )
 
 
 class SqlInstanceRepository:

@@ -39,6 +39,7 @@ from dpsd.domain.errors import (
     ValidationError,
 )
 from dpsd.domain.etag import new_etag
+from dpsd.domain.hub import LinkedHub
 from dpsd.domain.ids import id_key
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationStatus
 from dpsd.domain.x509 import certificate_info, to_pem
@@ -54,7 +55,11 @@ from dpsd.service.errors import (
     EnrollmentNotFound,
     PreconditionFailed,
 )
-from dpsd.storage.memory import InMemoryEnrollmentRepository, InMemoryRegistrationStateRepository
+from dpsd.storage.memory import (
+    InMemoryEnrollmentRepository,
+    InMemoryHubRepository,
+    InMemoryRegistrationStateRepository,
+)
 from tests.unit.support import FAST, Issued, issue, name
 
 START = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
@@ -98,7 +103,7 @@ def make_world() -> World:
     states = InMemoryRegistrationStateRepository()
     clock = FakeClock()
     entropy = FakeEntropy()
-    service = EnrollmentService(enrollments, states, clock, entropy)
+    service = EnrollmentService(enrollments, states, clock, entropy, InMemoryHubRepository())
     return World(service, enrollments, states, clock, entropy)
 
 
@@ -546,6 +551,7 @@ async def test_paging_with_a_filter(service: EnrollmentService, page_size: int) 
 async def test_query_filters(
     service: EnrollmentService, condition: str, expected: list[str]
 ) -> None:
+    await service.hubs.add(LinkedHub(host_name="h.example", etag="e"))
     await create_all(service, ["a-1"])
     await create_all(
         service, ["b-2"], allocation_policy=AllocationPolicy.STATIC, iot_hubs=("h.example",)
@@ -698,3 +704,11 @@ async def test_bulk_delete(service: EnrollmentService) -> None:
         ("dev-2", EnrollmentNotFound)
     ]
     assert (await service.query("SELECT *", None, None)).items == []
+
+
+async def test_enrollments_name_only_linked_hubs(service: EnrollmentService) -> None:
+    with pytest.raises(ValidationError, match=r"'elsewhere\.example' is not linked"):
+        await service.create_or_update(
+            "d-1", draft("d-1", iot_hub_host_name="elsewhere.example"), None
+        )
+    assert await service.enrollments.get("d-1") is None

@@ -1,0 +1,325 @@
+"""Device registration: a device attests, dpsd picks an IoT hub and records the result.
+
+Shared by every device protocol (HTTPS now; MQTT and AMQP call the same functions). A
+register call always starts an operation in ``assigning``; the device polls it until it is
+``assigned``, ``failed`` or ``disabled``. Operations live in the store, so any dpsd process
+sharing it can answer the polls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from dpsd.domain.allocation import AllocationFailed, allocate, candidate_hubs
+from dpsd.domain.attestation import AttestationType
+from dpsd.domain.device_auth import derive_device_key, parse_device_token, signed_with_any
+from dpsd.domain.enrollment import (
+    AllocationPolicy,
+    EnrollmentSettings,
+    IndividualEnrollment,
+    ProvisioningStatus,
+)
+from dpsd.domain.enrollment_group import EnrollmentGroup
+from dpsd.domain.errors import InvalidToken, ValidationError
+from dpsd.domain.etag import new_etag
+from dpsd.domain.ids import validate_registration_id
+from dpsd.domain.query import ENROLLMENT_GROUP_QUERY_FIELDS, parse_query
+from dpsd.domain.registration import (
+    AssignedDeviceSubstatus,
+    DeviceRegistrationState,
+    RegistrationOperation,
+    RegistrationStatus,
+)
+from dpsd.service.errors import NotFound, ServiceError
+from dpsd.service.ports import (
+    Clock,
+    EnrollmentGroupRepository,
+    EnrollmentRepository,
+    Entropy,
+    HubRepository,
+    OperationRepository,
+    RegistrationStateStore,
+)
+
+OPERATION_LIFETIME = timedelta(hours=1)
+_CLEANUP_EVERY = 200
+_SYMMETRIC_GROUPS = parse_query(
+    "SELECT * WHERE attestation.type = 'symmetricKey'", ENROLLMENT_GROUP_QUERY_FIELDS
+).where
+DISABLED_ERROR_CODE = 401008
+
+
+class DeviceUnauthorized(ServiceError):
+    """The device did not prove who it is; the message says what was wrong."""
+
+
+class UnsupportedAttestation(ServiceError):
+    """An attestation dpsd does not serve (TPM)."""
+
+
+class OperationNotFound(NotFound):
+    def __init__(self, operation_id: str) -> None:
+        super().__init__(f"No registration operation {operation_id!r} for this device")
+
+
+class RegistrationNotFound(NotFound):
+    def __init__(self, registration_id: str) -> None:
+        super().__init__(f"Device {registration_id!r} has not registered")
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What a device presented: a SAS token (``Authorization``) or a TLS client certificate."""
+
+    authorization: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attested:
+    """The enrollment that vouched for the device: its own, or its group's."""
+
+    settings: EnrollmentSettings
+    attestation_type: AttestationType
+    device_id: str | None
+    enrollment_group_id: str | None
+
+    @classmethod
+    def individual(cls, enrollment: IndividualEnrollment) -> Attested:
+        return cls(
+            enrollment.settings, enrollment.settings.attestation.type, enrollment.device_id, None
+        )
+
+    @classmethod
+    def group(cls, group: EnrollmentGroup) -> Attested:
+        return cls(group.settings, group.settings.attestation.type, None, group.enrollment_group_id)
+
+
+@dataclass(slots=True)
+class DeviceRegistrationService:
+    id_scope: str
+    enrollments: EnrollmentRepository
+    groups: EnrollmentGroupRepository
+    hubs: HubRepository
+    states: RegistrationStateStore
+    operations: OperationRepository
+    clock: Clock
+    entropy: Entropy
+    service_location: str | None = None
+    _registrations: int = 0
+
+    async def register(
+        self,
+        id_scope: str,
+        registration_id: str,
+        credential: Credential,
+        body_registration_id: str | None = None,
+        payload: Any = None,
+        tpm: object | None = None,
+    ) -> RegistrationOperation:
+        """Attest the device and start its operation. The answer is always ``assigning``;
+        the outcome is in the operation the device then polls."""
+        if tpm is not None:
+            raise UnsupportedAttestation("TPM attestation is not supported by dpsd")
+        validate_registration_id(registration_id)
+        if body_registration_id and body_registration_id.lower() != registration_id.lower():
+            raise ValidationError(
+                f"registrationId {body_registration_id!r} in the body does not match "
+                f"{registration_id!r} in the path"
+            )
+        attested = await self.attest(id_scope, registration_id, credential)
+        now = self.clock.now()
+        started = RegistrationOperation(
+            operation_id=self._operation_id(),
+            registration_id=registration_id,
+            status=RegistrationStatus.ASSIGNING,
+            created=now,
+            last_updated=now,
+            enrollment_group_id=attested.enrollment_group_id,
+            attestation_type=attested.attestation_type.value,
+        )
+        await self.operations.save(started)
+        await self._complete(started, attested, payload)
+        await self._clean_up(now)
+        return started
+
+    async def operation(
+        self, id_scope: str, registration_id: str, operation_id: str, credential: Credential
+    ) -> RegistrationOperation:
+        await self.attest(id_scope, registration_id, credential)
+        found = await self.operations.get(operation_id)
+        if found is None or found.registration_id.lower() != registration_id.lower():
+            raise OperationNotFound(operation_id)
+        return found
+
+    async def registration_state(
+        self, id_scope: str, registration_id: str, credential: Credential
+    ) -> DeviceRegistrationState:
+        await self.attest(id_scope, registration_id, credential)
+        state = await self.states.get(registration_id)
+        if state is None:
+            raise RegistrationNotFound(registration_id)
+        return state
+
+    async def attest(self, id_scope: str, registration_id: str, credential: Credential) -> Attested:
+        if id_scope.lower() != self.id_scope.lower():
+            raise DeviceUnauthorized(f"ID scope {id_scope!r} is not this service's")
+        validate_registration_id(registration_id)
+        if credential.authorization is None:
+            raise DeviceUnauthorized(
+                "The device presented neither a SharedAccessSignature nor a client certificate"
+            )
+        return await self._attest_symmetric_key(id_scope, registration_id, credential.authorization)
+
+    async def _attest_symmetric_key(
+        self, id_scope: str, registration_id: str, authorization: str
+    ) -> Attested:
+        try:
+            token = parse_device_token(
+                authorization, id_scope, registration_id, now=int(self.clock.now().timestamp())
+            )
+        except InvalidToken as error:
+            raise DeviceUnauthorized(error.message) from error
+        enrollment = await self.enrollments.get(registration_id)
+        if enrollment is not None:
+            keys = enrollment.settings.attestation.symmetric_key
+            if keys is not None and signed_with_any(
+                token, [k for k in (keys.primary_key, keys.secondary_key) if k]
+            ):
+                return Attested.individual(enrollment)
+            raise DeviceUnauthorized("The token is not signed with this device's enrollment keys")
+        for group in await self.groups.query(_SYMMETRIC_GROUPS, after=None, limit=1000):
+            keys = group.settings.attestation.symmetric_key
+            if keys is None:
+                continue
+            derived = [
+                derive_device_key(k, registration_id)
+                for k in (keys.primary_key, keys.secondary_key)
+                if k
+            ]
+            if signed_with_any(token, derived):
+                return Attested.group(group)
+        raise DeviceUnauthorized("No enrollment of this service vouches for the device")
+
+    async def _complete(
+        self, operation: RegistrationOperation, attested: Attested, payload: Any
+    ) -> RegistrationOperation:
+        now = self.clock.now()
+        previous = await self.states.get(operation.registration_id)
+        if attested.settings.provisioning_status == ProvisioningStatus.DISABLED:
+            state = self._failed_state(
+                operation,
+                previous,
+                RegistrationStatus.DISABLED,
+                DISABLED_ERROR_CODE,
+                "The device's enrollment is disabled",
+                now,
+            )
+        else:
+            try:
+                state = await self._assign(operation, attested, previous, now)
+            except AllocationFailed as error:
+                state = self._failed_state(
+                    operation,
+                    previous,
+                    RegistrationStatus.FAILED,
+                    error.error_code,
+                    error.message,
+                    now,
+                )
+        await self.states.put(state)
+        finished = replace(operation, status=state.status, state=state, last_updated=now)
+        await self.operations.save(finished)
+        return finished
+
+    async def _assign(
+        self,
+        operation: RegistrationOperation,
+        attested: Attested,
+        previous: DeviceRegistrationState | None,
+        now: datetime,
+    ) -> DeviceRegistrationState:
+        settings = attested.settings
+        linked = await self.hubs.list()
+        kept = (
+            previous.assigned_hub
+            if previous and previous.status == RegistrationStatus.ASSIGNED
+            else None
+        )
+        linked_names = {hub.host_name.lower() for hub in linked}
+        if (
+            kept
+            and not settings.reprovision_policy.update_hub_assignment
+            and kept.lower() in linked_names
+        ):
+            hub_name = kept
+        else:
+            policy = settings.allocation_policy or AllocationPolicy.HASHED
+            candidates = candidate_hubs(settings, linked)
+            hub_name = allocate(
+                policy, candidates, operation.registration_id, self.service_location
+            ).host_name
+        return DeviceRegistrationState(
+            registration_id=operation.registration_id,
+            status=RegistrationStatus.ASSIGNED,
+            etag=new_etag(self.entropy.random_bytes(16)),
+            created=previous.created if previous else now,
+            last_updated=now,
+            assigned_hub=hub_name,
+            device_id=attested.device_id or operation.registration_id,
+            substatus=_substatus(previous, kept, hub_name, settings),
+            enrollment_group_id=attested.enrollment_group_id,
+            initial_hub=(previous.initial_hub if previous and previous.initial_hub else hub_name),
+        )
+
+    def _failed_state(
+        self,
+        operation: RegistrationOperation,
+        previous: DeviceRegistrationState | None,
+        status: RegistrationStatus,
+        code: int,
+        message: str,
+        now: datetime,
+    ) -> DeviceRegistrationState:
+        return DeviceRegistrationState(
+            registration_id=operation.registration_id,
+            status=status,
+            etag=new_etag(self.entropy.random_bytes(16)),
+            created=previous.created if previous else now,
+            last_updated=now,
+            error_code=code,
+            error_message=message,
+            enrollment_group_id=operation.enrollment_group_id,
+            initial_hub=previous.initial_hub if previous else None,
+        )
+
+    def _operation_id(self) -> str:
+        """Shaped as the real service's: ``4.<16 hex>.<uuid>``; opaque to devices."""
+        raw = self.entropy.random_bytes(24)
+        tail = raw[8:].hex()
+        return (
+            f"4.{raw[:8].hex()}.{tail[:8]}-{tail[8:12]}-{tail[12:16]}-{tail[16:20]}-{tail[20:32]}"
+        )
+
+    async def _clean_up(self, now: datetime) -> None:
+        self._registrations += 1
+        if self._registrations % _CLEANUP_EVERY == 0:
+            await self.operations.delete_older_than(now - OPERATION_LIFETIME)
+
+
+def _substatus(
+    previous: DeviceRegistrationState | None,
+    kept: str | None,
+    hub: str,
+    settings: EnrollmentSettings,
+) -> AssignedDeviceSubstatus:
+    if kept is None or previous is None:
+        return AssignedDeviceSubstatus.INITIAL_ASSIGNMENT
+    if kept.lower() == hub.lower():
+        return previous.substatus or AssignedDeviceSubstatus.INITIAL_ASSIGNMENT
+    if previous.initial_hub and previous.initial_hub.lower() == hub.lower():
+        return AssignedDeviceSubstatus.REPROVISIONED_TO_INITIAL_ASSIGNMENT
+    if settings.reprovision_policy.migrate_device_data:
+        return AssignedDeviceSubstatus.DEVICE_DATA_MIGRATED
+    return AssignedDeviceSubstatus.DEVICE_DATA_RESET
