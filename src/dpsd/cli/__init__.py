@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from dpsd.cli.certificates import certificate_app
+from dpsd.cli.hubs import hub_app
 from dpsd.cli.serve import info_command, serve_command
 
 cli = typer.Typer(
@@ -15,6 +16,7 @@ cli = typer.Typer(
 cli.command("serve")(serve_command)
 cli.command("info")(info_command)
 cli.add_typer(certificate_app, name="certificate")
+cli.add_typer(hub_app, name="hub")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from dpsd.settings import (
     DEFAULT_HOST,
     DEFAULT_HOSTNAME,
     DEFAULT_HTTPS_PORT,
+    DEFAULT_RETRY_AFTER,
     Settings,
     default_data_dir,
 )
@@ -50,6 +51,22 @@ Hostname = Annotated[
         help="Name clients use to reach dpsd (connection string, certificate).",
     ),
 ]
+Location = Annotated[
+    str | None,
+    typer.Option(
+        "--location",
+        envvar="DPSD_LOCATION",
+        help="Where this service stands: geoLatency prefers hubs of the same location.",
+    ),
+]
+RetryAfter = Annotated[
+    int,
+    typer.Option(
+        "--retry-after",
+        envvar="DPSD_RETRY_AFTER",
+        help="Seconds devices are told to wait between polls of a registration.",
+    ),
+]
 TlsNames = Annotated[
     list[str] | None,
     typer.Option(
@@ -68,6 +85,8 @@ def make_settings(
     http_port: int | None = None,
     hostname: str = DEFAULT_HOSTNAME,
     tls_names: list[str] | None = None,
+    location: str | None = None,
+    retry_after: int = DEFAULT_RETRY_AFTER,
 ) -> Settings:
     names = tuple(
         name.strip() for entry in tls_names or [] for name in entry.split(",") if name.strip()
@@ -81,6 +100,8 @@ def make_settings(
             database=database,
             hostname=hostname,
             tls_names=names,
+            location=location,
+            retry_after=retry_after,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error

@@ -19,11 +19,19 @@ from dpsd.cli.options import (
     Hostname,
     HttpPort,
     HttpsPort,
+    Location,
+    RetryAfter,
     TlsNames,
     make_settings,
 )
 from dpsd.server import Endpoints, ListenError, running_endpoints, serve
-from dpsd.settings import DEFAULT_HOST, DEFAULT_HOSTNAME, DEFAULT_HTTPS_PORT, Settings
+from dpsd.settings import (
+    DEFAULT_HOST,
+    DEFAULT_HOSTNAME,
+    DEFAULT_HTTPS_PORT,
+    DEFAULT_RETRY_AFTER,
+    Settings,
+)
 
 
 def _print_banner(console: Console, runtime: Runtime, endpoints: Endpoints) -> None:
@@ -47,9 +55,13 @@ def serve_command(
     http_port: HttpPort = None,
     hostname: Hostname = DEFAULT_HOSTNAME,
     tls_name: TlsNames = None,
+    location: Location = None,
+    retry_after: RetryAfter = DEFAULT_RETRY_AFTER,
 ) -> None:
-    """Serve the DPS service API over HTTPS (and optionally plain HTTP)."""
-    settings = make_settings(data_dir, database, host, https_port, http_port, hostname, tls_name)
+    """Serve the DPS service API and device registration over HTTPS (optionally HTTP too)."""
+    settings = make_settings(
+        data_dir, database, host, https_port, http_port, hostname, tls_name, location, retry_after
+    )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
