@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from dpsd.client_tls import ClientCertificateTrust
 from dpsd.domain.ids import format_id_scope
 from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
 from dpsd.http.app import ServiceApiApp
@@ -26,6 +27,7 @@ from dpsd.service.enrollments import EnrollmentService
 from dpsd.service.hubs import HubService
 from dpsd.service.ports import RegistrationStateStore
 from dpsd.service.registration_states import RegistrationStateService
+from dpsd.service.x509_trust import certificates_to_trust
 from dpsd.settings import Settings
 from dpsd.storage.engine import create_engine
 from dpsd.storage.migrate import migrate
@@ -69,6 +71,8 @@ class Runtime:
     policies: dict[str, SharedAccessPolicy]
     tls: TlsFiles
     certificates: CertificateService
+    client_trust: ClientCertificateTrust
+    refresh_trust: Callable[[], Awaitable[None]]
     hubs: HubService
     registration_states: RegistrationStateStore
 
@@ -112,13 +116,26 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         hubs = SqlHubRepository(engine)
         enrollment_store = SqlEnrollmentRepository(engine)
         group_store = SqlEnrollmentGroupRepository(engine)
-        enrollments = EnrollmentService(enrollment_store, states, clock, entropy, hubs)
-        groups = EnrollmentGroupService(group_store, certificates, clock, entropy, hubs)
+        client_trust = ClientCertificateTrust(tls)
+
+        async def refresh_trust() -> None:
+            client_trust.trust(
+                await certificates_to_trust(enrollment_store, group_store, certificates)
+            )
+
+        await refresh_trust()
+        enrollments = EnrollmentService(
+            enrollment_store, states, clock, entropy, hubs, client_trust
+        )
+        groups = EnrollmentGroupService(
+            group_store, certificates, clock, entropy, hubs, client_trust
+        )
         devices = DeviceRegistrationService(
             id_scope=id_scope,
             enrollments=enrollment_store,
             groups=group_store,
             hubs=hubs,
+            certificates=certificates,
             states=states,
             operations=SqlOperationRepository(engine),
             clock=clock,
@@ -139,7 +156,9 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             id_scope=id_scope,
             policies=by_name,
             tls=tls,
-            certificates=CertificateService(certificates, clock, entropy),
+            certificates=CertificateService(certificates, clock, entropy, client_trust),
+            client_trust=client_trust,
+            refresh_trust=refresh_trust,
             hubs=HubService(hubs, entropy),
             registration_states=states,
         )

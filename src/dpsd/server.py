@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,8 +17,11 @@ from pathlib import Path
 import uvicorn
 
 from dpsd.app import Runtime
+from dpsd.client_tls import ClientCertificateProtocol
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
+TRUST_REFRESH_SECONDS = 30
+logger = logging.getLogger("dpsd.server")
 
 
 class _Server(uvicorn.Server):
@@ -109,23 +114,42 @@ async def _serve_on(
         endpoints = _endpoints(runtime, sockets)
         _record_endpoints(settings.data_dir, endpoints)
         on_ready(endpoints)
-        await asyncio.gather(
-            *(
-                listener.serve(sockets=[sock])
-                for listener, sock in zip(listeners, sockets, strict=True)
+        refresher = asyncio.create_task(_refresh_trust(runtime))
+        try:
+            await asyncio.gather(
+                *(
+                    listener.serve(sockets=[sock])
+                    for listener, sock in zip(listeners, sockets, strict=True)
+                )
             )
-        )
+        finally:
+            refresher.cancel()
     finally:
         endpoints_file(settings.data_dir).unlink(missing_ok=True)
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
 
 
+async def _refresh_trust(runtime: Runtime) -> None:
+    """Other dpsd processes on the same store enroll certificates too: pick them up."""
+    while True:
+        await asyncio.sleep(TRUST_REFRESH_SECONDS)
+        try:
+            await runtime.refresh_trust()
+        except Exception:
+            logger.exception("reloading the certificates that vouch for devices failed")
+
+
 def _listener(runtime: Runtime, *, tls: bool) -> _Server:
+    def client_certificate_context(
+        _config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]
+    ) -> ssl.SSLContext:
+        return runtime.client_trust.context
+
     config = uvicorn.Config(
         runtime.asgi_app,
-        ssl_certfile=str(runtime.tls.server_certificate) if tls else None,
-        ssl_keyfile=str(runtime.tls.server_key) if tls else None,
+        http=ClientCertificateProtocol,
+        ssl_context_factory=client_certificate_context if tls else None,
         log_level="warning",
         lifespan="off",
         access_log=False,

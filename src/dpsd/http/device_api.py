@@ -85,7 +85,9 @@ def result_to_wire(
 
 
 def _credential(request: Request) -> Credential:
-    return Credential(authorization=request.headers.get("authorization"))
+    tls = request.scope.get("extensions", {}).get("tls") or {}
+    chain = tuple(tls.get("client_cert_chain") or ())
+    return Credential(authorization=request.headers.get("authorization"), client_chain=chain)
 
 
 class DeviceHandlers:

@@ -6,7 +6,7 @@ name in ``caReferences`` once they are verified.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from dpsd.domain.ca_certificate import (
     CACertificate,
@@ -18,7 +18,7 @@ from dpsd.domain.etag import new_etag
 from dpsd.domain.x509 import certificate_info, load_certificate, to_pem
 from dpsd.service import records
 from dpsd.service.errors import CertificateAlreadyExists, CertificateNotFound
-from dpsd.service.ports import CertificateRepository, Clock, Entropy
+from dpsd.service.ports import CertificateRepository, Clock, Entropy, NoTrust, TrustedCertificates
 
 MAX_CA_CERTIFICATES = 25
 VERIFICATION_CODE_BYTES = 24
@@ -29,6 +29,7 @@ class CertificateService:
     certificates: CertificateRepository
     clock: Clock
     entropy: Entropy
+    trust: TrustedCertificates = field(default_factory=NoTrust)
 
     async def add(self, name: str, certificate_text: str, *, verified: bool) -> CACertificate:
         """Register a CA certificate; ``verified`` skips proof of possession, as the
@@ -51,6 +52,8 @@ class CertificateService:
         )
         if not await self.certificates.add(record):
             raise CertificateAlreadyExists(name)
+        if verified:
+            self.trust.trust([record.certificate])
         return record
 
     async def list(self) -> list[CACertificate]:
@@ -92,7 +95,9 @@ class CertificateService:
             etag=self._etag(),
             last_updated=self.clock.now(),
         )
-        return await self._write(current, verified)
+        written = await self._write(current, verified)
+        self.trust.trust([written.certificate])
+        return written
 
     async def _write(self, current: CACertificate, updated: CACertificate) -> CACertificate:
         return await records.create_or_update(

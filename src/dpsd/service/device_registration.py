@@ -22,7 +22,7 @@ from dpsd.domain.enrollment import (
     ProvisioningStatus,
 )
 from dpsd.domain.enrollment_group import EnrollmentGroup
-from dpsd.domain.errors import InvalidToken, ValidationError
+from dpsd.domain.errors import DomainError, InvalidToken, ValidationError
 from dpsd.domain.etag import new_etag
 from dpsd.domain.ids import validate_registration_id
 from dpsd.domain.query import ENROLLMENT_GROUP_QUERY_FIELDS, parse_query
@@ -32,8 +32,10 @@ from dpsd.domain.registration import (
     RegistrationOperation,
     RegistrationStatus,
 )
+from dpsd.domain.x509_attestation import group_position, individual_matches, read_chain
 from dpsd.service.errors import NotFound, ServiceError
 from dpsd.service.ports import (
+    CertificateRepository,
     Clock,
     EnrollmentGroupRepository,
     EnrollmentRepository,
@@ -47,6 +49,9 @@ OPERATION_LIFETIME = timedelta(hours=1)
 _CLEANUP_EVERY = 200
 _SYMMETRIC_GROUPS = parse_query(
     "SELECT * WHERE attestation.type = 'symmetricKey'", ENROLLMENT_GROUP_QUERY_FIELDS
+).where
+_X509_GROUPS = parse_query(
+    "SELECT * WHERE attestation.type = 'x509'", ENROLLMENT_GROUP_QUERY_FIELDS
 ).where
 DISABLED_ERROR_CODE = 401008
 
@@ -71,9 +76,11 @@ class RegistrationNotFound(NotFound):
 
 @dataclass(frozen=True, slots=True)
 class Credential:
-    """What a device presented: a SAS token (``Authorization``) or a TLS client certificate."""
+    """What a device presented: a SAS token (``Authorization``), or a TLS client
+    certificate chain (PEM, leaf first) that the TLS layer verified."""
 
     authorization: str | None = None
+    client_chain: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +109,7 @@ class DeviceRegistrationService:
     enrollments: EnrollmentRepository
     groups: EnrollmentGroupRepository
     hubs: HubRepository
+    certificates: CertificateRepository
     states: RegistrationStateStore
     operations: OperationRepository
     clock: Clock
@@ -166,11 +174,44 @@ class DeviceRegistrationService:
         if id_scope.lower() != self.id_scope.lower():
             raise DeviceUnauthorized(f"ID scope {id_scope!r} is not this service's")
         validate_registration_id(registration_id)
-        if credential.authorization is None:
-            raise DeviceUnauthorized(
-                "The device presented neither a SharedAccessSignature nor a client certificate"
+        if credential.authorization is not None:
+            return await self._attest_symmetric_key(
+                id_scope, registration_id, credential.authorization
             )
-        return await self._attest_symmetric_key(id_scope, registration_id, credential.authorization)
+        if credential.client_chain:
+            return await self._attest_x509(registration_id, credential.client_chain)
+        raise DeviceUnauthorized(
+            "The device presented neither a SharedAccessSignature nor a client certificate"
+        )
+
+    async def _attest_x509(self, registration_id: str, pems: tuple[str, ...]) -> Attested:
+        try:
+            chain = read_chain(pems)
+        except DomainError as error:
+            raise DeviceUnauthorized(error.message) from error
+        if chain.common_name.lower() != registration_id.lower():
+            raise DeviceUnauthorized(
+                f"The certificate's subject CN {chain.common_name!r} is not the registration "
+                f"id {registration_id!r}"
+            )
+        enrollment = await self.enrollments.get(registration_id)
+        if enrollment is not None:
+            if individual_matches(enrollment.settings.attestation, chain):
+                return Attested.individual(enrollment)
+            raise DeviceUnauthorized("The certificate does not match this device's enrollment")
+        verified = {
+            record.name.lower(): record.info.sha256_thumbprint.upper()
+            for record in await self.certificates.list()
+            if record.is_verified
+        }
+        best: tuple[int, EnrollmentGroup] | None = None
+        for group in await self.groups.query(_X509_GROUPS, after=None, limit=1000):
+            position = group_position(group.settings.attestation, chain, verified)
+            if position is not None and (best is None or position < best[0]):
+                best = (position, group)
+        if best is None:
+            raise DeviceUnauthorized("No enrollment of this service vouches for the certificate")
+        return Attested.group(best[1])
 
     async def _attest_symmetric_key(
         self, id_scope: str, registration_id: str, authorization: str

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from dpsd.domain.attestation import AttestationMechanism, AttestationType, check_consistent
 from dpsd.domain.enrollment import check_settings
@@ -29,8 +29,11 @@ from dpsd.service.ports import (
     EnrollmentGroupRepository,
     Entropy,
     HubRepository,
+    NoTrust,
+    TrustedCertificates,
 )
 from dpsd.service.records import BulkMode
+from dpsd.service.x509_trust import attestation_certificates
 
 MAX_GROUPS_PER_ATTESTATION = 100
 _PAGING_KIND = "g1"
@@ -56,13 +59,14 @@ class EnrollmentGroupService:
     clock: Clock
     entropy: Entropy
     hubs: HubRepository
+    trust: TrustedCertificates = field(default_factory=NoTrust)
 
     async def create_or_update(
         self, path_id: str, draft: EnrollmentGroupDraft, if_match: str | None
     ) -> EnrollmentGroup:
         """PUT /enrollmentGroups/{id}: the same etag rules as individual enrollments."""
         _check_draft(path_id, draft)
-        await self._check_ca_references(draft.settings.attestation)
+        referenced = await self._check_ca_references(draft.settings.attestation)
         await check_linked(self.hubs, draft.settings)
         if if_match is None or normalize_if_match(if_match) == WILDCARD:
             await self._check_group_limit(draft)
@@ -82,18 +86,22 @@ class EnrollmentGroupService:
                 last_updated=now,
             )
 
-        return await records.create_or_update(
+        written = await records.create_or_update(
             self.groups,
             path_id,
             if_match,
             build,
             lambda: EnrollmentGroupAlreadyExists(draft.enrollment_group_id),
         )
+        self.trust.trust([*attestation_certificates(written.settings.attestation), *referenced])
+        return written
 
-    async def _check_ca_references(self, attestation: AttestationMechanism) -> None:
+    async def _check_ca_references(self, attestation: AttestationMechanism) -> list[str]:
+        """The referenced CA certificates (PEM), each registered and verified."""
         references = attestation.x509.ca_references if attestation.x509 else None
         if references is None:
-            return
+            return []
+        found: list[str] = []
         for slot, name in (("primary", references.primary), ("secondary", references.secondary)):
             if name is None:
                 continue
@@ -108,6 +116,8 @@ class EnrollmentGroupService:
                     f"x509.caReferences.{slot} names CA certificate {name!r}, which is not "
                     "verified: prove possession of its key first (dpsd certificate verify)"
                 )
+            found.append(certificate.certificate)
+        return found
 
     async def _check_group_limit(self, draft: EnrollmentGroupDraft) -> None:
         if await self.groups.get(draft.enrollment_group_id) is not None:

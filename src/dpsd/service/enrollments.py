@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from dpsd.domain.attestation import AttestationMechanism, check_consistent
 from dpsd.domain.enrollment import (
@@ -24,7 +24,9 @@ from dpsd.service.ports import (
     EnrollmentRepository,
     Entropy,
     HubRepository,
+    NoTrust,
     RegistrationStateRepository,
+    TrustedCertificates,
 )
 from dpsd.service.records import (
     DEFAULT_PAGE_SIZE,
@@ -32,6 +34,7 @@ from dpsd.service.records import (
     MAX_PAGE_SIZE,
     BulkMode,
 )
+from dpsd.service.x509_trust import attestation_certificates
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
@@ -66,6 +69,7 @@ class EnrollmentService:
     clock: Clock
     entropy: Entropy
     hubs: HubRepository
+    trust: TrustedCertificates = field(default_factory=NoTrust)
 
     async def create_or_update(
         self, path_id: str, draft: IndividualEnrollmentDraft, if_match: str | None
@@ -91,13 +95,15 @@ class EnrollmentService:
                 optional_device_information=draft.optional_device_information,
             )
 
-        return await records.create_or_update(
+        written = await records.create_or_update(
             self.enrollments,
             path_id,
             if_match,
             build,
             lambda: EnrollmentAlreadyExists(draft.registration_id),
         )
+        self.trust.trust(attestation_certificates(written.settings.attestation))
+        return written
 
     async def get(self, registration_id: str) -> IndividualEnrollment:
         """GET /enrollments/{id}, with the device's registration state when there is one."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Protocol
 
@@ -135,3 +136,17 @@ class OperationRepository(Protocol):
     async def save(self, operation: RegistrationOperation) -> None: ...
 
     async def delete_older_than(self, moment: datetime) -> None: ...
+
+
+class TrustedCertificates(Protocol):
+    """Where device TLS handshakes are checked: told of every certificate that can vouch
+    for a device (X.509 enrollments' certificates, verified CA certificates)."""
+
+    def trust(self, certificates: Iterable[str]) -> None: ...
+
+
+class NoTrust:
+    """For use cases run where no device handshakes happen (tests, the CLI)."""
+
+    def trust(self, certificates: Iterable[str]) -> None:
+        del certificates

@@ -1,0 +1,70 @@
+"""TLS client certificates on the HTTPS listener, for X.509 device attestation.
+
+uvicorn neither asks for client certificates nor shows them to the application, and
+Python's ``ssl`` can only ask for one if it also verifies it. So the listener's context
+trusts, as partial-chain anchors, every certificate that could vouch for a device (X.509
+enrollments' client and signing certificates, verified CA certificates): a chain that ends
+anywhere else is refused in the handshake. The protocol below then hands the verified chain
+to the application as the ASGI TLS extension (``scope["extensions"]["tls"]``), where the
+use cases decide which enrollment, if any, it proves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from dpsd.tls import TlsFiles
+
+
+class ClientCertificateTrust:
+    def __init__(self, tls: TlsFiles) -> None:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(tls.server_certificate), str(tls.server_key))
+        context.verify_mode = ssl.CERT_OPTIONAL
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        self.context = context
+        self._known: set[str] = set()
+
+    def trust(self, certificates: Iterable[str]) -> None:
+        """Accept chains ending at these PEM certificates from the next handshake on."""
+        for pem in certificates:
+            if pem not in self._known:
+                self.context.load_verify_locations(cadata=pem)
+                self._known.add(pem)
+
+
+def _tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return None
+    # SSLObject.get_verified_chain() is public from Python 3.13; 3.11 and 3.12 have it on
+    # the underlying _ssl object.
+    native = getattr(ssl_object, "_sslobj", ssl_object)
+    chain = native.get_verified_chain() if ssl_object.getpeercert(binary_form=True) else []
+    return {
+        "client_cert_chain": [str(certificate.public_bytes()) for certificate in chain],
+        "client_cert_error": None,
+        "tls_version": None,
+        "cipher_suite": None,
+    }
+
+
+class ClientCertificateProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol, with the client's verified certificate chain in scope."""
+
+    _tls: dict[str, Any] | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._tls = _tls_extension(transport)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._tls is not None:
+            self.scope["extensions"] = {"tls": self._tls}  # type: ignore[dict-item]
