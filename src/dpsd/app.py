@@ -9,17 +9,22 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import httpx
+import msgspec
+
 from dpsd.client_tls import ClientCertificateTrust
 from dpsd.domain.ids import format_id_scope
 from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
 from dpsd.http.app import ServiceApiApp
 from dpsd.http.device_api import DeviceHandlers
 from dpsd.http.routing import Router
+from dpsd.http.schemas import enrollment_to_wire, group_to_wire
 from dpsd.http.service_api import (
     EnrollmentGroupHandlers,
     EnrollmentHandlers,
     RegistrationStateHandlers,
 )
+from dpsd.integrations.webhook import WebhookCustomAllocator
 from dpsd.service.certificates import CertificateService
 from dpsd.service.device_registration import DeviceRegistrationService
 from dpsd.service.enrollment_groups import EnrollmentGroupService
@@ -73,6 +78,7 @@ class Runtime:
     certificates: CertificateService
     client_trust: ClientCertificateTrust
     refresh_trust: Callable[[], Awaitable[None]]
+    devices: DeviceRegistrationService
     hubs: HubService
     registration_states: RegistrationStateStore
 
@@ -106,6 +112,8 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     tls = ensure_tls(settings.data_dir, settings.certificate_names, clock.now())
     engine = create_engine(settings.database_url)
+    webhook_client = httpx.AsyncClient(follow_redirects=False)
+    devices: DeviceRegistrationService | None = None
     try:
         await migrate(engine)
         id_scope, policies = await SqlInstanceRepository(engine).ensure(
@@ -140,7 +148,14 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             operations=SqlOperationRepository(engine),
             clock=clock,
             entropy=entropy,
+            allocator=WebhookCustomAllocator(
+                webhook_client,
+                lambda record: msgspec.to_builtins(enrollment_to_wire(record, secrets=False)),
+                lambda record: msgspec.to_builtins(group_to_wire(record, secrets=False)),
+                settings.webhook_timeout,
+            ),
             service_location=settings.location,
+            webhook_timeout=settings.webhook_timeout,
         )
         routes = [
             *EnrollmentHandlers(enrollments).routes(),
@@ -159,8 +174,12 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             certificates=CertificateService(certificates, clock, entropy, client_trust),
             client_trust=client_trust,
             refresh_trust=refresh_trust,
+            devices=devices,
             hubs=HubService(hubs, entropy),
             registration_states=states,
         )
     finally:
+        if devices is not None:
+            await devices.drain()
+        await webhook_client.aclose()
         await engine.dispose()

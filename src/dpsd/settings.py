@@ -11,6 +11,7 @@ DEFAULT_HTTPS_PORT = 8443
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HOSTNAME = "localhost"
 DEFAULT_RETRY_AFTER = 3
+DEFAULT_WEBHOOK_TIMEOUT = 10.0
 
 
 def default_data_dir() -> Path:
@@ -34,6 +35,7 @@ class Settings:
     tls_names: tuple[str, ...] = ()
     location: str | None = None
     retry_after: int = DEFAULT_RETRY_AFTER
+    webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT
 
     def __post_init__(self) -> None:
         for name, port in (("https port", self.https_port), ("http port", self.http_port)):

@@ -7,16 +7,18 @@ must stop cleanly (exit code 0) within STOP_TIMEOUT seconds of SIGTERM or SIGINT
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from azure.iot.deviceprovisioning import DeviceProvisioningClient
@@ -169,3 +171,25 @@ def sdk_client(info: dict[str, Any]) -> DeviceProvisioningClient:
     return DeviceProvisioningClient.from_connection_string(
         info["serviceConnectionString"], connection_verify=info["caCertificatePath"]
     )
+
+
+def skip_or_fail(reason: str) -> NoReturn:
+    """Skip with ``reason``; in CI (``CI`` set), where Node and root are given, fail instead."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
+    pytest.skip(reason)
+
+
+def bind_problem(address: str, port: int) -> str | None:
+    """Why ``address:port`` cannot be bound here (a privileged port without root, or in use),
+    or None when it can."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, port))
+        except PermissionError:
+            return f"cannot bind {address}:{port} (needs root or CAP_NET_BIND_SERVICE)"
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                return f"{address}:{port} is already in use"
+            return f"cannot bind {address}:{port}: {error}"
+    return None

@@ -8,7 +8,8 @@ sharing it can answer the polls.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import asyncio
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ from dpsd.domain.enrollment import (
 from dpsd.domain.enrollment_group import EnrollmentGroup
 from dpsd.domain.errors import DomainError, InvalidToken, ValidationError
 from dpsd.domain.etag import new_etag
+from dpsd.domain.hub import LinkedHub
 from dpsd.domain.ids import validate_registration_id
 from dpsd.domain.query import ENROLLMENT_GROUP_QUERY_FIELDS, parse_query
 from dpsd.domain.registration import (
@@ -37,6 +39,9 @@ from dpsd.service.errors import NotFound, ServiceError
 from dpsd.service.ports import (
     CertificateRepository,
     Clock,
+    CustomAllocationRequest,
+    CustomAllocationResult,
+    CustomAllocator,
     EnrollmentGroupRepository,
     EnrollmentRepository,
     Entropy,
@@ -54,6 +59,8 @@ _X509_GROUPS = parse_query(
     "SELECT * WHERE attestation.type = 'x509'", ENROLLMENT_GROUP_QUERY_FIELDS
 ).where
 DISABLED_ERROR_CODE = 401008
+CUSTOM_ALLOCATION_ERROR_CODE = 400210
+_GRACE_SECONDS = 30
 
 
 class DeviceUnauthorized(ServiceError):
@@ -91,16 +98,27 @@ class Attested:
     attestation_type: AttestationType
     device_id: str | None
     enrollment_group_id: str | None
+    enrollment: IndividualEnrollment | None = None
+    group_record: EnrollmentGroup | None = None
 
     @classmethod
     def individual(cls, enrollment: IndividualEnrollment) -> Attested:
+        settings = enrollment.settings
         return cls(
-            enrollment.settings, enrollment.settings.attestation.type, enrollment.device_id, None
+            settings, settings.attestation.type, enrollment.device_id, None, enrollment=enrollment
         )
 
     @classmethod
     def group(cls, group: EnrollmentGroup) -> Attested:
-        return cls(group.settings, group.settings.attestation.type, None, group.enrollment_group_id)
+        settings = group.settings
+        return cls(
+            settings, settings.attestation.type, None, group.enrollment_group_id, group_record=group
+        )
+
+    @property
+    def custom(self) -> bool:
+        enabled = self.settings.provisioning_status == ProvisioningStatus.ENABLED
+        return enabled and self.settings.allocation_policy == AllocationPolicy.CUSTOM
 
 
 @dataclass(slots=True)
@@ -114,8 +132,11 @@ class DeviceRegistrationService:
     operations: OperationRepository
     clock: Clock
     entropy: Entropy
+    allocator: CustomAllocator
     service_location: str | None = None
+    webhook_timeout: float = 10.0
     _registrations: int = 0
+    _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
     async def register(
         self,
@@ -148,9 +169,20 @@ class DeviceRegistrationService:
             attestation_type=attested.attestation_type.value,
         )
         await self.operations.save(started)
-        await self._complete(started, attested, payload)
+        if attested.custom:
+            # A slow webhook must not hold the register call: the device polls meanwhile.
+            task = asyncio.create_task(self._complete(started, attested, payload))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        else:
+            await self._complete(started, attested, payload)
         await self._clean_up(now)
         return started
+
+    async def drain(self) -> None:
+        """Let assignments still talking to webhooks finish (at shutdown)."""
+        if self._background:
+            await asyncio.wait(self._background, timeout=self.webhook_timeout + 1)
 
     async def operation(
         self, id_scope: str, registration_id: str, operation_id: str, credential: Credential
@@ -159,6 +191,21 @@ class DeviceRegistrationService:
         found = await self.operations.get(operation_id)
         if found is None or found.registration_id.lower() != registration_id.lower():
             raise OperationNotFound(operation_id)
+        abandoned = found.created + timedelta(seconds=self.webhook_timeout + _GRACE_SECONDS)
+        if not found.finished and self.clock.now() > abandoned:
+            # The process that ran the assignment stopped before it finished.
+            return replace(
+                found,
+                status=RegistrationStatus.FAILED,
+                state=self._failed_state(
+                    found,
+                    None,
+                    RegistrationStatus.FAILED,
+                    CUSTOM_ALLOCATION_ERROR_CODE,
+                    "The assignment was interrupted; register again",
+                    self.clock.now(),
+                ),
+            )
         return found
 
     async def registration_state(
@@ -259,7 +306,7 @@ class DeviceRegistrationService:
             )
         else:
             try:
-                state = await self._assign(operation, attested, previous, now)
+                state = await self._assign(operation, attested, previous, now, payload)
             except AllocationFailed as error:
                 state = self._failed_state(
                     operation,
@@ -280,6 +327,7 @@ class DeviceRegistrationService:
         attested: Attested,
         previous: DeviceRegistrationState | None,
         now: datetime,
+        payload: Any,
     ) -> DeviceRegistrationState:
         settings = attested.settings
         linked = await self.hubs.list()
@@ -295,12 +343,18 @@ class DeviceRegistrationService:
             and kept.lower() in linked_names
         ):
             hub_name = kept
+            payload = None
         else:
             policy = settings.allocation_policy or AllocationPolicy.HASHED
             candidates = candidate_hubs(settings, linked)
-            hub_name = allocate(
-                policy, candidates, operation.registration_id, self.service_location
-            ).host_name
+            if policy == AllocationPolicy.CUSTOM:
+                result = await self._ask_webhook(operation, attested, previous, candidates, payload)
+                hub_name, payload = result.iot_hub_host_name, result.payload
+            else:
+                hub_name = allocate(
+                    policy, candidates, operation.registration_id, self.service_location
+                ).host_name
+                payload = None
         return DeviceRegistrationState(
             registration_id=operation.registration_id,
             status=RegistrationStatus.ASSIGNED,
@@ -312,7 +366,43 @@ class DeviceRegistrationService:
             substatus=_substatus(previous, kept, hub_name, settings),
             enrollment_group_id=attested.enrollment_group_id,
             initial_hub=(previous.initial_hub if previous and previous.initial_hub else hub_name),
+            payload=payload if isinstance(payload, dict) else None,
         )
+
+    async def _ask_webhook(
+        self,
+        operation: RegistrationOperation,
+        attested: Attested,
+        previous: DeviceRegistrationState | None,
+        candidates: list[LinkedHub],
+        payload: Any,
+    ) -> CustomAllocationResult:
+        definition = attested.settings.custom_allocation_definition
+        if definition is None:
+            raise AllocationFailed("custom allocation needs a customAllocationDefinition")
+        names = tuple(hub.host_name for hub in candidates)
+        assigned = previous is not None and previous.status == RegistrationStatus.ASSIGNED
+        result = await self.allocator.allocate(
+            CustomAllocationRequest(
+                webhook_url=definition.webhook_url,
+                api_version=definition.api_version,
+                individual_enrollment=attested.enrollment,
+                enrollment_group=attested.group_record,
+                registration_id=operation.registration_id,
+                linked_hubs=names,
+                attestation_type=attested.attestation_type.value,
+                current_hub=previous.assigned_hub if assigned and previous else None,
+                current_device_id=previous.device_id if assigned and previous else None,
+                payload=payload,
+            )
+        )
+        if result.iot_hub_host_name.lower() not in {name.lower() for name in names}:
+            raise AllocationFailed(
+                f"Custom allocation chose {result.iot_hub_host_name!r}, which is not one of "
+                f"the linked hubs offered ({', '.join(names)})",
+                CUSTOM_ALLOCATION_ERROR_CODE,
+            )
+        return result
 
     def _failed_state(
         self,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from dpsd.domain.ca_certificate import CACertificate
 from dpsd.domain.enrollment import IndividualEnrollment
@@ -150,3 +151,33 @@ class NoTrust:
 
     def trust(self, certificates: Iterable[str]) -> None:
         del certificates
+
+
+@dataclass(frozen=True, slots=True)
+class CustomAllocationRequest:
+    """What a custom allocation webhook is told (the record is the enrollment's own)."""
+
+    webhook_url: str
+    api_version: str
+    individual_enrollment: IndividualEnrollment | None
+    enrollment_group: EnrollmentGroup | None
+    registration_id: str
+    linked_hubs: tuple[str, ...]
+    attestation_type: str
+    current_hub: str | None = None
+    current_device_id: str | None = None
+    payload: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class CustomAllocationResult:
+    iot_hub_host_name: str
+    initial_twin: dict[str, Any] | None = None
+    payload: Any = None
+
+
+class CustomAllocator(Protocol):
+    """Asks an enrollment's webhook which hub a device goes to. Raises AllocationFailed
+    (from the domain) when the webhook fails, times out or answers nonsense."""
+
+    async def allocate(self, request: CustomAllocationRequest) -> CustomAllocationResult: ...

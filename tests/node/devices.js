@@ -1,0 +1,145 @@
+#!/usr/bin/env node
+// Provisions devices through a running dpsd with the official Node device SDK
+// (azure-iot-provisioning-device + azure-iot-provisioning-device-http, symmetric keys from
+// azure-iot-security-symmetric-key) and prints one JSON line per scenario:
+//   {"scenario": NAME, "ok": true, "ms": N, "result": {...registrationState...}, "calls": [...]}
+//   {"scenario": NAME, "ok": false, "ms": N, "error": {...the error...}, "calls": [...]}
+// then a last line {"done": true, "count": N}. `calls` lists every request the transport made
+// (register or poll) with what came back and the polling interval the SDK derived from it.
+// The scenarios run concurrently (each with its own client); the script only observes, the
+// pytest side (tests/e2e/test_node_device_sdk.py) asserts.
+//
+// Environment:
+//   DPS_PROVISIONING_HOST    the provisioning host (no port: the HTTP transport uses port 443)
+//   DPS_ID_SCOPE             the ID scope the devices register in
+//   DPS_DEVICE_SCENARIOS     JSON list of {"name", "registrationId", "key", "payload"?, "idScope"?}
+//   DPS_SCENARIO_TIMEOUT_MS  bound on each scenario (default 10000)
+//   NODE_EXTRA_CA_CERTS      the dpsd CA (read by Node itself at start)
+//
+// Plain CommonJS, no build step.
+'use strict';
+
+const { ProvisioningDeviceClient } = require('azure-iot-provisioning-device');
+const { Http } = require('azure-iot-provisioning-device-http');
+const { SymmetricKeySecurityClient } = require('azure-iot-security-symmetric-key');
+
+function required(name) {
+  const value = process.env[name];
+  if (!value) {
+    process.stderr.write(`${name} is not set\n`);
+    process.exit(2);
+  }
+  return value;
+}
+
+const provisioningHost = required('DPS_PROVISIONING_HOST');
+const idScope = required('DPS_ID_SCOPE');
+const scenarios = JSON.parse(required('DPS_DEVICE_SCENARIOS'));
+const scenarioTimeoutMs = Number(process.env.DPS_SCENARIO_TIMEOUT_MS || 10000);
+
+function parseMaybeJson(text) {
+  if (typeof text !== 'string') return text === undefined ? null : text;
+  try {
+    return JSON.parse(text);
+  } catch (_) {
+    return text;
+  }
+}
+
+function headerOf(response, name) {
+  return response && response.headers ? response.headers[name] || null : null;
+}
+
+/** What the SDK surfaced: its class, message, HTTP status and body, and any `result` it
+ * attached (the polling state machine attaches the operation status to the errors it makes). */
+function describeError(err) {
+  if (!(err instanceof Error)) return { name: typeof err, message: String(err) };
+  const response = err.response;
+  return {
+    name: err.constructor ? err.constructor.name : err.name,
+    message: err.message,
+    statusCode: response ? response.statusCode || null : null,
+    contentType: headerOf(response, 'content-type'),
+    errorCodeHeader: headerOf(response, 'x-ms-error-code'),
+    responseBody: parseMaybeJson(err.responseBody),
+    result: err.result === undefined ? null : err.result,
+    code: err.code || null,
+  };
+}
+
+/** Wrap the transport's two requests to record each one as the SDK sees it. */
+function recordCalls(transport, calls, started) {
+  for (const [method, call] of [
+    ['registrationRequest', 'register'],
+    ['queryOperationStatus', 'poll'],
+  ]) {
+    const original = transport[method].bind(transport);
+    transport[method] = (...args) => {
+      const callback = args.pop();
+      const entry = { call, startedMs: Date.now() - started };
+      calls.push(entry);
+      original(...args, (err, result, response, pollingInterval) => {
+        entry.endedMs = Date.now() - started;
+        entry.statusCode = response ? response.statusCode : err && err.response ? err.response.statusCode : null;
+        entry.retryAfter = headerOf(response || (err && err.response), 'retry-after');
+        entry.status = result && typeof result === 'object' ? result.status || null : null;
+        entry.pollingInterval = pollingInterval === undefined ? null : pollingInterval;
+        entry.error = err ? err.constructor.name : null;
+        callback(err, result, response, pollingInterval);
+      });
+    };
+  }
+}
+
+function withTimeout(promise, ms, name) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`scenario ${name} did not finish within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+function emit(line) {
+  process.stdout.write(JSON.stringify(line) + '\n');
+}
+
+async function run(scenario) {
+  const started = Date.now();
+  const calls = [];
+  const transport = new Http();
+  recordCalls(transport, calls, started);
+  const security = new SymmetricKeySecurityClient(scenario.registrationId, scenario.key);
+  const client = ProvisioningDeviceClient.create(
+    provisioningHost,
+    scenario.idScope || idScope,
+    transport,
+    security
+  );
+  if (scenario.payload !== undefined) client.setProvisioningPayload(scenario.payload);
+  try {
+    const result = await withTimeout(client.register(), scenarioTimeoutMs, scenario.name);
+    return { scenario: scenario.name, ok: true, ms: Date.now() - started, result, calls };
+  } catch (err) {
+    return {
+      scenario: scenario.name,
+      ok: false,
+      ms: Date.now() - started,
+      error: describeError(err),
+      calls,
+      stack: err && err.stack,
+    };
+  }
+}
+
+async function main() {
+  const lines = await Promise.all(scenarios.map((scenario) => run(scenario).then((line) => (emit(line), line))));
+  emit({ done: true, count: lines.length });
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    process.stderr.write(`${err && err.stack ? err.stack : err}\n`);
+    process.exit(1);
+  }
+);
