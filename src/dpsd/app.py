@@ -35,6 +35,7 @@ from dpsd.service.registration_states import RegistrationStateService
 from dpsd.service.x509_trust import certificates_to_trust
 from dpsd.settings import Settings
 from dpsd.storage.engine import create_engine
+from dpsd.storage.executor import Executor, create_executor
 from dpsd.storage.migrate import migrate
 from dpsd.storage.sql import (
     SqlCertificateRepository,
@@ -114,16 +115,18 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     engine = create_engine(settings.database_url)
     webhook_client = httpx.AsyncClient(follow_redirects=False)
     devices: DeviceRegistrationService | None = None
+    executor: Executor | None = None
     try:
         await migrate(engine)
+        executor = create_executor(settings.database_url, engine)
         id_scope, policies = await SqlInstanceRepository(engine).ensure(
             format_id_scope(entropy.random_bytes(4)), _new_policies(entropy)
         )
-        states = SqlRegistrationStateRepository(engine)
-        certificates = SqlCertificateRepository(engine)
-        hubs = SqlHubRepository(engine)
-        enrollment_store = SqlEnrollmentRepository(engine)
-        group_store = SqlEnrollmentGroupRepository(engine)
+        states = SqlRegistrationStateRepository(executor)
+        certificates = SqlCertificateRepository(executor)
+        hubs = SqlHubRepository(executor)
+        enrollment_store = SqlEnrollmentRepository(executor)
+        group_store = SqlEnrollmentGroupRepository(executor)
         client_trust = ClientCertificateTrust(tls)
 
         async def refresh_trust() -> None:
@@ -145,7 +148,7 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             hubs=hubs,
             certificates=certificates,
             states=states,
-            operations=SqlOperationRepository(engine),
+            operations=SqlOperationRepository(executor),
             clock=clock,
             entropy=entropy,
             allocator=WebhookCustomAllocator(
@@ -182,4 +185,6 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         if devices is not None:
             await devices.drain()
         await webhook_client.aclose()
+        if executor is not None:
+            await executor.close()
         await engine.dispose()

@@ -22,6 +22,7 @@ from dpsd.domain.registration import DeviceRegistrationState, RegistrationStatus
 from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
 from dpsd.storage import migrate as migrate_module
 from dpsd.storage.engine import create_engine
+from dpsd.storage.executor import create_executor
 from dpsd.storage.memory import InMemoryEnrollmentRepository, InMemoryRegistrationStateRepository
 from dpsd.storage.migrate import migrate
 from dpsd.storage.schema import metadata
@@ -58,9 +59,13 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     engine = create_engine(url)
     await migrate(engine)
     await _clean(engine)
+    executor = create_executor(url, engine)
     try:
-        yield Store(SqlEnrollmentRepository(engine), SqlRegistrationStateRepository(engine), engine)
+        yield Store(
+            SqlEnrollmentRepository(executor), SqlRegistrationStateRepository(executor), engine
+        )
     finally:
+        await executor.close()
         await engine.dispose()
 
 

@@ -15,6 +15,7 @@ from dpsd.domain.registration import DeviceRegistrationState
 JsonObject = dict[str, Any]
 
 MAX_DEVICE_ID_LENGTH = 128
+_SPACE = re.compile(r"\s")
 _DEVICE_ID = re.compile(r"[A-Za-z0-9\-:.+%_#*?!(),=@$']+")
 _KNOWN_WEBHOOK_API_VERSIONS = frozenset(
     {"2018-09-01-preview", "2018-11-01", "2019-03-31", "2021-06-01", "2021-10-01"}
@@ -104,7 +105,7 @@ def check_settings(settings: EnrollmentSettings) -> None:
     ):
         raise ValidationError("allocationPolicy 'static' takes exactly one IoT hub in iotHubs")
     for hub in settings.iot_hubs or ():
-        if not hub or len(hub) > 255 or any(character.isspace() for character in hub):
+        if not hub or len(hub) > 255 or _SPACE.search(hub):
             raise ValidationError(f"iotHubs entry {hub!r} is not a host name")
 
 

@@ -10,6 +10,7 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
+from urllib.parse import unquote_plus
 
 import msgspec
 from starlette.requests import Request
@@ -26,7 +27,7 @@ from dpsd.http.errors import (
 )
 from dpsd.http.routing import Router
 from dpsd.http.schemas import ErrorDetailsWire
-from dpsd.service.auth import authenticate, require
+from dpsd.service.auth import ServiceAuthenticator, require
 
 logger = logging.getLogger("dpsd.http")
 
@@ -63,7 +64,7 @@ class ServiceApiApp:
         now: Callable[[], datetime],
     ) -> None:
         self._router = router
-        self._policies = policies
+        self._authenticator = ServiceAuthenticator(policies)
         self._now = now
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -82,14 +83,14 @@ class ServiceApiApp:
         await response(scope, receive, send)
 
     async def _handle(self, request: Request) -> Response:
-        route, params = self._router.resolve(request.method, request.scope.get("raw_path") or b"/")
-        _check_api_version(request)
+        scope = request.scope
+        route, params = self._router.resolve(request.method, scope.get("raw_path") or b"/")
+        _check_api_version(scope.get("query_string", b""))
         if route.right is not None:
-            policy = authenticate(
+            policy = self._authenticator.authenticate(
                 request.headers.get("authorization"),
-                self._policies,
                 now=int(self._now().timestamp()),
-                host=request.url.hostname or "",
+                host=request_host(request.headers.get("host", "")),
             )
             require(policy, route.right)
         return await route.handler(request, params)
@@ -113,8 +114,26 @@ class ServiceApiApp:
         return json_response(body, status, headers)
 
 
-def _check_api_version(request: Request) -> None:
-    version = request.query_params.get("api-version")
+def request_host(host_header: str) -> str:
+    """The host name of a Host header: ``localhost:8443`` and ``[::1]:8443`` alike."""
+    if host_header.startswith("["):
+        return host_header[1 : host_header.find("]")].lower()
+    return (
+        host_header.rsplit(":", 1)[0].lower()
+        if host_header.count(":") == 1
+        else host_header.lower()
+    )
+
+
+def _api_version(query_string: bytes) -> str | None:
+    for part in query_string.split(b"&"):
+        if part.startswith(b"api-version="):
+            return unquote_plus(part[12:].decode("latin-1"))
+    return None
+
+
+def _check_api_version(query_string: bytes) -> None:
+    version = _api_version(query_string)
     if not version:
         raise InvalidApiVersion("The api-version query parameter is required (2021-10-01)")
     if version not in SERVICE_API_VERSIONS:

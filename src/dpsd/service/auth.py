@@ -51,3 +51,29 @@ def require(policy: SharedAccessPolicy, right: AccessRights) -> None:
         raise Unauthorized(
             f"The shared access policy {policy.name!r} lacks the {RIGHT_NAMES[right]} right"
         )
+
+
+class ServiceAuthenticator:
+    """authenticate() with a memory of tokens already verified.
+
+    Clients send the same token for many requests (the SDKs sign one per request at most,
+    with one-second expiries), and verifying it costs more than serving a read. Only
+    tokens that verified are remembered, each until it expires.
+    """
+
+    def __init__(self, policies: Mapping[str, SharedAccessPolicy], capacity: int = 4096) -> None:
+        self._policies = policies
+        self._capacity = capacity
+        self._verified: dict[tuple[str, str], tuple[SharedAccessPolicy, int]] = {}
+
+    def authenticate(self, header: str | None, *, now: int, host: str) -> SharedAccessPolicy:
+        key = (header or "", host.lower())
+        remembered = self._verified.get(key)
+        if remembered is not None and remembered[1] > now:
+            return remembered[0]
+        policy = authenticate(header, self._policies, now=now, host=host)
+        if len(self._verified) >= self._capacity:
+            self._verified.clear()
+        assert header is not None
+        self._verified[key] = (policy, parse_token(header).expiry)
+        return policy

@@ -80,9 +80,8 @@ async def check_linked(hubs: HubRepository, settings: EnrollmentSettings) -> Non
     ]
     if not named:
         return
-    linked = {hub.host_name.lower() for hub in await hubs.list()}
-    for name in named:
-        if name.lower() not in linked:
+    for name in dict.fromkeys(named):
+        if await hubs.get(name) is None:
             raise ValidationError(
                 f"IoT hub {name!r} is not linked to this service (dpsd hub add {name})"
             )

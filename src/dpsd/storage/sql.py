@@ -13,6 +13,8 @@ from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -25,6 +27,7 @@ from dpsd.domain.query import BooleanOp, Comparison, Condition, Not
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationOperation
 from dpsd.domain.sas import SharedAccessPolicy, format_rights, parse_rights
 from dpsd.storage import codec
+from dpsd.storage.executor import DuplicateKey, Executor
 from dpsd.storage.schema import (
     access_policies,
     ca_certificates,
@@ -84,45 +87,60 @@ def compile_condition(
 
 
 class SqlDocumentRepository(Generic[R]):
-    def __init__(self, engine: AsyncEngine, kind: DocumentKind[R]) -> None:
-        self._engine = engine
+    """The point statements are built once; SQLAlchemy caches their compiled form."""
+
+    def __init__(self, executor: Executor, kind: DocumentKind[R]) -> None:
+        self._executor = executor
         self._kind = kind
-        self._table = kind.table
+        table = self._table = kind.table
+        columns = [column.name for column in table.columns]
+        key: sa.BindParameter[str] = sa.bindparam("key")
+        etag: sa.BindParameter[str] = sa.bindparam("expected")
+        prepare = executor.prepare
+        self._get = prepare(sa.select(table.c.document).where(table.c.id_key == key))
+        self._insert = prepare(table.insert(), columns)
+        self._replace = prepare(
+            table.update().where(table.c.id_key == key).where(table.c.etag == etag), columns
+        )
+        self._delete = prepare(table.delete().where(table.c.id_key == key))
+        self._delete_at = prepare(
+            table.delete().where(table.c.id_key == key).where(table.c.etag == etag)
+        )
+        upsert = (sqlite_insert if executor.dialect == "sqlite" else postgresql_insert)(table)
+        self._upsert = prepare(
+            upsert.on_conflict_do_update(
+                index_elements=["id_key"],
+                set_={name: upsert.excluded[name] for name in columns if name != "id_key"},
+            ),
+            columns,
+        )
 
     async def get(self, record_id: str) -> R | None:
-        statement = sa.select(self._table.c.document).where(
-            self._table.c.id_key == id_key(record_id)
-        )
-        async with self._engine.connect() as connection:
-            document = (await connection.execute(statement)).scalar_one_or_none()
+        document = await self._executor.scalar(self._get, {"key": id_key(record_id)})
         return None if document is None else self._kind.decode(document)
 
     async def add(self, record: R) -> bool:
         try:
-            async with self._engine.begin() as connection:
-                await connection.execute(self._table.insert().values(self._kind.row(record)))
-        except IntegrityError:
+            await self._executor.write(self._insert, self._kind.row(record))
+        except DuplicateKey:
             return False
         return True
 
     async def replace(self, record: R, *, expected_etag: str) -> bool:
-        statement = (
-            self._table.update()
-            .where(self._table.c.id_key == id_key(self._kind.record_id(record)))
-            .where(self._table.c.etag == expected_etag)
-            .values(self._kind.row(record))
-        )
-        async with self._engine.begin() as connection:
-            result = await connection.execute(statement)
-        return result.rowcount == 1
+        row = self._kind.row(record)
+        params = {**row, "key": row["id_key"], "expected": expected_etag}
+        return await self._executor.write(self._replace, params) == 1
 
     async def delete(self, record_id: str, *, expected_etag: str | None) -> bool:
-        statement = self._table.delete().where(self._table.c.id_key == id_key(record_id))
-        if expected_etag is not None:
-            statement = statement.where(self._table.c.etag == expected_etag)
-        async with self._engine.begin() as connection:
-            result = await connection.execute(statement)
-        return result.rowcount == 1
+        key = id_key(record_id)
+        if expected_etag is None:
+            return await self._executor.write(self._delete, {"key": key}) == 1
+        params = {"key": key, "expected": expected_etag}
+        return await self._executor.write(self._delete_at, params) == 1
+
+    async def put(self, record: R) -> None:
+        """Insert, or replace whatever is stored under the record's id."""
+        await self._executor.write(self._upsert, self._kind.row(record))
 
     async def query(self, where: Condition | None, *, after: str | None, limit: int) -> list[R]:
         filters = [] if where is None else [compile_condition(where, self._kind.query_columns)]
@@ -136,8 +154,7 @@ class SqlDocumentRepository(Generic[R]):
             statement = statement.where(condition)
         if after is not None:
             statement = statement.where(self._table.c.id_key > after)
-        async with self._engine.connect() as connection:
-            documents = (await connection.execute(statement)).scalars().all()
+        documents = await self._executor.scalars(statement)
         return [self._kind.decode(document) for document in documents]
 
 
@@ -237,35 +254,26 @@ REGISTRATION_OPERATIONS: DocumentKind[RegistrationOperation] = DocumentKind(
 
 
 class SqlEnrollmentRepository(SqlDocumentRepository[IndividualEnrollment]):
-    def __init__(self, engine: AsyncEngine) -> None:
-        super().__init__(engine, ENROLLMENTS)
+    def __init__(self, executor: Executor) -> None:
+        super().__init__(executor, ENROLLMENTS)
 
 
 class SqlEnrollmentGroupRepository(SqlDocumentRepository[EnrollmentGroup]):
-    def __init__(self, engine: AsyncEngine) -> None:
-        super().__init__(engine, ENROLLMENT_GROUPS)
+    def __init__(self, executor: Executor) -> None:
+        super().__init__(executor, ENROLLMENT_GROUPS)
 
 
 class SqlCertificateRepository(SqlDocumentRepository[CACertificate]):
-    def __init__(self, engine: AsyncEngine) -> None:
-        super().__init__(engine, CA_CERTIFICATES)
+    def __init__(self, executor: Executor) -> None:
+        super().__init__(executor, CA_CERTIFICATES)
 
     async def list(self) -> list[CACertificate]:
         return await self._select([], after=None, limit=1_000_000)
 
 
 class SqlRegistrationStateRepository(SqlDocumentRepository[DeviceRegistrationState]):
-    def __init__(self, engine: AsyncEngine) -> None:
-        super().__init__(engine, REGISTRATION_STATES)
-
-    async def put(self, state: DeviceRegistrationState) -> None:
-        """Record a device's registration state, replacing an earlier one."""
-        row = REGISTRATION_STATES.row(state)
-        async with self._engine.begin() as connection:
-            await connection.execute(
-                registration_states.delete().where(registration_states.c.id_key == row["id_key"])
-            )
-            await connection.execute(registration_states.insert().values(row))
+    def __init__(self, executor: Executor) -> None:
+        super().__init__(executor, REGISTRATION_STATES)
 
     async def query_group(
         self, enrollment_group_id: str, *, after: str | None, limit: int
@@ -275,36 +283,27 @@ class SqlRegistrationStateRepository(SqlDocumentRepository[DeviceRegistrationSta
 
 
 class SqlHubRepository(SqlDocumentRepository[LinkedHub]):
-    def __init__(self, engine: AsyncEngine) -> None:
-        super().__init__(engine, LINKED_HUBS)
+    def __init__(self, executor: Executor) -> None:
+        super().__init__(executor, LINKED_HUBS)
 
     async def list(self) -> list[LinkedHub]:
         return await self._select([], after=None, limit=1_000_000)
 
 
 class SqlOperationRepository(SqlDocumentRepository[RegistrationOperation]):
-    def __init__(self, engine: AsyncEngine) -> None:
-        super().__init__(engine, REGISTRATION_OPERATIONS)
+    def __init__(self, executor: Executor) -> None:
+        super().__init__(executor, REGISTRATION_OPERATIONS)
 
     async def save(self, operation: RegistrationOperation) -> None:
         """Record an operation's latest status (operations change only forward)."""
-        row = REGISTRATION_OPERATIONS.row(operation)
-        async with self._engine.begin() as connection:
-            result = await connection.execute(
-                registration_operations.update()
-                .where(registration_operations.c.id_key == row["id_key"])
-                .values(row)
-            )
-            if result.rowcount == 0:
-                await connection.execute(registration_operations.insert().values(row))
+        await self.put(operation)
 
     async def delete_older_than(self, moment: datetime) -> None:
-        async with self._engine.begin() as connection:
-            await connection.execute(
-                registration_operations.delete().where(
-                    registration_operations.c.created_at < moment.timestamp()
-                )
+        await self._executor.write(
+            registration_operations.delete().where(
+                registration_operations.c.created_at < moment.timestamp()
             )
+        )
 
 
 class SqlInstanceRepository:
