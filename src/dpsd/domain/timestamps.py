@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 def format_timestamp(moment: datetime) -> str:
     """``2022-07-05T21:27:16.8123230Z``: .NET's round-trip format, as the real service writes."""
-    utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0Z"
+    text = moment.astimezone(UTC).isoformat(timespec="microseconds")
+    return text.replace("+00:00", "0Z")
 
 
 def format_certificate_time(moment: datetime) -> str:

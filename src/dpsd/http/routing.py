@@ -46,13 +46,17 @@ def split_path(raw_path: bytes) -> list[str]:
 
 
 class Router:
+    """Routes are grouped by segment count; the list of each group keeps the given order."""
+
     def __init__(self, routes: list[Route]) -> None:
-        self._routes = routes
+        self._by_length: dict[int, list[Route]] = {}
+        for route in routes:
+            self._by_length.setdefault(len(route.template), []).append(route)
 
     def resolve(self, method: str, raw_path: bytes) -> tuple[Route, dict[str, str]]:
         segments = split_path(raw_path)
         allowed: list[str] = []
-        for route in self._routes:
+        for route in self._by_length.get(len(segments), ()):
             params = route.match(segments)
             if params is None:
                 continue
