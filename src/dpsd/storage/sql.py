@@ -100,7 +100,8 @@ class SqlDocumentRepository(Generic[R]):
         self._get = prepare(sa.select(table.c.document).where(table.c.id_key == key))
         self._insert = prepare(table.insert(), columns)
         self._replace = prepare(
-            table.update().where(table.c.id_key == key).where(table.c.etag == etag), columns
+            table.update().where(table.c.id_key == key).where(table.c.etag == etag),
+            [name for name in columns if name != "id_key"],
         )
         self._delete = prepare(table.delete().where(table.c.id_key == key))
         self._delete_at = prepare(
@@ -128,8 +129,9 @@ class SqlDocumentRepository(Generic[R]):
 
     async def replace(self, record: R, *, expected_etag: str) -> bool:
         row = self._kind.row(record)
-        params = {**row, "key": row["id_key"], "expected": expected_etag}
-        return await self._executor.write(self._replace, params) == 1
+        row["key"] = row.pop("id_key")
+        row["expected"] = expected_etag
+        return await self._executor.write(self._replace, row) == 1
 
     async def delete(self, record_id: str, *, expected_etag: str | None) -> bool:
         key = id_key(record_id)
