@@ -13,21 +13,19 @@ be bound (not root); when ``CI`` is set, each of those fails instead.
 from __future__ import annotations
 
 import base64
-import errno
 import json
 import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import pytest
 
-from tests.e2e.process import DpsdProcess, start_dpsd_listening
+from tests.e2e.process import DpsdProcess, bind_problem, skip_or_fail, start_dpsd_listening
 
 pytestmark = pytest.mark.e2e
 
@@ -42,25 +40,9 @@ SCENARIO_TIMEOUT_MS = 10_000
 Result = dict[str, Any]
 
 
-def skip_or_fail(reason: str) -> NoReturn:
-    """Skip with ``reason``; in CI (``CI`` set), where Node and root are given, fail instead."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
-    pytest.skip(reason)
-
-
 def port_443_problem() -> str | None:
     """Why ADDRESS:443 cannot be bound here, or None when it can."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((ADDRESS, PORT))
-        except PermissionError:
-            return f"cannot bind {ADDRESS}:{PORT} (needs root or CAP_NET_BIND_SERVICE)"
-        except OSError as error:
-            if error.errno == errno.EADDRINUSE:
-                return f"{ADDRESS}:{PORT} is already in use"
-            return f"cannot bind {ADDRESS}:{PORT}: {error}"
-    return None
+    return bind_problem(ADDRESS, PORT)
 
 
 def require_node_environment() -> str:

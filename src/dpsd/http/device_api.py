@@ -5,83 +5,20 @@ Devices authenticate per request (a SAS token in ``Authorization``); the use cas
 
 from __future__ import annotations
 
-from typing import Any
-
-import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dpsd.domain.attestation import AttestationType
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationOperation
-from dpsd.domain.timestamps import format_timestamp
 from dpsd.http.app import json_response
 from dpsd.http.routing import Route
+from dpsd.http.schemas import (
+    DeviceRegistrationResultWire,
+    DeviceRegistrationWire,
+    RegistrationOperationStatusWire,
+    result_to_wire,
+)
 from dpsd.http.service_api import read_optional_json
 from dpsd.service.device_registration import Credential, DeviceRegistrationService
-
-
-class _Wire(msgspec.Struct, rename="camel", omit_defaults=True):
-    pass
-
-
-class TpmWire(_Wire):
-    endorsement_key: str | None = None
-    storage_root_key: str | None = None
-
-
-class DeviceRegistrationWire(_Wire):
-    registration_id: str | None = None
-    tpm: TpmWire | None = None
-    payload: Any = None
-
-
-class GroupReferenceWire(_Wire):
-    enrollment_group_id: str | None = None
-
-
-class DeviceRegistrationResultWire(_Wire):
-    symmetric_key: GroupReferenceWire | None = None
-    x509: GroupReferenceWire | None = None
-    registration_id: str | None = None
-    created_date_time_utc: str | None = None
-    assigned_hub: str | None = None
-    device_id: str | None = None
-    status: str | None = None
-    substatus: str | None = None
-    error_code: int | None = None
-    error_message: str | None = None
-    last_updated_date_time_utc: str | None = None
-    etag: str | None = None
-    payload: Any = None
-
-
-class RegistrationOperationStatusWire(_Wire):
-    operation_id: str
-    status: str
-    registration_state: DeviceRegistrationResultWire | None = None
-
-
-def result_to_wire(
-    state: DeviceRegistrationState, attestation_type: str | None
-) -> DeviceRegistrationResultWire:
-    group = (
-        None if state.enrollment_group_id is None else GroupReferenceWire(state.enrollment_group_id)
-    )
-    return DeviceRegistrationResultWire(
-        symmetric_key=group if attestation_type == AttestationType.SYMMETRIC_KEY.value else None,
-        x509=group if attestation_type == AttestationType.X509.value else None,
-        registration_id=state.registration_id,
-        created_date_time_utc=format_timestamp(state.created),
-        assigned_hub=state.assigned_hub,
-        device_id=state.device_id,
-        status=state.status.value,
-        substatus=None if state.substatus is None else state.substatus.value,
-        error_code=state.error_code,
-        error_message=state.error_message,
-        last_updated_date_time_utc=format_timestamp(state.last_updated),
-        etag=state.etag,
-        payload=state.payload,
-    )
 
 
 def _credential(request: Request) -> Credential:
