@@ -1,6 +1,7 @@
 """The device registration API over HTTPS: register, poll the operation, look up the state.
 
-Devices authenticate per request (a SAS token in ``Authorization``); the use cases check it.
+Devices authenticate per request (a SAS token in ``Authorization``, or a TLS client
+certificate the listener hands over in the ASGI TLS extension); the use cases check it.
 """
 
 from __future__ import annotations
