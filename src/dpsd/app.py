@@ -33,7 +33,7 @@ from dpsd.service.hubs import HubService
 from dpsd.service.ports import RegistrationStateStore
 from dpsd.service.registration_states import RegistrationStateService
 from dpsd.service.x509_trust import certificates_to_trust
-from dpsd.settings import Settings
+from dpsd.settings import Settings, remember_database
 from dpsd.storage.engine import create_engine
 from dpsd.storage.executor import Executor, create_executor
 from dpsd.storage.migrate import migrate
@@ -111,6 +111,8 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """Prepare the data dir and the store, then hand out a ready runtime."""
     clock, entropy = SystemClock(), SystemEntropy()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.database is not None:
+        remember_database(settings.data_dir, settings.database)
     tls = ensure_tls(settings.data_dir, settings.certificate_names, clock.now())
     engine = create_engine(settings.database_url)
     webhook_client = httpx.AsyncClient(follow_redirects=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,3 +70,27 @@ def _is_specific_address(host: str) -> bool:
     except ValueError:
         return bool(host)
     return not address.is_unspecified
+
+
+def store_file(data_dir: Path) -> Path:
+    """Where a data dir remembers the store it was first served with (owner-readable only:
+    a database URL may hold a password)."""
+    return data_dir / "store.json"
+
+
+def remembered_database(data_dir: Path) -> str | None:
+    try:
+        recorded = json.loads(store_file(data_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    database = recorded.get("database") if isinstance(recorded, dict) else None
+    return database if isinstance(database, str) else None
+
+
+def remember_database(data_dir: Path, database: str) -> None:
+    if remembered_database(data_dir) == database:
+        return
+    path = store_file(data_dir)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        json.dump({"database": database}, handle)

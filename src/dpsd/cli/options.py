@@ -14,6 +14,7 @@ from dpsd.settings import (
     DEFAULT_RETRY_AFTER,
     Settings,
     default_data_dir,
+    remembered_database,
 )
 
 DataDir = Annotated[
@@ -88,12 +89,15 @@ def make_settings(
     location: str | None = None,
     retry_after: int = DEFAULT_RETRY_AFTER,
 ) -> Settings:
+    """Without ``--database``, a data dir keeps the store it was first served with."""
     names = tuple(
         name.strip() for entry in tls_names or [] for name in entry.split(",") if name.strip()
     )
+    folder = (data_dir or default_data_dir()).expanduser().resolve()
+    database = database or remembered_database(folder)
     try:
         return Settings(
-            data_dir=(data_dir or default_data_dir()).expanduser().resolve(),
+            data_dir=folder,
             host=host,
             https_port=https_port,
             http_port=http_port,
