@@ -1,13 +1,16 @@
 """Devices provisioned through a real dpsd over HTTPS: with the official Node device SDK
 (azure-iot-provisioning-device + -http, symmetric keys from azure-iot-security-symmetric-key,
-pinned in tests/node), and with raw HTTPS requests for the error paths the SDK cannot reach.
+X.509 client certificates from azure-iot-security-x509, pinned in tests/node), and with raw
+HTTPS requests for the error paths the SDK cannot reach.
 
 The Node transport only connects to port 443, so the server listens on 127.0.0.78:443 (not
 127.0.0.77, which test_node_sdk.py uses, so both modules can run in one session) and answers
 with ``retry-after: 1``. Hubs are linked with ``dpsd hub add`` on the running server's store,
 enrollments are made with the official Python service SDK, then tests/node/devices.js registers
 every device scenario once, concurrently, and prints one JSON line each; the tests here assert
-on those observations and on what the service API records afterwards.
+on those observations and on what the service API records afterwards. The X.509 devices'
+certificates are minted here (tests/certs.py); the custom allocation webhook is served here
+too, by http.server on 127.0.0.1 (dpsd calls it in the background while the device polls).
 
 Skipped, with the reason, when port 443 cannot be bound (not root), and the SDK tests also when
 ``node`` or tests/node/node_modules is missing; when ``CI`` is set, each of those fails instead.
@@ -25,10 +28,12 @@ import shutil
 import signal
 import ssl
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -37,6 +42,7 @@ import httpx
 import pytest
 from azure.iot.deviceprovisioning import DeviceProvisioningClient
 
+from tests.certs import issue
 from tests.e2e.process import (
     DpsdProcess,
     bind_problem,
@@ -45,6 +51,7 @@ from tests.e2e.process import (
     skip_or_fail,
     start_dpsd_listening,
 )
+from tests.e2e.test_x509_devices import write_identity
 
 pytestmark = pytest.mark.e2e
 
@@ -54,17 +61,21 @@ SDK_PACKAGES = (
     "azure-iot-provisioning-device",
     "azure-iot-provisioning-device-http",
     "azure-iot-security-symmetric-key",
+    "azure-iot-security-x509",
 )
 ADDRESS = "127.0.0.78"
 PORT = 443
 RETRY_AFTER = 1  # seconds, passed to dpsd serve --retry-after
 HUBS = ("hub-a.example.net", "hub-b.example.net")
 STATIC_HUB = HUBS[1]
+WEBHOOK_HUB = HUBS[0]  # the hub the custom allocation webhook picks
+WEBHOOK_API_VERSION = "2021-10-01"
 DEVICE_API_VERSION = "2019-03-31"  # what the device SDKs send
 NODE_TIMEOUT = 30.0  # the whole script; each scenario is bounded in the script too
 SCENARIO_TIMEOUT_MS = 10_000
 MAX_POLLS = 5
 HTTP_TIMEOUT = 10.0
+WEBHOOK_STOP_TIMEOUT = 10.0
 
 Result = dict[str, Any]
 
@@ -154,28 +165,83 @@ class Scenario:
 
     name: str
     registration_id: str
-    key: str
+    key: str | None = None  # symmetric key; None for an X.509 device
+    identity: tuple[str, str] | None = None  # X.509: certificate (chain) file and key file
     payload: Any = None
     device_id: str | None = None
     group_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        line: dict[str, Any] = {
-            "name": self.name,
-            "registrationId": self.registration_id,
-            "key": self.key,
-        }
+        line: dict[str, Any] = {"name": self.name, "registrationId": self.registration_id}
+        if self.identity is not None:
+            line["certFile"], line["keyFile"] = self.identity
+        else:
+            line["key"] = self.key
         if self.payload is not None:
             line["payload"] = self.payload
         return line
 
 
+@dataclass
+class Webhook:
+    """A custom allocation webhook on 127.0.0.1 that picks WEBHOOK_HUB and answers a payload
+    echoing the device's; it records the path and body of every request dpsd posts."""
+
+    server: ThreadingHTTPServer
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/allocate?code=e2e"
+
+    @staticmethod
+    def answer(body: Mapping[str, Any]) -> dict[str, Any]:
+        context = body.get("deviceRuntimeContext") or {}
+        return {
+            "iotHubHostName": WEBHOOK_HUB,
+            "payload": {"allocatedBy": "webhook", "echo": context.get("payload")},
+        }
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[Webhook]:
+    """Webhook served in a thread for the module; shut down (bounded) afterwards."""
+    requests: list[dict[str, Any]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            requests.append({"path": self.path, "body": body})
+            data = json.dumps(Webhook.answer(body)).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, name="webhook", daemon=True)
+    thread.start()
+    yield Webhook(server, requests)
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=WEBHOOK_STOP_TIMEOUT)
+    assert not thread.is_alive(), "the webhook thread did not stop"
+
+
 @pytest.fixture(scope="module")
 def device_scenarios(
-    service: DeviceProvisioningClient, linked_hubs: tuple[str, ...]
+    service: DeviceProvisioningClient,
+    linked_hubs: tuple[str, ...],
+    webhook: Webhook,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Scenario]:
     """Every enrollment the Node devices register against, made with the Python service SDK."""
     scenarios: list[Scenario] = []
+    identities = tmp_path_factory.mktemp("node-x509")
 
     individual = new_id("node-ind")
     scenarios.append(Scenario("individual", individual, create_enrollment(service, individual)))
@@ -212,6 +278,48 @@ def device_scenarios(
     key = create_enrollment(service, static, allocationPolicy="static", iotHubs=[STATIC_HUB])
     payload = {"modelId": "dtmi:dpsd:thermostat;1", "firmware": "1.2.3"}
     scenarios.append(Scenario("static", static, key, payload=payload))
+
+    # X.509 individual enrollment: the device's self-signed certificate is the enrollment's
+    # client certificate.
+    x509_individual = new_id("node-x509-ind")
+    certificate = issue(x509_individual)
+    attestation = {"primary": {"certificate": certificate.pem}}
+    service.enrollment.create_or_update(
+        x509_individual,
+        {
+            "registrationId": x509_individual,
+            "attestation": {"type": "x509", "x509": {"clientCertificates": attestation}},
+        },
+    )
+    identity = write_identity(identities, "individual", [certificate])
+    scenarios.append(Scenario("x509_individual", x509_individual, identity=identity))
+
+    # X.509 group: the root CA signs it, the device sends its leaf and the intermediate.
+    x509_group = new_id("node-x509-group")
+    root = issue(f"{x509_group}-root", ca=True)
+    intermediate = issue(f"{x509_group}-intermediate", root, ca=True)
+    service.enrollment_group.create_or_update(
+        x509_group,
+        {
+            "enrollmentGroupId": x509_group,
+            "attestation": {
+                "type": "x509",
+                "x509": {"signingCertificates": {"primary": {"certificate": root.pem}}},
+            },
+        },
+    )
+    member = new_id("node-x509-member")
+    identity = write_identity(identities, "member", [issue(member, intermediate), intermediate])
+    scenarios.append(Scenario("x509_group", member, identity=identity, group_id=x509_group))
+
+    # Custom allocation: the webhook served above picks the hub and the returned payload.
+    custom = new_id("node-custom")
+    definition = {"webhookUrl": webhook.url, "apiVersion": WEBHOOK_API_VERSION}
+    key = create_enrollment(
+        service, custom, allocationPolicy="custom", customAllocationDefinition=definition
+    )
+    payload = {"modelId": "dtmi:dpsd:sensor;1", "site": "north"}
+    scenarios.append(Scenario("custom_allocation", custom, key, payload=payload))
 
     return {scenario.name: scenario for scenario in scenarios}
 
@@ -353,6 +461,9 @@ def test_every_expected_outcome(devices: dict[str, Result]) -> None:
         "wrong_key": False,
         "not_enrolled": False,
         "static": True,
+        "x509_individual": True,
+        "x509_group": True,
+        "custom_allocation": True,
     }, json.dumps(devices, indent=2)
 
 
@@ -471,6 +582,76 @@ def test_static_allocation_assigns_the_named_hub(
     assert_assigned(state, scenario.registration_id, scenario.registration_id, HUBS)
     assert state["assignedHub"] == STATIC_HUB, state
     assert_polled_with_retry_after(devices["static"], "assigned")
+
+
+def test_x509_individual_enrollment_is_assigned(
+    devices: dict[str, Result],
+    device_scenarios: dict[str, Scenario],
+    service: DeviceProvisioningClient,
+) -> None:
+    # The SDK hands {cert, key} to the HTTPS agent, which presents the self-signed certificate
+    # in the TLS handshake; no Authorization header is sent.
+    scenario = device_scenarios["x509_individual"]
+    state = registered(devices, "x509_individual")
+    assert_assigned(state, scenario.registration_id, scenario.registration_id, HUBS)
+    assert not state.get("x509"), state  # only a group is named
+    assert "symmetricKey" not in state, state
+    assert_polled_with_retry_after(devices["x509_individual"], "assigned")
+
+    recorded = service.device_registration_state.get(scenario.registration_id)
+    assert recorded["status"] == "assigned", recorded
+    assert recorded["assignedHub"] == state["assignedHub"], recorded
+    assert recorded["etag"] == state["etag"], recorded
+
+
+def test_x509_group_device_with_an_intermediate_is_assigned_and_names_the_group(
+    devices: dict[str, Result],
+    device_scenarios: dict[str, Scenario],
+    service: DeviceProvisioningClient,
+) -> None:
+    # The certificate file holds leaf + intermediate; the group's signing certificate is the
+    # root, which the device does not send.
+    scenario = device_scenarios["x509_group"]
+    state = registered(devices, "x509_group")
+    assert_assigned(state, scenario.registration_id, scenario.registration_id, HUBS)
+    assert state["x509"] == {"enrollmentGroupId": scenario.group_id}, state
+    assert "symmetricKey" not in state, state
+    assert_polled_with_retry_after(devices["x509_group"], "assigned")
+
+    assert scenario.group_id is not None
+    listed = list(service.device_registration_state.query(scenario.group_id))
+    assert [item["registrationId"] for item in listed] == [scenario.registration_id], listed
+    assert listed[0]["assignedHub"] == state["assignedHub"], listed
+
+
+def test_custom_allocation_webhook_picks_the_hub_and_the_payload(
+    devices: dict[str, Result],
+    device_scenarios: dict[str, Scenario],
+    webhook: Webhook,
+) -> None:
+    scenario = device_scenarios["custom_allocation"]
+    state = registered(devices, "custom_allocation")
+    assert_assigned(state, scenario.registration_id, scenario.registration_id, HUBS)
+    assert state["assignedHub"] == WEBHOOK_HUB, state
+    # The SDK resolves with the whole registrationState, the webhook's payload included.
+    assert state["payload"] == {"allocatedBy": "webhook", "echo": scenario.payload}, state
+    assert_polled_with_retry_after(devices["custom_allocation"], "assigned")
+
+    sent = [
+        request
+        for request in webhook.requests
+        if (request["body"].get("deviceRuntimeContext") or {}).get("registrationId")
+        == scenario.registration_id
+    ]
+    assert len(sent) == 1, webhook.requests
+    assert sent[0]["path"] == "/allocate?code=e2e", sent[0]
+    body = sent[0]["body"]
+    context = body["deviceRuntimeContext"]
+    assert context["registrationId"] == scenario.registration_id, body
+    assert context["payload"] == scenario.payload, body  # setProvisioningPayload's payload
+    assert "symmetricKey" in context, body
+    assert body["individualEnrollment"]["registrationId"] == scenario.registration_id, body
+    assert sorted(body["linkedHubs"]) == sorted(HUBS), body
 
 
 # --- raw HTTPS: the device API's error paths -------------------------------------------------

@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // Provisions devices through a running dpsd with the official Node device SDK
 // (azure-iot-provisioning-device + azure-iot-provisioning-device-http, symmetric keys from
-// azure-iot-security-symmetric-key) and prints one JSON line per scenario:
+// azure-iot-security-symmetric-key, X.509 client certificates from azure-iot-security-x509) and
+// prints one JSON line per scenario:
 //   {"scenario": NAME, "ok": true, "ms": N, "result": {...registrationState...}, "calls": [...]}
 //   {"scenario": NAME, "ok": false, "ms": N, "error": {...the error...}, "calls": [...]}
 // then a last line {"done": true, "count": N}. `calls` lists every request the transport made
@@ -12,7 +13,10 @@
 // Environment:
 //   DPS_PROVISIONING_HOST    the provisioning host (no port: the HTTP transport uses port 443)
 //   DPS_ID_SCOPE             the ID scope the devices register in
-//   DPS_DEVICE_SCENARIOS     JSON list of {"name", "registrationId", "key", "payload"?, "idScope"?}
+//   DPS_DEVICE_SCENARIOS     JSON list of {"name", "registrationId", "payload"?, "idScope"?} with
+//                            either "key" (symmetric key) or "certFile" and "keyFile" (X.509: the
+//                            PEM certificate file, leaf first then any chain it sends, and the
+//                            leaf's PEM private key)
 //   DPS_SCENARIO_TIMEOUT_MS  bound on each scenario (default 10000)
 //   NODE_EXTRA_CA_CERTS      the dpsd CA (read by Node itself at start)
 //
@@ -22,6 +26,8 @@
 const { ProvisioningDeviceClient } = require('azure-iot-provisioning-device');
 const { Http } = require('azure-iot-provisioning-device-http');
 const { SymmetricKeySecurityClient } = require('azure-iot-security-symmetric-key');
+const { X509Security } = require('azure-iot-security-x509');
+const fs = require('fs');
 
 function required(name) {
   const value = process.env[name];
@@ -108,7 +114,12 @@ async function run(scenario) {
   const calls = [];
   const transport = new Http();
   recordCalls(transport, calls, started);
-  const security = new SymmetricKeySecurityClient(scenario.registrationId, scenario.key);
+  const security = scenario.certFile
+    ? new X509Security(scenario.registrationId, {
+        cert: fs.readFileSync(scenario.certFile, 'utf8'),
+        key: fs.readFileSync(scenario.keyFile, 'utf8'),
+      })
+    : new SymmetricKeySecurityClient(scenario.registrationId, scenario.key);
   const client = ProvisioningDeviceClient.create(
     provisioningHost,
     scenario.idScope || idScope,
