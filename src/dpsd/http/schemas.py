@@ -440,20 +440,11 @@ class GroupReferenceWire(_Wire):
     enrollment_group_id: str | None = None
 
 
-class DeviceRegistrationResultWire(_Wire):
+class DeviceRegistrationResultWire(RegistrationStateWire):
+    """What a device is told: its registration state, and the group that attested it."""
+
     symmetric_key: GroupReferenceWire | None = None
     x509: GroupReferenceWire | None = None
-    registration_id: str | None = None
-    created_date_time_utc: str | None = None
-    assigned_hub: str | None = None
-    device_id: str | None = None
-    status: str | None = None
-    substatus: str | None = None
-    error_code: int | None = None
-    error_message: str | None = None
-    last_updated_date_time_utc: str | None = None
-    etag: str | None = None
-    payload: Any = None
 
 
 class RegistrationOperationStatusWire(_Wire):
@@ -469,17 +460,7 @@ def result_to_wire(
         None if state.enrollment_group_id is None else GroupReferenceWire(state.enrollment_group_id)
     )
     return DeviceRegistrationResultWire(
+        **msgspec.structs.asdict(registration_state_to_wire(state)),
         symmetric_key=group if attestation_type == AttestationType.SYMMETRIC_KEY.value else None,
         x509=group if attestation_type == AttestationType.X509.value else None,
-        registration_id=state.registration_id,
-        created_date_time_utc=format_timestamp(state.created),
-        assigned_hub=state.assigned_hub,
-        device_id=state.device_id,
-        status=state.status.value,
-        substatus=None if state.substatus is None else state.substatus.value,
-        error_code=state.error_code,
-        error_message=state.error_message,
-        last_updated_date_time_utc=format_timestamp(state.last_updated),
-        etag=state.etag,
-        payload=state.payload,
     )
