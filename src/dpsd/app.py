@@ -18,7 +18,6 @@ from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
 from dpsd.http.app import ServiceApiApp
 from dpsd.http.device_api import DeviceHandlers
 from dpsd.http.routing import Router
-from dpsd.http.schemas import enrollment_to_wire, group_to_wire
 from dpsd.http.service_api import (
     EnrollmentGroupHandlers,
     EnrollmentHandlers,
@@ -47,6 +46,7 @@ from dpsd.storage.sql import (
     SqlRegistrationStateRepository,
 )
 from dpsd.tls import TlsFiles, ensure_tls
+from dpsd.wire import enrollment_to_wire, group_to_wire
 
 OWNER_POLICY = "provisioningserviceowner"
 _DEFAULT_POLICIES: dict[str, AccessRights] = {

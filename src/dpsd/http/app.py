@@ -26,8 +26,8 @@ from dpsd.http.errors import (
     status_and_code,
 )
 from dpsd.http.routing import Router
-from dpsd.http.schemas import ErrorDetailsWire
 from dpsd.service.auth import ServiceAuthenticator, require
+from dpsd.wire import ErrorDetailsWire
 
 logger = logging.getLogger("dpsd.http")
 

@@ -12,14 +12,14 @@ from starlette.responses import Response
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationOperation
 from dpsd.http.app import json_response
 from dpsd.http.routing import Route
-from dpsd.http.schemas import (
+from dpsd.http.service_api import read_optional_json
+from dpsd.service.device_registration import Credential, DeviceRegistrationService
+from dpsd.wire import (
     DeviceRegistrationResultWire,
     DeviceRegistrationWire,
     RegistrationOperationStatusWire,
     result_to_wire,
 )
-from dpsd.http.service_api import read_optional_json
-from dpsd.service.device_registration import Credential, DeviceRegistrationService
 
 
 def _credential(request: Request) -> Credential:

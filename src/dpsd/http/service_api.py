@@ -21,7 +21,11 @@ from dpsd.http.errors import (
     status_and_code,
 )
 from dpsd.http.routing import Route
-from dpsd.http.schemas import (
+from dpsd.service.enrollment_groups import EnrollmentGroupService
+from dpsd.service.enrollments import EnrollmentService
+from dpsd.service.records import BulkMode
+from dpsd.service.registration_states import RegistrationStateService
+from dpsd.wire import (
     AttestationWire,
     BulkEnrollmentGroupOperationWire,
     BulkEnrollmentOperationWire,
@@ -39,10 +43,6 @@ from dpsd.http.schemas import (
     group_to_wire,
     registration_state_to_wire,
 )
-from dpsd.service.enrollment_groups import EnrollmentGroupService
-from dpsd.service.enrollments import EnrollmentService
-from dpsd.service.records import BulkMode
-from dpsd.service.registration_states import RegistrationStateService
 
 MAX_BODY_BYTES = 96 * 1024
 _EMPTY_BODY = "The request needs a JSON body"

@@ -1,4 +1,5 @@
-"""Wire models of the service API (camelCase JSON) and their mapping to the domain.
+"""Wire models of the DPS APIs (camelCase JSON) and their mapping to the domain: shared by
+the HTTPS and MQTT edges and the custom allocation webhook.
 
 Input models accept explicit nulls everywhere (the Python SDK sends them) and leave the
 required-field checks to the mapping, so that each gets a DPS-style message.
