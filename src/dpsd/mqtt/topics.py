@@ -53,17 +53,17 @@ def _properties(query: str) -> dict[str, str]:
 
 def parse_request(topic: str) -> DeviceRequest:
     base, separator, query = topic.partition("?")
+    if base not in (_REGISTER, _OPERATION_STATUS):
+        raise InvalidTopic(f"{base!r} is not a DPS registration topic")
     if not separator:
         raise InvalidTopic(f"{topic!r} has no properties")
     if base == _REGISTER:
         return RegisterRequest(_properties(query)["$rid"])
-    if base == _OPERATION_STATUS:
-        properties = _properties(query)
-        operation_id = properties.get("operationId", "")
-        if not operation_id:
-            raise InvalidTopic("an operation status request needs an operationId")
-        return OperationStatusRequest(properties["$rid"], operation_id)
-    raise InvalidTopic(f"{base!r} is not a DPS registration topic")
+    properties = _properties(query)
+    operation_id = properties.get("operationId", "")
+    if not operation_id:
+        raise InvalidTopic("an operation status request needs an operationId")
+    return OperationStatusRequest(properties["$rid"], operation_id)
 
 
 def response_topic(status: int, rid: str, retry_after: int | None = None) -> str:
