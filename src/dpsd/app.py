@@ -80,6 +80,7 @@ class Runtime:
     client_trust: ClientCertificateTrust
     refresh_trust: Callable[[], Awaitable[None]]
     devices: DeviceRegistrationService
+    now: Callable[[], datetime]
     hubs: HubService
     registration_states: RegistrationStateStore
 
@@ -180,6 +181,7 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             client_trust=client_trust,
             refresh_trust=refresh_trust,
             devices=devices,
+            now=clock.now,
             hubs=HubService(hubs, entropy),
             registration_states=states,
         )

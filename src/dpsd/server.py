@@ -18,6 +18,7 @@ import uvicorn
 
 from dpsd.app import Runtime
 from dpsd.client_tls import ClientCertificateProtocol
+from dpsd.mqtt.server import MqttServer
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
 TRUST_REFRESH_SECONDS = 30
@@ -36,8 +37,10 @@ class _Server(uvicorn.Server):
 class Endpoints:
     https: str
     http: str | None
+    mqtt: str | None = None
 
     def as_json(self) -> dict[str, str | None]:
+        """The two endpoints ``dpsd info --json`` promises; the MQTT one is in the file."""
         return {"https": self.https, "http": self.http}
 
 
@@ -49,7 +52,9 @@ def endpoints_file(data_dir: Path) -> Path:
 def _record_endpoints(data_dir: Path, endpoints: Endpoints) -> None:
     path = endpoints_file(data_dir)
     draft = path.with_suffix(".tmp")
-    draft.write_text(json.dumps({**endpoints.as_json(), "pid": os.getpid()}))
+    draft.write_text(
+        json.dumps({**endpoints.as_json(), "mqtt": endpoints.mqtt, "pid": os.getpid()})
+    )
     draft.replace(path)
 
 
@@ -61,7 +66,9 @@ def running_endpoints(data_dir: Path) -> Endpoints | None:
         os.kill(int(recorded["pid"]), 0)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return Endpoints(https=str(recorded["https"]), http=recorded.get("http"))
+    return Endpoints(
+        https=str(recorded["https"]), http=recorded.get("http"), mqtt=recorded.get("mqtt")
+    )
 
 
 class ListenError(Exception):
@@ -93,25 +100,37 @@ async def serve(runtime: Runtime, on_ready: Callable[[Endpoints], None]) -> None
     """Serve until SIGINT or SIGTERM. Raises ListenError when a port cannot be bound."""
     settings = runtime.settings
     sockets = [bind(settings.host, settings.https_port)]
+    mqtt_socket = None
     try:
         if settings.http_port is not None:
             sockets.append(bind(settings.host, settings.http_port))
-        await _serve_on(runtime, sockets, on_ready)
+        if settings.mqtt_port is not None:
+            mqtt_socket = bind(settings.host, settings.mqtt_port)
+        await _serve_on(runtime, sockets, mqtt_socket, on_ready)
     finally:
-        for listener in sockets:
+        for listener in [*sockets, *([mqtt_socket] if mqtt_socket else [])]:
             listener.close()
 
 
 async def _serve_on(
-    runtime: Runtime, sockets: list[socket.socket], on_ready: Callable[[Endpoints], None]
+    runtime: Runtime,
+    sockets: list[socket.socket],
+    mqtt_socket: socket.socket | None,
+    on_ready: Callable[[Endpoints], None],
 ) -> None:
     settings = runtime.settings
     listeners = [_listener(runtime, tls=index == 0) for index in range(len(sockets))]
+    mqtt_server = None
+    handler = MqttServer(runtime.devices, settings.retry_after, runtime.now)
+    if mqtt_socket is not None:
+        mqtt_server = await asyncio.start_server(
+            handler.handle, sock=mqtt_socket, ssl=runtime.client_trust.context
+        )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _stop, listeners)
     try:
-        endpoints = _endpoints(runtime, sockets)
+        endpoints = _endpoints(runtime, sockets, mqtt_socket)
         _record_endpoints(settings.data_dir, endpoints)
         on_ready(endpoints)
         refresher = asyncio.create_task(_refresh_trust(runtime))
@@ -124,6 +143,9 @@ async def _serve_on(
             )
         finally:
             refresher.cancel()
+            if mqtt_server is not None:
+                mqtt_server.close()
+                handler.close_all()
     finally:
         endpoints_file(settings.data_dir).unlink(missing_ok=True)
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -165,9 +187,12 @@ def _stop(listeners: list[_Server]) -> None:
         listener.should_exit = True
 
 
-def _endpoints(runtime: Runtime, sockets: list[socket.socket]) -> Endpoints:
+def _endpoints(
+    runtime: Runtime, sockets: list[socket.socket], mqtt_socket: socket.socket | None
+) -> Endpoints:
     hostname = runtime.settings.hostname
     ports = [listener.getsockname()[1] for listener in sockets]
     https = f"https://{hostname}:{ports[0]}"
     http = f"http://{hostname}:{ports[1]}" if len(ports) > 1 else None
-    return Endpoints(https=https, http=http)
+    mqtt = None if mqtt_socket is None else f"mqtts://{hostname}:{mqtt_socket.getsockname()[1]}"
+    return Endpoints(https=https, http=http, mqtt=mqtt)

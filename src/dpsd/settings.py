@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_HTTPS_PORT = 8443
+DEFAULT_MQTT_PORT = 8883
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HOSTNAME = "localhost"
 DEFAULT_RETRY_AFTER = 3
@@ -31,6 +32,7 @@ class Settings:
     host: str = DEFAULT_HOST
     https_port: int = DEFAULT_HTTPS_PORT
     http_port: int | None = None
+    mqtt_port: int | None = DEFAULT_MQTT_PORT
     database: str | None = None
     hostname: str = DEFAULT_HOSTNAME
     tls_names: tuple[str, ...] = ()
@@ -39,9 +41,10 @@ class Settings:
     webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT
 
     def __post_init__(self) -> None:
-        for name, port in (("https port", self.https_port), ("http port", self.http_port)):
+        ports = (("https", self.https_port), ("http", self.http_port), ("mqtt", self.mqtt_port))
+        for name, port in ports:
             if port is not None and not 0 <= port <= 65535:
-                raise ValueError(f"the {name} must be between 0 and 65535, not {port}")
+                raise ValueError(f"the {name} port must be between 0 and 65535, not {port}")
         if self.http_port is not None and self.http_port == self.https_port != 0:
             raise ValueError("the https and http listeners need different ports")
         if not 1 <= self.retry_after <= 300:

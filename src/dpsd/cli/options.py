@@ -11,6 +11,7 @@ from dpsd.settings import (
     DEFAULT_HOST,
     DEFAULT_HOSTNAME,
     DEFAULT_HTTPS_PORT,
+    DEFAULT_MQTT_PORT,
     DEFAULT_RETRY_AFTER,
     Settings,
     default_data_dir,
@@ -52,6 +53,14 @@ Hostname = Annotated[
         help="Name clients use to reach dpsd (connection string, certificate).",
     ),
 ]
+MqttPort = Annotated[
+    int | None,
+    typer.Option(
+        "--mqtt-port",
+        envvar="DPSD_MQTT_PORT",
+        help="MQTT over TLS port for devices (0: any free port; -1: off).",
+    ),
+]
 Location = Annotated[
     str | None,
     typer.Option(
@@ -88,6 +97,7 @@ def make_settings(
     tls_names: list[str] | None = None,
     location: str | None = None,
     retry_after: int = DEFAULT_RETRY_AFTER,
+    mqtt_port: int | None = DEFAULT_MQTT_PORT,
 ) -> Settings:
     """Without ``--database``, a data dir keeps the store it was first served with."""
     names = tuple(
@@ -106,6 +116,7 @@ def make_settings(
             tls_names=names,
             location=location,
             retry_after=retry_after,
+            mqtt_port=None if mqtt_port is not None and mqtt_port < 0 else mqtt_port,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error

@@ -20,6 +20,7 @@ from dpsd.cli.options import (
     HttpPort,
     HttpsPort,
     Location,
+    MqttPort,
     RetryAfter,
     TlsNames,
     make_settings,
@@ -29,6 +30,7 @@ from dpsd.settings import (
     DEFAULT_HOST,
     DEFAULT_HOSTNAME,
     DEFAULT_HTTPS_PORT,
+    DEFAULT_MQTT_PORT,
     DEFAULT_RETRY_AFTER,
     Settings,
 )
@@ -39,6 +41,7 @@ def _print_banner(console: Console, runtime: Runtime, endpoints: Endpoints) -> N
     console.print("[bold]dpsd[/bold] is serving the Device Provisioning Service API")
     console.print(f"  HTTPS endpoint     {endpoints.https}")
     console.print(f"  HTTP endpoint      {endpoints.http or 'off'}")
+    console.print(f"  MQTT endpoint      {endpoints.mqtt or 'off'}")
     console.print(f"  ID scope           {runtime.id_scope}")
     console.print(f"  Connection string  {runtime.connection_string(port)}", soft_wrap=True)
     console.print(f"  CA certificate     {runtime.tls.ca_certificate}")
@@ -57,10 +60,21 @@ def serve_command(
     tls_name: TlsNames = None,
     location: Location = None,
     retry_after: RetryAfter = DEFAULT_RETRY_AFTER,
+    mqtt_port: MqttPort = DEFAULT_MQTT_PORT,
 ) -> None:
-    """Serve the DPS service API and device registration over HTTPS (optionally HTTP too)."""
+    """Serve the DPS service API and device registration over HTTPS (optionally HTTP too)
+    and device registration over MQTT."""
     settings = make_settings(
-        data_dir, database, host, https_port, http_port, hostname, tls_name, location, retry_after
+        data_dir,
+        database,
+        host,
+        https_port,
+        http_port,
+        hostname,
+        tls_name,
+        location,
+        retry_after,
+        mqtt_port,
     )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
