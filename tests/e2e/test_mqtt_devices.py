@@ -13,10 +13,11 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from azure.iot.device import ProvisioningDeviceClient
+from azure.iot.device import X509, ProvisioningDeviceClient
 from azure.iot.device.exceptions import ClientError, CredentialError
 
 from dpsd.domain.device_auth import derive_device_key
+from tests.certs import issue
 from tests.conftest import sas_token
 from tests.e2e.process import (
     DpsdProcess,
@@ -26,6 +27,7 @@ from tests.e2e.process import (
     skip_or_fail,
     start_dpsd_listening,
 )
+from tests.e2e.test_x509_devices import write_identity
 
 pytestmark = pytest.mark.e2e
 ADDRESS = "127.0.0.81"
@@ -186,3 +188,28 @@ def test_raw_mqtt_refusals(server: DpsdProcess) -> None:
         assert impostor.connected.get(timeout=10) in (4, 5)
     finally:
         impostor.close()
+
+
+def test_the_python_device_sdk_provisions_an_x509_device(
+    server: DpsdProcess, tmp_path: Path
+) -> None:
+    device = issue("mqtt-camera-1")
+    enrollment = {
+        "registrationId": "mqtt-camera-1",
+        "attestation": {
+            "type": "x509",
+            "x509": {"clientCertificates": {"primary": {"certificate": device.pem}}},
+        },
+    }
+    sdk_client(server.info).enrollment.create_or_update(id="mqtt-camera-1", enrollment=enrollment)
+    cert_file, key_file = write_identity(tmp_path, "mqtt-camera-1", [device])
+    client = ProvisioningDeviceClient.create_from_x509_certificate(
+        provisioning_host=ADDRESS,
+        registration_id="mqtt-camera-1",
+        id_scope=server.info["idScope"],
+        x509=X509(cert_file=cert_file, key_file=key_file),
+        server_verification_cert=ca_text(server),
+    )
+    result = client.register()
+    assert result.status == "assigned"
+    assert result.registration_state.assigned_hub == "mqtt-hub.example"
