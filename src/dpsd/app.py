@@ -24,6 +24,7 @@ from dpsd.http.service_api import (
     RegistrationStateHandlers,
 )
 from dpsd.integrations.webhook import WebhookCustomAllocator
+from dpsd.mqtt.server import MqttServer
 from dpsd.service.certificates import CertificateService
 from dpsd.service.device_registration import DeviceRegistrationService
 from dpsd.service.enrollment_groups import EnrollmentGroupService
@@ -81,6 +82,7 @@ class Runtime:
     refresh_trust: Callable[[], Awaitable[None]]
     devices: DeviceRegistrationService
     now: Callable[[], datetime]
+    mqtt: MqttServer
     hubs: HubService
     registration_states: RegistrationStateStore
 
@@ -170,7 +172,8 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             *DeviceHandlers(devices, settings.retry_after).routes(),
         ]
         by_name = {policy.name: policy for policy in policies}
-        app = ServiceApiApp(Router(routes), by_name, clock.now)
+        mqtt = MqttServer(devices, settings.retry_after, clock.now)
+        app = ServiceApiApp(Router(routes), by_name, clock.now, websocket=mqtt.handle_websocket)
         yield Runtime(
             settings=settings,
             asgi_app=app,
@@ -182,6 +185,7 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             refresh_trust=refresh_trust,
             devices=devices,
             now=clock.now,
+            mqtt=mqtt,
             hubs=HubService(hubs, entropy),
             registration_states=states,
         )

@@ -18,7 +18,6 @@ import uvicorn
 
 from dpsd.app import Runtime
 from dpsd.client_tls import ClientCertificateProtocol
-from dpsd.mqtt.server import MqttServer
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
 TRUST_REFRESH_SECONDS = 30
@@ -121,10 +120,9 @@ async def _serve_on(
     settings = runtime.settings
     listeners = [_listener(runtime, tls=index == 0) for index in range(len(sockets))]
     mqtt_server = None
-    handler = MqttServer(runtime.devices, settings.retry_after, runtime.now)
     if mqtt_socket is not None:
         mqtt_server = await asyncio.start_server(
-            handler.handle, sock=mqtt_socket, ssl=runtime.client_trust.context
+            runtime.mqtt.handle, sock=mqtt_socket, ssl=runtime.client_trust.context
         )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -145,7 +143,7 @@ async def _serve_on(
             refresher.cancel()
             if mqtt_server is not None:
                 mqtt_server.close()
-                handler.close_all()
+                runtime.mqtt.close_all()
     finally:
         endpoints_file(settings.data_dir).unlink(missing_ok=True)
         for signum in (signal.SIGINT, signal.SIGTERM):

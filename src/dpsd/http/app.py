@@ -15,7 +15,7 @@ from urllib.parse import unquote_plus
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dpsd.domain.sas import SharedAccessPolicy
 from dpsd.domain.timestamps import format_timestamp
@@ -62,14 +62,23 @@ class ServiceApiApp:
         router: Router,
         policies: Mapping[str, SharedAccessPolicy],
         now: Callable[[], datetime],
+        websocket: ASGIApp | None = None,
     ) -> None:
+        """``websocket`` serves WebSocket upgrades on any path (MQTT over WebSockets)."""
         self._router = router
         self._authenticator = ServiceAuthenticator(policies)
         self._now = now
+        self._websocket = websocket
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
+            return
+        if scope["type"] == "websocket":
+            if self._websocket is not None:
+                await self._websocket(scope, receive, send)
+            else:
+                await send({"type": "websocket.close", "code": 1003})
             return
         if scope["type"] != "http":
             return
