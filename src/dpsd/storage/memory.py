@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
 from dpsd.domain.ca_certificate import CACertificate
@@ -11,7 +12,7 @@ from dpsd.domain.enrollment_group import EnrollmentGroup
 from dpsd.domain.hub import LinkedHub
 from dpsd.domain.ids import id_key
 from dpsd.domain.query import BooleanOp, Comparison, Condition, Not
-from dpsd.domain.registration import DeviceRegistrationState
+from dpsd.domain.registration import DeviceRegistrationState, RegistrationOperation
 
 FieldValue = str | bool | None
 _ID_FIELDS = frozenset({"registrationId", "enrollmentGroupId"})
@@ -108,6 +109,10 @@ class InMemoryDocumentRepository(Generic[R]):
         del self._records[key]
         return True
 
+    async def put(self, record: R) -> None:
+        """Insert, or replace whatever is stored under the record's id."""
+        self._records[id_key(self._record_id(record))] = record
+
     async def query(self, where: Condition | None, *, after: str | None, limit: int) -> list[R]:
         return self._select(
             lambda record: where is None or matches(self._fields(record), where), after, limit
@@ -144,12 +149,21 @@ class InMemoryHubRepository(InMemoryDocumentRepository[LinkedHub]):
         return self._select(lambda _record: True, None, len(self._records))
 
 
+class InMemoryOperationRepository(InMemoryDocumentRepository[RegistrationOperation]):
+    def __init__(self) -> None:
+        super().__init__(lambda record: record.operation_id)
+
+    async def save(self, operation: RegistrationOperation) -> None:
+        await self.put(operation)
+
+    async def delete_older_than(self, moment: datetime) -> None:
+        for key in [key for key, record in self._records.items() if record.created < moment]:
+            del self._records[key]
+
+
 class InMemoryRegistrationStateRepository(InMemoryDocumentRepository[DeviceRegistrationState]):
     def __init__(self) -> None:
         super().__init__(lambda record: record.registration_id)
-
-    async def put(self, state: DeviceRegistrationState) -> None:
-        self._records[id_key(state.registration_id)] = state
 
     async def query_group(
         self, enrollment_group_id: str, *, after: str | None, limit: int

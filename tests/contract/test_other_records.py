@@ -1,0 +1,117 @@
+"""The contract for groups, hubs, CA certificates and registration operations, on every
+store: the in-memory reference, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dpsd.domain.ca_certificate import CACertificate
+from dpsd.domain.enrollment_group import EnrollmentGroup
+from dpsd.domain.etag import new_etag
+from dpsd.domain.hub import LinkedHub
+from dpsd.domain.query import ENROLLMENT_GROUP_QUERY_FIELDS, parse_query
+from dpsd.domain.registration import RegistrationOperation, RegistrationStatus
+from dpsd.domain.x509 import CertificateInfo
+from dpsd.storage import memory, sql
+from dpsd.storage.engine import create_engine
+from dpsd.storage.executor import create_executor
+from dpsd.storage.migrate import migrate
+from tests.contract.test_repositories import _clean
+from tests.factories import MOMENT, enrollment
+
+INFO = CertificateInfo(
+    "CN=ca", "AA", "BB", "CN=ca", "2026-01-01T00:00:00Z", "2027-01-01T00:00:00Z", "1", 3
+)
+
+
+@dataclass
+class Stores:
+    groups: Any
+    hubs: Any
+    certificates: Any
+    operations: Any
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
+    if request.param == "memory":
+        yield Stores(
+            memory.InMemoryEnrollmentGroupRepository(),
+            memory.InMemoryHubRepository(),
+            memory.InMemoryCertificateRepository(),
+            memory.InMemoryOperationRepository(),
+        )
+        return
+    url = (
+        f"sqlite:///{tmp_path / 'c.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_server")
+    )
+    engine = create_engine(url)
+    await migrate(engine)
+    await _clean(engine)
+    executor = create_executor(url, engine)
+    try:
+        yield Stores(
+            sql.SqlEnrollmentGroupRepository(executor),
+            sql.SqlHubRepository(executor),
+            sql.SqlCertificateRepository(executor),
+            sql.SqlOperationRepository(executor),
+        )
+    finally:
+        await executor.close()
+        await engine.dispose()
+
+
+def group(group_id: str) -> EnrollmentGroup:
+    source = enrollment(group_id)
+    return EnrollmentGroup(group_id, source.settings, source.etag, MOMENT, MOMENT)
+
+
+async def test_groups(stores: Stores) -> None:
+    first = group("Fleet-A")
+    assert await stores.groups.add(first)
+    assert not await stores.groups.add(group("fleet-a"))
+    assert await stores.groups.get("FLEET-A") == first
+    updated = replace(first, etag=new_etag(b"9" * 16))
+    assert not await stores.groups.replace(updated, expected_etag="stale")
+    assert await stores.groups.replace(updated, expected_etag=first.etag)
+    await stores.groups.add(group("fleet-b"))
+    where = parse_query(
+        "SELECT * WHERE attestation.type = 'symmetricKey'", ENROLLMENT_GROUP_QUERY_FIELDS
+    ).where
+    found = await stores.groups.query(where, after=None, limit=10)
+    assert [item.enrollment_group_id for item in found] == ["Fleet-A", "fleet-b"]
+    assert await stores.groups.delete("fleet-b", expected_etag=None)
+
+
+async def test_hubs_and_certificates(stores: Stores) -> None:
+    hub = LinkedHub("Hub-1.example", "e1", 5, False, "west", None)
+    assert await stores.hubs.add(hub)
+    assert not await stores.hubs.add(replace(hub, host_name="hub-1.example"))
+    assert await stores.hubs.get("hub-1.EXAMPLE") == hub
+    assert await stores.hubs.list() == [hub]
+    certificate = CACertificate("root", "PEM", INFO, False, "e1", MOMENT, MOMENT, "CODE")
+    assert await stores.certificates.add(certificate)
+    verified = replace(certificate, is_verified=True, verification_code=None, etag="e2")
+    assert await stores.certificates.replace(verified, expected_etag="e1")
+    assert await stores.certificates.list() == [verified]
+
+
+async def test_operations_are_saved_over_and_expire(stores: Stores) -> None:
+    now = datetime(2026, 5, 1, 12, tzinfo=UTC)
+    started = RegistrationOperation("4.op.1", "dev-1", RegistrationStatus.ASSIGNING, now, now)
+    await stores.operations.put(started)
+    finished = replace(started, status=RegistrationStatus.ASSIGNED)
+    await stores.operations.put(finished)
+    assert await stores.operations.get("4.op.1") == finished
+    await stores.operations.delete_older_than(now)
+    assert await stores.operations.get("4.op.1") == finished
+    await stores.operations.delete_older_than(now + timedelta(seconds=1))
+    assert await stores.operations.get("4.op.1") is None
