@@ -17,7 +17,7 @@ from pathlib import Path
 import uvicorn
 
 from dpsd.app import Runtime
-from dpsd.client_tls import ClientCertificateProtocol
+from dpsd.client_tls import ClientCertificateProtocol, ClientCertificateWebSocketProtocol
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
 TRUST_REFRESH_SECONDS = 30
@@ -169,6 +169,7 @@ def _listener(runtime: Runtime, *, tls: bool) -> _Server:
     config = uvicorn.Config(
         runtime.asgi_app,
         http=ClientCertificateProtocol,
+        ws=ClientCertificateWebSocketProtocol,
         ssl_context_factory=client_certificate_context if tls else None,
         log_level="warning",
         lifespan="off",

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from azure.iot.device import ProvisioningDeviceClient
+from azure.iot.device import X509, ProvisioningDeviceClient
 
+from tests.certs import issue
 from tests.conftest import sas_token
 from tests.e2e.process import (
     DpsdProcess,
@@ -23,6 +24,7 @@ from tests.e2e.process import (
     skip_or_fail,
     start_dpsd_listening,
 )
+from tests.e2e.test_x509_devices import write_identity
 
 pytestmark = pytest.mark.e2e
 ADDRESS = "127.0.0.82"
@@ -92,3 +94,27 @@ def test_mqtt_over_websockets_on_the_root_path(server: DpsdProcess) -> None:
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+def test_an_x509_device_over_websockets(server: DpsdProcess, tmp_path: Path) -> None:
+    device = issue("ws-camera-1")
+    enrollment = {
+        "registrationId": "ws-camera-1",
+        "attestation": {
+            "type": "x509",
+            "x509": {"clientCertificates": {"primary": {"certificate": device.pem}}},
+        },
+    }
+    sdk_client(server.info).enrollment.create_or_update(id="ws-camera-1", enrollment=enrollment)
+    cert_file, key_file = write_identity(tmp_path, "ws-camera-1", [device])
+    client = ProvisioningDeviceClient.create_from_x509_certificate(
+        provisioning_host=ADDRESS,
+        registration_id="ws-camera-1",
+        id_scope=server.info["idScope"],
+        x509=X509(cert_file=cert_file, key_file=key_file),
+        server_verification_cert=Path(server.info["caCertificatePath"]).read_text(),
+        websockets=True,
+    )
+    result = client.register()
+    assert result.status == "assigned"
+    assert result.registration_state.device_id == "ws-camera-1"

@@ -104,8 +104,9 @@ class MqttServer:
         async def write(data: bytes) -> None:
             await send({"type": "websocket.send", "bytes": data})
 
+        tls = scope.get("extensions", {}).get("tls") or {}
         try:
-            await self._run(read, write, ())
+            await self._run(read, write, tuple(tls.get("client_cert_chain") or ()))
             await send({"type": "websocket.close", "code": 1000})
         except (OSError, TimeoutError, RuntimeError):
             pass  # the device went away, timed out, or the socket closed under us
