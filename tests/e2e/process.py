@@ -183,7 +183,9 @@ def skip_or_fail(reason: str) -> NoReturn:
 def bind_problem(address: str, port: int) -> str | None:
     """Why ``address:port`` cannot be bound here (a privileged port without root, or in use),
     or None when it can."""
+    # Probed as dpsd binds (SO_REUSEADDR): TIME_WAIT leftovers of an earlier run do not count.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((address, port))
         except PermissionError:

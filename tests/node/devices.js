@@ -1,19 +1,26 @@
 #!/usr/bin/env node
 // Provisions devices through a running dpsd with the official Node device SDK
-// (azure-iot-provisioning-device + azure-iot-provisioning-device-http, symmetric keys from
-// azure-iot-security-symmetric-key, X.509 client certificates from azure-iot-security-x509) and
-// prints one JSON line per scenario:
-//   {"scenario": NAME, "ok": true, "ms": N, "result": {...registrationState...}, "calls": [...]}
-//   {"scenario": NAME, "ok": false, "ms": N, "error": {...the error...}, "calls": [...]}
+// (azure-iot-provisioning-device over azure-iot-provisioning-device-http, or -mqtt's `Mqtt` and
+// `MqttWs`; symmetric keys from azure-iot-security-symmetric-key, X.509 client certificates from
+// azure-iot-security-x509) and prints one JSON line per scenario:
+//   {"scenario": NAME, "transport": T, "ok": true, "ms": N, "result": {...registrationState...},
+//    "calls": [...]}
+//   {"scenario": NAME, "transport": T, "ok": false, "ms": N, "error": {...the error...},
+//    "calls": [...]}
 // then a last line {"done": true, "count": N}. `calls` lists every request the transport made
-// (register or poll) with what came back and the polling interval the SDK derived from it.
+// (register or poll) with what came back and the polling interval the SDK derived from it (over
+// MQTT there is no HTTP response: statusCode and retryAfter are null).
 // The scenarios run concurrently (each with its own client); the script only observes, the
 // pytest side (tests/e2e/test_node_device_sdk.py) asserts.
 //
 // Environment:
-//   DPS_PROVISIONING_HOST    the provisioning host (no port: the HTTP transport uses port 443)
+//   DPS_PROVISIONING_HOST    the provisioning host (no port: the HTTP transport uses port 443,
+//                            MqttWs wss://HOST:443/$iothub/websocket; Mqtt connects to
+//                            mqtts://HOST, so "HOST:PORT" picks its port, 8883 by default)
 //   DPS_ID_SCOPE             the ID scope the devices register in
-//   DPS_DEVICE_SCENARIOS     JSON list of {"name", "registrationId", "payload"?, "idScope"?} with
+//   DPS_DEVICE_SCENARIOS     JSON list of {"name", "registrationId", "payload"?, "idScope"?,
+//                            "transport"? ("http", the default, "mqtt" or "mqttws"),
+//                            "provisioningHost"? (instead of DPS_PROVISIONING_HOST)} with
 //                            either "key" (symmetric key) or "certFile" and "keyFile" (X.509: the
 //                            PEM certificate file, leaf first then any chain it sends, and the
 //                            leaf's PEM private key)
@@ -28,6 +35,13 @@ const { Http } = require('azure-iot-provisioning-device-http');
 const { SymmetricKeySecurityClient } = require('azure-iot-security-symmetric-key');
 const { X509Security } = require('azure-iot-security-x509');
 const fs = require('fs');
+
+/** A new transport of the scenario's kind; the MQTT package is loaded only when used. */
+const TRANSPORTS = {
+  http: () => new Http(),
+  mqtt: () => new (require('azure-iot-provisioning-device-mqtt').Mqtt)(),
+  mqttws: () => new (require('azure-iot-provisioning-device-mqtt').MqttWs)(),
+};
 
 function required(name) {
   const value = process.env[name];
@@ -61,6 +75,7 @@ function headerOf(response, name) {
 function describeError(err) {
   if (!(err instanceof Error)) return { name: typeof err, message: String(err) };
   const response = err.response;
+  const transportObject = err.transportObject;
   return {
     name: err.constructor ? err.constructor.name : err.name,
     message: err.message,
@@ -70,6 +85,8 @@ function describeError(err) {
     responseBody: parseMaybeJson(err.responseBody),
     result: err.result === undefined ? null : err.result,
     code: err.code || null,
+    // translateError over MQTT attaches {topic, payload} of the answer it failed on.
+    topic: transportObject && typeof transportObject.topic === 'string' ? transportObject.topic : null,
   };
 }
 
@@ -112,7 +129,9 @@ function emit(line) {
 async function run(scenario) {
   const started = Date.now();
   const calls = [];
-  const transport = new Http();
+  const kind = scenario.transport || 'http';
+  if (!TRANSPORTS[kind]) throw new Error(`scenario ${scenario.name}: unknown transport ${kind}`);
+  const transport = TRANSPORTS[kind]();
   recordCalls(transport, calls, started);
   const security = scenario.certFile
     ? new X509Security(scenario.registrationId, {
@@ -121,7 +140,7 @@ async function run(scenario) {
       })
     : new SymmetricKeySecurityClient(scenario.registrationId, scenario.key);
   const client = ProvisioningDeviceClient.create(
-    provisioningHost,
+    scenario.provisioningHost || provisioningHost,
     scenario.idScope || idScope,
     transport,
     security
@@ -129,10 +148,11 @@ async function run(scenario) {
   if (scenario.payload !== undefined) client.setProvisioningPayload(scenario.payload);
   try {
     const result = await withTimeout(client.register(), scenarioTimeoutMs, scenario.name);
-    return { scenario: scenario.name, ok: true, ms: Date.now() - started, result, calls };
+    return { scenario: scenario.name, transport: kind, ok: true, ms: Date.now() - started, result, calls };
   } catch (err) {
     return {
       scenario: scenario.name,
+      transport: kind,
       ok: false,
       ms: Date.now() - started,
       error: describeError(err),
