@@ -65,6 +65,14 @@ class ClientCertificateProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._tls = _tls_extension(transport)
 
+    def shutdown(self) -> None:
+        """At server shutdown an idle keep-alive connection is dropped at once: closing TLS
+        politely would wait for the client's close_notify, which idle clients never send."""
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.abort()
+        else:
+            super().shutdown()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self._tls is not None:
