@@ -122,7 +122,11 @@ class DeviceSession:
 
     async def _poll(self, operation_id: str) -> Answer:
         operation = await self._service.operation(
-            self._scope, self._registration_id, operation_id, self._credential
+            self._scope,
+            self._registration_id,
+            operation_id,
+            self._credential,
+            connection_attested=True,
         )
         if operation.finished and operation.state is not None:
             result = result_to_wire(operation.state, operation.attestation_type)

@@ -185,9 +185,18 @@ class DeviceRegistrationService:
             await asyncio.wait(self._background, timeout=self.webhook_timeout + 1)
 
     async def operation(
-        self, id_scope: str, registration_id: str, operation_id: str, credential: Credential
+        self,
+        id_scope: str,
+        registration_id: str,
+        operation_id: str,
+        credential: Credential,
+        *,
+        connection_attested: bool = False,
     ) -> RegistrationOperation:
-        await self.attest(id_scope, registration_id, credential)
+        """``connection_attested``: the device proved who it is when its connection opened
+        (MQTT CONNECT), so a poll, which only reads, need not prove it again."""
+        if not connection_attested:
+            await self.attest(id_scope, registration_id, credential)
         found = await self.operations.get(operation_id)
         if found is None or found.registration_id.lower() != registration_id.lower():
             raise OperationNotFound(operation_id)
