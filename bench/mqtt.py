@@ -47,7 +47,6 @@ import json
 import resource
 import shutil
 import ssl
-import statistics
 import sys
 import tempfile
 import time
@@ -56,6 +55,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import registrations
 from dpsd.mqtt.codec import (
     ConnAck,
     Connect,
@@ -431,37 +431,7 @@ async def run_idle(setup: Setup, cycle: int) -> IdleResult:
 
 
 def report(results: list[PhaseResult], rounds: int) -> list[str]:
-    lines = []
-    if rounds > 1:
-        lines.append("per round (per second):")
-        for phase in PHASES:
-            rates = " ".join(f"{r.rate:8.0f}" for r in results if r.phase == phase)
-            lines.append(f"  {PHASE_TITLES[phase]:<13} {rates}")
-        lines += ["", f"medians of {rounds} rounds:"]
-    header = (
-        f"{'phase':<13} {'per s':>7} {'p50 ms':>8} {'p99 ms':>8} {'srv CPU':>8} "
-        f"{'srv ms/op':>9} {'cli CPU':>8} {'cli ms/op':>9} {'other':>6} {'failed':>7}"
-    )
-    lines += [header, "-" * len(header)]
-    medians: dict[str, float] = {}
-    for phase in PHASES:
-        mine = [result for result in results if result.phase == phase]
-        medians[phase] = statistics.median(result.rate for result in mine)
-        lines.append(
-            f"{PHASE_TITLES[phase]:<13} {medians[phase]:7.0f} "
-            f"{statistics.median(r.p50_ms for r in mine):8.1f} "
-            f"{statistics.median(r.p99_ms for r in mine):8.1f} "
-            f"{statistics.median(r.server_cores for r in mine):8.2f} "
-            f"{statistics.median(r.server_ms_per_op for r in mine):9.2f} "
-            f"{statistics.median(r.client_cores for r in mine):8.2f} "
-            f"{statistics.median(r.client_ms_per_op for r in mine):9.2f} "
-            f"{statistics.median(r.other_cores for r in mine):6.2f} "
-            f"{sum(r.failed for r in mine):7d}"
-            + ("  (hit --timeout)" if any(r.timed_out for r in mine) else "")
-        )
-    ratio = medians["registrations"] / medians["bare"] if medians["bare"] else 0.0
-    lines += ["", f"registrations / bare TLS connections = {ratio:.3f}"]
-    return lines
+    return registrations.report(results, rounds, bare="bare TLS connections")
 
 
 def report_idle(idle: IdleResult) -> list[str]:
