@@ -32,18 +32,11 @@ from dpsd.service.ports import (
     NoTrust,
     TrustedCertificates,
 )
-from dpsd.service.records import BulkMode
+from dpsd.service.records import BulkMode, Page
 from dpsd.service.x509_trust import attestation_certificates
 
 MAX_GROUPS_PER_ATTESTATION = 100
 _PAGING_KIND = "g1"
-
-
-@dataclass(frozen=True, slots=True)
-class GroupPage:
-    items: list[EnrollmentGroup]
-    continuation: str | None
-    page_size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,20 +147,21 @@ class EnrollmentGroupService:
             lambda: EnrollmentGroupNotFound(enrollment_group_id),
         )
 
-    async def query(self, text: str, continuation: str | None, max_items: int | None) -> GroupPage:
+    async def query(
+        self, text: str, continuation: str | None, max_items: int | None
+    ) -> Page[EnrollmentGroup]:
         query = parse_query(text, ENROLLMENT_GROUP_QUERY_FIELDS)
         if query.source not in (None, "enrollmentgroups"):
             raise InvalidQuery(
                 f"enrollment group queries read FROM enrollmentGroups, not {query.source!r}"
             )
-        size = records.page_size(max_items)
-        after = records.decode_continuation(_PAGING_KIND, continuation) if continuation else None
-        rows = await self.groups.query(query.where, after=after, limit=size + 1)
-        items = rows[:size]
-        token = None
-        if len(rows) > size:
-            token = records.encode_continuation(_PAGING_KIND, id_key(items[-1].enrollment_group_id))
-        return GroupPage(items=items, continuation=token, page_size=size)
+        return await records.read_page(
+            _PAGING_KIND,
+            continuation,
+            max_items,
+            lambda after, limit: self.groups.query(query.where, after=after, limit=limit),
+            lambda item: id_key(item.enrollment_group_id),
+        )
 
     async def run_bulk_operation(
         self, mode: BulkMode, drafts: list[EnrollmentGroupDraft], etags: list[str | None]

@@ -33,6 +33,7 @@ from dpsd.service.records import (
     MAX_BULK_ITEMS,
     MAX_PAGE_SIZE,
     BulkMode,
+    Page,
 )
 from dpsd.service.x509_trust import attestation_certificates
 
@@ -47,13 +48,6 @@ __all__ = [
 ]
 
 _PAGING_KIND = "e1"
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    items: list[IndividualEnrollment]
-    continuation: str | None
-    page_size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,18 +119,19 @@ class EnrollmentService:
         )
         await self.registration_states.delete(registration_id, expected_etag=None)
 
-    async def query(self, text: str, continuation: str | None, max_items: int | None) -> Page:
+    async def query(
+        self, text: str, continuation: str | None, max_items: int | None
+    ) -> Page[IndividualEnrollment]:
         query = parse_query(text, ENROLLMENT_QUERY_FIELDS)
         if query.source not in (None, "enrollments"):
             raise InvalidQuery(f"enrollment queries read FROM enrollments, not {query.source!r}")
-        size = records.page_size(max_items)
-        after = records.decode_continuation(_PAGING_KIND, continuation) if continuation else None
-        rows = await self.enrollments.query(query.where, after=after, limit=size + 1)
-        items = rows[:size]
-        token = None
-        if len(rows) > size:
-            token = records.encode_continuation(_PAGING_KIND, id_key(items[-1].registration_id))
-        return Page(items=items, continuation=token, page_size=size)
+        return await records.read_page(
+            _PAGING_KIND,
+            continuation,
+            max_items,
+            lambda after, limit: self.enrollments.query(query.where, after=after, limit=limit),
+            lambda item: id_key(item.registration_id),
+        )
 
     async def run_bulk_operation(
         self, mode: BulkMode, drafts: list[IndividualEnrollmentDraft], etags: list[str | None]

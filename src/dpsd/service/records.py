@@ -10,8 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-from collections.abc import Callable
-from typing import Protocol, TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from dpsd.domain.errors import ValidationError
 from dpsd.domain.etag import WILDCARD, normalize_if_match
@@ -115,6 +116,35 @@ async def delete(
     if expected is not None and await repository.get(record_id) is not None:
         raise PreconditionFailed(record_id)
     raise not_found()
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of a query; ``continuation`` only when more follow."""
+
+    items: list[T]
+    continuation: str | None
+    page_size: int
+
+
+async def read_page(
+    kind: str,
+    continuation: str | None,
+    max_items: int | None,
+    fetch: Callable[[str | None, int], Awaitable[list[T]]],
+    key_of: Callable[[T], str],
+) -> Page[T]:
+    """Keyset paging shared by every listing: ``fetch(after, limit)`` reads records in key
+    order; one more than a page tells whether another page follows."""
+    size = page_size(max_items)
+    after = decode_continuation(kind, continuation) if continuation else None
+    rows = await fetch(after, size + 1)
+    items = rows[:size]
+    token = encode_continuation(kind, key_of(items[-1])) if len(rows) > size else None
+    return Page(items=items, continuation=token, page_size=size)
 
 
 def page_size(max_items: int | None) -> int:

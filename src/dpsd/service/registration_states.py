@@ -9,15 +9,9 @@ from dpsd.domain.registration import DeviceRegistrationState
 from dpsd.service import records
 from dpsd.service.errors import RegistrationStateNotFound
 from dpsd.service.ports import RegistrationStateStore
+from dpsd.service.records import Page
 
 _PAGING_KIND = "r1"
-
-
-@dataclass(frozen=True, slots=True)
-class StatePage:
-    items: list[DeviceRegistrationState]
-    continuation: str | None
-    page_size: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +37,15 @@ class RegistrationStateService:
 
     async def query(
         self, enrollment_group_id: str, continuation: str | None, max_items: int | None
-    ) -> StatePage:
+    ) -> Page[DeviceRegistrationState]:
         """The states of devices that registered through ``enrollment_group_id``."""
         validate_registration_id(enrollment_group_id, what="enrollment group id")
-        size = records.page_size(max_items)
-        after = records.decode_continuation(_PAGING_KIND, continuation) if continuation else None
-        rows = await self.states.query_group(enrollment_group_id, after=after, limit=size + 1)
-        items = rows[:size]
-        token = None
-        if len(rows) > size:
-            token = records.encode_continuation(_PAGING_KIND, id_key(items[-1].registration_id))
-        return StatePage(items=items, continuation=token, page_size=size)
+        return await records.read_page(
+            _PAGING_KIND,
+            continuation,
+            max_items,
+            lambda after, limit: self.states.query_group(
+                enrollment_group_id, after=after, limit=limit
+            ),
+            lambda item: id_key(item.registration_id),
+        )

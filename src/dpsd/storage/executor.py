@@ -25,6 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import ClauseElement
 
+from dpsd.storage.engine import tune_sqlite
+
 SQLITE_BUSY_TIMEOUT = 5
 _NAMED_SQLITE = sqlite_dialect(paramstyle="named")
 Params = Mapping[str, Any] | None
@@ -104,7 +106,7 @@ class InlineSqliteExecutor:
             poolclass=StaticPool,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT},
         )
-        event.listen(engine, "connect", _tune)
+        event.listen(engine, "connect", lambda c, _r: tune_sqlite(c, SQLITE_BUSY_TIMEOUT))
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._connection = self._engine.connect()
         raw = self._connection.connection.driver_connection
@@ -142,14 +144,6 @@ class InlineSqliteExecutor:
     async def close(self) -> None:
         self._connection.close()
         self._engine.dispose()
-
-
-def _tune(connection: Any, _record: object) -> None:
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT * 1000}")
-    cursor.close()
 
 
 def create_executor(database_url: str, engine: AsyncEngine) -> Executor:
