@@ -5,7 +5,10 @@ from __future__ import annotations
 import typer
 
 from dpsd.cli.certificates import certificate_app
+from dpsd.cli.enrollments import enrollment_app, group_app
+from dpsd.cli.fleet import export_command, import_command
 from dpsd.cli.hubs import hub_app
+from dpsd.cli.registrations import device_key_command, registration_app
 from dpsd.cli.serve import info_command, serve_command
 
 cli = typer.Typer(
@@ -17,6 +20,12 @@ cli.command("serve")(serve_command)
 cli.command("info")(info_command)
 cli.add_typer(certificate_app, name="certificate")
 cli.add_typer(hub_app, name="hub")
+cli.add_typer(enrollment_app, name="enrollment")
+cli.add_typer(group_app, name="group")
+cli.add_typer(registration_app, name="registration")
+cli.command("device-key")(device_key_command)
+cli.command("export")(export_command)
+cli.command("import")(import_command)
 
 
 def main() -> None:

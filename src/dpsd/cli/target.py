@@ -1,0 +1,154 @@
+"""Which DPS service API the client commands talk to, and how their failures are reported.
+
+A connection string (``--connection-string`` or ``DPSD_CONNECTION_STRING``) names any
+endpoint that speaks the service API: a dpsd anywhere, or an Azure DPS. Without one, the
+commands talk to the dpsd serving the local data dir, with its owner policy and its CA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, NoReturn
+from urllib.parse import urlsplit
+
+import httpx
+import typer
+from rich.console import Console
+
+from dpsd.app import build_runtime
+from dpsd.cli.options import Database, DataDir, make_settings
+from dpsd.client import AsyncDpsServiceClient, DpsError, DpsServiceClient
+from dpsd.server import running_endpoints
+
+ConnectionStringOption = Annotated[
+    str | None,
+    typer.Option(
+        "--connection-string",
+        envvar="DPSD_CONNECTION_STRING",
+        help="The service API to manage: HostName=...;SharedAccessKeyName=...;SharedAccessKey=..."
+        " (default: the dpsd serving the data dir).",
+        show_default=False,
+    ),
+]
+CaFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-file",
+        envvar="DPSD_CA_FILE",
+        exists=True,
+        dir_okay=False,
+        help="CA certificate (PEM) to trust for the endpoint (default: the system's CAs, or the"
+        " data dir's CA for a local dpsd).",
+        show_default=False,
+    ),
+]
+
+
+class Output(enum.StrEnum):
+    table = "table"
+    json = "json"
+
+
+OutputOption = Annotated[
+    Output,
+    typer.Option(
+        "--output", "-o", envvar="DPSD_OUTPUT", help="Tables for people, JSON for scripts."
+    ),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where requests go: a connection string and what to trust for its TLS."""
+
+    connection_string: str
+    verify: bool | str
+
+    def client(self) -> DpsServiceClient:
+        return DpsServiceClient.from_connection_string(self.connection_string, verify=self.verify)
+
+    def async_client(self) -> AsyncDpsServiceClient:
+        return AsyncDpsServiceClient.from_connection_string(
+            self.connection_string, verify=self.verify
+        )
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        f"[red]error:[/red] {message}", markup=True
+    )
+    raise typer.Exit(code=code)
+
+
+def resolve_target(
+    connection_string: str | None,
+    ca_file: Path | None,
+    data_dir: Path | None,
+    database: str | None,
+) -> Target:
+    if connection_string is not None:
+        return Target(connection_string, True if ca_file is None else str(ca_file))
+    settings = make_settings(data_dir, database)
+    running = running_endpoints(settings.data_dir)
+    if running is None:
+        fail(
+            f"no dpsd is serving {settings.data_dir}: start `dpsd serve` there, or pass"
+            " --connection-string (or set DPSD_CONNECTION_STRING)"
+        )
+    https = urlsplit(running.https)
+
+    async def read() -> Target:
+        async with build_runtime(settings) as runtime:
+            local = runtime.connection_string(https.port or 443, https.hostname)
+            ca = ca_file or runtime.tls.ca_certificate
+            return Target(local, str(ca))
+
+    return asyncio.run(read())
+
+
+@contextmanager
+def reported_failures() -> Iterator[None]:
+    """Service errors and unreachable endpoints end the command with one line on stderr."""
+    try:
+        yield
+    except DpsError as error:
+        fail(str(error))
+    except httpx.TransportError as error:
+        fail(f"cannot reach the service: {str(error) or type(error).__name__}")
+    except ValueError as error:  # a connection string or a record the client refuses
+        fail(str(error), code=2)
+
+
+@dataclass(frozen=True, slots=True)
+class TargetOptions:
+    """The options every client command takes, gathered."""
+
+    connection_string: str | None
+    ca_file: Path | None
+    data_dir: Path | None
+    database: str | None
+
+    def resolve(self) -> Target:
+        with reported_failures():
+            return resolve_target(
+                self.connection_string, self.ca_file, self.data_dir, self.database
+            )
+
+
+__all__ = [
+    "CaFileOption",
+    "ConnectionStringOption",
+    "DataDir",
+    "Database",
+    "Output",
+    "OutputOption",
+    "Target",
+    "TargetOptions",
+    "fail",
+    "reported_failures",
+]

@@ -1,0 +1,349 @@
+"""Moving whole fleets through the service API: export to JSON Lines, import with bulk
+operations.
+
+Each line of a fleet file is one record::
+
+    {"kind": "enrollment" | "enrollmentGroup" | "registration", "record": {...}}
+
+Enrollments and groups carry their attestation with keys and certificates (read with
+``attestationmechanism``, since query leaves them out), so an import recreates them exactly.
+Registration states are exported for the record only: the service API has no way to write
+them, so an import counts them as skipped, with that reason.
+
+The import is resumable: records are created with bulk ``create``, and a record the target
+already holds is skipped (or, with ``update_existing``, written over), so a re-run after an
+interruption only does what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TextIO, TypeVar
+
+from dpsd.client import (
+    AsyncDpsServiceClient,
+    AsyncEnrollmentOperations,
+    BulkMode,
+    NotFoundError,
+)
+
+Record = dict[str, Any]
+T = TypeVar("T")
+
+BULK_LIMIT = 10
+"""Records per bulk operation: the service API's limit."""
+EXPORT_PAGE = 1000
+SERVER_FIELDS = ("etag", "createdDateTimeUtc", "lastUpdatedDateTimeUtc", "registrationState")
+EXAMPLES_PER_REASON = 3
+
+
+class Kind(enum.StrEnum):
+    enrollment = "enrollment"
+    group = "enrollmentGroup"
+    registration = "registration"
+
+    @property
+    def id_field(self) -> str:
+        return "enrollmentGroupId" if self is Kind.group else "registrationId"
+
+
+def _operations(client: AsyncDpsServiceClient, kind: Kind) -> AsyncEnrollmentOperations:
+    return client.enrollment_groups if kind is Kind.group else client.enrollments
+
+
+Progress = Callable[[int], None]
+"""Told how many more records are done."""
+
+
+# --- export ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ExportCounts:
+    enrollments: int = 0
+    groups: int = 0
+    registrations: int = 0
+
+
+async def _chunks(records: AsyncIterator[Record], size: int) -> AsyncIterator[list[Record]]:
+    chunk: list[Record] = []
+    async for record in records:
+        chunk.append(record)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+async def _with_secrets(
+    operations: AsyncEnrollmentOperations, kind: Kind, records: list[Record], limit: int
+) -> list[Record]:
+    """The records with their attestation read afresh, keys and certificates included."""
+    gate = asyncio.Semaphore(limit)
+
+    async def complete(record: Record) -> Record:
+        if (record.get("attestation") or {}).get("type") == "none":
+            return record
+        async with gate:
+            mechanism = await operations.attestation_mechanism(record[kind.id_field])
+        return {**record, "attestation": mechanism}
+
+    return await asyncio.gather(*(complete(record) for record in records))
+
+
+def _line(kind: Kind, record: Record) -> str:
+    return json.dumps({"kind": str(kind), "record": record}, separators=(",", ":")) + "\n"
+
+
+async def export_fleet(
+    client: AsyncDpsServiceClient,
+    sink: TextIO,
+    *,
+    registrations: bool,
+    concurrency: int,
+    progress: Progress,
+) -> ExportCounts:
+    """Write every enrollment and group (and, if asked, every group's registration states)."""
+    counts = ExportCounts()
+    group_ids: list[str] = []
+    for kind in (Kind.group, Kind.enrollment):
+        operations = _operations(client, kind)
+        pages = _chunks(operations.query("SELECT *", page_size=EXPORT_PAGE), EXPORT_PAGE)
+        async for chunk in pages:
+            for record in await _with_secrets(operations, kind, chunk, concurrency):
+                sink.write(_line(kind, record))
+                if kind is Kind.group:
+                    group_ids.append(record[kind.id_field])
+            progress(len(chunk))
+            if kind is Kind.group:
+                counts.groups += len(chunk)
+            else:
+                counts.enrollments += len(chunk)
+    if registrations:
+        counts.registrations = await _export_states(client, group_ids, sink, progress)
+    return counts
+
+
+async def _export_states(
+    client: AsyncDpsServiceClient, group_ids: list[str], sink: TextIO, progress: Progress
+) -> int:
+    """The states of group devices; those of individual enrollments travel inside them."""
+    count = 0
+    for group_id in group_ids:
+        async for state in client.registrations.query(group_id, page_size=EXPORT_PAGE):
+            sink.write(_line(Kind.registration, state))
+            count += 1
+            progress(1)
+    return count
+
+
+# --- import ---------------------------------------------------------------------------------
+
+
+class Outcome(enum.StrEnum):
+    created = "created"
+    updated = "updated"
+    skipped = "skipped"
+    failed = "failed"
+
+
+@dataclass(slots=True)
+class ImportSummary:
+    """How many records ended each way, and why those skipped or failed did."""
+
+    counts: Counter[Outcome] = field(default_factory=Counter)
+    reasons: dict[tuple[Outcome, str], list[str]] = field(default_factory=dict)
+
+    def add(self, outcome: Outcome, count: int = 1) -> None:
+        self.counts[outcome] += count
+
+    def add_with_reason(self, outcome: Outcome, reason: str, where: str) -> None:
+        self.counts[outcome] += 1
+        examples = self.reasons.setdefault((outcome, reason), [])
+        examples.append(where)
+
+    def reason_counts(self) -> list[tuple[Outcome, str, int, list[str]]]:
+        return [
+            (outcome, reason, len(where), where[:EXAMPLES_PER_REASON])
+            for (outcome, reason), where in sorted(
+                self.reasons.items(), key=lambda item: -len(item[1])
+            )
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One record of a fleet file, ready to send."""
+
+    kind: Kind
+    identifier: str
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class BadLine:
+    line: int
+    reason: str
+
+
+def parse_line(number: int, text: str) -> Entry | BadLine:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        return BadLine(number, f"not JSON ({error.msg})")
+    if not isinstance(value, dict) or not isinstance(value.get("record"), dict):
+        return BadLine(number, 'not a fleet record {"kind": ..., "record": {...}}')
+    try:
+        kind = Kind(str(value.get("kind")))
+    except ValueError:
+        return BadLine(number, f"unknown kind {value.get('kind')!r}")
+    record: Record = value["record"]
+    identifier = record.get(kind.id_field)
+    if not isinstance(identifier, str) or not identifier:
+        return BadLine(number, f"the record has no {kind.id_field}")
+    clean = {name: item for name, item in record.items() if name not in SERVER_FIELDS}
+    return Entry(kind, identifier, clean)
+
+
+def read_entries(lines: Iterable[str]) -> Iterator[Entry | BadLine]:
+    for number, text in enumerate(lines, start=1):
+        if text.strip():
+            yield parse_line(number, text)
+
+
+def batches(entries: Iterable[Entry | BadLine]) -> Iterator[list[Entry] | BadLine]:
+    """Entries of one kind at a time, at most BULK_LIMIT together, in file order per kind."""
+    pending: dict[Kind, list[Entry]] = {}
+    for entry in entries:
+        if isinstance(entry, BadLine):
+            yield entry
+            continue
+        batch = pending.setdefault(entry.kind, [])
+        batch.append(entry)
+        if len(batch) == BULK_LIMIT:
+            yield pending.pop(entry.kind)
+    yield from pending.values()
+
+
+def _is_conflict(error: Record) -> bool:
+    code = error.get("errorCode")
+    return isinstance(code, int) and code // 1000 == 409
+
+
+@dataclass(frozen=True, slots=True)
+class Importer:
+    """Writes batches to the target, recording what became of each record."""
+
+    client: AsyncDpsServiceClient
+    summary: ImportSummary
+    update_existing: bool
+    dry_run: bool
+
+    async def run(self, batch: list[Entry]) -> None:
+        kind = batch[0].kind
+        if kind is Kind.registration:
+            for entry in batch:
+                self.summary.add_with_reason(
+                    Outcome.skipped,
+                    "registration states cannot be written through the service API"
+                    " (devices get them again when they next register)",
+                    entry.identifier,
+                )
+            return
+        if self.dry_run:
+            await self._plan(kind, batch)
+            return
+        existing = await self._bulk(kind, "create", batch, Outcome.created)
+        if not existing:
+            return
+        if self.update_existing:
+            await self._bulk(kind, "update", existing, Outcome.updated)
+        else:
+            self.summary.add(Outcome.skipped, len(existing))
+
+    async def _bulk(
+        self, kind: Kind, mode: BulkMode, batch: list[Entry], success: Outcome
+    ) -> list[Entry]:
+        """Send one bulk operation; returns the entries the target already held."""
+        operations = _operations(self.client, kind)
+        result = await operations.run_bulk_operation(mode, [entry.record for entry in batch])
+        errors = {
+            str(error.get(kind.id_field, "")).lower(): error for error in result.get("errors") or []
+        }
+        existing: list[Entry] = []
+        for entry in batch:
+            error = errors.get(entry.identifier.lower())
+            if error is None:
+                self.summary.add(success)
+            elif mode == "create" and _is_conflict(error):
+                existing.append(entry)
+            else:
+                reason = f"{error.get('errorCode')} {error.get('errorStatus', '')}".strip()
+                self.summary.add_with_reason(Outcome.failed, reason, entry.identifier)
+        return existing
+
+    async def _plan(self, kind: Kind, batch: list[Entry]) -> None:
+        """What the import would do: reads only."""
+        operations = _operations(self.client, kind)
+
+        async def held(entry: Entry) -> bool:
+            try:
+                await operations.get(entry.identifier)
+            except NotFoundError:
+                return False
+            return True
+
+        for is_held in await asyncio.gather(*(held(entry) for entry in batch)):
+            if not is_held:
+                self.summary.add(Outcome.created)
+            else:
+                self.summary.add(Outcome.updated if self.update_existing else Outcome.skipped)
+
+
+async def run_bounded(
+    items: Iterable[T], step: Callable[[T], Awaitable[None]], concurrency: int
+) -> None:
+    """Apply ``step`` to the items, ``concurrency`` at a time; the first failure stops the
+    rest and is raised as it is."""
+    shared = iter(items)
+
+    async def worker() -> None:
+        for item in shared:  # workers take turns on one iterator
+            await step(item)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(concurrency):
+                group.create_task(worker())
+    except ExceptionGroup as failures:
+        raise failures.exceptions[0] from None
+
+
+async def import_fleet(
+    client: AsyncDpsServiceClient,
+    lines: Iterable[str],
+    summary: ImportSummary,
+    *,
+    update_existing: bool,
+    dry_run: bool,
+    concurrency: int,
+    progress: Progress,
+) -> None:
+    """Import every line into ``summary``, which holds what was done even if this raises."""
+    importer = Importer(client, summary, update_existing, dry_run)
+
+    async def step(batch: list[Entry] | BadLine) -> None:
+        if isinstance(batch, BadLine):
+            summary.add_with_reason(Outcome.failed, batch.reason, f"line {batch.line}")
+            progress(1)
+            return
+        await importer.run(batch)
+        progress(len(batch))
+
+    await run_bounded(batches(read_entries(lines)), step, concurrency)
