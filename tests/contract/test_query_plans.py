@@ -25,11 +25,13 @@ def _plan(database: Path, query: str) -> str:
         .order_by(table.c.id_key)
         .limit(100)
     )
-    sql = str(
-        statement.compile(dialect=sqlite.dialect(), compile_kwargs={"render_postcompile": True})
+    compiled = statement.compile(
+        dialect=sqlite.dialect(), compile_kwargs={"render_postcompile": True}
     )
+    assert compiled.positiontup is not None
+    params = [compiled.params[name] for name in compiled.positiontup]
     with sqlite3.connect(database) as connection:
-        rows = connection.execute(f"EXPLAIN QUERY PLAN {sql}", ("a", 100, 0)).fetchall()
+        rows = connection.execute(f"EXPLAIN QUERY PLAN {compiled}", params).fetchall()
     return " | ".join(str(row[-1]) for row in rows)
 
 

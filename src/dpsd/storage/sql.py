@@ -77,11 +77,15 @@ def compile_condition(
                 value = id_key(value)
             if value is None:
                 return column.is_(None) if operator == "=" else column.is_not(None)
+            compared: Any = value
             if column.name == "attestation_type":
                 # written into the SQL, so that the planner can use the partial index of X.509
                 # enrollments; the value is one of the domain's attestation types
-                value = sa.literal(value, literal_execute=True)
-            return column == value if operator == "=" else column != value
+                compared = sa.literal(value, literal_execute=True)
+            comparison: sa.ColumnElement[bool] = (
+                column == compared if operator == "=" else column != compared
+            )
+            return comparison
         case Not(operand=operand):
             return sa.not_(compile_condition(operand, columns))
         case BooleanOp(operator="and", operands=operands):
