@@ -8,7 +8,8 @@ Writes a fleet file of --count symmetric-key individual enrollments with their k
 1. starts ``dpsd serve`` on a fresh data dir (SQLite, HTTPS on 127.0.0.1, port 0, MQTT off),
    imports the first --small records with ``dpsd import`` and measures latency;
 2. starts another fresh ``dpsd serve``, imports all --count records with ``dpsd import``
-   (timed: the headline figure) and measures latency the same way.
+   (timed: the headline figure), measures latency the same way, then times ``dpsd export``
+   of everything (which reads each enrollment's keys with one request).
 
 Latency is measured by one sequential client on a keep-alive HTTPS connection (httpx), for:
 GET /enrollments/{random id}; PUT /enrollments/{random id} with If-Match: * (an update);
@@ -107,6 +108,37 @@ def memory_kb(server: ServerProcess) -> dict[str, int]:
 class Import:
     seconds: float
     summary: dict[str, Any]
+    export_seconds: float = 0.0
+
+
+def _client_environment(server: ServerProcess, info: dict[str, Any]) -> dict[str, str]:
+    return {
+        **_environment(),
+        "DPSD_CONNECTION_STRING": _connection_string(info, server.port),
+        "DPSD_CA_FILE": info["caCertificatePath"],
+    }
+
+
+def run_export(server: ServerProcess, info: dict[str, Any], target: Path, count: int) -> float:
+    """Seconds ``dpsd export`` takes to write every enrollment, keys included."""
+    command = [sys.executable, "-m", "dpsd", "export", str(target)]
+    started = time.perf_counter()
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=_client_environment(server, info),
+        check=False,
+        timeout=3600,
+    )
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise BenchError(f"dpsd export failed:\n{result.stdout}{result.stderr}")
+    with target.open() as lines:
+        written = sum(1 for _ in lines)
+    if written < count:
+        raise BenchError(f"dpsd export wrote {written} records, expected at least {count}")
+    return seconds
 
 
 def run_import(server: ServerProcess, info: dict[str, Any], fleet: Path) -> Import:
@@ -121,14 +153,14 @@ def run_import(server: ServerProcess, info: dict[str, Any], fleet: Path) -> Impo
         "--concurrency",
         str(IMPORT_CONCURRENCY),
     ]
-    environment = {
-        **_environment(),
-        "DPSD_CONNECTION_STRING": _connection_string(info, server.port),
-        "DPSD_CA_FILE": info["caCertificatePath"],
-    }
     started = time.perf_counter()
     result = subprocess.run(
-        command, capture_output=True, text=True, env=environment, check=False, timeout=3600
+        command,
+        capture_output=True,
+        text=True,
+        env=_client_environment(server, info),
+        check=False,
+        timeout=3600,
     )
     seconds = time.perf_counter() - started
     if result.returncode != 0:
@@ -247,10 +279,11 @@ def bench_size(
         if imported.summary["created"] != count:
             raise BenchError(f"import created {imported.summary}, expected {count}")
         latencies = measure(server, info, count, samples)
+        export_seconds = run_export(server, info, work / f"export-{count}.jsonl", count)
         memory = memory_kb(server)
     finally:
         server.stop()
-    return imported, latencies, memory
+    return Import(imported.seconds, imported.summary, export_seconds), latencies, memory
 
 
 def report(
@@ -263,6 +296,8 @@ def report(
         "",
         f"import of {count:,} enrollments: {big_import.seconds:.0f} s "
         f"({count / big_import.seconds:,.0f} per second)",
+        f"export of the same: {big_import.export_seconds:.0f} s "
+        f"({count / big_import.export_seconds:,.0f} per second)",
         "",
         f"| request | median at {small:,} | median at {count:,} | ratio "
         f"| p99 at {small:,} | p99 at {count:,} |",
