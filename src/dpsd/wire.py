@@ -7,6 +7,7 @@ required-field checks to the mapping, so that each gets a DPS-style message.
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import msgspec
@@ -325,22 +326,28 @@ def _info_to_wire(info: CertificateInfo | None) -> CertificateInfoWire | None:
     )
 
 
-def _certificates_to_wire(certificates: X509Certificates | None) -> CertificatesWire | None:
+def _certificates_to_wire(
+    certificates: X509Certificates | None, *, with_certificates: bool
+) -> CertificatesWire | None:
     if certificates is None:
         return None
 
     def entry(value: X509CertificateWithInfo | None) -> CertificateWithInfoWire | None:
         if value is None:
             return None
-        return CertificateWithInfoWire(info=_info_to_wire(value.info))
+        certificate = value.certificate if with_certificates else None
+        return CertificateWithInfoWire(certificate=certificate, info=_info_to_wire(value.info))
 
     return CertificatesWire(
         primary=entry(certificates.primary), secondary=entry(certificates.secondary)
     )
 
 
-def attestation_to_wire(mechanism: AttestationMechanism) -> AttestationWire:
-    """Certificates are never written back, only their info; keys only when present."""
+def attestation_to_wire(
+    mechanism: AttestationMechanism, *, with_certificates: bool = False
+) -> AttestationWire:
+    """Keys when present; certificates only as their info, unless ``with_certificates`` (the
+    export extension of query, see docs/compatibility.md)."""
     x509 = mechanism.x509
     keys = mechanism.symmetric_key
     return AttestationWire(
@@ -351,8 +358,12 @@ def attestation_to_wire(mechanism: AttestationMechanism) -> AttestationWire:
         x509=None
         if x509 is None
         else X509Wire(
-            client_certificates=_certificates_to_wire(x509.client_certificates),
-            signing_certificates=_certificates_to_wire(x509.signing_certificates),
+            client_certificates=_certificates_to_wire(
+                x509.client_certificates, with_certificates=with_certificates
+            ),
+            signing_certificates=_certificates_to_wire(
+                x509.signing_certificates, with_certificates=with_certificates
+            ),
             ca_references=None
             if x509.ca_references is None
             else CAReferencesWire(x509.ca_references.primary, x509.ca_references.secondary),
@@ -379,11 +390,25 @@ def registration_state_to_wire(state: DeviceRegistrationState) -> RegistrationSt
     )
 
 
-def _settings_fields(settings: EnrollmentSettings, *, secrets: bool) -> dict[str, Any]:
-    attestation = settings.attestation if secrets else settings.attestation.without_secrets()
+class Disclosure(enum.Enum):
+    """How much of a record's attestation a response shows."""
+
+    PUBLIC = "public"  # GET and query: no keys, certificates as their info
+    KEYS = "keys"  # PUT responses: the keys too (clients read generated keys there)
+    ALL = "all"  # the export extension of query: keys and certificates
+
+
+def _settings_fields(settings: EnrollmentSettings, *, disclosure: Disclosure) -> dict[str, Any]:
+    attestation = (
+        settings.attestation
+        if disclosure is not Disclosure.PUBLIC
+        else settings.attestation.without_secrets()
+    )
     custom = settings.custom_allocation_definition
     return {
-        "attestation": attestation_to_wire(attestation),
+        "attestation": attestation_to_wire(
+            attestation, with_certificates=disclosure is Disclosure.ALL
+        ),
         "capabilities": CapabilitiesWire(iot_edge=settings.capabilities.iot_edge),
         "iot_hub_host_name": settings.iot_hub_host_name,
         "initial_twin": settings.initial_twin,
@@ -401,10 +426,13 @@ def _settings_fields(settings: EnrollmentSettings, *, secrets: bool) -> dict[str
 
 
 def enrollment_to_wire(
-    enrollment: IndividualEnrollment, *, secrets: bool
+    enrollment: IndividualEnrollment,
+    *,
+    secrets: bool,
+    disclosure: Disclosure | None = None,
 ) -> IndividualEnrollmentWire:
     """``secrets``: the PUT response carries the keys (clients read generated keys there);
-    GET and query leave them out."""
+    GET and query leave them out. ``disclosure``, when given, overrides ``secrets``."""
     state = enrollment.registration_state
     return IndividualEnrollmentWire(
         registration_id=enrollment.registration_id,
@@ -414,17 +442,25 @@ def enrollment_to_wire(
         etag=enrollment.etag,
         created_date_time_utc=format_timestamp(enrollment.created),
         last_updated_date_time_utc=format_timestamp(enrollment.last_updated),
-        **_settings_fields(enrollment.settings, secrets=secrets),
+        **_settings_fields(enrollment.settings, disclosure=_disclosure(secrets, disclosure)),
     )
 
 
-def group_to_wire(group: EnrollmentGroup, *, secrets: bool) -> EnrollmentGroupWire:
+def _disclosure(secrets: bool, disclosure: Disclosure | None) -> Disclosure:
+    if disclosure is not None:
+        return disclosure
+    return Disclosure.KEYS if secrets else Disclosure.PUBLIC
+
+
+def group_to_wire(
+    group: EnrollmentGroup, *, secrets: bool, disclosure: Disclosure | None = None
+) -> EnrollmentGroupWire:
     return EnrollmentGroupWire(
         enrollment_group_id=group.enrollment_group_id,
         etag=group.etag,
         created_date_time_utc=format_timestamp(group.created),
         last_updated_date_time_utc=format_timestamp(group.last_updated),
-        **_settings_fields(group.settings, secrets=secrets),
+        **_settings_fields(group.settings, disclosure=_disclosure(secrets, disclosure)),
     )
 
 

@@ -49,6 +49,8 @@ def print_record(record: Record, output: Output, fields: Sequence[Column]) -> No
         print_json(record)
         return
     table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")  # keys and etags are copied whole, never cut short
     for heading, path in fields:
         table.add_row(heading, _cell(value_at(record, path)))
     Console(highlight=False).print(table)

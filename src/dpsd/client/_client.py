@@ -74,8 +74,18 @@ def _check_page_size(page_size: int | None) -> None:
         raise ValueError(f"page_size must be a positive number, not {page_size!r}")
 
 
-def _page_call(path: str, body: Any, page_size: int | None, continuation: str | None) -> _Call:
-    headers: dict[str, str] = {}
+INCLUDE_SECRETS_HEADER = "x-dpsd-include-secrets"
+"""A dpsd extension of query: the records come with their keys and certificates."""
+
+
+def _page_call(
+    path: str,
+    body: Any,
+    page_size: int | None,
+    continuation: str | None,
+    include_secrets: bool = False,
+) -> _Call:
+    headers: dict[str, str] = {INCLUDE_SECRETS_HEADER: "true"} if include_secrets else {}
     if page_size is not None:
         headers["x-ms-max-item-count"] = str(page_size)
     if continuation is not None:
@@ -161,16 +171,26 @@ class EnrollmentOperations:
         result: AttestationMechanism = _body(self._send(_Call("POST", path)))
         return result
 
-    def query(self, query: str = "SELECT *", *, page_size: int | None = None) -> Iterator[Record]:
-        """The records the query selects, in id order, fetched page by page as iterated."""
-        _check_page_size(page_size)
-        return self._pages(query, page_size)
+    def query(
+        self,
+        query: str = "SELECT *",
+        *,
+        page_size: int | None = None,
+        include_secrets: bool = False,
+    ) -> Iterator[Record]:
+        """The records the query selects, in id order, fetched page by page as iterated.
 
-    def _pages(self, query: str, page_size: int | None) -> Iterator[Record]:
+        ``include_secrets`` asks for the keys and certificates too, as attestation_mechanism
+        gives them: a dpsd extension that needs the EnrollmentWrite right; other services
+        ignore it and leave them out."""
+        _check_page_size(page_size)
+        return self._pages(query, page_size, include_secrets)
+
+    def _pages(self, query: str, page_size: int | None, include_secrets: bool) -> Iterator[Record]:
         path = _path(self._kind.path, "query")
         continuation: str | None = None
         while True:
-            call = _page_call(path, {"query": query}, page_size, continuation)
+            call = _page_call(path, {"query": query}, page_size, continuation, include_secrets)
             items, continuation = _page(self._send(call))
             yield from items
             if continuation is None:
@@ -316,18 +336,24 @@ class AsyncEnrollmentOperations:
         return result
 
     def query(
-        self, query: str = "SELECT *", *, page_size: int | None = None
+        self,
+        query: str = "SELECT *",
+        *,
+        page_size: int | None = None,
+        include_secrets: bool = False,
     ) -> AsyncIterator[Record]:
         """The records the query selects, in id order, fetched page by page as iterated
-        (``async for``)."""
+        (``async for``); ``include_secrets`` as EnrollmentOperations.query."""
         _check_page_size(page_size)
-        return self._pages(query, page_size)
+        return self._pages(query, page_size, include_secrets)
 
-    async def _pages(self, query: str, page_size: int | None) -> AsyncIterator[Record]:
+    async def _pages(
+        self, query: str, page_size: int | None, include_secrets: bool
+    ) -> AsyncIterator[Record]:
         path = _path(self._kind.path, "query")
         continuation: str | None = None
         while True:
-            call = _page_call(path, {"query": query}, page_size, continuation)
+            call = _page_call(path, {"query": query}, page_size, continuation, include_secrets)
             items, continuation = _page(await self._send(call))
             for item in items:
                 yield item
