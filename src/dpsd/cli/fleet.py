@@ -82,12 +82,19 @@ def _export_to(file: Path, export: ExportRun) -> ExportCounts:
         return export(sys.stdout)
     partial = file.with_name(file.name + ".partial")
     try:
-        with partial.open("w", encoding="utf-8") as sink:
+        sink = partial.open("w", encoding="utf-8")
+    except OSError as error:
+        fail(f"cannot write {partial}: {error.strerror or error}")
+    try:
+        with sink:
             counts = export(sink)
+        os.replace(partial, file)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        fail(f"cannot write {file}: {error.strerror or error}")
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    os.replace(partial, file)
     return counts
 
 

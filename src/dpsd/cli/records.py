@@ -65,14 +65,21 @@ class AttestationFlags:
     def given(self) -> bool:
         return any(getattr(self, name) is not None for name in self.__slots__)
 
-    def implied_type(self) -> AttestationType:
+    def named_type(self) -> AttestationType | None:
+        """The type given, or the one whose parts the flags name; None when they name none."""
         if self.type is not None:
             return self.type
-        if self.certificate or self.secondary_certificate or self.ca_name:
+        x509 = (self.certificate, self.secondary_certificate, self.ca_name, self.secondary_ca_name)
+        if any(value is not None for value in x509):
             return AttestationType.x509
         if self.endorsement_key is not None:
             return AttestationType.tpm
-        return AttestationType.symmetric_key
+        if self.primary_key is not None or self.secondary_key is not None:
+            return AttestationType.symmetric_key
+        return None
+
+    def implied_type(self) -> AttestationType:
+        return self.named_type() or AttestationType.symmetric_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +129,14 @@ def _ca_references(flags: AttestationFlags) -> Record:
     return {"caReferences": chosen} if chosen else {}
 
 
-def _x509(flags: AttestationFlags, group: bool) -> Record:
+def _x509(flags: AttestationFlags, group: bool, current: Record) -> Record:
+    """``current`` with the certificates and CA references the flags name, slot by slot."""
     field = "signingCertificates" if group else "clientCertificates"
-    return {**_certificates(flags, field), **_ca_references(flags)}
+    given = {**_certificates(flags, field), **_ca_references(flags)}
+    return {
+        **current,
+        **{name: {**(current.get(name) or {}), **slots} for name, slots in given.items()},
+    }
 
 
 def _keys(flags: AttestationFlags) -> Record:
@@ -135,7 +147,9 @@ def _keys(flags: AttestationFlags) -> Record:
 def attestation_from(flags: AttestationFlags, *, group: bool, current: Record | None) -> Record:
     """The attestation the flags describe; with ``current`` (the stored mechanism, keys
     included), the flags change only the parts they name."""
-    kind = flags.implied_type() if current is None or flags.type else current["type"]
+    kind = flags.named_type() or (
+        current["type"] if current is not None else AttestationType.symmetric_key
+    )
     base: Record = dict(current) if current is not None and current["type"] == kind else {}
     attestation: Record = {**base, "type": str(kind)}
     if kind == AttestationType.symmetric_key:
@@ -143,7 +157,7 @@ def attestation_from(flags: AttestationFlags, *, group: bool, current: Record | 
         if keys:
             attestation["symmetricKey"] = {**(base.get("symmetricKey") or {}), **keys}
     elif kind == AttestationType.x509:
-        attestation["x509"] = {**(base.get("x509") or {}), **_x509(flags, group)}
+        attestation["x509"] = _x509(flags, group, base.get("x509") or {})
     elif kind == AttestationType.tpm and flags.endorsement_key is not None:
         attestation["tpm"] = {**(base.get("tpm") or {}), "endorsementKey": flags.endorsement_key}
     return attestation

@@ -5,8 +5,11 @@ Each line of a fleet file is one record::
 
     {"kind": "enrollment" | "enrollmentGroup" | "registration", "record": {...}}
 
-Enrollments and groups carry their attestation with keys and certificates (read with
+Enrollments and groups carry their attestation with keys (read with
 ``attestationmechanism``, since query leaves them out), so an import recreates them exactly.
+X.509 certificates are the exception: the service API returns only their info, never the
+certificates, so an import cannot create such a record; it counts it as existing when the
+target already holds it (created there with its certificate file) and as failed otherwise.
 Registration states are exported for the record only: the service API has no way to write
 them, so an import counts them as skipped, with that reason.
 
@@ -28,8 +31,10 @@ from typing import Any, TextIO, TypeVar
 from dpsd.client import (
     AsyncDpsServiceClient,
     AsyncEnrollmentOperations,
+    BadRequestError,
     BulkMode,
     NotFoundError,
+    PayloadTooLargeError,
 )
 
 Record = dict[str, Any]
@@ -236,6 +241,27 @@ def _is_conflict(error: Record) -> bool:
     return isinstance(code, int) and code // 1000 == 409
 
 
+CERTIFICATES_NOT_IN_FILE = (
+    "X.509 certificates not in the file (the service API returns only their info):"
+    " create the record on the target with its certificate file"
+)
+
+
+def lacks_certificates(record: Record) -> bool:
+    """Whether an X.509 certificate of the record is there only as its info, as exported."""
+    attestation = record.get("attestation")
+    x509 = attestation.get("x509") if isinstance(attestation, dict) else None
+    if not isinstance(x509, dict):
+        return False
+    for field_name in ("clientCertificates", "signingCertificates"):
+        slots = x509.get(field_name)
+        if isinstance(slots, dict) and any(
+            isinstance(slot, dict) and not slot.get("certificate") for slot in slots.values()
+        ):
+            return True
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Importer:
     """Writes batches to the target, recording what became of each record."""
@@ -259,7 +285,10 @@ class Importer:
         if self.dry_run:
             await self._plan(kind, batch)
             return
-        existing = await self._bulk(kind, "create", batch, Outcome.created)
+        sendable = [entry for entry in batch if not lacks_certificates(entry.record)]
+        existing = await self._held_without_certificates(kind, batch)
+        if sendable:
+            existing += await self._bulk(kind, "create", sendable, Outcome.created)
         if not existing:
             return
         if self.update_existing:
@@ -270,9 +299,21 @@ class Importer:
     async def _bulk(
         self, kind: Kind, mode: BulkMode, batch: list[Entry], success: Outcome
     ) -> list[Entry]:
-        """Send one bulk operation; returns the entries the target already held."""
+        """Send one bulk operation; returns the entries the target already held.
+
+        A batch refused whole (a record the service cannot read, or a body over its size
+        limit) is sent again a record at a time, so that only the culprits fail."""
         operations = _operations(self.client, kind)
-        result = await operations.run_bulk_operation(mode, [entry.record for entry in batch])
+        try:
+            result = await operations.run_bulk_operation(mode, [entry.record for entry in batch])
+        except (BadRequestError, PayloadTooLargeError) as refused:
+            if len(batch) == 1:
+                reason = f"{refused.error_code or refused.status_code} {refused.message}"
+                self.summary.add_with_reason(Outcome.failed, reason, batch[0].identifier)
+                return []
+            return [
+                held for entry in batch for held in await self._bulk(kind, mode, [entry], success)
+            ]
         errors = {
             str(error.get(kind.id_field, "")).lower(): error for error in result.get("errors") or []
         }
@@ -288,8 +329,8 @@ class Importer:
                 self.summary.add_with_reason(Outcome.failed, reason, entry.identifier)
         return existing
 
-    async def _plan(self, kind: Kind, batch: list[Entry]) -> None:
-        """What the import would do: reads only."""
+    async def _held(self, kind: Kind, batch: list[Entry]) -> list[bool]:
+        """Whether the target holds each record."""
         operations = _operations(self.client, kind)
 
         async def held(entry: Entry) -> bool:
@@ -299,11 +340,35 @@ class Importer:
                 return False
             return True
 
-        for is_held in await asyncio.gather(*(held(entry) for entry in batch)):
-            if not is_held:
-                self.summary.add(Outcome.created)
+        return list(await asyncio.gather(*(held(entry) for entry in batch)))
+
+    async def _held_without_certificates(self, kind: Kind, batch: list[Entry]) -> list[Entry]:
+        """The records lacking their certificates that the target holds; those it does not
+        hold cannot be created, and fail."""
+        lacking = [entry for entry in batch if lacks_certificates(entry.record)]
+        if not lacking:
+            return []
+        held: list[Entry] = []
+        for entry, is_held in zip(lacking, await self._held(kind, lacking), strict=True):
+            if is_held:
+                held.append(entry)
             else:
+                self.summary.add_with_reason(
+                    Outcome.failed, CERTIFICATES_NOT_IN_FILE, entry.identifier
+                )
+        return held
+
+    async def _plan(self, kind: Kind, batch: list[Entry]) -> None:
+        """What the import would do: reads only."""
+        for entry, is_held in zip(batch, await self._held(kind, batch), strict=True):
+            if is_held:
                 self.summary.add(Outcome.updated if self.update_existing else Outcome.skipped)
+            elif lacks_certificates(entry.record):
+                self.summary.add_with_reason(
+                    Outcome.failed, CERTIFICATES_NOT_IN_FILE, entry.identifier
+                )
+            else:
+                self.summary.add(Outcome.created)
 
 
 async def run_bounded(
