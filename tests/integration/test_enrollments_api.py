@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 from typing import Any
 
 import pytest
 
+from tests.certs import issue
 from tests.conftest import API, ServiceApi, sas_token
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{7}Z$")
@@ -434,3 +436,70 @@ async def test_bulk_operations(service_api: ServiceApi) -> None:
         await service_api.post("/enrollments", bad_item), 400, 400004, "enrollments[1]"
     )
     assert (await service_api.get("/enrollments/ok-1")).status_code == 404
+
+
+async def test_query_extension_gives_keys_and_certificates_to_writers(
+    service_api: ServiceApi,
+) -> None:
+    """``x-dpsd-include-secrets: true`` (what dpsd export sends): the records as enrolled."""
+    device = issue("dev-x509")
+    await service_api.put(
+        "/enrollments/dev-x509",
+        {
+            "registrationId": "dev-x509",
+            "attestation": {
+                "type": "x509",
+                "x509": {"clientCertificates": {"primary": {"certificate": device.pem}}},
+            },
+        },
+    )
+    keys = {"primaryKey": KEY_16, "secondaryKey": KEY_64}
+    await service_api.put(
+        "/enrollments/dev-sym",
+        {
+            "registrationId": "dev-sym",
+            "attestation": {"type": "symmetricKey", "symmetricKey": keys},
+        },
+    )
+    query = {"query": "SELECT *"}
+    wanted = {"x-dpsd-include-secrets": "true"}
+
+    full = await service_api.post("/enrollments/query", query, **wanted)
+    assert full.status_code == 200
+    by_id = {item["registrationId"]: item["attestation"] for item in full.json()}
+    assert by_id["dev-sym"]["symmetricKey"] == keys
+    primary = by_id["dev-x509"]["x509"]["clientCertificates"]["primary"]
+    assert primary["certificate"] == device.pem
+    assert primary["info"]["subjectName"].startswith("CN=dev-x509")
+
+    public = await service_api.post("/enrollments/query", query)
+    for item in public.json():
+        assert "symmetricKey" not in item["attestation"]
+        assert "certificate" not in json.dumps(item["attestation"]).replace("Certificates", "")
+
+    reader = service_api.auth("enrollmentread")
+    denied = await service_api.client.post(
+        "/enrollments/query" + API, json=query, headers={**reader, **wanted}
+    )
+    assert_dps_error(denied, 401, 401002, "EnrollmentWrite")
+    allowed = await service_api.client.post("/enrollments/query" + API, json=query, headers=reader)
+    assert allowed.status_code == 200
+
+
+async def test_query_extension_on_groups(service_api: ServiceApi) -> None:
+    keys = {"primaryKey": KEY_16, "secondaryKey": KEY_64}
+    await service_api.put(
+        "/enrollmentGroups/g-1",
+        {"enrollmentGroupId": "g-1", "attestation": {"type": "symmetricKey", "symmetricKey": keys}},
+    )
+    full = await service_api.post(
+        "/enrollmentGroups/query", {"query": "SELECT *"}, **{"x-dpsd-include-secrets": "TRUE"}
+    )
+    assert [item["attestation"]["symmetricKey"] for item in full.json()] == [keys]
+    reader = service_api.auth("enrollmentread")
+    denied = await service_api.client.post(
+        "/enrollmentGroups/query" + API,
+        json={"query": "SELECT *"},
+        headers={**reader, "x-dpsd-include-secrets": "true"},
+    )
+    assert_dps_error(denied, 401, 401002, "EnrollmentWrite")

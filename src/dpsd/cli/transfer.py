@@ -5,11 +5,12 @@ Each line of a fleet file is one record::
 
     {"kind": "enrollment" | "enrollmentGroup" | "registration", "record": {...}}
 
-Enrollments and groups carry their attestation with keys (read with
-``attestationmechanism``, since query leaves them out), so an import recreates them exactly.
-X.509 certificates are the exception: the service API returns only their info, never the
-certificates, so an import cannot create such a record; it counts it as existing when the
-target already holds it (created there with its certificate file) and as failed otherwise.
+Enrollments and groups carry their attestation with keys and certificates, so an import
+recreates them exactly. dpsd gives them out with a query extension (``include_secrets``);
+from other services, records that come without keys are completed with
+``attestationmechanism``, one request each. That gives no X.509 certificates, only their
+info: an import cannot create such a record, so it counts it as existing when the target
+already holds it (created there with its certificate file) and as failed otherwise.
 Registration states are exported for the record only: the service API has no way to write
 them, so an import counts them as skipped, with that reason.
 
@@ -86,14 +87,34 @@ async def _chunks(records: AsyncIterator[Record], size: int) -> AsyncIterator[li
         yield chunk
 
 
+def has_secrets(record: Record) -> bool:
+    """Whether the record carries what its device proves itself with: keys, an endorsement
+    key, or certificates (not only their info)."""
+    attestation = record.get("attestation")
+    if not isinstance(attestation, dict):
+        return False
+    match attestation.get("type"):
+        case "none":
+            return True
+        case "symmetricKey":
+            return bool((attestation.get("symmetricKey") or {}).get("primaryKey"))
+        case "tpm":
+            return bool((attestation.get("tpm") or {}).get("endorsementKey"))
+        case "x509":
+            return isinstance(attestation.get("x509"), dict) and not lacks_certificates(record)
+        case _:
+            return False
+
+
 async def _with_secrets(
     operations: AsyncEnrollmentOperations, kind: Kind, records: list[Record], limit: int
 ) -> list[Record]:
-    """The records with their attestation read afresh, keys and certificates included."""
+    """The records, those that came without their secrets completed with the attestation
+    mechanism (a request each: what a service without dpsd's query extension needs)."""
     gate = asyncio.Semaphore(limit)
 
     async def complete(record: Record) -> Record:
-        if (record.get("attestation") or {}).get("type") == "none":
+        if has_secrets(record):
             return record
         async with gate:
             mechanism = await operations.attestation_mechanism(record[kind.id_field])
@@ -119,7 +140,8 @@ async def export_fleet(
     group_ids: list[str] = []
     for kind in (Kind.group, Kind.enrollment):
         operations = _operations(client, kind)
-        pages = _chunks(operations.query("SELECT *", page_size=EXPORT_PAGE), EXPORT_PAGE)
+        records = operations.query("SELECT *", page_size=EXPORT_PAGE, include_secrets=True)
+        pages = _chunks(records, EXPORT_PAGE)
         async for chunk in pages:
             for record in await _with_secrets(operations, kind, chunk, concurrency):
                 sink.write(_line(kind, record))

@@ -101,7 +101,7 @@ class ServiceApiApp:
                 now=int(self._now().timestamp()),
                 host=request_host(request.headers.get("host", "")),
             )
-            require(policy, route.right)
+            require(policy, route.right(request) if callable(route.right) else route.right)
         return await route.handler(request, params)
 
     def _error_response(self, error: Exception, request_id: str) -> Response:

@@ -25,7 +25,8 @@ class Route:
     method: str
     template: tuple[str, ...]
     handler: Handler
-    right: AccessRights | None
+    right: AccessRights | Callable[[Request], AccessRights] | None
+    """What the caller's policy must grant: fixed, or read off the request."""
 
     def match(self, segments: list[str]) -> dict[str, str] | None:
         if len(segments) != len(self.template):

@@ -33,6 +33,7 @@ from dpsd.wire import (
     BulkGroupErrorWire,
     BulkGroupResultWire,
     BulkResultWire,
+    Disclosure,
     EnrollmentGroupWire,
     IndividualEnrollmentWire,
     QuerySpecificationWire,
@@ -145,6 +146,25 @@ def _drafts(items: list[W], to_draft: Callable[[W], D], what: str) -> list[D]:
     return drafts
 
 
+INCLUDE_SECRETS_HEADER = "x-dpsd-include-secrets"
+
+
+def _wants_secrets(request: Request) -> bool:
+    """The export extension of query: records with keys and certificates."""
+    return request.headers.get(INCLUDE_SECRETS_HEADER, "").strip().lower() == "true"
+
+
+def _query_right(request: Request) -> AccessRights:
+    """Keys come with the right to write enrollments, as for attestationmechanism."""
+    if _wants_secrets(request):
+        return AccessRights.ENROLLMENT_READ | AccessRights.ENROLLMENT_WRITE
+    return AccessRights.ENROLLMENT_READ
+
+
+def _query_disclosure(request: Request) -> Disclosure:
+    return Disclosure.ALL if _wants_secrets(request) else Disclosure.PUBLIC
+
+
 class EnrollmentHandlers:
     def __init__(self, service: EnrollmentService) -> None:
         self._service = service
@@ -152,7 +172,7 @@ class EnrollmentHandlers:
     def routes(self) -> list[Route]:
         read, write = AccessRights.ENROLLMENT_READ, AccessRights.ENROLLMENT_WRITE
         return [
-            Route("POST", ("enrollments", "query"), self.query, read),
+            Route("POST", ("enrollments", "query"), self.query, _query_right),
             Route("POST", ("enrollments",), self.bulk, write),
             Route("GET", ("enrollments", "{id}"), self.get, read),
             Route("PUT", ("enrollments", "{id}"), self.put, write),
@@ -183,7 +203,10 @@ class EnrollmentHandlers:
     async def query(self, request: Request, params: dict[str, str]) -> Response:
         text = await _query_text(request)
         page = await self._service.query(text, _continuation(request), _max_item_count(request))
-        items = [enrollment_to_wire(item, secrets=False) for item in page.items]
+        disclosure = _query_disclosure(request)
+        items = [
+            enrollment_to_wire(item, secrets=False, disclosure=disclosure) for item in page.items
+        ]
         return _page_response(items, "Enrollment", page.page_size, page.continuation)
 
     async def bulk(self, request: Request, params: dict[str, str]) -> Response:
@@ -207,7 +230,7 @@ class EnrollmentGroupHandlers:
     def routes(self) -> list[Route]:
         read, write = AccessRights.ENROLLMENT_READ, AccessRights.ENROLLMENT_WRITE
         return [
-            Route("POST", ("enrollmentgroups", "query"), self.query, read),
+            Route("POST", ("enrollmentgroups", "query"), self.query, _query_right),
             Route("POST", ("enrollmentgroups",), self.bulk, write),
             Route("GET", ("enrollmentgroups", "{id}"), self.get, read),
             Route("PUT", ("enrollmentgroups", "{id}"), self.put, write),
@@ -241,7 +264,8 @@ class EnrollmentGroupHandlers:
     async def query(self, request: Request, params: dict[str, str]) -> Response:
         text = await _query_text(request)
         page = await self._service.query(text, _continuation(request), _max_item_count(request))
-        items = [group_to_wire(item, secrets=False) for item in page.items]
+        disclosure = _query_disclosure(request)
+        items = [group_to_wire(item, secrets=False, disclosure=disclosure) for item in page.items]
         return _page_response(items, "EnrollmentGroup", page.page_size, page.continuation)
 
     async def bulk(self, request: Request, params: dict[str, str]) -> Response:

@@ -46,10 +46,11 @@ def authenticate(
     return policy
 
 
-def require(policy: SharedAccessPolicy, right: AccessRights) -> None:
-    if right not in policy.rights:
+def require(policy: SharedAccessPolicy, rights: AccessRights) -> None:
+    missing = [name for right, name in RIGHT_NAMES.items() if right in rights & ~policy.rights]
+    if missing:
         raise Unauthorized(
-            f"The shared access policy {policy.name!r} lacks the {RIGHT_NAMES[right]} right"
+            f"The shared access policy {policy.name!r} lacks the {' and '.join(missing)} right"
         )
 
 
