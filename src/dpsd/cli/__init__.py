@@ -18,14 +18,14 @@ cli = typer.Typer(
 )
 cli.command("serve")(serve_command)
 cli.command("info")(info_command)
-cli.add_typer(certificate_app, name="certificate")
-cli.add_typer(hub_app, name="hub")
 cli.add_typer(enrollment_app, name="enrollment")
 cli.add_typer(group_app, name="group")
 cli.add_typer(registration_app, name="registration")
 cli.command("device-key")(device_key_command)
 cli.command("export")(export_command)
 cli.command("import")(import_command)
+cli.add_typer(hub_app, name="hub")
+cli.add_typer(certificate_app, name="certificate")
 
 
 def main() -> None:
