@@ -404,3 +404,46 @@ def test_through_the_entry_point_with_the_environment(dpsd_info: dict[str, Any])
     assert missing.stdout == ""
     assert len(missing.stderr.splitlines()) == 1, missing.stderr
     assert missing.stderr.startswith("error: 404201 "), missing.stderr
+
+
+def test_import_shows_progress_on_a_terminal(dpsd_info: dict[str, Any], tmp_path: Path) -> None:
+    """FORCE_COLOR makes rich treat stderr as a terminal, as an operator's would be."""
+    fleet = tmp_path / "fleet.jsonl"
+    prefix = new_id("progress")
+    fleet.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "kind": "enrollment",
+                    "record": {
+                        "registrationId": f"{prefix}-{n}",
+                        "attestation": {"type": "symmetricKey"},
+                    },
+                }
+            )
+            + "\n"
+            for n in range(12)
+        )
+    )
+    env = {
+        **dpsd_env(),
+        "DPSD_CONNECTION_STRING": dpsd_info["serviceConnectionString"],
+        "DPSD_CA_FILE": dpsd_info["caCertificatePath"],
+        "FORCE_COLOR": "1",
+        "COLUMNS": "120",
+    }
+    result = subprocess.run(
+        [*DPSD, "import", str(fleet)],
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    bar = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", result.stderr)
+    assert "importing" in bar
+    assert "12/12" in bar  # done of total
+    assert re.search(r"[\d,]+/s", bar), bar  # the rate
+    assert "12 created" in re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", result.stdout)
