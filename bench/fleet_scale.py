@@ -119,12 +119,13 @@ def _client_environment(server: ServerProcess, info: dict[str, Any]) -> dict[str
     }
 
 
-def run_export(server: ServerProcess, info: dict[str, Any], target: Path, count: int) -> float:
-    """Seconds ``dpsd export`` takes to write every enrollment, keys included."""
-    command = [sys.executable, "-m", "dpsd", "export", str(target)]
+def _timed_command(
+    server: ServerProcess, info: dict[str, Any], *args: str
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    """``dpsd ARGS`` against the server, and the seconds it took; a failure raises."""
     started = time.perf_counter()
     result = subprocess.run(
-        command,
+        [sys.executable, "-m", "dpsd", *args],
         capture_output=True,
         text=True,
         env=_client_environment(server, info),
@@ -133,7 +134,13 @@ def run_export(server: ServerProcess, info: dict[str, Any], target: Path, count:
     )
     seconds = time.perf_counter() - started
     if result.returncode != 0:
-        raise BenchError(f"dpsd export failed:\n{result.stdout}{result.stderr}")
+        raise BenchError(f"dpsd {args[0]} failed:\n{result.stdout}{result.stderr}")
+    return seconds, result
+
+
+def run_export(server: ServerProcess, info: dict[str, Any], target: Path, count: int) -> float:
+    """Seconds ``dpsd export`` takes to write every enrollment, keys included."""
+    seconds, _ = _timed_command(server, info, "export", str(target))
     with target.open() as lines:
         written = sum(1 for _ in lines)
     if written < count:
@@ -142,29 +149,8 @@ def run_export(server: ServerProcess, info: dict[str, Any], target: Path, count:
 
 
 def run_import(server: ServerProcess, info: dict[str, Any], fleet: Path) -> Import:
-    command = [
-        sys.executable,
-        "-m",
-        "dpsd",
-        "import",
-        str(fleet),
-        "--output",
-        "json",
-        "--concurrency",
-        str(IMPORT_CONCURRENCY),
-    ]
-    started = time.perf_counter()
-    result = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        env=_client_environment(server, info),
-        check=False,
-        timeout=3600,
-    )
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise BenchError(f"dpsd import failed:\n{result.stdout}{result.stderr}")
+    concurrency = ("--concurrency", str(IMPORT_CONCURRENCY))
+    seconds, result = _timed_command(server, info, "import", str(fleet), "-o", "json", *concurrency)
     return Import(seconds, json.loads(result.stdout))
 
 
