@@ -56,14 +56,74 @@ def _tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
     }
 
 
+class CoalescingTransport:
+    """A transport whose writes of one turn of the event loop leave together.
+
+    uvicorn writes a response's status line and headers, then its body, each at once: over
+    TLS that is two records and two sends, and the client is woken twice. Held until the
+    callbacks already due have run (``call_soon``), they leave as one record and one send.
+    The bytes of the stream are the same, in the same order; closing sends what is held
+    first, aborting drops it. Everything else is the wrapped transport's.
+    """
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.wrapped = transport
+        self._held: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(bytes(data))
+
+    def writelines(self, chunks: Iterable[bytes | bytearray | memoryview]) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def flush(self) -> None:
+        """Send what is held now."""
+        if not self._held:
+            return
+        held, self._held = self._held, []
+        if not self.wrapped.is_closing():
+            self.wrapped.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def close(self) -> None:
+        self.flush()
+        self.wrapped.close()
+
+    def write_eof(self) -> None:
+        self.flush()
+        self.wrapped.write_eof()
+
+    def abort(self) -> None:
+        self._held = []
+        self.wrapped.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return self.wrapped.get_write_buffer_size() + sum(len(chunk) for chunk in self._held)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.wrapped, name)
+
+
 class ClientCertificateProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP/1.1 protocol, with the client's verified certificate chain in scope."""
+    """uvicorn's HTTP/1.1 protocol, with the client's verified certificate chain in scope
+    and each response's writes coalesced (CoalescingTransport)."""
 
     _tls: dict[str, Any] | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(CoalescingTransport(transport))  # type: ignore[arg-type]
         self._tls = _tls_extension(transport)
+
+    def handle_websocket_upgrade(self) -> None:
+        """The WebSocket protocol takes the connection's own transport."""
+        coalescing = self.transport
+        if isinstance(coalescing, CoalescingTransport):
+            coalescing.flush()
+            self.transport = coalescing.wrapped
+        super().handle_websocket_upgrade()
 
     def shutdown(self) -> None:
         """At server shutdown an idle keep-alive connection is dropped at once: closing TLS

@@ -115,3 +115,13 @@ async def test_operations_are_saved_over_and_expire(stores: Stores) -> None:
     assert await stores.operations.get("4.op.1") == finished
     await stores.operations.delete_older_than(now + timedelta(seconds=1))
     assert await stores.operations.get("4.op.1") is None
+
+
+async def test_missing_hubs_are_named_in_the_order_given(stores: Stores) -> None:
+    for index in range(10):
+        assert await stores.hubs.add(LinkedHub(host_name=f"Hub-{index}.example", etag="e"))
+    assert await stores.hubs.missing(["hub-1.example", "HUB-2.EXAMPLE"]) == []
+    assert await stores.hubs.missing(["hub-1.example", "hub-1.EXAMPLE"]) == []
+    asked = [f"hub-{index}.example" for index in range(12)]
+    assert await stores.hubs.missing(asked) == ["hub-10.example", "hub-11.example"]
+    assert await stores.hubs.missing(["nowhere.example", "hub-3.example"]) == ["nowhere.example"]

@@ -12,24 +12,36 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from dpsd.domain.enrollment import ProvisioningStatus
+from dpsd.domain.enrollment import IndividualEnrollment, ProvisioningStatus
 from dpsd.domain.etag import new_etag
+from dpsd.domain.hub import LinkedHub
 from dpsd.domain.query import ENROLLMENT_QUERY_FIELDS, parse_query
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationStatus
 from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
+from dpsd.storage import codec
 from dpsd.storage import migrate as migrate_module
+from dpsd.storage.codec import timestamp_text as codec_timestamp
 from dpsd.storage.engine import create_engine
 from dpsd.storage.executor import create_executor
-from dpsd.storage.memory import InMemoryEnrollmentRepository, InMemoryRegistrationStateRepository
+from dpsd.storage.memory import (
+    InMemoryEnrollmentRepository,
+    InMemoryHubRepository,
+    InMemoryRegistrationStateRepository,
+)
 from dpsd.storage.migrate import migrate
 from dpsd.storage.schema import metadata
 from dpsd.storage.sql import (
+    ENROLLMENTS,
     SqlEnrollmentRepository,
+    SqlHubRepository,
     SqlInstanceRepository,
     SqlRegistrationStateRepository,
+    document_around_created,
 )
 from tests.factories import enrollment, with_settings, x509_enrollment
 
@@ -39,6 +51,7 @@ class Store:
     enrollments: InMemoryEnrollmentRepository | SqlEnrollmentRepository
     states: InMemoryRegistrationStateRepository | SqlRegistrationStateRepository
     engine: AsyncEngine | None
+    hubs: InMemoryHubRepository | SqlHubRepository
 
 
 async def _clean(engine: AsyncEngine) -> None:
@@ -50,7 +63,10 @@ async def _clean(engine: AsyncEngine) -> None:
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     if request.param == "memory":
-        yield Store(InMemoryEnrollmentRepository(), InMemoryRegistrationStateRepository(), None)
+        hubs = InMemoryHubRepository()
+        yield Store(
+            InMemoryEnrollmentRepository(hubs), InMemoryRegistrationStateRepository(), None, hubs
+        )
         return
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'contract.db'}"
@@ -62,10 +78,14 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     executor = create_executor(url, engine)
     try:
         yield Store(
-            SqlEnrollmentRepository(executor), SqlRegistrationStateRepository(executor), engine
+            SqlEnrollmentRepository(executor),
+            SqlRegistrationStateRepository(executor),
+            engine,
+            SqlHubRepository(executor),
         )
     finally:
         await executor.close()
+        await _clean(engine)  # the PostgreSQL database is shared with later tests
         await engine.dispose()
 
 
@@ -91,6 +111,83 @@ async def test_replace_only_at_the_expected_etag(store: Store) -> None:
     assert await store.enrollments.replace(second, expected_etag=first.etag)
     assert await store.enrollments.get("device-1") == second
     assert not await store.enrollments.replace(enrollment("absent"), expected_etag=first.etag)
+
+
+async def test_overwrite_keeps_the_creation_time_and_honours_the_etag(store: Store) -> None:
+    first = x509_enrollment("device-1")
+    await store.enrollments.add(first)
+    later = datetime(2031, 1, 2, 3, 4, 5, tzinfo=UTC)
+    second = replace(
+        enrollment("DEVICE-1", device_id="renamed"),
+        etag=new_etag(b"2" * 16),
+        created=later,
+        last_updated=later,
+    )
+    assert await store.enrollments.overwrite(second, expected_etag="stale") is None
+    assert await store.enrollments.get("device-1") == first
+    assert await store.enrollments.overwrite(second, expected_etag=first.etag) == first.created
+    kept = replace(second, created=first.created)
+    assert await store.enrollments.get("device-1") == kept
+    # At whatever etag is stored; and a changed provisioning status is written too.
+    third = with_settings(
+        replace(second, etag=new_etag(b"3" * 16)), provisioning_status=ProvisioningStatus.DISABLED
+    )
+    assert await store.enrollments.overwrite(third, expected_etag=None) == first.created
+    assert await store.enrollments.get("device-1") == replace(third, created=first.created)
+    disabled = parse_query(
+        "SELECT * WHERE provisioningStatus = 'disabled'", ENROLLMENT_QUERY_FIELDS
+    )
+    assert [
+        r.registration_id
+        for r in await store.enrollments.query(disabled.where, after=None, limit=10)
+    ] == ["DEVICE-1"]
+    assert await store.enrollments.overwrite(enrollment("absent"), expected_etag=None) is None
+    assert await store.enrollments.get("absent") is None
+
+
+async def test_overwrite_keeps_documents_whole_whatever_they_hold(store: Store) -> None:
+    first = enrollment("device-1")
+    await store.enrollments.add(first)
+    created = codec_timestamp(first.created)
+    tricky = {"created": created, '"created":"': f'"created":"{created}"', "n": [1, None]}
+    second = replace(
+        first,
+        etag=new_etag(b"2" * 16),
+        optional_device_information=tricky,
+        settings=replace(first.settings, initial_twin={"tags": tricky}),
+    )
+    assert await store.enrollments.overwrite(second, expected_etag=first.etag) == first.created
+    assert await store.enrollments.get("device-1") == second
+
+
+async def test_writes_that_name_hubs_happen_only_when_all_are_linked(store: Store) -> None:
+    await store.hubs.add(LinkedHub(host_name="Hub-A.example", etag="e"))
+    await store.hubs.add(LinkedHub(host_name="hub-b.example", etag="e"))
+    first = enrollment("device-1")
+    both = ["hub-a.example", "HUB-B.example", "hub-a.EXAMPLE"]
+    assert await store.enrollments.add_linked(first, hubs=[*both, "hub-c.example"]) is None
+    assert await store.enrollments.get("device-1") is None
+    assert await store.enrollments.add_linked(first, hubs=both) is True
+    assert await store.enrollments.add_linked(first, hubs=both) is False
+    assert await store.enrollments.add_linked(first, hubs=["hub-c.example"]) is None
+    assert await store.enrollments.add_linked(enrollment("device-2"), hubs=[]) is True
+    second = replace(first, etag=new_etag(b"2" * 16), device_id="second")
+    missing = ["hub-c.example"]
+    assert await store.enrollments.overwrite(second, expected_etag=None, hubs=missing) is None
+    assert await store.enrollments.get("device-1") == first
+    assert await store.enrollments.overwrite(second, expected_etag=None, hubs=both) == (
+        first.created
+    )
+    assert await store.enrollments.get("device-1") == second
+    many = [f"hub-{index}.example" for index in range(12)]
+    for name in many:
+        await store.hubs.add(LinkedHub(host_name=name, etag="e"))
+    third = replace(second, etag=new_etag(b"3" * 16))
+    assert await store.enrollments.overwrite(third, expected_etag=second.etag, hubs=many) == (
+        first.created
+    )
+    assert await store.enrollments.add_linked(enrollment("device-3"), hubs=many) is True
+    assert await store.enrollments.add_linked(enrollment("device-4"), hubs=[*many, "x.y"]) is None
 
 
 async def test_delete_honours_the_etag(store: Store) -> None:
@@ -205,3 +302,50 @@ async def test_instances_starting_together_migrate_once(postgres_server: str) ->
     finally:
         for engine in engines:
             await engine.dispose()
+
+
+async def test_migration_0006_fills_the_creation_time_of_stored_enrollments(store: Store) -> None:
+    if store.engine is None:
+        pytest.skip("only SQL stores have a schema")
+    migrations = Path(migrate_module.__file__).with_name("migrations")
+
+    def downgrade(connection: sa.Connection) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(migrations))
+        config.attributes["connection"] = connection
+        command.downgrade(config, "0005")
+
+    async with store.engine.begin() as connection:
+        await connection.run_sync(downgrade)
+    records = [enrollment("old-1"), x509_enrollment("old-2")]
+    rows = [ENROLLMENTS.row(record) for record in records]
+    for row in rows:
+        row.pop("created")
+    old_table = sa.table("enrollments", *(sa.column(name) for name in rows[0]))
+    async with store.engine.begin() as connection:
+        await connection.execute(old_table.insert(), rows)
+    await migrate(store.engine)
+    for record in records:
+        assert await store.enrollments.get(record.registration_id) == record
+        later = replace(record, etag=new_etag(b"9" * 16), created=datetime.now(UTC))
+        kept = await store.enrollments.overwrite(later, expected_etag=record.etag)
+        assert kept == record.created
+        assert await store.enrollments.get(record.registration_id) == replace(
+            later, created=record.created
+        )
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        enrollment("plain-1"),
+        x509_enrollment("x509-1"),
+        replace(enrollment("odd-1"), created=datetime(2026, 1, 1, tzinfo=UTC)),
+        replace(enrollment("odd-2"), optional_device_information={"created": "x", "a": [None]}),
+    ],
+)
+def test_a_document_cut_around_its_creation_time_is_the_whole_document(
+    record: IndividualEnrollment,
+) -> None:
+    head, tail = document_around_created(record)
+    assert head + codec_timestamp(record.created) + tail == codec.encode(record)

@@ -92,6 +92,30 @@ def _strip_certificates(certificates: X509Certificates | None) -> X509Certificat
     )
 
 
+def completes_alone(mechanism: AttestationMechanism) -> bool:
+    """Whether completing ``mechanism`` for storage takes nothing from a stored record: both
+    symmetric keys sent, every certificate entry sent whole (not only its info), or a
+    mechanism that keeps nothing (TPM, CA references, none)."""
+    match mechanism.type:
+        case AttestationType.SYMMETRIC_KEY:
+            keys = mechanism.symmetric_key
+            return keys is not None and bool(keys.primary_key) and bool(keys.secondary_key)
+        case AttestationType.X509:
+            x509 = mechanism.x509
+            if x509 is None:
+                return True
+            return _sent_whole(x509.client_certificates) and _sent_whole(x509.signing_certificates)
+        case _:
+            return True
+
+
+def _sent_whole(certificates: X509Certificates | None) -> bool:
+    if certificates is None:
+        return True
+    entries = (certificates.primary, certificates.secondary)
+    return all(entry is None or bool(entry.certificate) for entry in entries)
+
+
 def check_consistent(mechanism: AttestationMechanism) -> None:
     """The mechanism's ``type`` names the one sub-object it carries, and nothing else."""
     given = {

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import base64
-import uuid
 
 WILDCARD = "*"
 
 
 def new_etag(random16: bytes) -> str:
     """An etag shaped as the real service's: base64 of a quoted GUID."""
-    guid = uuid.UUID(bytes=random16)
-    return base64.b64encode(f'"{guid}"'.encode()).decode("ascii")
+    if len(random16) != 16:
+        raise ValueError("an etag takes exactly 16 random bytes")
+    h = random16.hex()  # the GUID's text, as uuid.UUID(bytes=random16) writes it
+    return base64.b64encode(f'"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"'.encode()).decode(
+        "ascii"
+    )
 
 
 def normalize_if_match(header: str) -> str:

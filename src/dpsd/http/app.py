@@ -7,14 +7,11 @@ pass before reaching one happens here, once.
 from __future__ import annotations
 
 import logging
-import uuid
+import os
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from urllib.parse import unquote_plus
 
-import msgspec
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dpsd.domain.sas import SharedAccessPolicy
@@ -25,14 +22,14 @@ from dpsd.http.errors import (
     message_of,
     status_and_code,
 )
+from dpsd.http.exchange import HttpRequest, HttpResponse, json_response
 from dpsd.http.routing import Router
 from dpsd.service.auth import ServiceAuthenticator, require
 from dpsd.wire import ErrorDetailsWire
 
 logger = logging.getLogger("dpsd.http")
 
-JSON = "application/json; charset=utf-8"
-REQUEST_ID_HEADER = "x-ms-request-id"
+REQUEST_ID_HEADER = b"x-ms-request-id"
 SERVICE_API_VERSIONS = frozenset(
     {
         "2017-11-15",
@@ -45,13 +42,15 @@ SERVICE_API_VERSIONS = frozenset(
         "2021-11-01-preview",
     }
 )
-_encoder = msgspec.json.Encoder()
 
 
-def json_response(
-    body: object, status: int = 200, headers: Mapping[str, str] | None = None
-) -> Response:
-    return Response(_encoder.encode(body), status_code=status, headers=headers, media_type=JSON)
+def new_request_id() -> str:
+    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` writes it."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
 class ServiceApiApp:
@@ -82,16 +81,15 @@ class ServiceApiApp:
             return
         if scope["type"] != "http":
             return
-        request = Request(scope, receive)
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         try:
-            response = await self._handle(request)
+            response = await self._handle(HttpRequest(scope, receive))
         except Exception as error:  # noqa: BLE001 - the one place errors become responses
             response = self._error_response(error, request_id)
-        response.headers[REQUEST_ID_HEADER] = request_id
-        await response(scope, receive, send)
+        response.headers.append((REQUEST_ID_HEADER, request_id.encode("latin-1")))
+        await response.send(send)
 
-    async def _handle(self, request: Request) -> Response:
+    async def _handle(self, request: HttpRequest) -> HttpResponse:
         scope = request.scope
         route, params = self._router.resolve(request.method, scope.get("raw_path") or b"/")
         _check_api_version(scope.get("query_string", b""))
@@ -104,7 +102,7 @@ class ServiceApiApp:
             require(policy, route.right(request) if callable(route.right) else route.right)
         return await route.handler(request, params)
 
-    def _error_response(self, error: Exception, request_id: str) -> Response:
+    def _error_response(self, error: Exception, request_id: str) -> HttpResponse:
         status, code = status_and_code(error)
         message = message_of(error)
         if status >= 500:
@@ -137,7 +135,8 @@ def request_host(host_header: str) -> str:
 def _api_version(query_string: bytes) -> str | None:
     for part in query_string.split(b"&"):
         if part.startswith(b"api-version="):
-            return unquote_plus(part[12:].decode("latin-1"))
+            value = part[12:].decode("latin-1")
+            return unquote_plus(value) if "%" in value or "+" in value else value
     return None
 
 

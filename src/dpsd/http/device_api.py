@@ -6,11 +6,8 @@ certificate the listener hands over in the ASGI TLS extension); the use cases ch
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import Response
-
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationOperation
-from dpsd.http.app import json_response
+from dpsd.http.exchange import HttpRequest, HttpResponse, json_response
 from dpsd.http.routing import Route
 from dpsd.http.service_api import read_optional_json
 from dpsd.service.device_registration import Credential, DeviceRegistrationService
@@ -22,7 +19,7 @@ from dpsd.wire import (
 )
 
 
-def _credential(request: Request) -> Credential:
+def _credential(request: HttpRequest) -> Credential:
     tls = request.scope.get("extensions", {}).get("tls") or {}
     chain = tuple(tls.get("client_cert_chain") or ())
     return Credential(authorization=request.headers.get("authorization"), client_chain=chain)
@@ -45,7 +42,7 @@ class DeviceHandlers:
             Route("POST", ("{scope}", "registrations", "{id}"), self.status_lookup, None),
         ]
 
-    async def register(self, request: Request, params: dict[str, str]) -> Response:
+    async def register(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         body = await read_optional_json(request, DeviceRegistrationWire) or DeviceRegistrationWire()
         operation = await self._service.register(
             params["scope"],
@@ -58,7 +55,7 @@ class DeviceHandlers:
         answer = RegistrationOperationStatusWire(operation.operation_id, "assigning")
         return json_response(answer, 202, {"retry-after": self._retry_after})
 
-    async def operation(self, request: Request, params: dict[str, str]) -> Response:
+    async def operation(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         operation = await self._service.operation(
             params["scope"], params["id"], params["operation"], _credential(request)
         )
@@ -73,7 +70,7 @@ class DeviceHandlers:
         )
         return json_response(pending, 202, {"retry-after": self._retry_after})
 
-    async def status_lookup(self, request: Request, params: dict[str, str]) -> Response:
+    async def status_lookup(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         await read_optional_json(request, DeviceRegistrationWire)
         state = await self._service.registration_state(
             params["scope"], params["id"], _credential(request)

@@ -8,16 +8,14 @@ so an id holding ``%2F`` stays one segment.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote
-
-from starlette.requests import Request
-from starlette.responses import Response
 
 from dpsd.domain.sas import AccessRights
 from dpsd.http.errors import MethodNotAllowed, RouteNotFound
+from dpsd.http.exchange import HttpRequest, HttpResponse
 
-Handler = Callable[[Request, dict[str, str]], Awaitable[Response]]
+Handler = Callable[[HttpRequest, dict[str, str]], Awaitable[HttpResponse]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,19 +23,29 @@ class Route:
     method: str
     template: tuple[str, ...]
     handler: Handler
-    right: AccessRights | Callable[[Request], AccessRights] | None
+    right: AccessRights | Callable[[HttpRequest], AccessRights] | None
     """What the caller's policy must grant: fixed, or read off the request."""
+    # (position, segment) of each static segment, and (position, name) of each parameter
+    _static: tuple[tuple[int, str], ...] = field(init=False, repr=False, compare=False)
+    _params: tuple[tuple[int, str], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        static = tuple((i, s) for i, s in enumerate(self.template) if not s.startswith("{"))
+        params = tuple((i, s[1:-1]) for i, s in enumerate(self.template) if s.startswith("{"))
+        object.__setattr__(self, "_static", static)
+        object.__setattr__(self, "_params", params)
+
+    def fits(self, segments: list[str]) -> bool:
+        """Whether the path has this route's shape (segment count and static segments)."""
+        if len(segments) != len(self.template):
+            return False
+        return all(segments[i].lower() == static for i, static in self._static)
+
+    def params(self, segments: list[str]) -> dict[str, str]:
+        return {name: unquote(segments[i]) for i, name in self._params}
 
     def match(self, segments: list[str]) -> dict[str, str] | None:
-        if len(segments) != len(self.template):
-            return None
-        params: dict[str, str] = {}
-        for pattern, segment in zip(self.template, segments, strict=True):
-            if pattern.startswith("{"):
-                params[pattern[1:-1]] = unquote(segment)
-            elif pattern != segment.lower():
-                return None
-        return params
+        return self.params(segments) if self.fits(segments) else None
 
 
 def split_path(raw_path: bytes) -> list[str]:
@@ -47,23 +55,41 @@ def split_path(raw_path: bytes) -> list[str]:
 
 
 class Router:
-    """Routes are grouped by segment count; the list of each group keeps the given order."""
+    """Routes are grouped by segment count and first segment, each group in the given order:
+    a path can only match the routes that start with its first segment or a parameter."""
 
     def __init__(self, routes: list[Route]) -> None:
-        self._by_length: dict[int, list[Route]] = {}
+        self._param_first: dict[int, list[Route]] = {}
         for route in routes:
-            self._by_length.setdefault(len(route.template), []).append(route)
+            if not route.template or route.template[0].startswith("{"):
+                self._param_first.setdefault(len(route.template), []).append(route)
+        starts = {(len(r.template), r.template[0]) for r in routes if r.template}
+        self._groups = {
+            (length, first): [
+                route
+                for route in routes
+                if len(route.template) == length
+                and (route.template[0] == first or route.template[0].startswith("{"))
+            ]
+            for length, first in starts
+            if not first.startswith("{")
+        }
+
+    def _candidates(self, segments: list[str]) -> list[Route]:
+        if segments:
+            group = self._groups.get((len(segments), segments[0].lower()))
+            if group is not None:
+                return group
+        return self._param_first.get(len(segments), [])
 
     def resolve(self, method: str, raw_path: bytes) -> tuple[Route, dict[str, str]]:
+        """The first route, in the given order, that fits the path and takes the method."""
         segments = split_path(raw_path)
-        allowed: list[str] = []
-        for route in self._by_length.get(len(segments), ()):
-            params = route.match(segments)
-            if params is None:
-                continue
-            if route.method == method:
-                return route, params
-            allowed.append(route.method)
+        candidates = self._candidates(segments)
+        for route in candidates:
+            if route.method == method and route.fits(segments):
+                return route, route.params(segments)
+        allowed = [route.method for route in candidates if route.fits(segments)]
         if allowed:
             raise MethodNotAllowed(
                 f"{method} is not allowed here; use {', '.join(allowed)}", allowed

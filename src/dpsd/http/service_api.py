@@ -6,13 +6,10 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import msgspec
-from starlette.requests import Request
-from starlette.responses import Response
 
 from dpsd.domain.attestation import AttestationType
 from dpsd.domain.errors import DomainError, ValidationError
 from dpsd.domain.sas import AccessRights
-from dpsd.http.app import json_response
 from dpsd.http.errors import (
     InvalidHeader,
     PayloadTooLarge,
@@ -20,6 +17,7 @@ from dpsd.http.errors import (
     describe_decode_error,
     status_and_code,
 )
+from dpsd.http.exchange import HttpRequest, HttpResponse, empty_response, json_response
 from dpsd.http.routing import Route
 from dpsd.service.enrollment_groups import EnrollmentGroupService
 from dpsd.service.enrollments import EnrollmentService
@@ -52,7 +50,7 @@ W = TypeVar("W", IndividualEnrollmentWire, EnrollmentGroupWire)
 D = TypeVar("D")
 
 
-async def read_json(request: Request, model: type[T]) -> T:
+async def read_json(request: HttpRequest, model: type[T]) -> T:
     """The body decoded as ``model``; at most 96 KB, as the real service allows."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
@@ -61,20 +59,18 @@ async def read_json(request: Request, model: type[T]) -> T:
     media_type = content_type.split(";", 1)[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise UnsupportedMediaType(f"The request body must be application/json, not {media_type!r}")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES} bytes")
+    body = await request.body(MAX_BODY_BYTES)
+    if body is None:
+        raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES} bytes")
     if not body:
         raise ValidationError(_EMPTY_BODY)
     try:
-        return msgspec.json.decode(bytes(body), type=model)
+        return msgspec.json.decode(body, type=model)
     except msgspec.DecodeError as error:
         raise describe_decode_error(error) from error
 
 
-async def read_optional_json(request: Request, model: type[T]) -> T | None:
+async def read_optional_json(request: HttpRequest, model: type[T]) -> T | None:
     """Like read_json, but an empty body is None (device clients differ in what they send)."""
     declared = request.headers.get("content-length", "")
     if declared == "0":
@@ -87,7 +83,7 @@ async def read_optional_json(request: Request, model: type[T]) -> T | None:
         raise
 
 
-def _max_item_count(request: Request) -> int | None:
+def _max_item_count(request: HttpRequest) -> int | None:
     value = request.headers.get("x-ms-max-item-count")
     if value is None or value.strip() == "":
         return None
@@ -97,13 +93,13 @@ def _max_item_count(request: Request) -> int | None:
         raise InvalidHeader(f"x-ms-max-item-count must be an integer, not {value!r}") from None
 
 
-def _continuation(request: Request) -> str | None:
+def _continuation(request: HttpRequest) -> str | None:
     return request.headers.get("x-ms-continuation") or None
 
 
 def _page_response(
     items: Sequence[object], item_type: str, page_size: int, continuation: str | None
-) -> Response:
+) -> HttpResponse:
     """A query page: a bare JSON array; the continuation header only when more follow."""
     headers = {"x-ms-item-type": item_type, "x-ms-max-item-count": str(page_size)}
     if continuation is not None:
@@ -111,7 +107,7 @@ def _page_response(
     return json_response(items, headers=headers)
 
 
-async def _query_text(request: Request) -> str:
+async def _query_text(request: HttpRequest) -> str:
     specification = await read_json(request, QuerySpecificationWire)
     if specification.query is None:
         raise ValidationError("The query specification needs a 'query'")
@@ -149,19 +145,19 @@ def _drafts(items: list[W], to_draft: Callable[[W], D], what: str) -> list[D]:
 INCLUDE_SECRETS_HEADER = "x-dpsd-include-secrets"
 
 
-def _wants_secrets(request: Request) -> bool:
+def _wants_secrets(request: HttpRequest) -> bool:
     """The export extension of query: records with keys and certificates."""
     return request.headers.get(INCLUDE_SECRETS_HEADER, "").strip().lower() == "true"
 
 
-def _query_right(request: Request) -> AccessRights:
+def _query_right(request: HttpRequest) -> AccessRights:
     """Keys come with the right to write enrollments, as for attestationmechanism."""
     if _wants_secrets(request):
         return AccessRights.ENROLLMENT_READ | AccessRights.ENROLLMENT_WRITE
     return AccessRights.ENROLLMENT_READ
 
 
-def _query_disclosure(request: Request) -> Disclosure:
+def _query_disclosure(request: HttpRequest) -> Disclosure:
     return Disclosure.ALL if _wants_secrets(request) else Disclosure.PUBLIC
 
 
@@ -181,26 +177,26 @@ class EnrollmentHandlers:
             Route("POST", ("enrollments", "{id}", "attestationmechanism"), self.attestation, write),
         ]
 
-    async def put(self, request: Request, params: dict[str, str]) -> Response:
+    async def put(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         wire = await read_json(request, IndividualEnrollmentWire)
         enrollment = await self._service.create_or_update(
             params["id"], enrollment_to_draft(wire), request.headers.get("if-match")
         )
         return json_response(enrollment_to_wire(enrollment, secrets=True))
 
-    async def get(self, request: Request, params: dict[str, str]) -> Response:
+    async def get(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         enrollment = await self._service.get(params["id"])
         return json_response(enrollment_to_wire(enrollment, secrets=False))
 
-    async def delete(self, request: Request, params: dict[str, str]) -> Response:
+    async def delete(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         await self._service.delete(params["id"], request.headers.get("if-match"))
-        return Response(status_code=204)
+        return empty_response(204)
 
-    async def attestation(self, request: Request, params: dict[str, str]) -> Response:
+    async def attestation(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         mechanism = await self._service.attestation_mechanism(params["id"])
         return json_response(attestation_to_wire(mechanism))
 
-    async def query(self, request: Request, params: dict[str, str]) -> Response:
+    async def query(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         text = await _query_text(request)
         page = await self._service.query(text, _continuation(request), _max_item_count(request))
         disclosure = _query_disclosure(request)
@@ -209,7 +205,7 @@ class EnrollmentHandlers:
         ]
         return _page_response(items, "Enrollment", page.page_size, page.continuation)
 
-    async def bulk(self, request: Request, params: dict[str, str]) -> Response:
+    async def bulk(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         operation = await read_json(request, BulkEnrollmentOperationWire)
         mode, items = _bulk_items(operation.mode, operation.enrollments, "enrollments")
         drafts = _drafts(items, enrollment_to_draft, "enrollments")
@@ -243,32 +239,32 @@ class EnrollmentGroupHandlers:
             ),
         ]
 
-    async def put(self, request: Request, params: dict[str, str]) -> Response:
+    async def put(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         wire = await read_json(request, EnrollmentGroupWire)
         group = await self._service.create_or_update(
             params["id"], group_to_draft(wire), request.headers.get("if-match")
         )
         return json_response(group_to_wire(group, secrets=True))
 
-    async def get(self, request: Request, params: dict[str, str]) -> Response:
+    async def get(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         return json_response(group_to_wire(await self._service.get(params["id"]), secrets=False))
 
-    async def delete(self, request: Request, params: dict[str, str]) -> Response:
+    async def delete(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         await self._service.delete(params["id"], request.headers.get("if-match"))
-        return Response(status_code=204)
+        return empty_response(204)
 
-    async def attestation(self, request: Request, params: dict[str, str]) -> Response:
+    async def attestation(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         mechanism = await self._service.attestation_mechanism(params["id"])
         return json_response(attestation_to_wire(mechanism))
 
-    async def query(self, request: Request, params: dict[str, str]) -> Response:
+    async def query(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         text = await _query_text(request)
         page = await self._service.query(text, _continuation(request), _max_item_count(request))
         disclosure = _query_disclosure(request)
         items = [group_to_wire(item, secrets=False, disclosure=disclosure) for item in page.items]
         return _page_response(items, "EnrollmentGroup", page.page_size, page.continuation)
 
-    async def bulk(self, request: Request, params: dict[str, str]) -> Response:
+    async def bulk(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         operation = await read_json(request, BulkEnrollmentGroupOperationWire)
         mode, items = _bulk_items(operation.mode, operation.enrollment_groups, "enrollmentGroups")
         drafts = _drafts(items, group_to_draft, "enrollmentGroups")
@@ -297,14 +293,14 @@ class RegistrationStateHandlers:
             Route("DELETE", ("registrations", "{id}"), self.delete, write),
         ]
 
-    async def get(self, request: Request, params: dict[str, str]) -> Response:
+    async def get(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         return json_response(registration_state_to_wire(await self._service.get(params["id"])))
 
-    async def delete(self, request: Request, params: dict[str, str]) -> Response:
+    async def delete(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         await self._service.delete(params["id"], request.headers.get("if-match"))
-        return Response(status_code=204)
+        return empty_response(204)
 
-    async def query(self, request: Request, params: dict[str, str]) -> Response:
+    async def query(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         # The spec sends no body; Node and C# send a query specification. Both mean "all".
         page = await self._service.query(
             params["id"], _continuation(request), _max_item_count(request)

@@ -9,6 +9,7 @@ from dpsd.domain.attestation import (
     GENERATED_SYMMETRIC_KEY_BYTES,
     AttestationMechanism,
     AttestationType,
+    SymmetricKeyAttestation,
     X509Attestation,
     check_tpm,
     complete_certificates,
@@ -25,12 +26,21 @@ def complete_attestation(
     same_kind = stored if stored is not None and stored.type == given.type else None
     match given.type:
         case AttestationType.SYMMETRIC_KEY:
+            sent = given.symmetric_key or SymmetricKeyAttestation()
+            kept = (same_kind.symmetric_key if same_kind else None) or SymmetricKeyAttestation()
+
+            def fresh(*keys: str | None) -> bytes:
+                """New key material, only for a key neither sent nor kept."""
+                return b"" if any(keys) else entropy.random_bytes(GENERATED_SYMMETRIC_KEY_BYTES)
+
             keys = complete_symmetric_key(
-                given.symmetric_key,
-                same_kind.symmetric_key if same_kind else None,
-                entropy.random_bytes(GENERATED_SYMMETRIC_KEY_BYTES),
-                entropy.random_bytes(GENERATED_SYMMETRIC_KEY_BYTES),
+                sent,
+                kept,
+                fresh(sent.primary_key, kept.primary_key),
+                fresh(sent.secondary_key, kept.secondary_key),
             )
+            if keys == given.symmetric_key:
+                return given  # both keys sent: nothing to fill in
             return replace(given, symmetric_key=keys)
         case AttestationType.X509:
             if given.x509 is None:

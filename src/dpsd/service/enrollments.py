@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from dpsd.domain.attestation import AttestationMechanism, check_consistent
+from dpsd.domain.attestation import AttestationMechanism, check_consistent, completes_alone
 from dpsd.domain.enrollment import (
     IndividualEnrollment,
     IndividualEnrollmentDraft,
@@ -12,13 +13,13 @@ from dpsd.domain.enrollment import (
     check_settings,
 )
 from dpsd.domain.errors import DomainError, InvalidAttestation, InvalidQuery, ValidationError
-from dpsd.domain.etag import WILDCARD, new_etag
+from dpsd.domain.etag import WILDCARD, new_etag, normalize_if_match
 from dpsd.domain.ids import id_key, validate_registration_id
 from dpsd.domain.query import ENROLLMENT_QUERY_FIELDS, parse_query
 from dpsd.service import records
 from dpsd.service.attestation import complete_attestation
 from dpsd.service.errors import EnrollmentAlreadyExists, EnrollmentNotFound, ServiceError
-from dpsd.service.hubs import check_linked
+from dpsd.service.hubs import check_linked, named_hubs
 from dpsd.service.ports import (
     Clock,
     EnrollmentRepository,
@@ -70,7 +71,6 @@ class EnrollmentService:
     ) -> IndividualEnrollment:
         """PUT /enrollments/{id}: create without If-Match, otherwise update at that etag."""
         _check_draft(path_id, draft)
-        await check_linked(self.hubs, draft.settings)
 
         def build(stored: IndividualEnrollment | None) -> IndividualEnrollment:
             now = self.clock.now()
@@ -79,9 +79,12 @@ class EnrollmentService:
                 stored.settings.attestation if stored else None,
                 self.entropy,
             )
+            settings = draft.settings
+            if attestation is not settings.attestation:
+                settings = replace(settings, attestation=attestation)
             return IndividualEnrollment(
                 registration_id=draft.registration_id,
-                settings=replace(draft.settings, attestation=attestation),
+                settings=settings,
                 etag=new_etag(self.entropy.random_bytes(16)),
                 created=stored.created if stored else now,
                 last_updated=now,
@@ -89,15 +92,48 @@ class EnrollmentService:
                 optional_device_information=draft.optional_device_information,
             )
 
-        written = await records.create_or_update(
-            self.enrollments,
-            path_id,
-            if_match,
-            build,
-            lambda: EnrollmentAlreadyExists(draft.registration_id),
-        )
+        written = None
+        if if_match is None or completes_alone(draft.settings.attestation):
+            written = await self._write_unread(draft, if_match, build)
+        if written is None:
+            await check_linked(self.hubs, draft.settings)
+            written = await records.create_or_update(
+                self.enrollments,
+                path_id,
+                if_match,
+                build,
+                lambda: EnrollmentAlreadyExists(draft.registration_id),
+            )
         self.trust.trust(attestation_certificates(written.settings.attestation))
         return written
+
+    async def _write_unread(
+        self,
+        draft: IndividualEnrollmentDraft,
+        if_match: str | None,
+        build: Callable[[IndividualEnrollment | None], IndividualEnrollment],
+    ) -> IndividualEnrollment | None:
+        """A create, or an update that keeps nothing of the stored record but its creation
+        time: one statement that also checks the named hubs are linked, no read first.
+
+        None leaves the PUT to the general path (hubs checked, then records.create_or_update),
+        which reports what went wrong in its own order (an unlinked hub, then a precondition,
+        then the draft): when the draft does not complete, when no record matched, when
+        some hub is not linked."""
+        try:
+            record = build(None)
+        except DomainError:
+            return None
+        hubs = named_hubs(draft.settings)
+        if if_match is None:
+            added = await self.enrollments.add_linked(record, hubs=hubs)
+            if added is False:  # the hubs are linked: the record exists
+                raise EnrollmentAlreadyExists(draft.registration_id)
+            return record if added else None
+        wanted = normalize_if_match(if_match)
+        expected = None if wanted == WILDCARD else wanted
+        created = await self.enrollments.overwrite(record, expected_etag=expected, hubs=hubs)
+        return None if created is None else replace(record, created=created)
 
     async def get(self, registration_id: str) -> IndividualEnrollment:
         """GET /enrollments/{id}, with the device's registration state when there is one."""

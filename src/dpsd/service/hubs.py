@@ -72,16 +72,23 @@ class HubService:
         await records.delete(self.hubs, host_name, None, lambda: HubNotFound(host_name))
 
 
-async def check_linked(hubs: HubRepository, settings: EnrollmentSettings) -> None:
-    """An enrollment may only name IoT hubs linked to the service."""
+def named_hubs(settings: EnrollmentSettings) -> list[str]:
+    """The IoT hubs an enrollment names, each once, in the order named."""
     named = [
         *(settings.iot_hubs or ()),
         *([settings.iot_hub_host_name] if settings.iot_hub_host_name else []),
     ]
+    return list(dict.fromkeys(named))
+
+
+async def check_linked(hubs: HubRepository, settings: EnrollmentSettings) -> None:
+    """An enrollment may only name IoT hubs linked to the service."""
+    named = named_hubs(settings)
     if not named:
         return
-    for name in dict.fromkeys(named):
-        if await hubs.get(name) is None:
-            raise ValidationError(
-                f"IoT hub {name!r} is not linked to this service (dpsd hub add {name})"
-            )
+    missing = await hubs.missing(named)
+    if missing:
+        name = missing[0]
+        raise ValidationError(
+            f"IoT hub {name!r} is not linked to this service (dpsd hub add {name})"
+        )

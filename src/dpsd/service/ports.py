@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -30,6 +30,27 @@ class EnrollmentRepository(Protocol):
 
     async def replace(self, enrollment: IndividualEnrollment, *, expected_etag: str) -> bool:
         """Overwrite the record whose etag is ``expected_etag``; False when there is none."""
+        ...
+
+    async def add_linked(
+        self, enrollment: IndividualEnrollment, *, hubs: Sequence[str]
+    ) -> bool | None:
+        """Insert, in one atomic step with the check that every hub in ``hubs`` is linked:
+        True when written; False when a record with that id exists already; None when some
+        hub is not linked (or the store cannot tell: then nothing was written either)."""
+        ...
+
+    async def overwrite(
+        self,
+        enrollment: IndividualEnrollment,
+        *,
+        expected_etag: str | None,
+        hubs: Sequence[str] = (),
+    ) -> datetime | None:
+        """Overwrite the stored record with ``enrollment`` but keep its creation time, in one
+        atomic step, at ``expected_etag`` when given (at whatever etag otherwise) and only
+        when every hub in ``hubs`` is linked. The creation time kept, or None when nothing
+        was written (no record matched, some hub is not linked, or the store cannot tell)."""
         ...
 
     async def delete(self, registration_id: str, *, expected_etag: str | None) -> bool:
@@ -119,6 +140,10 @@ class HubRepository(Protocol):
     """IoT hubs linked to the service, keyed case-insensitively by host name."""
 
     async def get(self, record_id: str) -> LinkedHub | None: ...
+
+    async def missing(self, host_names: Sequence[str]) -> list[str]:
+        """Those of ``host_names`` that name no linked hub, in the order given."""
+        ...
 
     async def add(self, record: LinkedHub) -> bool: ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import msgspec
@@ -10,6 +11,7 @@ import msgspec
 T = TypeVar("T")
 
 _encoder = msgspec.json.Encoder()
+_timestamp_decoder = msgspec.json.Decoder(datetime)
 
 
 def encode(record: Any) -> str:
@@ -19,3 +21,13 @@ def encode(record: Any) -> str:
 def decoder(record_type: type[T]) -> Callable[[str], T]:
     decode: Callable[[str], T] = msgspec.json.Decoder(record_type).decode
     return decode
+
+
+def timestamp_text(moment: datetime) -> str:
+    """A timestamp as documents hold it, without the JSON quotes."""
+    return _encoder.encode(moment)[1:-1].decode("ascii")
+
+
+def parse_timestamp(text: str) -> datetime:
+    """The inverse of timestamp_text."""
+    return _timestamp_decoder.decode(f'"{text}"')

@@ -60,6 +60,13 @@ class Executor(Protocol):
         Raises DuplicateKey when an insert meets an existing key."""
         ...
 
+    async def write_returning(
+        self, statement: Prepared | sa.Executable, params: Params = None
+    ) -> Any:
+        """Run one statement with a RETURNING clause in its own transaction; the first value
+        of the row it returned, or None when it touched no row."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -93,6 +100,17 @@ class AsyncEngineExecutor:
         except IntegrityError as error:
             raise DuplicateKey(str(error.orig)) from error
         return int(result.rowcount)
+
+    async def write_returning(
+        self, statement: Prepared | sa.Executable, params: Params = None
+    ) -> Any:
+        try:
+            async with self._engine.begin() as connection:
+                result = await connection.execute(_statement(statement), params)
+                row = result.first()
+        except IntegrityError as error:
+            raise DuplicateKey(str(error.orig)) from error
+        return None if row is None else row[0]
 
     async def close(self) -> None:
         """The engine belongs to whoever made it."""
@@ -140,6 +158,19 @@ class InlineSqliteExecutor:
             return int(self._connection.execute(_statement(statement), params).rowcount)
         except (sqlite3.IntegrityError, IntegrityError) as error:
             raise DuplicateKey(str(error)) from error
+
+    async def write_returning(
+        self, statement: Prepared | sa.Executable, params: Params = None
+    ) -> Any:
+        try:
+            if isinstance(statement, Prepared) and statement.sql is not None:
+                # fetchall: the statement (and so its transaction) ends with its last row.
+                rows = self._raw.execute(statement.sql, dict(params or {})).fetchall()
+            else:
+                rows = list(self._connection.execute(_statement(statement), params).all())
+        except (sqlite3.IntegrityError, IntegrityError) as error:
+            raise DuplicateKey(str(error)) from error
+        return rows[0][0] if rows else None
 
     async def close(self) -> None:
         self._connection.close()

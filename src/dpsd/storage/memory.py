@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
@@ -124,8 +125,39 @@ class InMemoryDocumentRepository(Generic[R]):
 
 
 class InMemoryEnrollmentRepository(InMemoryDocumentRepository[IndividualEnrollment]):
-    def __init__(self) -> None:
+    """``hubs``: where linked hubs are looked up; without it, no hub counts as linked."""
+
+    def __init__(self, hubs: InMemoryHubRepository | None = None) -> None:
         super().__init__(lambda record: record.registration_id, enrollment_fields)
+        self._hubs = hubs
+
+    async def _linked(self, hubs: Sequence[str]) -> bool:
+        if not hubs:
+            return True
+        return self._hubs is not None and not await self._hubs.missing(hubs)
+
+    async def add_linked(
+        self, enrollment: IndividualEnrollment, *, hubs: Sequence[str]
+    ) -> bool | None:
+        if not await self._linked(hubs):
+            return None
+        return await self.add(enrollment)
+
+    async def overwrite(
+        self,
+        enrollment: IndividualEnrollment,
+        *,
+        expected_etag: str | None,
+        hubs: Sequence[str] = (),
+    ) -> datetime | None:
+        key = id_key(enrollment.registration_id)
+        current = self._records.get(key)
+        if current is None or (expected_etag is not None and current.etag != expected_etag):
+            return None
+        if not await self._linked(hubs):
+            return None
+        self._records[key] = replace(enrollment, created=current.created)
+        return current.created
 
 
 class InMemoryEnrollmentGroupRepository(InMemoryDocumentRepository[EnrollmentGroup]):
@@ -144,6 +176,9 @@ class InMemoryCertificateRepository(InMemoryDocumentRepository[CACertificate]):
 class InMemoryHubRepository(InMemoryDocumentRepository[LinkedHub]):
     def __init__(self) -> None:
         super().__init__(lambda record: record.host_name)
+
+    async def missing(self, host_names: Sequence[str]) -> list[str]:
+        return [name for name in host_names if id_key(name) not in self._records]
 
     async def list(self) -> list[LinkedHub]:
         return self._select(lambda _record: True, None, len(self._records))

@@ -22,6 +22,9 @@ enrollments = sa.Table(
     sa.Column("allocation_policy", sa.String(16), nullable=True),
     sa.Column("iot_edge", sa.Boolean, nullable=False),
     sa.Column("document", sa.Text, nullable=False),
+    # The document's creation time as the document holds it (its JSON text, unquoted), so
+    # that an update can keep it without reading the record first.
+    sa.Column("created", sa.String(40), nullable=False),
 )
 
 enrollment_groups = sa.Table(

@@ -7,7 +7,8 @@ queries filter on. Conditional writes are single statements (``UPDATE ... WHERE 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -27,7 +28,7 @@ from dpsd.domain.query import BooleanOp, Comparison, Condition, Not
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationOperation
 from dpsd.domain.sas import SharedAccessPolicy, format_rights, parse_rights
 from dpsd.storage import codec
-from dpsd.storage.executor import DuplicateKey, Executor
+from dpsd.storage.executor import DuplicateKey, Executor, Prepared
 from dpsd.storage.schema import (
     access_policies,
     ca_certificates,
@@ -197,6 +198,7 @@ ENROLLMENTS: DocumentKind[IndividualEnrollment] = DocumentKind(
         "registration_id": record.registration_id,
         "device_id": record.device_id,
         **_settings_columns(record.settings),
+        "created": codec.timestamp_text(record.created),
     },
     decode=codec.decoder(IndividualEnrollment),
     query_columns={
@@ -263,9 +265,141 @@ REGISTRATION_OPERATIONS: DocumentKind[RegistrationOperation] = DocumentKind(
 )
 
 
+_ENROLLMENT_FIELDS = [field.name for field in dataclasses.fields(IndividualEnrollment)]
+_BEFORE_CREATED = _ENROLLMENT_FIELDS[: _ENROLLMENT_FIELDS.index("created")]
+_AFTER_CREATED = _ENROLLMENT_FIELDS[_ENROLLMENT_FIELDS.index("created") + 1 :]
+assert _BEFORE_CREATED
+assert _AFTER_CREATED
+
+
+def document_around_created(record: IndividualEnrollment) -> tuple[str, str]:
+    """The record's document in two parts, the text of its creation time left out between
+    them: ``head + codec.timestamp_text(record.created) + tail == codec.encode(record)``."""
+    document = codec.encode(record)
+    marker = f'"created":"{codec.timestamp_text(record.created)}"'
+    if document.count(marker) == 1:
+        cut = document.index(marker) + 11  # len('"created":"')
+        return document[:cut], document[cut + len(marker) - 12 :]
+    # The record holds that text elsewhere too (in a twin, say): encode the parts apart.
+    before = codec.encode({name: getattr(record, name) for name in _BEFORE_CREATED})
+    after = codec.encode({name: getattr(record, name) for name in _AFTER_CREATED})
+    return before[:-1] + ',"created":"', '",' + after[1:]
+
+
+_NAMES_PER_STATEMENT = 8  # statements prepared for up to this many hub names
+_KEY_NAMES = tuple(f"k{i}" for i in range(_NAMES_PER_STATEMENT))
+
+
+def _all_linked(count: int) -> sa.ColumnElement[bool]:
+    """True when the hubs keyed ``:h0`` .. ``:h{count-1}`` (distinct) are all linked."""
+    keys: list[sa.BindParameter[str]] = [sa.bindparam(f"h{i}") for i in range(count)]
+    linked = (
+        sa.select(sa.func.count())
+        .select_from(linked_hubs)
+        .where(linked_hubs.c.id_key.in_(keys))
+        .scalar_subquery()
+    )
+    return linked == sa.literal_column(str(count))
+
+
 class SqlEnrollmentRepository(SqlDocumentRepository[IndividualEnrollment]):
+    """Writes that name IoT hubs check in the same statement that the hubs are linked."""
+
     def __init__(self, executor: Executor) -> None:
         super().__init__(executor, ENROLLMENTS)
+        # On SQLite, an UPDATE that sets an indexed column rewrites its index entry even
+        # when the value stays the same (about 10 microseconds); most updates keep the
+        # provisioning status, so they first try a statement that leaves it out.
+        self._status_first = executor.dialect == "sqlite"
+        self._overwrites: dict[tuple[bool, bool, int], Prepared] = {}
+        self._inserts: dict[int, Prepared] = {}
+
+    def _overwrite_statement(self, status_kept: bool, at_etag: bool, hubs: int) -> Prepared:
+        key = (status_kept, at_etag, hubs)
+        prepared = self._overwrites.get(key)
+        if prepared is None:
+            table = enrollments
+            statement = table.update().where(table.c.id_key == sa.bindparam("key"))
+            if at_etag:
+                statement = statement.where(table.c.etag == sa.bindparam("expected"))
+            values: dict[str, Any] = {
+                column.name: sa.bindparam(column.name)
+                for column in table.columns
+                if column.name not in ("id_key", "document", "created")
+            }
+            if status_kept:
+                status = values.pop("provisioning_status")
+                statement = statement.where(table.c.provisioning_status == status)
+            if hubs:
+                statement = statement.where(_all_linked(hubs))
+            head: sa.BindParameter[str] = sa.bindparam("head", type_=sa.Text)
+            tail: sa.BindParameter[str] = sa.bindparam("tail", type_=sa.Text)
+            statement = statement.values(**values, document=head + table.c.created + tail)
+            prepared = self._executor.prepare(statement.returning(table.c.created))
+            if hubs <= _NAMES_PER_STATEMENT:
+                self._overwrites[key] = prepared
+        return prepared
+
+    def _insert_statement(self, hubs: int) -> Prepared:
+        prepared = self._inserts.get(hubs)
+        if prepared is None:
+            table = enrollments
+            names = [column.name for column in table.columns]
+            values = sa.select(*(sa.bindparam(name, type_=table.c[name].type) for name in names))
+            statement = table.insert().from_select(names, values.where(_all_linked(hubs)))
+            prepared = self._executor.prepare(statement)
+            if hubs <= _NAMES_PER_STATEMENT:
+                self._inserts[hubs] = prepared
+        return prepared
+
+    async def add_linked(
+        self, enrollment: IndividualEnrollment, *, hubs: Sequence[str]
+    ) -> bool | None:
+        keys = _hub_keys(hubs)
+        if not keys:
+            return await self.add(enrollment)
+        row = self._kind.row(enrollment) | keys
+        try:
+            written = await self._executor.write(self._insert_statement(len(keys)), row)
+        except DuplicateKey:
+            return False
+        return True if written == 1 else None
+
+    async def overwrite(
+        self,
+        enrollment: IndividualEnrollment,
+        *,
+        expected_etag: str | None,
+        hubs: Sequence[str] = (),
+    ) -> datetime | None:
+        """One statement: the new document is written around the stored creation time."""
+        head, tail = document_around_created(enrollment)
+        keys = _hub_keys(hubs)
+        params: dict[str, Any] = {
+            "key": id_key(enrollment.registration_id),
+            "registration_id": enrollment.registration_id,
+            "etag": enrollment.etag,
+            "device_id": enrollment.device_id,
+            **_settings_columns(enrollment.settings),
+            "head": head,
+            "tail": tail,
+            **keys,
+        }
+        at_etag = expected_etag is not None
+        if at_etag:
+            params["expected"] = expected_etag
+        write = self._executor.write_returning
+        created: str | None = None
+        if self._status_first:
+            created = await write(self._overwrite_statement(True, at_etag, len(keys)), params)
+        if created is None:
+            created = await write(self._overwrite_statement(False, at_etag, len(keys)), params)
+        return None if created is None else codec.parse_timestamp(created)
+
+
+def _hub_keys(hubs: Sequence[str]) -> dict[str, str]:
+    """The distinct keys of the hubs named, as the parameters ``_all_linked`` takes."""
+    return {f"h{index}": key for index, key in enumerate(dict.fromkeys(map(id_key, hubs)))}
 
 
 class SqlEnrollmentGroupRepository(SqlDocumentRepository[EnrollmentGroup]):
@@ -295,6 +429,28 @@ class SqlRegistrationStateRepository(SqlDocumentRepository[DeviceRegistrationSta
 class SqlHubRepository(SqlDocumentRepository[LinkedHub]):
     def __init__(self, executor: Executor) -> None:
         super().__init__(executor, LINKED_HUBS)
+        # One statement per number of names: SELECT id_key ... WHERE id_key IN (:k0, :k1)
+        self._linked = {
+            count: executor.prepare(
+                sa.select(linked_hubs.c.id_key).where(
+                    linked_hubs.c.id_key.in_([sa.bindparam(f"k{i}") for i in range(count)])
+                )
+            )
+            for count in range(1, _NAMES_PER_STATEMENT + 1)
+        }
+
+    async def missing(self, host_names: Sequence[str]) -> list[str]:
+        """One statement (for up to eight names; more go in groups of eight)."""
+        keys = [id_key(name) for name in host_names]
+        found: set[str] = set()
+        step = _NAMES_PER_STATEMENT
+        for start in range(0, len(keys), step):
+            chunk = keys[start : start + step]
+            params = dict(zip(_KEY_NAMES, chunk, strict=False))
+            found.update(await self._executor.scalars(self._linked[len(chunk)], params))
+        if len(found) == len(keys):
+            return []
+        return [name for name, key in zip(host_names, keys, strict=True) if key not in found]
 
     async def list(self) -> list[LinkedHub]:
         return await self._select([], after=None, limit=1_000_000)

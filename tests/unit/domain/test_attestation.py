@@ -20,6 +20,7 @@ from dpsd.domain.attestation import (
     check_tpm,
     complete_certificates,
     complete_symmetric_key,
+    completes_alone,
     decode_symmetric_key,
 )
 from dpsd.domain.errors import InvalidAttestation, InvalidCertificate
@@ -268,3 +269,34 @@ def test_without_secrets_keeps_what_is_not_secret() -> None:
         AttestationMechanism(AttestationType.NONE),
     ):
         assert mechanism.without_secrets() == mechanism
+
+
+def test_what_completes_without_a_stored_record() -> None:
+    key = base64.b64encode(b"k" * 32).decode()
+    certificate = X509CertificateWithInfo(certificate="PEM")
+    info_only = X509CertificateWithInfo(info=None)
+
+    def symmetric(primary: str | None, secondary: str | None) -> AttestationMechanism:
+        return AttestationMechanism(
+            AttestationType.SYMMETRIC_KEY, symmetric_key=SymmetricKeyAttestation(primary, secondary)
+        )
+
+    def x509(*entries: X509CertificateWithInfo | None) -> AttestationMechanism:
+        return AttestationMechanism(
+            AttestationType.X509,
+            x509=X509Attestation(client_certificates=X509Certificates(*entries)),
+        )
+
+    assert completes_alone(symmetric(key, key))
+    assert not completes_alone(symmetric(key, None))
+    assert not completes_alone(symmetric(None, key))
+    assert not completes_alone(AttestationMechanism(AttestationType.SYMMETRIC_KEY))
+    assert completes_alone(x509(certificate, None))
+    assert completes_alone(x509(certificate, certificate))
+    assert not completes_alone(x509(certificate, info_only))
+    assert not completes_alone(x509(info_only, None))
+    assert completes_alone(
+        AttestationMechanism(AttestationType.X509, x509=X509Attestation(ca_references=None))
+    )
+    assert completes_alone(AttestationMechanism(AttestationType.TPM, tpm=TpmAttestation("ek")))
+    assert completes_alone(AttestationMechanism(AttestationType.NONE))

@@ -712,3 +712,72 @@ async def test_enrollments_name_only_linked_hubs(service: EnrollmentService) -> 
             "d-1", draft("d-1", iot_hub_host_name="elsewhere.example"), None
         )
     assert await service.enrollments.get("d-1") is None
+
+
+# --- updates that need nothing of the stored record but its creation time -------------------
+
+
+def keyed(registration_id: str = "dev-1", **settings: object) -> IndividualEnrollmentDraft:
+    return draft(registration_id, attestation=with_keys(KEY_A, KEY_B), **settings)
+
+
+class CountingEnrollments(InMemoryEnrollmentRepository):
+    """Counts reads, so that a test sees which updates went without one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def get(self, record_id: str) -> IndividualEnrollment | None:
+        self.reads += 1
+        return await super().get(record_id)
+
+
+@pytest.mark.parametrize("header", ["etag", "*", '"*"', '"etag"', 'W/"etag"'])
+async def test_an_update_with_both_keys_writes_without_reading_first(
+    world: World, header: str
+) -> None:
+    counting = CountingEnrollments()
+    service = replace(world.service, enrollments=counting)
+    created = await service.create_or_update("dev-1", keyed(), None)
+    world.clock.advance(60)
+    counting.reads = 0
+    updated = await service.create_or_update(
+        "DEV-1",
+        keyed(provisioning_status=ProvisioningStatus.DISABLED),
+        header.replace("etag", created.etag),
+    )
+    assert counting.reads == 0
+    assert updated.created == START
+    assert updated.last_updated == START + timedelta(seconds=60)
+    assert updated.etag != created.etag
+    assert updated.settings.attestation == with_keys(KEY_A, KEY_B)
+    assert await service.get("dev-1") == updated
+
+
+async def test_an_unread_update_honours_the_etag(service: EnrollmentService) -> None:
+    created = await service.create_or_update("dev-1", keyed(), None)
+    with pytest.raises(PreconditionFailed):
+        await service.create_or_update("dev-1", keyed(device_id="two"), "stale")
+    with pytest.raises(PreconditionFailed):
+        await service.create_or_update("dev-2", keyed("dev-2"), created.etag)
+    assert await service.get("dev-1") == created
+    with pytest.raises(EnrollmentNotFound):
+        await service.get("dev-2")
+
+
+async def test_an_unread_update_under_a_wildcard_creates_a_missing_record(
+    service: EnrollmentService,
+) -> None:
+    created = await service.create_or_update("dev-1", keyed(), "*")
+    assert created.created == created.last_updated == START
+    assert await service.get("dev-1") == created
+
+
+async def test_a_stale_etag_is_reported_before_a_bad_key(service: EnrollmentService) -> None:
+    await service.create_or_update("dev-1", keyed(), None)
+    bad = draft(attestation=with_keys("not base64!", KEY_B))
+    with pytest.raises(PreconditionFailed):
+        await service.create_or_update("dev-1", bad, "stale")
+    with pytest.raises(InvalidAttestation):
+        await service.create_or_update("dev-1", bad, "*")
