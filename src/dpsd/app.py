@@ -47,7 +47,7 @@ from dpsd.storage.sql import (
     SqlRegistrationStateRepository,
 )
 from dpsd.tls import TlsFiles, ensure_tls
-from dpsd.wire import enrollment_to_wire, group_to_wire
+from dpsd.wire import Disclosure, enrollment_to_wire, group_to_wire
 
 OWNER_POLICY = "provisioningserviceowner"
 _DEFAULT_POLICIES: dict[str, AccessRights] = {
@@ -158,8 +158,8 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             entropy=entropy,
             allocator=WebhookCustomAllocator(
                 webhook_client,
-                lambda record: msgspec.to_builtins(enrollment_to_wire(record, secrets=False)),
-                lambda record: msgspec.to_builtins(group_to_wire(record, secrets=False)),
+                lambda record: msgspec.to_builtins(enrollment_to_wire(record, Disclosure.PUBLIC)),
+                lambda record: msgspec.to_builtins(group_to_wire(record, Disclosure.PUBLIC)),
                 settings.webhook_timeout,
             ),
             service_location=settings.location,

@@ -426,13 +426,9 @@ def _settings_fields(settings: EnrollmentSettings, *, disclosure: Disclosure) ->
 
 
 def enrollment_to_wire(
-    enrollment: IndividualEnrollment,
-    *,
-    secrets: bool,
-    disclosure: Disclosure | None = None,
+    enrollment: IndividualEnrollment, disclosure: Disclosure
 ) -> IndividualEnrollmentWire:
-    """``secrets``: the PUT response carries the keys (clients read generated keys there);
-    GET and query leave them out. ``disclosure``, when given, overrides ``secrets``."""
+    """How much of the attestation to show: see Disclosure."""
     state = enrollment.registration_state
     return IndividualEnrollmentWire(
         registration_id=enrollment.registration_id,
@@ -442,25 +438,17 @@ def enrollment_to_wire(
         etag=enrollment.etag,
         created_date_time_utc=format_timestamp(enrollment.created),
         last_updated_date_time_utc=format_timestamp(enrollment.last_updated),
-        **_settings_fields(enrollment.settings, disclosure=_disclosure(secrets, disclosure)),
+        **_settings_fields(enrollment.settings, disclosure=disclosure),
     )
 
 
-def _disclosure(secrets: bool, disclosure: Disclosure | None) -> Disclosure:
-    if disclosure is not None:
-        return disclosure
-    return Disclosure.KEYS if secrets else Disclosure.PUBLIC
-
-
-def group_to_wire(
-    group: EnrollmentGroup, *, secrets: bool, disclosure: Disclosure | None = None
-) -> EnrollmentGroupWire:
+def group_to_wire(group: EnrollmentGroup, disclosure: Disclosure) -> EnrollmentGroupWire:
     return EnrollmentGroupWire(
         enrollment_group_id=group.enrollment_group_id,
         etag=group.etag,
         created_date_time_utc=format_timestamp(group.created),
         last_updated_date_time_utc=format_timestamp(group.last_updated),
-        **_settings_fields(group.settings, disclosure=_disclosure(secrets, disclosure)),
+        **_settings_fields(group.settings, disclosure=disclosure),
     )
 
 

@@ -182,11 +182,11 @@ class EnrollmentHandlers:
         enrollment = await self._service.create_or_update(
             params["id"], enrollment_to_draft(wire), request.headers.get("if-match")
         )
-        return json_response(enrollment_to_wire(enrollment, secrets=True))
+        return json_response(enrollment_to_wire(enrollment, Disclosure.KEYS))
 
     async def get(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         enrollment = await self._service.get(params["id"])
-        return json_response(enrollment_to_wire(enrollment, secrets=False))
+        return json_response(enrollment_to_wire(enrollment, Disclosure.PUBLIC))
 
     async def delete(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         await self._service.delete(params["id"], request.headers.get("if-match"))
@@ -200,9 +200,7 @@ class EnrollmentHandlers:
         text = await _query_text(request)
         page = await self._service.query(text, _continuation(request), _max_item_count(request))
         disclosure = _query_disclosure(request)
-        items = [
-            enrollment_to_wire(item, secrets=False, disclosure=disclosure) for item in page.items
-        ]
+        items = [enrollment_to_wire(item, disclosure) for item in page.items]
         return _page_response(items, "Enrollment", page.page_size, page.continuation)
 
     async def bulk(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
@@ -244,10 +242,12 @@ class EnrollmentGroupHandlers:
         group = await self._service.create_or_update(
             params["id"], group_to_draft(wire), request.headers.get("if-match")
         )
-        return json_response(group_to_wire(group, secrets=True))
+        return json_response(group_to_wire(group, Disclosure.KEYS))
 
     async def get(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        return json_response(group_to_wire(await self._service.get(params["id"]), secrets=False))
+        return json_response(
+            group_to_wire(await self._service.get(params["id"]), Disclosure.PUBLIC)
+        )
 
     async def delete(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         await self._service.delete(params["id"], request.headers.get("if-match"))
@@ -261,7 +261,7 @@ class EnrollmentGroupHandlers:
         text = await _query_text(request)
         page = await self._service.query(text, _continuation(request), _max_item_count(request))
         disclosure = _query_disclosure(request)
-        items = [group_to_wire(item, secrets=False, disclosure=disclosure) for item in page.items]
+        items = [group_to_wire(item, disclosure) for item in page.items]
         return _page_response(items, "EnrollmentGroup", page.page_size, page.continuation)
 
     async def bulk(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
