@@ -91,12 +91,23 @@ class Runtime:
     ) -> str:
         """``hostname``: the name the server was started with, when it differs from ours."""
         name = hostname or self.settings.hostname
-        host = name if port == 443 else f"{name}:{port}"
-        policy = self.policies[policy_name]
-        return (
-            f"HostName={host};SharedAccessKeyName={policy.name};"
-            f"SharedAccessKey={policy.primary_key}"
-        )
+        return service_connection_string(name, port, self.policies[policy_name])
+
+
+def service_connection_string(hostname: str, port: int, policy: SharedAccessPolicy) -> str:
+    host = hostname if port == 443 else f"{hostname}:{port}"
+    return f"HostName={host};SharedAccessKeyName={policy.name};SharedAccessKey={policy.primary_key}"
+
+
+async def read_policies(settings: Settings) -> dict[str, SharedAccessPolicy]:
+    """The shared access policies of an initialised store, read without preparing anything
+    (no migration, TLS files or trust store): for clients of a dpsd serving the data dir."""
+    engine = create_engine(settings.database_url)
+    try:
+        _, policies = await SqlInstanceRepository(engine).read()
+    finally:
+        await engine.dispose()
+    return {policy.name: policy for policy in policies}
 
 
 def _new_policies(entropy: SystemEntropy) -> list[SharedAccessPolicy]:

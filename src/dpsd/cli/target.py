@@ -20,10 +20,11 @@ import httpx
 import typer
 from rich.console import Console
 
-from dpsd.app import build_runtime
+from dpsd.app import OWNER_POLICY, read_policies, service_connection_string
 from dpsd.cli.options import Database, DataDir, make_settings
 from dpsd.client import AsyncDpsServiceClient, DpsError, DpsServiceClient
 from dpsd.server import running_endpoints
+from dpsd.tls import tls_files
 
 ConnectionStringOption = Annotated[
     str | None,
@@ -101,14 +102,10 @@ def resolve_target(
             " --connection-string (or set DPSD_CONNECTION_STRING)"
         )
     https = urlsplit(running.https)
-
-    async def read() -> Target:
-        async with build_runtime(settings) as runtime:
-            local = runtime.connection_string(https.port or 443, https.hostname)
-            ca = ca_file or runtime.tls.ca_certificate
-            return Target(local, str(ca))
-
-    return asyncio.run(read())
+    owner = asyncio.run(read_policies(settings))[OWNER_POLICY]
+    hostname = https.hostname or settings.hostname
+    local = service_connection_string(hostname, https.port or 443, owner)
+    return Target(local, str(ca_file or tls_files(settings.data_dir).ca_certificate))
 
 
 @contextmanager

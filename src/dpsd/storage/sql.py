@@ -496,6 +496,10 @@ class SqlInstanceRepository:
                 )
         except IntegrityError:
             pass  # another dpsd process on this store initialised it first
+        return await self.read()
+
+    async def read(self) -> tuple[str, list[SharedAccessPolicy]]:
+        """The ID scope and the policies of a store already initialised."""
         async with self._engine.connect() as connection:
             stored_scope = (
                 await connection.execute(
