@@ -57,8 +57,9 @@ class RateColumn(ProgressColumn):
 
 
 @contextmanager
-def progress_bar(description: str, total: int | None) -> Iterator[Progress]:
-    """A bar with rate and ETA on stderr when it is a terminal; silent otherwise."""
+def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A bar with rate and ETA on stderr when it is a terminal, silent otherwise; yields
+    what to call with each number of records done."""
     console = Console(stderr=True)
     columns: list[ProgressColumn] = [
         TextColumn("{task.description}"),
@@ -69,8 +70,8 @@ def progress_bar(description: str, total: int | None) -> Iterator[Progress]:
         TimeRemainingColumn(),
     ]
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
-        progress.add_task(description, total=total)
-        yield progress
+        task = progress.add_task(description, total=total)
+        yield lambda done: progress.advance(task, done)
 
 
 ExportRun = Callable[[TextIO], ExportCounts]
@@ -113,7 +114,7 @@ def export_command(
     """Write every enrollment group and individual enrollment, with their keys and
     certificates, as JSON Lines."""
     target = TargetOptions(connection_string, ca_file, data_dir, database).resolve()
-    with reported_failures(), progress_bar("exporting", None) as progress:
+    with reported_failures(), progress_bar("exporting", None) as advance:
 
         def export(sink: TextIO) -> ExportCounts:
             async def run() -> ExportCounts:
@@ -123,7 +124,7 @@ def export_command(
                         sink,
                         registrations=registrations,
                         concurrency=concurrency,
-                        progress=lambda n: progress.advance(progress.task_ids[0], n),
+                        progress=advance,
                     )
 
             return asyncio.run(run())
@@ -194,7 +195,7 @@ def import_command(
     try:
         with (
             reported_failures(),
-            progress_bar(description, _count_lines(file)) as progress,
+            progress_bar(description, _count_lines(file)) as advance,
             file.open(encoding="utf-8", errors="replace") as lines,
         ):
 
@@ -207,7 +208,7 @@ def import_command(
                         update_existing=update_existing,
                         dry_run=dry_run,
                         concurrency=concurrency,
-                        progress=lambda n: progress.advance(progress.task_ids[0], n),
+                        progress=advance,
                     )
 
             asyncio.run(run())

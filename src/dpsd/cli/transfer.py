@@ -185,22 +185,24 @@ class ImportSummary:
     """How many records ended each way, and why those skipped or failed did."""
 
     counts: Counter[Outcome] = field(default_factory=Counter)
-    reasons: dict[tuple[Outcome, str], list[str]] = field(default_factory=dict)
+    reasons: Counter[tuple[Outcome, str]] = field(default_factory=Counter)
+    examples: dict[tuple[Outcome, str], list[str]] = field(default_factory=dict)
+    """The first few records of each reason: a million failures keep three ids, not all."""
 
     def add(self, outcome: Outcome, count: int = 1) -> None:
         self.counts[outcome] += count
 
     def add_with_reason(self, outcome: Outcome, reason: str, where: str) -> None:
         self.counts[outcome] += 1
-        examples = self.reasons.setdefault((outcome, reason), [])
-        examples.append(where)
+        self.reasons[outcome, reason] += 1
+        examples = self.examples.setdefault((outcome, reason), [])
+        if len(examples) < EXAMPLES_PER_REASON:
+            examples.append(where)
 
     def reason_counts(self) -> list[tuple[Outcome, str, int, list[str]]]:
         return [
-            (outcome, reason, len(where), where[:EXAMPLES_PER_REASON])
-            for (outcome, reason), where in sorted(
-                self.reasons.items(), key=lambda item: -len(item[1])
-            )
+            (outcome, reason, count, self.examples[outcome, reason])
+            for (outcome, reason), count in sorted(self.reasons.items(), key=lambda i: -i[1])
         ]
 
 
