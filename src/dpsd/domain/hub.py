@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import enum
 import re
 from dataclasses import dataclass
 
@@ -15,10 +17,53 @@ _HOST_NAME = re.compile(
 )
 
 
+class HubAccessRights(enum.Flag):
+    """The rights an IoT hub's shared access policies grant."""
+
+    REGISTRY_READ = enum.auto()
+    REGISTRY_WRITE = enum.auto()
+    SERVICE_CONNECT = enum.auto()
+    DEVICE_CONNECT = enum.auto()
+
+
+HUB_RIGHT_NAMES: dict[HubAccessRights, str] = {
+    HubAccessRights.REGISTRY_READ: "RegistryRead",
+    HubAccessRights.REGISTRY_WRITE: "RegistryWrite",
+    HubAccessRights.SERVICE_CONNECT: "ServiceConnect",
+    HubAccessRights.DEVICE_CONNECT: "DeviceConnect",
+}
+ALL_HUB_RIGHTS = HubAccessRights(sum(right.value for right in HUB_RIGHT_NAMES))
+OWNER_HUB_POLICY = "iothubowner"
+DEFAULT_HUB_POLICIES: dict[str, HubAccessRights] = {
+    OWNER_HUB_POLICY: ALL_HUB_RIGHTS,
+    "service": HubAccessRights.SERVICE_CONNECT,
+    "device": HubAccessRights.DEVICE_CONNECT,
+    "registryRead": HubAccessRights.REGISTRY_READ,
+    "registryReadWrite": HubAccessRights.REGISTRY_READ | HubAccessRights.REGISTRY_WRITE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HubPolicy:
+    """A shared access policy of an IoT hub that dpsd serves itself (keys are base64)."""
+
+    name: str
+    primary_key: str
+    secondary_key: str
+    rights: HubAccessRights
+
+    def signing_keys(self) -> tuple[bytes, bytes]:
+        return base64.b64decode(self.primary_key), base64.b64decode(self.secondary_key)
+
+
 @dataclass(frozen=True, slots=True)
 class LinkedHub:
     """``apply_allocation_policy`` false: the hub takes part only when an enrollment names it.
-    ``location`` is what geoLatency allocation compares with the service's own location."""
+    ``location`` is what geoLatency allocation compares with the service's own location.
+
+    Where devices land: a hub with a ``connection_string`` is an IoT hub elsewhere (Azure)
+    that dpsd writes device identities into; a hub with ``builtin_policies`` is one that
+    dpsd serves itself; a hub with neither only has assignments recorded."""
 
     host_name: str
     etag: str
@@ -26,6 +71,22 @@ class LinkedHub:
     apply_allocation_policy: bool = True
     location: str | None = None
     connection_string: str | None = None
+    builtin_policies: tuple[HubPolicy, ...] = ()
+
+    @property
+    def builtin(self) -> bool:
+        return bool(self.builtin_policies)
+
+    @property
+    def writable(self) -> bool:
+        """Whether dpsd writes the devices assigned here into the hub."""
+        return self.builtin or self.connection_string is not None
+
+    def policy(self, name: str) -> HubPolicy | None:
+        for policy in self.builtin_policies:
+            if policy.name.lower() == name.lower():
+                return policy
+        return None
 
 
 def check_host_name(host_name: str, *, what: str = "IoT hub host name") -> str:
@@ -49,3 +110,21 @@ def connection_string_host(connection_string: str) -> str | None:
         if name.strip().lower() == "hostname":
             return value.strip()
     return None
+
+
+def hub_connection_string(host_name: str, policy: HubPolicy) -> str:
+    return (
+        f"HostName={host_name};SharedAccessKeyName={policy.name};"
+        f"SharedAccessKey={policy.primary_key}"
+    )
+
+
+def connection_string_parts(connection_string: str) -> dict[str, str]:
+    """The ``name=value`` parts of a connection string, names lower-cased (a key's base64
+    may end in ``=``, so only the first ``=`` of a part separates)."""
+    parts: dict[str, str] = {}
+    for part in connection_string.split(";"):
+        name, separator, value = part.partition("=")
+        if separator:
+            parts[name.strip().lower()] = value.strip()
+    return parts

@@ -11,6 +11,7 @@ from dpsd.domain.ca_certificate import CACertificate
 from dpsd.domain.enrollment import IndividualEnrollment
 from dpsd.domain.enrollment_group import EnrollmentGroup
 from dpsd.domain.hub import LinkedHub
+from dpsd.domain.hub_device import DeviceIdentity, HubDevice, TwinContent
 from dpsd.domain.query import Condition
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationOperation
 from dpsd.domain.sas import SharedAccessPolicy
@@ -206,3 +207,74 @@ class CustomAllocator(Protocol):
     (from the domain) when the webhook fails, times out or answers nonsense."""
 
     async def allocate(self, request: CustomAllocationRequest) -> CustomAllocationResult: ...
+
+
+class HubDeviceRepository(Protocol):
+    """The devices of the hubs dpsd serves itself, keyed by hub host name (case-insensitive)
+    and device id (case-sensitive, as IoT Hub's are). Every method is atomic on its own;
+    conditional writes compare ``device_version`` / ``twin_version`` inside the store."""
+
+    async def get(self, hub: str, device_id: str) -> HubDevice | None: ...
+
+    async def add(self, device: HubDevice) -> bool:
+        """Insert; False when the hub has a device with that id already."""
+        ...
+
+    async def replace(self, device: HubDevice, *, expected: HubDevice) -> bool:
+        """Overwrite ``expected`` (as read) with ``device``; False when the stored record
+        is no longer ``expected`` (its versions moved on, or it was deleted)."""
+        ...
+
+    async def delete(self, hub: str, device_id: str) -> bool: ...
+
+    async def list(self, hub: str, *, after: str | None, limit: int) -> list[HubDevice]:
+        """Devices of ``hub`` in device id order, starting after the id ``after``."""
+        ...
+
+    async def delete_hub(self, hub: str) -> None:
+        """Forget every device of ``hub`` (when the hub is unlinked)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class HubConnection:
+    """How dpsd reaches a linked hub's registry: its host name and a policy that may write
+    devices. ``builtin``: a hub dpsd serves itself (reached on dpsd's own listener)."""
+
+    host_name: str
+    policy_name: str
+    key: str
+    builtin: bool = False
+
+
+class HubRegistryError(Exception):
+    """A hub's registry did not do what was asked: ``status`` is the HTTP status it
+    answered (None when it could not be reached or did not answer in time) and
+    ``message`` what it said (its error body), never a key."""
+
+    def __init__(self, status: int | None, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class IotHubRegistry(Protocol):
+    """The service side of an IoT hub's registry (Azure IoT Hub's REST API, which dpsd's
+    built-in hubs serve too). Every method raises HubRegistryError on failure."""
+
+    async def put_device(self, hub: HubConnection, identity: DeviceIdentity) -> None:
+        """Create the device, or update it when it exists (keeping what ``identity`` does
+        not say: its twin, its generation)."""
+        ...
+
+    async def get_twin(self, hub: HubConnection, device_id: str) -> TwinContent | None:
+        """The device's tags and desired properties; None when the hub has no such device."""
+        ...
+
+    async def replace_twin(self, hub: HubConnection, device_id: str, twin: TwinContent) -> None:
+        """Set the twin's tags and desired properties to exactly ``twin``."""
+        ...
+
+    async def delete_device(self, hub: HubConnection, device_id: str) -> None:
+        """Delete the device; a device that is not there counts as deleted."""
+        ...
