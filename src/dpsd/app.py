@@ -70,6 +70,14 @@ class SystemEntropy:
         return os.urandom(count)
 
 
+class ListenerAddress:
+    """Where this process's HTTPS listener is bound (``host:port``), once it is: dpsd
+    writes into the hubs it serves itself through its own listener."""
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Runtime:
     settings: Settings
@@ -85,6 +93,7 @@ class Runtime:
     mqtt: MqttServer
     hubs: HubService
     registration_states: RegistrationStateStore
+    https_address: ListenerAddress
 
     def connection_string(
         self, port: int, hostname: str | None = None, policy_name: str = OWNER_POLICY
@@ -199,6 +208,7 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             mqtt=mqtt,
             hubs=HubService(hubs, entropy),
             registration_states=states,
+            https_address=ListenerAddress(),
         )
     finally:
         if devices is not None:
