@@ -26,6 +26,7 @@ from dpsd.domain.enrollment_group import EnrollmentGroup
 from dpsd.domain.errors import DomainError, InvalidToken, ValidationError
 from dpsd.domain.etag import new_etag
 from dpsd.domain.hub import LinkedHub
+from dpsd.domain.hub_device import DeviceIdentity, TwinContent
 from dpsd.domain.ids import validate_registration_id
 from dpsd.domain.query import ENROLLMENT_GROUP_QUERY_FIELDS, parse_query
 from dpsd.domain.registration import (
@@ -36,6 +37,15 @@ from dpsd.domain.registration import (
 )
 from dpsd.domain.x509_attestation import group_position, individual_matches, read_chain
 from dpsd.service.errors import NotFound, ServiceError
+from dpsd.service.hub_landing import (
+    Landing,
+    choose_move,
+    device_authentication,
+    failure_code,
+    hub_connection,
+    land,
+    twin_content,
+)
 from dpsd.service.ports import (
     CertificateRepository,
     Clock,
@@ -45,12 +55,17 @@ from dpsd.service.ports import (
     EnrollmentGroupRepository,
     EnrollmentRepository,
     Entropy,
+    HubRegistryError,
     HubRepository,
+    IotHubRegistry,
     OperationRepository,
     RegistrationStateStore,
 )
 
 OPERATION_LIFETIME = timedelta(hours=1)
+# How long a register call waits for its operation to finish before answering ``assigning``
+# anyway (the device polls): long enough for a store write and a nearby hub.
+INLINE_COMPLETION_SECONDS = 2.0
 _CLEANUP_EVERY = 200
 _SYMMETRIC_GROUPS = parse_query(
     "SELECT * WHERE attestation.type = 'symmetricKey'", ENROLLMENT_GROUP_QUERY_FIELDS
@@ -100,19 +115,33 @@ class Attested:
     enrollment_group_id: str | None
     enrollment: IndividualEnrollment | None = None
     group_record: EnrollmentGroup | None = None
+    certificate_thumbprint: str | None = None
+    """SHA-256 of the certificate the device presented (X.509 attestation)."""
 
     @classmethod
-    def individual(cls, enrollment: IndividualEnrollment) -> Attested:
+    def individual(
+        cls, enrollment: IndividualEnrollment, certificate_thumbprint: str | None = None
+    ) -> Attested:
         settings = enrollment.settings
         return cls(
-            settings, settings.attestation.type, enrollment.device_id, None, enrollment=enrollment
+            settings,
+            settings.attestation.type,
+            enrollment.device_id,
+            None,
+            enrollment=enrollment,
+            certificate_thumbprint=certificate_thumbprint,
         )
 
     @classmethod
-    def group(cls, group: EnrollmentGroup) -> Attested:
+    def group(cls, group: EnrollmentGroup, certificate_thumbprint: str | None = None) -> Attested:
         settings = group.settings
         return cls(
-            settings, settings.attestation.type, None, group.enrollment_group_id, group_record=group
+            settings,
+            settings.attestation.type,
+            None,
+            group.enrollment_group_id,
+            group_record=group,
+            certificate_thumbprint=certificate_thumbprint,
         )
 
     @property
@@ -133,8 +162,12 @@ class DeviceRegistrationService:
     clock: Clock
     entropy: Entropy
     allocator: CustomAllocator
+    hub_registry: IotHubRegistry | None = None
+    """Where device identities are written; None: assignments are only recorded."""
     service_location: str | None = None
     webhook_timeout: float = 10.0
+    hub_timeout: float = 10.0
+    inline_completion: float = INLINE_COMPLETION_SECONDS
     _registrations: int = 0
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -169,20 +202,26 @@ class DeviceRegistrationService:
             attestation_type=attested.attestation_type.value,
         )
         await self.operations.save(started)
-        if attested.custom:
-            # A slow webhook must not hold the register call: the device polls meanwhile.
-            task = asyncio.create_task(self._complete(started, attested, payload))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-        else:
-            await self._complete(started, attested, payload)
+        # A slow webhook or hub must not hold the register call: the device polls meanwhile.
+        task = asyncio.create_task(self._complete(started, attested, payload))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        if not attested.custom:
+            done, _ = await asyncio.wait({task}, timeout=self.inline_completion)
+            if task in done:
+                task.result()  # a store failure reaches the caller
         await self._clean_up(now)
         return started
 
     async def drain(self) -> None:
-        """Let assignments still talking to webhooks finish (at shutdown)."""
+        """Let assignments still talking to webhooks and hubs finish (at shutdown)."""
         if self._background:
-            await asyncio.wait(self._background, timeout=self.webhook_timeout + 1)
+            await asyncio.wait(self._background, timeout=self._completion_bound + 1)
+
+    @property
+    def _completion_bound(self) -> float:
+        """How long an assignment may take at most: a webhook, then a hub."""
+        return self.webhook_timeout + self.hub_timeout
 
     async def operation(
         self,
@@ -200,7 +239,7 @@ class DeviceRegistrationService:
         found = await self.operations.get(operation_id)
         if found is None or found.registration_id.lower() != registration_id.lower():
             raise OperationNotFound(operation_id)
-        abandoned = found.created + timedelta(seconds=self.webhook_timeout + _GRACE_SECONDS)
+        abandoned = found.created + timedelta(seconds=self._completion_bound + _GRACE_SECONDS)
         if not found.finished and self.clock.now() > abandoned:
             # The process that ran the assignment stopped before it finished.
             return replace(
@@ -253,7 +292,7 @@ class DeviceRegistrationService:
         enrollment = await self.enrollments.get(registration_id)
         if enrollment is not None:
             if individual_matches(enrollment.settings.attestation, chain):
-                return Attested.individual(enrollment)
+                return Attested.individual(enrollment, chain.thumbprints[0])
             raise DeviceUnauthorized("The certificate does not match this device's enrollment")
         verified = {
             record.name.lower(): record.info.sha256_thumbprint.upper()
@@ -267,7 +306,7 @@ class DeviceRegistrationService:
                 best = (position, group)
         if best is None:
             raise DeviceUnauthorized("No enrollment of this service vouches for the certificate")
-        return Attested.group(best[1])
+        return Attested.group(best[1], chain.thumbprints[0])
 
     async def _attest_symmetric_key(
         self, id_scope: str, registration_id: str, authorization: str
@@ -304,6 +343,7 @@ class DeviceRegistrationService:
     ) -> RegistrationOperation:
         now = self.clock.now()
         previous = await self.states.get(operation.registration_id)
+        record = True
         if attested.settings.provisioning_status == ProvisioningStatus.DISABLED:
             state = self._failed_state(
                 operation,
@@ -315,17 +355,18 @@ class DeviceRegistrationService:
             )
         else:
             try:
-                state = await self._assign(operation, attested, previous, now, payload)
+                assignment = await self._assign(operation, attested, previous, now, payload)
+                await self._land(assignment, attested, previous)
+                state = assignment.state
             except AllocationFailed as error:
-                state = self._failed_state(
-                    operation,
-                    previous,
-                    RegistrationStatus.FAILED,
-                    error.error_code,
-                    error.message,
-                    now,
-                )
-        await self.states.put(state)
+                state = self._failed(operation, previous, error.error_code, error.message, now)
+            except HubRegistryError as error:
+                state = self._failed(operation, previous, failure_code(error), error.message, now)
+                # The device stays where it was last assigned: its next registration
+                # tries the hub again, and migrates from there.
+                record = _assigned_hub(previous) is None
+        if record:
+            await self.states.put(state)
         finished = replace(operation, status=state.status, state=state, last_updated=now)
         await self.operations.save(finished)
         return finished
@@ -337,15 +378,12 @@ class DeviceRegistrationService:
         previous: DeviceRegistrationState | None,
         now: datetime,
         payload: Any,
-    ) -> DeviceRegistrationState:
+    ) -> _Assignment:
         settings = attested.settings
         linked = await self.hubs.list()
-        kept = (
-            previous.assigned_hub
-            if previous and previous.status == RegistrationStatus.ASSIGNED
-            else None
-        )
+        kept = _assigned_hub(previous)
         linked_names = {hub.host_name.lower() for hub in linked}
+        twin_override = None
         if (
             kept
             and not settings.reprovision_policy.update_hub_assignment
@@ -359,12 +397,13 @@ class DeviceRegistrationService:
             if policy == AllocationPolicy.CUSTOM:
                 result = await self._ask_webhook(operation, attested, previous, candidates, payload)
                 hub_name, payload = result.iot_hub_host_name, result.payload
+                twin_override = twin_content(result.initial_twin)
             else:
                 hub_name = allocate(
                     policy, candidates, operation.registration_id, self.service_location
                 ).host_name
                 payload = None
-        return DeviceRegistrationState(
+        state = DeviceRegistrationState(
             registration_id=operation.registration_id,
             status=RegistrationStatus.ASSIGNED,
             etag=new_etag(self.entropy.random_bytes(16)),
@@ -377,6 +416,61 @@ class DeviceRegistrationService:
             initial_hub=(previous.initial_hub if previous and previous.initial_hub else hub_name),
             payload=payload if isinstance(payload, dict) else None,
         )
+        return _Assignment(state, {hub.host_name.lower(): hub for hub in linked}, twin_override)
+
+    async def _land(
+        self,
+        assignment: _Assignment,
+        attested: Attested,
+        previous: DeviceRegistrationState | None,
+    ) -> None:
+        """Write the device into its hub, when dpsd can write there."""
+        state = assignment.state
+        assert state.assigned_hub is not None
+        assert state.device_id is not None
+        hub = assignment.linked.get(state.assigned_hub.lower())
+        connection = hub_connection(hub) if hub is not None else None
+        if connection is None or self.hub_registry is None:
+            return
+        before = _assigned_hub(previous)
+        before_id = previous.device_id if previous and previous.device_id else None
+        if before is not None and before_id != state.device_id:
+            # A new device id is a new device: the old one stays where it is.
+            before = None
+        left = None
+        if before is not None and before.lower() != state.assigned_hub.lower():
+            old_hub = assignment.linked.get(before.lower())
+            old_connection = hub_connection(old_hub) if old_hub is not None else None
+            if old_connection is not None and before_id is not None:
+                left = (old_connection, before_id)
+        settings = attested.settings
+        landing = Landing(
+            hub=connection,
+            identity=DeviceIdentity(
+                device_id=state.device_id,
+                authentication=device_authentication(
+                    attested.attestation_type,
+                    settings,
+                    registration_id=state.registration_id,
+                    from_group=attested.group_record is not None,
+                    certificate_thumbprint=attested.certificate_thumbprint,
+                ),
+                iot_edge=settings.capabilities.iot_edge,
+            ),
+            move=choose_move(before, state.assigned_hub, settings),
+            initial_twin=twin_content(settings.initial_twin),
+            twin_override=assignment.twin_override,
+            previous=left,
+        )
+        try:
+            async with asyncio.timeout(self.hub_timeout):
+                await land(self.hub_registry, landing)
+        except TimeoutError:
+            raise HubRegistryError(
+                None,
+                f"IoT hub {connection.host_name!r} did not finish the device's registration "
+                f"within {self.hub_timeout:g} seconds",
+            ) from None
 
     async def _ask_webhook(
         self,
@@ -413,6 +507,18 @@ class DeviceRegistrationService:
             )
         return result
 
+    def _failed(
+        self,
+        operation: RegistrationOperation,
+        previous: DeviceRegistrationState | None,
+        code: int,
+        message: str,
+        now: datetime,
+    ) -> DeviceRegistrationState:
+        return self._failed_state(
+            operation, previous, RegistrationStatus.FAILED, code, message, now
+        )
+
     def _failed_state(
         self,
         operation: RegistrationOperation,
@@ -448,6 +554,22 @@ class DeviceRegistrationService:
             await self.operations.delete_older_than(now - OPERATION_LIFETIME)
 
 
+@dataclass(frozen=True, slots=True)
+class _Assignment:
+    """The hub chosen for a device, the linked hubs by lower-cased host name, and a twin a
+    custom allocation webhook asked for."""
+
+    state: DeviceRegistrationState
+    linked: dict[str, LinkedHub]
+    twin_override: TwinContent | None
+
+
+def _assigned_hub(state: DeviceRegistrationState | None) -> str | None:
+    if state is None or state.status != RegistrationStatus.ASSIGNED:
+        return None
+    return state.assigned_hub
+
+
 def _substatus(
     previous: DeviceRegistrationState | None,
     kept: str | None,
@@ -457,7 +579,7 @@ def _substatus(
     if kept is None or previous is None:
         return AssignedDeviceSubstatus.INITIAL_ASSIGNMENT
     if kept.lower() == hub.lower():
-        return previous.substatus or AssignedDeviceSubstatus.INITIAL_ASSIGNMENT
+        return AssignedDeviceSubstatus.REPROVISIONED_TO_INITIAL_ASSIGNMENT
     if previous.initial_hub and previous.initial_hub.lower() == hub.lower():
         return AssignedDeviceSubstatus.REPROVISIONED_TO_INITIAL_ASSIGNMENT
     if settings.reprovision_policy.migrate_device_data:
