@@ -2,28 +2,34 @@
 
 Static segments match case-insensitively (Node uses both ``/enrollmentGroups`` and
 ``/enrollmentgroups``) and parameters are cut from the raw path before percent-decoding,
-so an id holding ``%2F`` stays one segment.
+so an id holding ``%2F`` stays one segment. A route names the rights its caller needs, in
+the rights of its API (the service API's by default; a built-in IoT hub's for the hub's).
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Generic
 from urllib.parse import unquote
+
+from typing_extensions import TypeVar
 
 from dpsd.domain.sas import AccessRights
 from dpsd.http.errors import MethodNotAllowed, RouteNotFound
 from dpsd.http.exchange import HttpRequest, HttpResponse
 
 Handler = Callable[[HttpRequest, dict[str, str]], Awaitable[HttpResponse]]
+R = TypeVar("R", bound=enum.Flag, default=AccessRights)
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
+class Route(Generic[R]):
     method: str
     template: tuple[str, ...]
     handler: Handler
-    right: AccessRights | Callable[[HttpRequest], AccessRights] | None
+    right: R | Callable[[HttpRequest], R] | None
     """What the caller's policy must grant: fixed, or read off the request."""
     # (position, segment) of each static segment, and (position, name) of each parameter
     _static: tuple[tuple[int, str], ...] = field(init=False, repr=False, compare=False)
@@ -54,12 +60,16 @@ def split_path(raw_path: bytes) -> list[str]:
     return [] if segments == [""] else segments
 
 
-class Router:
+class Router(Generic[R]):
     """Routes are grouped by segment count and first segment, each group in the given order:
-    a path can only match the routes that start with its first segment or a parameter."""
+    a path can only match the routes that start with its first segment or a parameter.
+    ``api``: what a path that matches no route is not part of, for the error message."""
 
-    def __init__(self, routes: list[Route]) -> None:
-        self._param_first: dict[int, list[Route]] = {}
+    def __init__(
+        self, routes: list[Route[R]], api: str = "the Device Provisioning Service API"
+    ) -> None:
+        self._api = api
+        self._param_first: dict[int, list[Route[R]]] = {}
         for route in routes:
             if not route.template or route.template[0].startswith("{"):
                 self._param_first.setdefault(len(route.template), []).append(route)
@@ -75,14 +85,14 @@ class Router:
             if not first.startswith("{")
         }
 
-    def _candidates(self, segments: list[str]) -> list[Route]:
+    def _candidates(self, segments: list[str]) -> list[Route[R]]:
         if segments:
             group = self._groups.get((len(segments), segments[0].lower()))
             if group is not None:
                 return group
         return self._param_first.get(len(segments), [])
 
-    def resolve(self, method: str, raw_path: bytes) -> tuple[Route, dict[str, str]]:
+    def resolve(self, method: str, raw_path: bytes) -> tuple[Route[R], dict[str, str]]:
         """The first route, in the given order, that fits the path and takes the method."""
         segments = split_path(raw_path)
         candidates = self._candidates(segments)
@@ -94,4 +104,4 @@ class Router:
             raise MethodNotAllowed(
                 f"{method} is not allowed here; use {', '.join(allowed)}", allowed
             )
-        raise RouteNotFound("No such resource in the Device Provisioning Service API")
+        raise RouteNotFound(f"No such resource in {self._api}")

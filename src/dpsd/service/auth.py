@@ -1,8 +1,11 @@
-"""Service API authentication: SharedAccessSignature tokens signed with a policy key."""
+"""SharedAccessSignature authentication against shared access policies: the service API's,
+and those of the IoT hubs dpsd serves itself (any policy with a name and two keys)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import enum
+from collections.abc import Callable, Mapping
+from typing import Protocol, TypeVar
 
 from dpsd.domain.errors import InvalidToken
 from dpsd.domain.sas import (
@@ -16,17 +19,31 @@ from dpsd.domain.sas import (
 from dpsd.service.errors import Unauthorized
 
 
+class SigningPolicy(Protocol):
+    """A shared access policy: a name and the two keys that may sign its tokens."""
+
+    @property
+    def name(self) -> str: ...
+
+    def signing_keys(self) -> tuple[bytes, bytes]: ...
+
+
+P = TypeVar("P", bound=SigningPolicy)
+F = TypeVar("F", bound=enum.Flag)
+
+
 def authenticate(
     header: str | None,
-    policies: Mapping[str, SharedAccessPolicy],
+    policies: Mapping[str, P] | Callable[[str], P | None],
     *,
     now: int,
     host: str,
-) -> SharedAccessPolicy:
+) -> P:
     """The policy whose key signed the token in ``header``, or Unauthorized.
 
-    The signature is checked over the token's ``sr`` exactly as sent; the audience, once
-    decoded, must name the host the request was sent to (scheme, port and path aside).
+    ``policies``: by name, or a function finding one by name. The signature is checked
+    over the token's ``sr`` exactly as sent; the audience, once decoded, must name the
+    host the request was sent to (scheme, port and path aside).
     """
     if not header:
         raise Unauthorized("The request needs an Authorization header with a SharedAccessSignature")
@@ -34,7 +51,8 @@ def authenticate(
         token = parse_token(header)
     except InvalidToken as error:
         raise Unauthorized(error.message) from error
-    policy = policies.get(token.key_name or "")
+    find = policies.get if isinstance(policies, Mapping) else policies
+    policy = find(token.key_name or "")
     if policy is None:
         raise Unauthorized("The token names no shared access policy this service knows (skn)")
     if not any(signed_by(token, key) for key in policy.signing_keys()):
@@ -47,10 +65,15 @@ def authenticate(
 
 
 def require(policy: SharedAccessPolicy, rights: AccessRights) -> None:
-    missing = [name for right, name in RIGHT_NAMES.items() if right in rights & ~policy.rights]
+    require_rights(policy.name, policy.rights, rights, RIGHT_NAMES)
+
+
+def require_rights(policy_name: str, granted: F, needed: F, names: Mapping[F, str]) -> None:
+    """Unauthorized naming every right in ``needed`` that ``granted`` lacks."""
+    missing = [name for right, name in names.items() if right in needed & ~granted]
     if missing:
         raise Unauthorized(
-            f"The shared access policy {policy.name!r} lacks the {' and '.join(missing)} right"
+            f"The shared access policy {policy_name!r} lacks the {' and '.join(missing)} right"
         )
 
 
