@@ -11,6 +11,7 @@ from dpsd.domain.ca_certificate import CACertificate
 from dpsd.domain.enrollment import EnrollmentSettings, IndividualEnrollment
 from dpsd.domain.enrollment_group import EnrollmentGroup
 from dpsd.domain.hub import LinkedHub
+from dpsd.domain.hub_device import HubDevice
 from dpsd.domain.ids import id_key
 from dpsd.domain.query import BooleanOp, Comparison, Condition, Not
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationOperation
@@ -211,3 +212,49 @@ class InMemoryRegistrationStateRepository(InMemoryDocumentRepository[DeviceRegis
             )
 
         return self._select(belongs, after, limit)
+
+
+class InMemoryHubDeviceRepository:
+    """Devices of built-in hubs, keyed by (lower-cased hub host name, exact device id)."""
+
+    def __init__(self) -> None:
+        self._devices: dict[tuple[str, str], HubDevice] = {}
+
+    async def get(self, hub: str, device_id: str) -> HubDevice | None:
+        return self._devices.get((id_key(hub), device_id))
+
+    async def add(self, device: HubDevice) -> bool:
+        key = (id_key(device.hub), device.device_id)
+        if key in self._devices:
+            return False
+        self._devices[key] = device
+        return True
+
+    async def replace(self, device: HubDevice, *, expected: HubDevice) -> bool:
+        key = (id_key(expected.hub), expected.device_id)
+        current = self._devices.get(key)
+        if current is None or _versions(current) != _versions(expected):
+            return False
+        self._devices[key] = device
+        return True
+
+    async def delete(self, hub: str, device_id: str) -> bool:
+        return self._devices.pop((id_key(hub), device_id), None) is not None
+
+    async def list(self, hub: str, *, after: str | None, limit: int) -> list[HubDevice]:
+        hub_key = id_key(hub)
+        ids = sorted(
+            device_id
+            for key, device_id in self._devices
+            if key == hub_key and (after is None or device_id > after)
+        )
+        return [self._devices[(hub_key, device_id)] for device_id in ids[:limit]]
+
+    async def delete_hub(self, hub: str) -> None:
+        hub_key = id_key(hub)
+        for key in [key for key in self._devices if key[0] == hub_key]:
+            del self._devices[key]
+
+
+def _versions(device: HubDevice) -> tuple[int, int]:
+    return device.device_version, device.twin_version
