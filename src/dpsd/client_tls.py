@@ -7,19 +7,31 @@ enrollments' client and signing certificates, verified CA certificates): a chain
 anywhere else is refused in the handshake. The protocol below then hands the verified chain
 to the application as the ASGI TLS extension (``scope["extensions"]["tls"]``), where the
 use cases decide which enrollment, if any, it proves.
+
+A client that asks for the name of a built-in IoT hub (SNI) is served that hub's
+certificate instead (``HubCertificates``), from the data dir as ``dpsd hub add --builtin``
+or the server left it there, without client certificates.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import ssl
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from dpsd.tls import TlsFiles
+from dpsd.tls import HubCertificateFiles, TlsFiles, hub_certificate_files
+
+MISS_SECONDS = 2.0
+MAX_MISSES = 1024
+logger = logging.getLogger("dpsd.tls")
 
 
 class ClientCertificateTrust:
@@ -29,8 +41,24 @@ class ClientCertificateTrust:
         context.load_cert_chain(str(tls.server_certificate), str(tls.server_key))
         context.verify_mode = ssl.CERT_OPTIONAL
         context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        self.hub_certificates = HubCertificates(tls)
+        context.sni_callback = self._on_server_name
         self.context = context
         self._known: set[str] = set()
+
+    def _on_server_name(
+        self, connection: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext
+    ) -> None:
+        """Switch the handshake to a built-in hub's certificate when the client asks for
+        that hub's name; otherwise (and on any failure) keep the default context."""
+        if server_name is None:
+            return
+        try:
+            hub_context = self.hub_certificates.context_for(server_name)
+            if hub_context is not None:
+                connection.context = hub_context
+        except Exception as error:  # noqa: BLE001  a handshake must not fail for this
+            self.hub_certificates.report(server_name, error)
 
     def trust(self, certificates: Iterable[str]) -> None:
         """Accept chains ending at these PEM certificates from the next handshake on."""
@@ -38,6 +66,83 @@ class ClientCertificateTrust:
             if pem not in self._known:
                 self.context.load_verify_locations(cadata=pem)
                 self._known.add(pem)
+
+
+@dataclass(frozen=True, slots=True)
+class _Loaded:
+    stamp: tuple[int, ...]
+    context: ssl.SSLContext
+
+
+class HubCertificates:
+    """Server contexts for the built-in hubs' certificates in the data dir, looked up by the
+    name a client asks for: loaded on first use and again when the files change; a name
+    without files is looked up again after MISS_SECONDS. Nothing here raises."""
+
+    def __init__(self, tls: TlsFiles, clock: Callable[[], float] = time.monotonic) -> None:
+        self._tls = tls
+        self._clock = clock
+        self._loaded: dict[str, _Loaded] = {}
+        self._missed: dict[str, float] = {}
+        self._reported: set[str] = set()
+
+    def context_for(self, server_name: str) -> ssl.SSLContext | None:
+        name = server_name.lower().rstrip(".")
+        now = self._clock()
+        missed = self._missed.get(name)
+        if missed is not None and now - missed < MISS_SECONDS:
+            return None
+        files = hub_certificate_files(self._tls, name)
+        try:
+            stamp = _stamp(files)
+        except OSError:
+            self._miss(name, now)
+            return None
+        loaded = self._loaded.get(name)
+        if loaded is not None and loaded.stamp == stamp:
+            return loaded.context
+        try:
+            context = _hub_context(files)
+        except (OSError, ssl.SSLError, ValueError) as error:
+            self.report(name, error)
+            self._miss(name, now)
+            return None
+        self._loaded[name] = _Loaded(stamp, context)
+        self._missed.pop(name, None)
+        self._reported.discard(name)
+        return context
+
+    def report(self, server_name: str, error: Exception) -> None:
+        """Log a name's failure once (until it works again): files and error, no key."""
+        if server_name in self._reported or len(self._reported) >= MAX_MISSES:
+            return
+        self._reported.add(server_name)
+        logger.warning(
+            "cannot serve the certificate of %r, serving the default one: %s: %s",
+            server_name,
+            type(error).__name__,
+            error,
+        )
+
+    def _miss(self, name: str, now: float) -> None:
+        if len(self._missed) >= MAX_MISSES:
+            self._missed.clear()  # names clients made up: forget them rather than grow
+        self._missed[name] = now
+        self._loaded.pop(name, None)
+
+
+def _stamp(files: HubCertificateFiles) -> tuple[int, ...]:
+    """Changes whenever either file is written or replaced."""
+    stats = [os.stat(files.certificate), os.stat(files.key)]
+    return tuple(value for stat in stats for value in (stat.st_ino, stat.st_mtime_ns))
+
+
+def _hub_context(files: HubCertificateFiles) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.verify_mode = ssl.CERT_NONE
+    context.load_cert_chain(str(files.certificate), str(files.key))
+    return context
 
 
 def _tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:

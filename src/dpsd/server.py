@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import uvicorn
 
 from dpsd.app import Runtime
 from dpsd.client_tls import ClientCertificateProtocol, ClientCertificateWebSocketProtocol
+from dpsd.tls import ensure_hub_certificates
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
 TRUST_REFRESH_SECONDS = 30
@@ -128,6 +130,8 @@ async def _serve_on(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _stop, listeners)
     try:
+        runtime.https_address.value = client_address(sockets[0])
+        await _ensure_hub_certificates(runtime)
         endpoints = _endpoints(runtime, sockets, mqtt_socket)
         _record_endpoints(settings.data_dir, endpoints)
         on_ready(endpoints)
@@ -151,13 +155,35 @@ async def _serve_on(
 
 
 async def _refresh_trust(runtime: Runtime) -> None:
-    """Other dpsd processes on the same store enroll certificates too: pick them up."""
+    """Other dpsd processes on the same store enroll certificates and link built-in hubs
+    too: pick them up."""
     while True:
         await asyncio.sleep(TRUST_REFRESH_SECONDS)
         try:
             await runtime.refresh_trust()
         except Exception:
             logger.exception("reloading the certificates that vouch for devices failed")
+        await _ensure_hub_certificates(runtime)
+
+
+async def _ensure_hub_certificates(runtime: Runtime) -> None:
+    """A certificate in this data dir for every built-in hub of the store."""
+    try:
+        hubs = await runtime.hubs.list()
+        await ensure_hub_certificates(runtime.tls, hubs, runtime.now())
+    except Exception:
+        logger.exception("issuing the certificates of the built-in IoT hubs failed")
+
+
+def client_address(listener: socket.socket) -> str:
+    """``host:port`` at which a client on this machine reaches ``listener``: a wildcard
+    address becomes the loopback address of its family; IPv6 goes in brackets."""
+    host, port = listener.getsockname()[:2]
+    address = ipaddress.ip_address(host)
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    shown = f"[{address}]" if address.version == 6 else str(address)
+    return f"{shown}:{port}"
 
 
 def _listener(runtime: Runtime, *, tls: bool) -> _Server:

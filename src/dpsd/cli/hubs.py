@@ -1,12 +1,14 @@
 """``dpsd hub``: the IoT hubs devices can be assigned to.
 
 Like ``dpsd certificate``, these work on the store directly; running servers see changes
-at the next registration.
+at the next registration. ``add --builtin`` also leaves the hub's TLS certificate in the
+data dir, where a server on that data dir finds it at the next handshake.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -15,46 +17,73 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from dpsd.app import build_runtime
+from dpsd.app import Runtime, build_runtime
 from dpsd.cli.options import Database, DataDir, make_settings
 from dpsd.domain.errors import DomainError
-from dpsd.domain.hub import LinkedHub
+from dpsd.domain.hub import OWNER_HUB_POLICY, LinkedHub
 from dpsd.service.errors import ServiceError
-from dpsd.service.hubs import HubService
+from dpsd.tls import (
+    HubCertificateFiles,
+    certificate_host,
+    ensure_hub_certificate,
+    remove_hub_certificate,
+)
 
 T = TypeVar("T")
 
 hub_app = typer.Typer(help="Link IoT hubs that devices are assigned to.", no_args_is_help=True)
 
-HostName = Annotated[str, typer.Argument(help="The IoT hub's host name, e.g. hub1.example.net.")]
+HostName = Annotated[
+    str,
+    typer.Argument(help="The IoT hub's host name, e.g. hub1.example.net (or host:port)."),
+]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 def _run(
-    data_dir: Path | None, database: str | None, action: Callable[[HubService], Awaitable[T]]
+    data_dir: Path | None, database: str | None, action: Callable[[Runtime], Awaitable[T]]
 ) -> T:
     settings = make_settings(data_dir, database)
 
     async def go() -> T:
         async with build_runtime(settings) as runtime:
-            return await action(runtime.hubs)
+            return await action(runtime)
 
     try:
         return asyncio.run(go())
     except (DomainError, ServiceError) as error:
-        Console(stderr=True, highlight=False).print(f"[red]error:[/red] {error.message}")
+        _error(error.message)
         raise typer.Exit(code=1) from None
 
 
+def _error(message: str, *, label: str = "error") -> None:
+    """One line on stderr; the message is shown as it is (no markup: it quotes input)."""
+    Console(stderr=True, highlight=False, soft_wrap=True).print(
+        Text.assemble((f"{label}:", "red"), " ", message)
+    )
+
+
+def _devices(hub: LinkedHub) -> str:
+    """What dpsd does with the devices assigned to the hub."""
+    if hub.builtin:
+        return "built-in"
+    if hub.connection_string is not None:
+        return "written (connection string)"
+    return "recorded only"
+
+
 def _as_dict(hub: LinkedHub) -> dict[str, object]:
-    """The connection string holds a key: it is never printed, only whether there is one."""
+    """Connection strings and policy keys are never printed, only whether there are any."""
     return {
         "hostName": hub.host_name,
         "allocationWeight": hub.allocation_weight,
         "applyAllocationPolicy": hub.apply_allocation_policy,
         "location": hub.location,
         "hasConnectionString": hub.connection_string is not None,
+        "builtin": hub.builtin,
+        "writesDevices": hub.writable,
     }
 
 
@@ -62,8 +91,20 @@ def _as_dict(hub: LinkedHub) -> dict[str, object]:
 def add_command(
     host_name: HostName,
     connection_string: Annotated[
-        str | None, typer.Option("--connection-string", help="The hub's owner connection string.")
+        str | None,
+        typer.Option(
+            "--connection-string",
+            help="The hub's owner connection string: dpsd writes assigned devices into it.",
+        ),
     ] = None,
+    builtin: Annotated[
+        bool,
+        typer.Option(
+            "--builtin",
+            help="A hub that dpsd serves itself on its HTTPS port (IoT Hub's registry API), "
+            "with its own keys and a TLS certificate for its name.",
+        ),
+    ] = False,
     weight: Annotated[int, typer.Option("--weight", help="Allocation weight, 1 to 1000.")] = 1,
     apply_allocation_policy: Annotated[
         bool,
@@ -79,49 +120,112 @@ def add_command(
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
-    """Link an IoT hub."""
-    hub = _run(
-        data_dir,
-        database,
-        lambda service: service.link(
+    """Link an IoT hub. Without --connection-string or --builtin, devices assigned to it
+    are only recorded."""
+
+    async def link(runtime: Runtime) -> tuple[LinkedHub, HubCertificateFiles | str | None]:
+        hub = await runtime.hubs.link(
             host_name,
             connection_string=connection_string,
             weight=weight,
             apply_allocation_policy=apply_allocation_policy,
             location=location,
-        ),
-    )
+            builtin=builtin,
+        )
+        if not hub.builtin:
+            return hub, None
+        try:
+            return hub, ensure_hub_certificate(runtime.tls, hub.host_name, runtime.now())
+        except (OSError, ValueError) as error:
+            return hub, str(error)
+
+    hub, certificate = _run(data_dir, database, link)
+    if isinstance(certificate, str):
+        _error(
+            f"the TLS certificate of {hub.host_name} could not be made ({certificate}); "
+            "dpsd serve tries again when it starts",
+            label="warning",
+        )
     if as_json:
         typer.echo(json.dumps(_as_dict(hub)))
-    else:
-        typer.echo(f"linked {hub.host_name}")
+        return
+    typer.echo(f"linked {hub.host_name}" + (" (built-in)" if hub.builtin else ""))
+    if isinstance(certificate, HubCertificateFiles):
+        typer.echo(f"  TLS certificate    {certificate.certificate}")
+        typer.echo(f"  connection string  dpsd hub connection-string {hub.host_name}")
+        if _is_address(certificate.host):
+            typer.echo(
+                f"  clients name no server when they connect to an address: serve with "
+                f"--tls-name {certificate.host} so that dpsd's own certificate covers it"
+            )
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 @hub_app.command("list")
 def list_command(
     as_json: AsJson = False, data_dir: DataDir = None, database: Database = None
 ) -> None:
-    """List the linked IoT hubs."""
-    hubs = _run(data_dir, database, lambda service: service.list())
+    """List the linked IoT hubs. "devices" says what dpsd does with the devices assigned
+    to each: keeps them in a hub it serves (built-in), writes them into the hub (written),
+    or only records the assignment."""
+    hubs = _run(data_dir, database, lambda runtime: runtime.hubs.list())
     if as_json:
         typer.echo(json.dumps([_as_dict(hub) for hub in hubs], indent=2))
         return
-    table = Table("host name", "weight", "applies policy", "location", "connection string")
+    table = Table("host name", "weight", "applies policy", "location", "devices")
     for hub in hubs:
         table.add_row(
             hub.host_name,
             str(hub.allocation_weight),
             "yes" if hub.apply_allocation_policy else "no",
             hub.location or "-",
-            "set" if hub.connection_string else "-",
+            _devices(hub),
         )
     Console().print(table)
+
+
+@hub_app.command("connection-string")
+def connection_string_command(
+    host_name: HostName,
+    policy: Annotated[
+        str,
+        typer.Option(
+            "--policy",
+            help="The shared access policy: iothubowner, service, device, registryRead "
+            "or registryReadWrite.",
+        ),
+    ] = OWNER_HUB_POLICY,
+    data_dir: DataDir = None,
+    database: Database = None,
+) -> None:
+    """Print a built-in hub's connection string (it holds the policy's key), and nothing
+    else, for the IoT Hub service SDKs."""
+    text = _run(
+        data_dir, database, lambda runtime: runtime.hubs.connection_string(host_name, policy)
+    )
+    typer.echo(text)
 
 
 @hub_app.command("remove")
 def remove_command(
     host_name: HostName, data_dir: DataDir = None, database: Database = None
 ) -> None:
-    """Unlink an IoT hub (devices assigned to it stay recorded there)."""
-    _run(data_dir, database, lambda service: service.unlink(host_name))
+    """Unlink an IoT hub. Assignments to it stay recorded; a built-in hub's devices and
+    keys are gone."""
+
+    async def unlink(runtime: Runtime) -> None:
+        await runtime.hubs.unlink(host_name)
+        host = certificate_host(host_name)
+        hubs = await runtime.hubs.list()
+        if not any(hub.builtin and certificate_host(hub.host_name) == host for hub in hubs):
+            remove_hub_certificate(runtime.tls, host_name)
+
+    _run(data_dir, database, unlink)
     typer.echo(f"removed {host_name}")
