@@ -95,3 +95,17 @@ registration_operations = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("document", sa.Text, nullable=False),
 )
+
+# Device ids are case-sensitive and ordered byte by byte (they are ASCII): PostgreSQL's
+# default collation may order by locale, so the column is collated "C" there.
+_DEVICE_ID = sa.String(128).with_variant(sa.String(128, collation="C"), "postgresql")
+
+hub_devices = sa.Table(
+    "hub_devices",
+    metadata,
+    sa.Column("hub_key", sa.String(260), primary_key=True),
+    sa.Column("device_id", _DEVICE_ID, primary_key=True),
+    sa.Column("device_version", sa.BigInteger, nullable=False),
+    sa.Column("twin_version", sa.BigInteger, nullable=False),
+    sa.Column("document", sa.Text, nullable=False),
+)
