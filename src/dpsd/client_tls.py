@@ -22,8 +22,10 @@ import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from cryptography import x509
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
@@ -42,6 +44,7 @@ class ClientCertificateTrust:
         context.verify_mode = ssl.CERT_OPTIONAL
         context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         self.hub_certificates = HubCertificates(tls)
+        self._default_names = _dns_names(tls.server_certificate)
         context.sni_callback = self._on_server_name
         self.context = context
         self._known: set[str] = set()
@@ -50,8 +53,10 @@ class ClientCertificateTrust:
         self, connection: ssl.SSLObject, server_name: str | None, _context: ssl.SSLContext
     ) -> None:
         """Switch the handshake to a built-in hub's certificate when the client asks for
-        that hub's name; otherwise (and on any failure) keep the default context."""
-        if server_name is None:
+        that hub's name; otherwise (and on any failure) keep the default context. A name
+        the default certificate covers keeps it even when a built-in hub has that name
+        (``localhost:8443``): its handshakes check devices' certificates."""
+        if server_name is None or server_name.lower().rstrip(".") in self._default_names:
             return
         try:
             hub_context = self.hub_certificates.context_for(server_name)
@@ -129,6 +134,15 @@ class HubCertificates:
             self._missed.clear()  # names clients made up: forget them rather than grow
         self._missed[name] = now
         self._loaded.pop(name, None)
+
+
+def _dns_names(certificate: Path) -> frozenset[str]:
+    loaded = x509.load_pem_x509_certificate(certificate.read_bytes())
+    try:
+        names = loaded.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return frozenset()
+    return frozenset(name.lower() for name in names.get_values_for_type(x509.DNSName))
 
 
 def _stamp(files: HubCertificateFiles) -> tuple[int, ...]:

@@ -31,7 +31,7 @@ from dpsd.tls import (
     hub_certificate_files,
     remove_hub_certificate,
 )
-from tests.certs import issue
+from tests.certs import Issued, issue
 
 NOW = datetime.now(UTC)
 HUB = "hub1.example.net"
@@ -301,34 +301,34 @@ async def test_an_unknown_name_gets_the_default_certificate(
     assert seen.server_certificate == load(tls.server_certificate)
 
 
+def write_identity(issued: Issued, folder: Path) -> tuple[Path, Path]:
+    certificate, key = folder / "device.pem", folder / "device-key.pem"
+    certificate.write_text(issued.pem)
+    key.write_bytes(
+        issued.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return certificate, key
+
+
+@pytest.mark.parametrize("hub", [HUB, "localhost:9443"])
 async def test_devices_still_present_client_certificates(
-    tls: TlsFiles, listener: Listener, tmp_path: Path
+    tls: TlsFiles, listener: Listener, tmp_path: Path, hub: str
 ) -> None:
-    ensure_hub_certificate(tls, HUB, NOW)
+    """Also when a built-in hub has a name of the default certificate (``localhost``):
+    that name keeps the default context, which checks devices' certificates."""
+    ensure_hub_certificate(tls, hub, NOW)
     device = issue("device-1")
     listener.trust.trust([device.pem])
-    certificate, key = tmp_path / "device.pem", tmp_path / "device-key.pem"
-    certificate.write_text(device.pem)
-    key.write_bytes(
-        device.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    seen = await handshake(listener, client_context(tls, (certificate, key)), "localhost")
+    identity = write_identity(device, tmp_path)
+    seen = await handshake(listener, client_context(tls, identity), "localhost")
     assert seen.client_certificate_seen
     assert seen.server_certificate == load(tls.server_certificate)
-    stranger = issue("stranger")
-    certificate.write_text(stranger.pem)
-    key.write_bytes(
-        stranger.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    assert await refused(listener, client_context(tls, (certificate, key)), "localhost")
+    stranger = write_identity(issue("stranger"), tmp_path)
+    assert await refused(listener, client_context(tls, stranger), "localhost")
 
 
 class FakeClock:
@@ -399,7 +399,10 @@ async def test_the_name_callback_never_fails_a_handshake(
             raise RuntimeError("boom")
 
     listener.trust.hub_certificates = Failing(tls)
+    ensure_hub_certificate(tls, HUB, NOW)
+    context = client_context(tls)
+    context.check_hostname = False
     with caplog.at_level(logging.WARNING, logger="dpsd.tls"):
-        seen = await handshake(listener, client_context(tls), "localhost")
+        seen = await handshake(listener, context, HUB)
     assert seen.server_certificate == load(tls.server_certificate)
     assert "RuntimeError: boom" in caplog.text

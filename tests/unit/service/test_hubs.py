@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import pytest
 
@@ -14,8 +15,14 @@ from dpsd.domain.hub import (
     OWNER_HUB_POLICY,
     connection_string_parts,
 )
+from dpsd.domain.hub_device import (
+    DeviceIdentity,
+    HubAuthentication,
+    HubAuthenticationType,
+    HubDevice,
+)
 from dpsd.service.hubs import HubAlreadyLinked, HubNotFound, HubService
-from dpsd.storage.memory import InMemoryHubRepository
+from dpsd.storage.memory import InMemoryHubDeviceRepository, InMemoryHubRepository
 
 AZURE_HUB = "HostName=az.example.net;SharedAccessKeyName=iothubowner;SharedAccessKey=a2V5"
 
@@ -31,18 +38,17 @@ class FakeEntropy:
         return hashlib.shake_256(self.count.to_bytes(8, "big")).digest(count)
 
 
-@dataclass
-class RecordingHubDevices:
-    """Stands in for the hub device repository: only ``delete_hub`` is used here."""
-
-    deleted_hubs: list[str] = field(default_factory=list)
-
-    async def delete_hub(self, hub: str) -> None:
-        self.deleted_hubs.append(hub)
+def make_service(devices: InMemoryHubDeviceRepository | None = None) -> HubService:
+    return HubService(InMemoryHubRepository(), FakeEntropy(), devices)
 
 
-def make_service(devices: RecordingHubDevices | None = None) -> HubService:
-    return HubService(InMemoryHubRepository(), FakeEntropy(), devices)  # type: ignore[arg-type]
+def hub_device(hub: str, device_id: str) -> HubDevice:
+    identity = DeviceIdentity(device_id, HubAuthentication(HubAuthenticationType.NONE))
+    return HubDevice(hub, identity, "1", 1, 1, datetime(2026, 1, 1, tzinfo=UTC))
+
+
+async def device_ids(devices: InMemoryHubDeviceRepository, hub: str) -> list[str]:
+    return [device.device_id for device in await devices.list(hub, after=None, limit=10)]
 
 
 async def test_a_built_in_hub_gets_the_default_policies_with_fresh_keys() -> None:
@@ -147,23 +153,28 @@ async def test_connection_string_of_a_hub_not_linked() -> None:
 
 
 async def test_unlinking_forgets_the_hub_devices() -> None:
-    devices = RecordingHubDevices()
+    devices = InMemoryHubDeviceRepository()
     service = make_service(devices)
-    await service.link("hub1.example.net", builtin=True)
+    for host_name in ("hub1.example.net", "hub2.example.net"):
+        await service.link(host_name, builtin=True)
+        for device_id in ("dev-1", "dev-2"):
+            assert await devices.add(hub_device(host_name, device_id))
     await service.unlink("HUB1.example.net")
-    assert await service.list() == []
-    assert devices.deleted_hubs == ["HUB1.example.net"]
+    assert [hub.host_name for hub in await service.list()] == ["hub2.example.net"]
+    assert await device_ids(devices, "hub1.example.net") == []
+    assert await device_ids(devices, "hub2.example.net") == ["dev-1", "dev-2"]
 
 
 async def test_unlinking_a_hub_not_linked_forgets_nothing() -> None:
-    devices = RecordingHubDevices()
+    devices = InMemoryHubDeviceRepository()
+    assert await devices.add(hub_device("hub1.example.net", "dev-1"))
     with pytest.raises(HubNotFound):
-        await make_service(devices).unlink("nothere")
-    assert devices.deleted_hubs == []
+        await make_service(devices).unlink("hub1.example.net")
+    assert await device_ids(devices, "hub1.example.net") == ["dev-1"]
 
 
 async def test_unlinking_works_without_hub_devices() -> None:
-    service = HubService(InMemoryHubRepository(), FakeEntropy())
+    service = make_service()
     await service.link("hub1.example.net", builtin=True)
     await service.unlink("hub1.example.net")
     assert await service.list() == []
