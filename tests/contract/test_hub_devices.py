@@ -3,6 +3,7 @@ SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -121,6 +122,30 @@ async def test_of_two_writers_that_read_alike_only_the_first_writes(store: Store
     assert await store.devices.replace(ones, expected=read_by_one)
     assert not await store.devices.replace(others, expected=read_by_other)
     assert await store.devices.get("Hub.Example", "dev-1") == ones
+
+
+async def test_of_concurrent_replaces_over_one_read_exactly_one_wins(store: Store) -> None:
+    read = hub_device()
+    await store.devices.add(read)
+    writes = [patch_twin(read, TwinContent(tags={"writer": n}), now=MOMENT) for n in range(4)]
+    won = await asyncio.gather(*(store.devices.replace(w, expected=read) for w in writes))
+    assert sorted(won) == [False, False, False, True]
+    assert await store.devices.get("Hub.Example", "dev-1") == writes[won.index(True)]
+
+
+async def test_device_ids_are_ordered_by_bytes_whatever_the_database_collation(
+    store: Store,
+) -> None:
+    if store.engine is None or store.engine.dialect.name != "postgresql":
+        pytest.skip("only PostgreSQL orders text by a collation of its own")
+    async with store.engine.connect() as connection:
+        collation = await connection.scalar(
+            sa.text(
+                "SELECT collation_name FROM information_schema.columns "
+                "WHERE table_name = 'hub_devices' AND column_name = 'device_id'"
+            )
+        )
+    assert collation == "C"
 
 
 async def test_a_replace_after_a_delete_writes_nothing(store: Store) -> None:
