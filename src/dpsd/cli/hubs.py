@@ -120,8 +120,11 @@ def add_command(
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
-    """Link an IoT hub. Without --connection-string or --builtin, devices assigned to it
-    are only recorded."""
+    """Link an IoT hub.
+
+    With --builtin dpsd serves the hub itself; with --connection-string it writes assigned
+    devices into the hub; with neither it only records the assignments.
+    """
 
     async def link(runtime: Runtime) -> tuple[LinkedHub, HubCertificateFiles | str | None]:
         hub = await runtime.hubs.link(
@@ -172,9 +175,11 @@ def _is_address(host: str) -> bool:
 def list_command(
     as_json: AsJson = False, data_dir: DataDir = None, database: Database = None
 ) -> None:
-    """List the linked IoT hubs. "devices" says what dpsd does with the devices assigned
-    to each: keeps them in a hub it serves (built-in), writes them into the hub (written),
-    or only records the assignment."""
+    """List the linked IoT hubs and what dpsd does with their devices.
+
+    "devices": built-in (dpsd serves the hub and keeps its devices), written (into the hub
+    the connection string names) or recorded only (the assignment alone).
+    """
     hubs = _run(data_dir, database, lambda runtime: runtime.hubs.list())
     if as_json:
         typer.echo(json.dumps([_as_dict(hub) for hub in hubs], indent=2))
@@ -205,8 +210,10 @@ def connection_string_command(
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
-    """Print a built-in hub's connection string (it holds the policy's key), and nothing
-    else, for the IoT Hub service SDKs."""
+    """Print a built-in hub's connection string, and nothing else.
+
+    It holds the policy's key: for the IoT Hub service SDKs.
+    """
     text = _run(
         data_dir, database, lambda runtime: runtime.hubs.connection_string(host_name, policy)
     )
@@ -217,8 +224,11 @@ def connection_string_command(
 def remove_command(
     host_name: HostName, data_dir: DataDir = None, database: Database = None
 ) -> None:
-    """Unlink an IoT hub. Assignments to it stay recorded; a built-in hub's devices and
-    keys are gone."""
+    """Unlink an IoT hub.
+
+    Devices assigned to it stay recorded there; a built-in hub's devices, keys and
+    certificate are gone.
+    """
 
     async def unlink(runtime: Runtime) -> None:
         await runtime.hubs.unlink(host_name)
