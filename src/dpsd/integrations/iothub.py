@@ -1,0 +1,202 @@
+"""Writing device identities and twins into an IoT hub's registry over its service REST
+API, as Azure DPS does: an Azure IoT hub, or a hub dpsd serves itself.
+
+Each request carries a SharedAccessSignature of the hub's policy, made as the Python
+service client makes it (``sr`` the URL-encoded host name from the connection, an hour of
+validity). A built-in hub is reached on dpsd's own HTTPS listener: the request goes to
+the listener's address with the hub's name in the Host header and in TLS SNI, so that
+the listener serves it as that hub and the certificate is checked against that name. Who
+builds the httpx client decides which certificates it trusts.
+
+Failures become HubRegistryError with the hub's status and its error body (cut to
+about a kilobyte, with every key and signature this client knows of blotted out).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Callable, Iterable
+from urllib.parse import quote, quote_plus
+
+import httpx
+import msgspec
+
+from dpsd.domain.hub_device import DeviceIdentity, TwinContent
+from dpsd.domain.sas import SCHEME, sign
+from dpsd.hub_wire import (
+    API_VERSION,
+    TwinBodyWire,
+    identity_to_wire,
+    twin_content_from_wire,
+    twin_content_to_wire,
+)
+from dpsd.service.ports import HubConnection, HubRegistryError
+
+TOKEN_SECONDS = 3600
+MAX_MESSAGE_CHARS = 1024
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
+WILDCARD_IF_MATCH = '"*"'
+_HIDDEN = "[hidden]"
+_encoder = msgspec.json.Encoder()
+
+
+def _host_name(host: str) -> str:
+    """``hub.example:8443`` without its port."""
+    return host.rsplit(":", 1)[0] if ":" in host else host
+
+
+def _device_path(prefix: str, device_id: str) -> str:
+    return f"/{prefix}/{quote(device_id, safe='')}"
+
+
+class _Call:
+    """One request to a hub's registry and what must never show in an error about it."""
+
+    def __init__(self, hub: HubConnection, now: float, secrets: Iterable[str | None]) -> None:
+        self.hub = hub
+        self.secrets = [secret for secret in (hub.key, *secrets) if secret]
+        self.authorization = self._token(int(now) + TOKEN_SECONDS)
+
+    def _token(self, expiry: int) -> str:
+        try:
+            key = base64.b64decode(self.hub.key, validate=True)
+        except (binascii.Error, ValueError):
+            raise HubRegistryError(
+                None, f"the key of policy {self.hub.policy_name!r} is not base64"
+            ) from None
+        resource = quote_plus(self.hub.host_name)
+        signature = base64.b64encode(sign(resource, expiry, key)).decode("ascii")
+        self.secrets.append(signature)
+        return (
+            f"{SCHEME} sr={resource}&sig={quote(signature, safe='')}"
+            f"&se={expiry}&skn={quote(self.hub.policy_name, safe='')}"
+        )
+
+    def error(self, status: int | None, text: str) -> HubRegistryError:
+        for secret in self.secrets:
+            text = text.replace(secret, _HIDDEN).replace(quote(secret, safe=""), _HIDDEN)
+        return HubRegistryError(status, text[:MAX_MESSAGE_CHARS])
+
+    def refused(self, response: httpx.Response) -> HubRegistryError:
+        text = (
+            response.text.strip() or f"IoT hub {self.hub.host_name} answered {response.status_code}"
+        )
+        return self.error(response.status_code, text)
+
+
+class IotHubRestRegistry:
+    """The IotHubRegistry port on IoT Hub's REST API (api-version 2021-04-12).
+
+    ``own_address``: where dpsd's HTTPS listener is bound (``127.0.0.1:8443``), None while
+    it is not; ``timeout``: seconds per request."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        own_address: Callable[[], str | None],
+        timeout: float = 10.0,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._own_address = own_address
+        self._timeout = timeout
+        self._clock = clock
+
+    async def put_device(self, hub: HubConnection, identity: DeviceIdentity) -> None:
+        keys = identity.authentication.symmetric_key
+        call = self._call(hub, () if keys is None else (keys.primary_key, keys.secondary_key))
+        path = _device_path("devices", identity.device_id)
+        body = _encoder.encode(identity_to_wire(identity))
+        response = await self._send(call, "PUT", path, body)
+        if response.status_code == 409:
+            response = await self._send(call, "PUT", path, body, if_match=WILDCARD_IF_MATCH)
+        if response.status_code not in (200, 201):
+            raise call.refused(response)
+
+    async def get_twin(self, hub: HubConnection, device_id: str) -> TwinContent | None:
+        call = self._call(hub)
+        response = await self._send(call, "GET", _device_path("twins", device_id))
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise call.refused(response)
+        try:
+            return twin_content_from_wire(msgspec.json.decode(response.content, type=TwinBodyWire))
+        except msgspec.DecodeError:
+            raise call.error(
+                response.status_code,
+                f"IoT hub {hub.host_name} answered something other than a twin",
+            ) from None
+
+    async def replace_twin(self, hub: HubConnection, device_id: str, twin: TwinContent) -> None:
+        call = self._call(hub)
+        body = _encoder.encode(twin_content_to_wire(twin))
+        path = _device_path("twins", device_id)
+        response = await self._send(call, "PUT", path, body, if_match=WILDCARD_IF_MATCH)
+        if response.status_code != 200:
+            raise call.refused(response)
+
+    async def delete_device(self, hub: HubConnection, device_id: str) -> None:
+        call = self._call(hub)
+        path = _device_path("devices", device_id)
+        response = await self._send(call, "DELETE", path, if_match=WILDCARD_IF_MATCH)
+        if response.status_code not in (200, 204, 404):
+            raise call.refused(response)
+
+    def _call(self, hub: HubConnection, secrets: Iterable[str | None] = ()) -> _Call:
+        return _Call(hub, self._clock(), secrets)
+
+    def _target(self, hub: HubConnection) -> tuple[str, dict[str, str], dict[str, str]]:
+        """Where a request goes: base URL, extra headers, httpx request extensions."""
+        if not hub.builtin:
+            return f"https://{hub.host_name}", {}, {}
+        address = self._own_address()
+        if address is None:
+            raise HubRegistryError(
+                None,
+                f"IoT hub {hub.host_name} is built in, but dpsd is not serving its built-in "
+                "hubs here (its HTTPS listener is not running)",
+            )
+        return (
+            f"https://{address}",
+            {"host": hub.host_name},
+            {"sni_hostname": _host_name(hub.host_name)},
+        )
+
+    async def _send(
+        self,
+        call: _Call,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        *,
+        if_match: str | None = None,
+    ) -> httpx.Response:
+        base, headers, extensions = self._target(call.hub)
+        headers["authorization"] = call.authorization
+        if body is not None:
+            headers["content-type"] = JSON_CONTENT_TYPE
+        if if_match is not None:
+            headers["if-match"] = if_match
+        url = f"{base}{path}?api-version={API_VERSION}"
+        try:
+            return await self._client.request(
+                method,
+                url,
+                content=body,
+                headers=headers,
+                timeout=self._timeout,
+                extensions=extensions,
+            )
+        except httpx.TimeoutException as error:
+            raise call.error(
+                None, f"IoT hub {call.hub.host_name} did not answer within {self._timeout:g} s"
+            ) from error
+        except (httpx.HTTPError, httpx.InvalidURL) as error:
+            reason = str(error) or type(error).__name__
+            raise call.error(
+                None, f"IoT hub {call.hub.host_name} could not be reached: {reason}"
+            ) from error

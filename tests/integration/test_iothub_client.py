@@ -1,0 +1,421 @@
+"""The IoT hub registry client: against a built-in hub in-process for what works, and
+against a mock of what an Azure IoT hub does that ours cannot be made to (refusals with
+its classic body, server errors, timeouts, refused connections)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import AsyncIterator, Callable
+from urllib.parse import parse_qs, unquote
+
+import httpx
+import pytest
+
+from dpsd.domain.hub import OWNER_HUB_POLICY
+from dpsd.domain.hub_device import (
+    DeviceIdentity,
+    DeviceStatus,
+    HubAuthentication,
+    HubAuthenticationType,
+    HubSymmetricKey,
+    TwinContent,
+    X509Thumbprint,
+)
+from dpsd.integrations.iothub import IotHubRestRegistry
+from dpsd.service.ports import HubConnection, HubRegistryError
+from tests.integration.conftest import HUB_HOST, BuiltinHub
+
+OWN_ADDRESS = "127.0.0.1:8443"
+KEY = base64.b64encode(b"k" * 32).decode()
+DEVICE_KEY = base64.b64encode(b"d" * 32).decode()
+THUMBPRINT = "CD" * 32
+AZURE = HubConnection("myhub.azure-devices.net", "iothubowner", KEY)
+UNAUTHORIZED_BODY = (
+    '{"Message":"ErrorCode:IotHubUnauthorizedAccess;Unauthorized","ExceptionMessage":'
+    '"Tracking ID:2b1f3b8fd3a04e3e8c2c3c5b0f3d8d5e-G:10-TimeStamp:12/10/2020 06:42:31"}'
+)
+
+
+def sas_identity(device_id: str, *, iot_edge: bool = False) -> DeviceIdentity:
+    keys = HubSymmetricKey(DEVICE_KEY, base64.b64encode(b"e" * 32).decode())
+    return DeviceIdentity(
+        device_id, HubAuthentication(HubAuthenticationType.SAS, keys), iot_edge=iot_edge
+    )
+
+
+def x509_identity(device_id: str) -> DeviceIdentity:
+    thumbprints = X509Thumbprint(THUMBPRINT, THUMBPRINT)
+    return DeviceIdentity(
+        device_id,
+        HubAuthentication(HubAuthenticationType.SELF_SIGNED, x509_thumbprint=thumbprints),
+    )
+
+
+# --- against a built-in hub -----------------------------------------------------------------
+
+
+@pytest.fixture(params=["builtin", "as if remote"])
+async def hub_client(
+    builtin: BuiltinHub, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[IotHubRestRegistry, HubConnection]]:
+    """The client on the built-in hub: reached on dpsd's own address with the hub's name in
+    Host, or (as an Azure hub would be) at the hub's name."""
+    transport = httpx.ASGITransport(app=builtin.app)
+    async with httpx.AsyncClient(transport=transport) as client:
+        registry = IotHubRestRegistry(client, lambda: OWN_ADDRESS)
+        connection = HubConnection(
+            HUB_HOST, OWNER_HUB_POLICY, builtin.key(), builtin=request.param == "builtin"
+        )
+        yield registry, connection
+
+
+async def test_put_device_creates_then_updates(
+    builtin: BuiltinHub, hub_client: tuple[IotHubRestRegistry, HubConnection]
+) -> None:
+    registry, hub = hub_client
+    await registry.put_device(hub, sas_identity("landed"))
+    created = (await builtin.request("GET", "/devices/landed")).json()
+    assert created["authentication"]["symmetricKey"]["primaryKey"] == DEVICE_KEY
+    await registry.replace_twin(hub, "landed", TwinContent(tags={"site": "north"}))
+    await registry.put_device(hub, x509_identity("landed"))
+    updated = (await builtin.request("GET", "/devices/landed")).json()
+    assert updated["generationId"] == created["generationId"]
+    assert updated["authentication"]["type"] == "selfSigned"
+    assert updated["authentication"]["x509Thumbprint"]["primaryThumbprint"] == THUMBPRINT
+    assert await registry.get_twin(hub, "landed") == TwinContent(tags={"site": "north"})
+
+
+async def test_an_edge_device_lands_with_its_capability(
+    builtin: BuiltinHub, hub_client: tuple[IotHubRestRegistry, HubConnection]
+) -> None:
+    registry, hub = hub_client
+    await registry.put_device(hub, sas_identity("edge", iot_edge=True))
+    device = (await builtin.request("GET", "/devices/edge")).json()
+    assert device["capabilities"] == {"iotEdge": True}
+    assert device["status"] == DeviceStatus.ENABLED.value
+
+
+async def test_twins_replaced_and_read(
+    builtin: BuiltinHub, hub_client: tuple[IotHubRestRegistry, HubConnection]
+) -> None:
+    registry, hub = hub_client
+    await registry.put_device(hub, sas_identity("twinned"))
+    first = TwinContent(tags={"a": {"b": 1}}, desired={"rate": 5, "mode": "fast"})
+    await registry.replace_twin(hub, "twinned", first)
+    assert await registry.get_twin(hub, "twinned") == first
+    second = TwinContent(desired={"rate": 6})
+    await registry.replace_twin(hub, "twinned", second)
+    assert await registry.get_twin(hub, "twinned") == second
+    wire = (await builtin.request("GET", "/twins/twinned")).json()
+    assert wire["properties"]["desired"]["rate"] == 6
+    assert "$metadata" in wire["properties"]["desired"]
+
+
+async def test_a_missing_device_has_no_twin_and_deletes_fine(
+    hub_client: tuple[IotHubRestRegistry, HubConnection],
+) -> None:
+    registry, hub = hub_client
+    assert await registry.get_twin(hub, "nobody") is None
+    await registry.delete_device(hub, "nobody")
+
+
+async def test_delete_device(
+    builtin: BuiltinHub, hub_client: tuple[IotHubRestRegistry, HubConnection]
+) -> None:
+    registry, hub = hub_client
+    await registry.put_device(hub, sas_identity("gone"))
+    await registry.delete_device(hub, "gone")
+    assert (await builtin.request("GET", "/devices/gone")).status_code == 404
+
+
+async def test_ids_are_url_encoded(
+    builtin: BuiltinHub, hub_client: tuple[IotHubRestRegistry, HubConnection]
+) -> None:
+    registry, hub = hub_client
+    device_id = "a#b?c%d$e'f"
+    await registry.put_device(hub, sas_identity(device_id))
+    await registry.replace_twin(hub, device_id, TwinContent(tags={"ok": True}))
+    assert await registry.get_twin(hub, device_id) == TwinContent(tags={"ok": True})
+    await registry.delete_device(hub, device_id)
+    assert await registry.get_twin(hub, device_id) is None
+
+
+async def test_the_hub_refuses_a_wrong_key(builtin: BuiltinHub) -> None:
+    transport = httpx.ASGITransport(app=builtin.app)
+    async with httpx.AsyncClient(transport=transport) as client:
+        registry = IotHubRestRegistry(client, lambda: OWN_ADDRESS)
+        wrong = HubConnection(HUB_HOST, OWNER_HUB_POLICY, KEY, builtin=True)
+        with pytest.raises(HubRegistryError) as caught:
+            await registry.put_device(wrong, sas_identity("refused"))
+    assert caught.value.status == 401
+    assert caught.value.message.startswith('{"Message":"ErrorCode:IotHubUnauthorizedAccess;')
+    assert KEY not in caught.value.message
+
+
+async def test_a_policy_that_may_not_write_is_refused(builtin: BuiltinHub) -> None:
+    transport = httpx.ASGITransport(app=builtin.app)
+    async with httpx.AsyncClient(transport=transport) as client:
+        registry = IotHubRestRegistry(client, lambda: OWN_ADDRESS)
+        reader = HubConnection(HUB_HOST, "registryRead", builtin.key("registryRead"), builtin=True)
+        with pytest.raises(HubRegistryError) as caught:
+            await registry.put_device(reader, sas_identity("refused"))
+    assert caught.value.status == 401
+    assert "RegistryWrite" in caught.value.message
+
+
+async def test_a_builtin_hub_needs_dpsd_listening() -> None:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(unreachable)) as client:
+        registry = IotHubRestRegistry(client, lambda: None)
+        hub = HubConnection(HUB_HOST, OWNER_HUB_POLICY, KEY, builtin=True)
+        with pytest.raises(HubRegistryError, match="not serving its built-in") as caught:
+            await registry.get_twin(hub, "any")
+    assert caught.value.status is None
+
+
+# --- what goes on the wire ------------------------------------------------------------------
+
+
+class Recorder:
+    """A mock hub answering from a script, keeping every request."""
+
+    def __init__(self, answer: Callable[[httpx.Request], httpx.Response]) -> None:
+        self.answer = answer
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.answer(request)
+
+
+def unreachable(request: httpx.Request) -> httpx.Response:
+    raise AssertionError("no request was expected")
+
+
+def registry_on(
+    handler: Callable[[httpx.Request], httpx.Response],
+    *,
+    timeout: float = 10.0,
+    clock: Callable[[], float] = time.time,
+) -> tuple[IotHubRestRegistry, httpx.AsyncClient]:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return IotHubRestRegistry(client, lambda: OWN_ADDRESS, timeout, clock=clock), client
+
+
+def token_fields(request: httpx.Request) -> dict[str, str]:
+    scheme, _, rest = request.headers["authorization"].partition(" ")
+    assert scheme == "SharedAccessSignature"
+    return dict(part.split("=", 1) for part in rest.split("&"))
+
+
+async def test_requests_carry_a_sas_token_as_the_python_client_signs_it() -> None:
+    recorder = Recorder(lambda request: httpx.Response(200, json={}))
+    hub = HubConnection("myhub.example:8443", "iothubowner", KEY)
+    registry, client = registry_on(recorder, clock=lambda: 1_700_000_000.5)
+    async with client:
+        await registry.put_device(hub, sas_identity("d1"))
+    request = recorder.requests[0]
+    fields = token_fields(request)
+    assert fields["sr"] == "myhub.example%3A8443"
+    assert fields["se"] == str(1_700_000_000 + 3600)
+    assert fields["skn"] == "iothubowner"
+    expected = hmac.new(
+        base64.b64decode(KEY), f"{fields['sr']}\n{fields['se']}".encode(), hashlib.sha256
+    ).digest()
+    assert base64.b64decode(unquote(fields["sig"])) == expected
+    assert request.url.host == "myhub.example"
+    assert request.url.port == 8443
+    assert parse_qs(request.url.query.decode()) == {"api-version": ["2021-04-12"]}
+
+
+async def test_put_device_creates_then_updates_on_conflict() -> None:
+    statuses = iter([409, 200])
+    recorder = Recorder(lambda request: httpx.Response(next(statuses), json={}))
+    registry, client = registry_on(recorder)
+    async with client:
+        await registry.put_device(AZURE, x509_identity("dev/1"))
+    create, update = recorder.requests
+    for request in (create, update):
+        assert request.method == "PUT"
+        assert request.url.raw_path == b"/devices/dev%2F1?api-version=2021-04-12"
+        assert request.headers["content-type"] == "application/json; charset=utf-8"
+    assert "if-match" not in create.headers
+    assert update.headers["if-match"] == '"*"'
+    body = httpx.Response(200, content=create.content).json()
+    assert body == {
+        "deviceId": "dev/1",
+        "status": "enabled",
+        "authentication": {
+            "symmetricKey": {"primaryKey": None, "secondaryKey": None},
+            "type": "selfSigned",
+            "x509Thumbprint": {"primaryThumbprint": THUMBPRINT, "secondaryThumbprint": THUMBPRINT},
+        },
+        "capabilities": {"iotEdge": False},
+    }
+
+
+async def test_twin_writes_and_deletes_match_anything() -> None:
+    recorder = Recorder(
+        lambda request: httpx.Response(204 if request.method == "DELETE" else 200, json={})
+    )
+    registry, client = registry_on(recorder)
+    async with client:
+        await registry.replace_twin(AZURE, "d", TwinContent(tags={}, desired={"x": 1}))
+        await registry.delete_device(AZURE, "d")
+    replace, delete = recorder.requests
+    assert (replace.method, replace.url.path, replace.headers["if-match"]) == (
+        "PUT",
+        "/twins/d",
+        '"*"',
+    )
+    assert httpx.Response(200, content=replace.content).json() == {
+        "tags": {},
+        "properties": {"desired": {"x": 1}},
+    }
+    assert (delete.method, delete.url.path, delete.headers["if-match"]) == (
+        "DELETE",
+        "/devices/d",
+        '"*"',
+    )
+
+
+async def test_get_twin_reads_an_azure_twin_without_what_the_hub_owns() -> None:
+    twin = {
+        "deviceId": "d",
+        "etag": "AAAAAAAAAAc=",
+        "version": 7,
+        "tags": {"site": "north"},
+        "properties": {
+            "desired": {"rate": 5, "$metadata": {"$lastUpdated": "x"}, "$version": 3},
+            "reported": {"battery": 80, "$version": 9},
+        },
+    }
+    registry, client = registry_on(lambda request: httpx.Response(200, json=twin))
+    async with client:
+        assert await registry.get_twin(AZURE, "d") == TwinContent(
+            tags={"site": "north"}, desired={"rate": 5}
+        )
+
+
+async def test_a_builtin_hub_is_reached_on_dpsd_own_listener_under_its_name() -> None:
+    recorder = Recorder(lambda request: httpx.Response(404, json={}))
+    registry, client = registry_on(recorder)
+    hub = HubConnection("hub.example:8443", OWNER_HUB_POLICY, KEY, builtin=True)
+    async with client:
+        assert await registry.get_twin(hub, "d") is None
+    request = recorder.requests[0]
+    assert str(request.url) == f"https://{OWN_ADDRESS}/twins/d?api-version=2021-04-12"
+    assert request.headers["host"] == "hub.example:8443"
+    assert request.extensions["sni_hostname"] == "hub.example"
+    assert token_fields(request)["sr"] == "hub.example%3A8443"
+
+
+# --- what an Azure hub does that ours cannot be made to -------------------------------------
+
+
+async def test_a_refusal_carries_the_hub_body_and_status() -> None:
+    registry, client = registry_on(
+        lambda request: httpx.Response(401, content=UNAUTHORIZED_BODY.encode())
+    )
+    async with client:
+        with pytest.raises(HubRegistryError) as caught:
+            await registry.put_device(AZURE, sas_identity("d"))
+    assert caught.value.status == 401
+    assert caught.value.message == UNAUTHORIZED_BODY
+
+
+async def test_a_server_error_carries_its_status() -> None:
+    registry, client = registry_on(lambda request: httpx.Response(500, content=b""))
+    async with client:
+        for call in (
+            registry.put_device(AZURE, sas_identity("d")),
+            registry.get_twin(AZURE, "d"),
+            registry.replace_twin(AZURE, "d", TwinContent()),
+            registry.delete_device(AZURE, "d"),
+        ):
+            with pytest.raises(HubRegistryError) as caught:
+                await call
+            assert caught.value.status == 500
+            assert caught.value.message == "IoT hub myhub.azure-devices.net answered 500"
+
+
+async def test_a_long_error_body_is_cut() -> None:
+    registry, client = registry_on(lambda request: httpx.Response(503, content=b"x" * 100_000))
+    async with client:
+        with pytest.raises(HubRegistryError) as caught:
+            await registry.delete_device(AZURE, "d")
+    assert caught.value.status == 503
+    assert len(caught.value.message) <= 1024
+
+
+async def test_keys_and_signatures_never_show_in_a_message() -> None:
+    def echo(request: httpx.Request) -> httpx.Response:
+        # A hub (or a proxy) that echoes the request back in its error.
+        text = f"{request.headers['authorization']} {request.content.decode()} {KEY}"
+        return httpx.Response(400, content=text.encode())
+
+    registry, client = registry_on(echo)
+    async with client:
+        with pytest.raises(HubRegistryError) as caught:
+            await registry.put_device(AZURE, sas_identity("d"))
+    message = caught.value.message
+    assert caught.value.status == 400
+    assert KEY not in message
+    assert DEVICE_KEY not in message
+    assert "&sig=[hidden]&" in message
+
+
+async def test_a_timeout_is_a_failure_without_status() -> None:
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    registry, client = registry_on(slow, timeout=2.5)
+    async with client:
+        with pytest.raises(HubRegistryError) as caught:
+            await registry.get_twin(AZURE, "d")
+    assert caught.value.status is None
+    assert caught.value.message == "IoT hub myhub.azure-devices.net did not answer within 2.5 s"
+
+
+async def test_a_refused_connection_is_a_failure_without_status() -> None:
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
+
+    registry, client = registry_on(refused)
+    async with client:
+        with pytest.raises(HubRegistryError) as caught:
+            await registry.put_device(AZURE, sas_identity("d"))
+    assert caught.value.status is None
+    assert caught.value.message == (
+        "IoT hub myhub.azure-devices.net could not be reached: [Errno 111] Connection refused"
+    )
+    assert KEY not in caught.value.message
+
+
+async def test_a_real_refused_connection() -> None:
+    async with httpx.AsyncClient() as client:
+        registry = IotHubRestRegistry(client, lambda: "127.0.0.1:9", timeout=5)
+        hub = HubConnection("hub.example", OWNER_HUB_POLICY, KEY, builtin=True)
+        with pytest.raises(HubRegistryError, match="could not be reached") as caught:
+            await registry.delete_device(hub, "d")
+    assert caught.value.status is None
+
+
+async def test_a_twin_that_is_not_one() -> None:
+    registry, client = registry_on(lambda request: httpx.Response(200, content=b"<html>"))
+    async with client:
+        with pytest.raises(HubRegistryError, match="something other than a twin") as caught:
+            await registry.get_twin(AZURE, "d")
+    assert caught.value.status == 200
+
+
+async def test_a_key_that_is_not_base64() -> None:
+    registry, client = registry_on(unreachable)
+    broken = HubConnection(AZURE.host_name, "iothubowner", "not*base64")
+    async with client:
+        with pytest.raises(HubRegistryError, match="not base64") as caught:
+            await registry.delete_device(broken, "d")
+    assert "not*base64" not in caught.value.message
+    assert caught.value.status is None
