@@ -17,9 +17,7 @@ from starlette.types import Receive, Scope, Send
 
 from dpsd.domain.hub import DEFAULT_HUB_POLICIES, OWNER_HUB_POLICY, HubPolicy, LinkedHub
 from dpsd.http.host_dispatch import HostDispatch, HubLookup
-from dpsd.http.hub_api import HubHandlers
-from dpsd.http.hub_app import HubApiApp
-from dpsd.http.routing import Router
+from dpsd.http.hub_app import HubApiApp, build_hub_app
 from dpsd.service.hub_registry import HubRegistryService
 from dpsd.storage.engine import create_engine
 from dpsd.storage.executor import create_executor
@@ -118,9 +116,7 @@ async def builtin(tmp_path: Path) -> AsyncIterator[BuiltinHub]:
         service = HubRegistryService(
             hubs, SqlHubDeviceRepository(executor), SystemClock(), SystemEntropy()
         )
-        hub_app = HubApiApp(
-            Router(HubHandlers(service).routes(), "the IoT hub API"), SystemClock().now
-        )
+        hub_app = build_hub_app(service, SystemClock().now)
         dps = DpsStub()
         app = HostDispatch(
             dps, hub_app, HubLookup(service.served_hub), [DPS_HOST, "localhost", "127.0.0.1"]

@@ -4,15 +4,23 @@ its classic body, server errors, timeouts, refused connections)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import parse_qs, unquote
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from dpsd.domain.hub import OWNER_HUB_POLICY
 from dpsd.domain.hub_device import (
@@ -419,3 +427,101 @@ async def test_a_key_that_is_not_base64() -> None:
             await registry.delete_device(broken, "d")
     assert "not*base64" not in caught.value.message
     assert caught.value.status is None
+
+
+# --- over TLS: the hub's name in SNI, its certificate checked against it ---------------------
+
+
+def certificate_for(host: str, directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate naming ``host``, and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    certificate_path, key_path = directory / f"{host}.pem", directory / f"{host}.key"
+    certificate_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return certificate_path, key_path
+
+
+class TlsListener:
+    """A TLS listener on 127.0.0.1 that answers every request 404 and notes the SNI name
+    and Host header it was given."""
+
+    def __init__(self, certificate: Path, key: Path) -> None:
+        self.context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.context.load_cert_chain(certificate, key)
+        self.server_names: list[str | None] = []
+        self.hosts: list[str] = []
+        self.context.sni_callback = self._note_server_name
+
+    def _note_server_name(self, _socket: object, server_name: str | None, _context: object) -> None:
+        self.server_names.append(server_name)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+            return
+        for line in head.decode("latin-1").split("\r\n"):
+            if line.lower().startswith("host:"):
+                self.hosts.append(line.split(":", 1)[1].strip())
+        writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+
+@pytest.fixture
+async def tls_listener(tmp_path: Path) -> AsyncIterator[tuple[TlsListener, str, Path]]:
+    certificate, key = certificate_for(HUB_HOST, tmp_path)
+    listener = TlsListener(certificate, key)
+    server = await asyncio.start_server(listener.serve, "127.0.0.1", 0, ssl=listener.context)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        yield listener, f"127.0.0.1:{port}", certificate
+
+
+async def test_a_builtin_hub_is_reached_over_tls_under_its_name(
+    tls_listener: tuple[TlsListener, str, Path],
+) -> None:
+    listener, address, certificate = tls_listener
+    trust = ssl.create_default_context(cafile=str(certificate))
+    async with httpx.AsyncClient(verify=trust) as client:
+        registry = IotHubRestRegistry(client, lambda: address, timeout=5)
+        hub = HubConnection(HUB_HOST, OWNER_HUB_POLICY, KEY, builtin=True)
+        assert await registry.get_twin(hub, "d") is None
+    assert listener.server_names == [HUB_HOST]
+    assert listener.hosts == [HUB_HOST]
+
+
+async def test_a_certificate_for_another_name_is_refused(
+    tls_listener: tuple[TlsListener, str, Path],
+) -> None:
+    listener, address, certificate = tls_listener
+    trust = ssl.create_default_context(cafile=str(certificate))
+    async with httpx.AsyncClient(verify=trust) as client:
+        registry = IotHubRestRegistry(client, lambda: address, timeout=5)
+        other = HubConnection("other.example", OWNER_HUB_POLICY, KEY, builtin=True)
+        with pytest.raises(HubRegistryError, match="could not be reached") as caught:
+            await registry.get_twin(other, "d")
+    assert caught.value.status is None
+    assert "certificate" in caught.value.message.lower()
+    assert listener.hosts == []

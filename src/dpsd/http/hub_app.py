@@ -20,10 +20,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dpsd.domain.hub import HUB_RIGHT_NAMES, HubAccessRights, LinkedHub
 from dpsd.http.app import request_host
 from dpsd.http.exchange import HttpRequest, HttpResponse
-from dpsd.http.hub_api import HUB_PARAM
+from dpsd.http.hub_api import HUB_PARAM, HubHandlers
 from dpsd.http.hub_errors import error_response, new_tracking_id
 from dpsd.http.routing import Router
 from dpsd.service.auth import authenticate, require_rights
+from dpsd.service.hub_registry import HubRegistryService
 
 logger = logging.getLogger("dpsd.http.hub")
 
@@ -66,3 +67,8 @@ class HubApiApp:
         if response.status >= 500:
             logger.exception("IoT hub request %s failed", tracking_id, exc_info=error)
         return response
+
+
+def build_hub_app(service: HubRegistryService, now: Callable[[], datetime]) -> HubApiApp:
+    """The hub app serving the devices, twins and queries of ``service``'s hubs."""
+    return HubApiApp(Router(HubHandlers(service).routes(), "the IoT hub API"), now)
