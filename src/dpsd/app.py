@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,19 +17,24 @@ from dpsd.client_tls import ClientCertificateTrust
 from dpsd.domain.ids import format_id_scope
 from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
 from dpsd.http.app import ServiceApiApp
+from dpsd.http.host_dispatch import HostDispatch, HubLookup
+from dpsd.http.hub_app import build_hub_app
 from dpsd.http.device_api import DeviceHandlers
 from dpsd.http.routing import Router
 from dpsd.http.service_api import (
-    EnrollmentGroupHandlers,
-    EnrollmentHandlers,
+    ENROLLMENT_GROUPS,
+    ENROLLMENTS,
+    ProvisioningRecords,
     RegistrationStateHandlers,
 )
+from dpsd.integrations.iothub import IotHubRestRegistry
 from dpsd.integrations.webhook import WebhookCustomAllocator
 from dpsd.mqtt.server import MqttServer
 from dpsd.service.certificates import CertificateService
 from dpsd.service.device_registration import DeviceRegistrationService
 from dpsd.service.enrollment_groups import EnrollmentGroupService
 from dpsd.service.enrollments import EnrollmentService
+from dpsd.service.hub_registry import HubRegistryService
 from dpsd.service.hubs import HubService
 from dpsd.service.ports import RegistrationStateStore
 from dpsd.service.registration_states import RegistrationStateService
@@ -36,6 +42,7 @@ from dpsd.service.x509_trust import certificates_to_trust
 from dpsd.settings import Settings, remember_database
 from dpsd.storage.engine import create_engine
 from dpsd.storage.executor import Executor, create_executor
+from dpsd.storage.hub_devices import SqlHubDeviceRepository
 from dpsd.storage.migrate import migrate
 from dpsd.storage.sql import (
     SqlCertificateRepository,
@@ -81,7 +88,7 @@ class ListenerAddress:
 @dataclass(frozen=True, slots=True)
 class Runtime:
     settings: Settings
-    asgi_app: ServiceApiApp
+    asgi_app: HostDispatch
     id_scope: str
     policies: dict[str, SharedAccessPolicy]
     tls: TlsFiles
@@ -106,6 +113,14 @@ class Runtime:
 def service_connection_string(hostname: str, port: int, policy: SharedAccessPolicy) -> str:
     host = hostname if port == 443 else f"{hostname}:{port}"
     return f"HostName={host};SharedAccessKeyName={policy.name};SharedAccessKey={policy.primary_key}"
+
+
+def _hub_trust(tls: TlsFiles) -> ssl.SSLContext:
+    """IoT hubs are trusted as the system trusts them, and the hubs dpsd serves itself by
+    the data dir's CA, which signs their certificates."""
+    context = ssl.create_default_context()
+    context.load_verify_locations(cafile=str(tls.ca_certificate))
+    return context
 
 
 async def read_policies(settings: Settings) -> dict[str, SharedAccessPolicy]:
@@ -139,6 +154,8 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     tls = ensure_tls(settings.data_dir, settings.certificate_names, clock.now())
     engine = create_engine(settings.database_url)
     webhook_client = httpx.AsyncClient(follow_redirects=False)
+    hub_client = httpx.AsyncClient(verify=_hub_trust(tls), follow_redirects=False)
+    https_address = ListenerAddress()
     devices: DeviceRegistrationService | None = None
     executor: Executor | None = None
     try:
@@ -150,6 +167,7 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         states = SqlRegistrationStateRepository(executor)
         certificates = SqlCertificateRepository(executor)
         hubs = SqlHubRepository(executor)
+        hub_devices = SqlHubDeviceRepository(executor)
         enrollment_store = SqlEnrollmentRepository(executor)
         group_store = SqlEnrollmentGroupRepository(executor)
         client_trust = ClientCertificateTrust(tls)
@@ -182,18 +200,29 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 lambda record: msgspec.to_builtins(group_to_wire(record, Disclosure.PUBLIC)),
                 settings.webhook_timeout,
             ),
+            hub_registry=IotHubRestRegistry(
+                hub_client, lambda: https_address.value, settings.hub_timeout
+            ),
             service_location=settings.location,
             webhook_timeout=settings.webhook_timeout,
+            hub_timeout=settings.hub_timeout,
         )
         routes = [
-            *EnrollmentHandlers(enrollments).routes(),
-            *EnrollmentGroupHandlers(groups).routes(),
+            *ProvisioningRecords(ENROLLMENTS, enrollments).routes(),
+            *ProvisioningRecords(ENROLLMENT_GROUPS, groups).routes(),
             *RegistrationStateHandlers(RegistrationStateService(states)).routes(),
             *DeviceHandlers(devices, settings.retry_after).routes(),
         ]
         by_name = {policy.name: policy for policy in policies}
         mqtt = MqttServer(devices, settings.retry_after, clock.now)
-        app = ServiceApiApp(Router(routes), by_name, clock.now, websocket=mqtt.handle_websocket)
+        dps_app = ServiceApiApp(Router(routes), by_name, clock.now, websocket=mqtt.handle_websocket)
+        hub_registry = HubRegistryService(hubs, hub_devices, clock, entropy)
+        app = HostDispatch(
+            dps_app,
+            build_hub_app(hub_registry, clock.now),
+            HubLookup(hub_registry.served_hub),
+            settings.certificate_names,
+        )
         yield Runtime(
             settings=settings,
             asgi_app=app,
@@ -206,14 +235,15 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             devices=devices,
             now=clock.now,
             mqtt=mqtt,
-            hubs=HubService(hubs, entropy),
+            hubs=HubService(hubs, entropy, hub_devices),
             registration_states=states,
-            https_address=ListenerAddress(),
+            https_address=https_address,
         )
     finally:
         if devices is not None:
             await devices.drain()
         await webhook_client.aclose()
+        await hub_client.aclose()
         if executor is not None:
             await executor.close()
         await engine.dispose()

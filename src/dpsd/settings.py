@@ -14,6 +14,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HOSTNAME = "localhost"
 DEFAULT_RETRY_AFTER = 3
 DEFAULT_WEBHOOK_TIMEOUT = 10.0
+DEFAULT_HUB_TIMEOUT = 10.0
 
 
 def default_data_dir() -> Path:
@@ -39,6 +40,8 @@ class Settings:
     location: str | None = None
     retry_after: int = DEFAULT_RETRY_AFTER
     webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT
+    hub_timeout: float = DEFAULT_HUB_TIMEOUT
+    """Seconds an IoT hub has, in all, to take a provisioned device."""
 
     def __post_init__(self) -> None:
         ports = (("https", self.https_port), ("http", self.http_port), ("mqtt", self.mqtt_port))

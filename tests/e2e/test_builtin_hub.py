@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import socket
+import ssl
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -189,7 +190,8 @@ def https_register_key(server: DpsdProcess, registration_id: str, key: str) -> d
     scope = server.info["idScope"]
     headers = {"Authorization": device_token(scope, registration_id, key)}
     base = f"https://{ADDRESS}/{scope}/registrations/{registration_id}"
-    with httpx.Client(verify=server.info["caCertificatePath"], timeout=10) as client:
+    trust = ssl.create_default_context(cafile=server.info["caCertificatePath"])
+    with httpx.Client(verify=trust, timeout=10) as client:
         started = client.put(
             f"{base}/register{DEVICE_API}",
             json={"registrationId": registration_id},
