@@ -17,14 +17,13 @@ from dpsd.client_tls import ClientCertificateTrust
 from dpsd.domain.ids import format_id_scope
 from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
 from dpsd.http.app import ServiceApiApp
+from dpsd.http.device_api import DeviceHandlers
 from dpsd.http.host_dispatch import HostDispatch, HubLookup
 from dpsd.http.hub_app import build_hub_app
-from dpsd.http.device_api import DeviceHandlers
 from dpsd.http.routing import Router
 from dpsd.http.service_api import (
-    ENROLLMENT_GROUPS,
-    ENROLLMENTS,
-    ProvisioningRecords,
+    EnrollmentGroupHandlers,
+    EnrollmentHandlers,
     RegistrationStateHandlers,
 )
 from dpsd.integrations.iothub import IotHubRestRegistry
@@ -208,8 +207,8 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             hub_timeout=settings.hub_timeout,
         )
         routes = [
-            *ProvisioningRecords(ENROLLMENTS, enrollments).routes(),
-            *ProvisioningRecords(ENROLLMENT_GROUPS, groups).routes(),
+            *EnrollmentHandlers(enrollments).routes(),
+            *EnrollmentGroupHandlers(groups).routes(),
             *RegistrationStateHandlers(RegistrationStateService(states)).routes(),
             *DeviceHandlers(devices, settings.retry_after).routes(),
         ]
