@@ -98,6 +98,7 @@ class Runtime:
     now: Callable[[], datetime]
     mqtt: MqttServer
     hubs: HubService
+    hub_registry: HubRegistryService
     registration_states: RegistrationStateStore
     https_address: ListenerAddress
 
@@ -235,6 +236,7 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             now=clock.now,
             mqtt=mqtt,
             hubs=HubService(hubs, entropy, hub_devices),
+            hub_registry=hub_registry,
             registration_states=states,
             https_address=https_address,
         )
