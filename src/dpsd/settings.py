@@ -15,6 +15,8 @@ DEFAULT_HOSTNAME = "localhost"
 DEFAULT_RETRY_AFTER = 3
 DEFAULT_WEBHOOK_TIMEOUT = 10.0
 DEFAULT_HUB_TIMEOUT = 10.0
+MIN_TIMEOUT = 0.1
+MAX_TIMEOUT = 120.0
 
 
 def default_data_dir() -> Path:
@@ -52,6 +54,12 @@ class Settings:
             raise ValueError("the https and http listeners need different ports")
         if not 1 <= self.retry_after <= 300:
             raise ValueError(f"retry-after must be 1 to 300 seconds, not {self.retry_after}")
+        for name, seconds in (("webhook", self.webhook_timeout), ("hub", self.hub_timeout)):
+            if not MIN_TIMEOUT <= seconds <= MAX_TIMEOUT:
+                raise ValueError(
+                    f"the {name} timeout must be {MIN_TIMEOUT:g} to {MAX_TIMEOUT:g} seconds, "
+                    f"not {seconds:g}"
+                )
         if not self.hostname:
             raise ValueError("the hostname must not be empty")
         if self.database is not None and not self.database.startswith(("sqlite:", "postgresql")):

@@ -11,8 +11,10 @@ from dpsd.settings import (
     DEFAULT_HOST,
     DEFAULT_HOSTNAME,
     DEFAULT_HTTPS_PORT,
+    DEFAULT_HUB_TIMEOUT,
     DEFAULT_MQTT_PORT,
     DEFAULT_RETRY_AFTER,
+    DEFAULT_WEBHOOK_TIMEOUT,
     Settings,
     default_data_dir,
     remembered_database,
@@ -77,6 +79,22 @@ RetryAfter = Annotated[
         help="Seconds devices are told to wait between polls of a registration.",
     ),
 ]
+WebhookTimeout = Annotated[
+    float,
+    typer.Option(
+        "--webhook-timeout",
+        envvar="DPSD_WEBHOOK_TIMEOUT",
+        help="Seconds a custom allocation webhook has to answer.",
+    ),
+]
+HubTimeout = Annotated[
+    float,
+    typer.Option(
+        "--hub-timeout",
+        envvar="DPSD_HUB_TIMEOUT",
+        help="Seconds an IoT hub has, in all, to take a provisioned device.",
+    ),
+]
 TlsNames = Annotated[
     list[str] | None,
     typer.Option(
@@ -98,6 +116,8 @@ def make_settings(
     location: str | None = None,
     retry_after: int = DEFAULT_RETRY_AFTER,
     mqtt_port: int | None = DEFAULT_MQTT_PORT,
+    webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT,
+    hub_timeout: float = DEFAULT_HUB_TIMEOUT,
 ) -> Settings:
     """Without ``--database``, a data dir keeps the store it was first served with."""
     names = tuple(
@@ -117,6 +137,8 @@ def make_settings(
             location=location,
             retry_after=retry_after,
             mqtt_port=None if mqtt_port is not None and mqtt_port < 0 else mqtt_port,
+            webhook_timeout=webhook_timeout,
+            hub_timeout=hub_timeout,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error

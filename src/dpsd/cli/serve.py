@@ -19,10 +19,12 @@ from dpsd.cli.options import (
     Hostname,
     HttpPort,
     HttpsPort,
+    HubTimeout,
     Location,
     MqttPort,
     RetryAfter,
     TlsNames,
+    WebhookTimeout,
     make_settings,
 )
 from dpsd.server import Endpoints, ListenError, running_endpoints, serve
@@ -30,8 +32,10 @@ from dpsd.settings import (
     DEFAULT_HOST,
     DEFAULT_HOSTNAME,
     DEFAULT_HTTPS_PORT,
+    DEFAULT_HUB_TIMEOUT,
     DEFAULT_MQTT_PORT,
     DEFAULT_RETRY_AFTER,
+    DEFAULT_WEBHOOK_TIMEOUT,
     Settings,
 )
 
@@ -61,6 +65,8 @@ def serve_command(
     location: Location = None,
     retry_after: RetryAfter = DEFAULT_RETRY_AFTER,
     mqtt_port: MqttPort = DEFAULT_MQTT_PORT,
+    webhook_timeout: WebhookTimeout = DEFAULT_WEBHOOK_TIMEOUT,
+    hub_timeout: HubTimeout = DEFAULT_HUB_TIMEOUT,
 ) -> None:
     """Serve the DPS service API and device registration over HTTPS (optionally HTTP too)
     and device registration over MQTT."""
@@ -75,6 +81,8 @@ def serve_command(
         location,
         retry_after,
         mqtt_port,
+        webhook_timeout,
+        hub_timeout,
     )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
