@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dpsd.domain.ca_certificate import CACertificate
 from dpsd.domain.enrollment_group import EnrollmentGroup
@@ -22,7 +23,7 @@ from dpsd.storage import memory, sql
 from dpsd.storage.engine import create_engine
 from dpsd.storage.executor import create_executor
 from dpsd.storage.migrate import migrate
-from tests.contract.test_repositories import _clean
+from tests.contract.test_repositories import _clean, check_creation_times_filled, downgrade
 from tests.factories import MOMENT, enrollment
 
 INFO = CertificateInfo(
@@ -36,14 +37,16 @@ class Stores:
     hubs: Any
     certificates: Any
     operations: Any
+    engine: AsyncEngine | None = None
 
 
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Stores]:
     if request.param == "memory":
+        hubs = memory.InMemoryHubRepository()
         yield Stores(
-            memory.InMemoryEnrollmentGroupRepository(),
-            memory.InMemoryHubRepository(),
+            memory.InMemoryEnrollmentGroupRepository(hubs),
+            hubs,
             memory.InMemoryCertificateRepository(),
             memory.InMemoryOperationRepository(),
         )
@@ -63,6 +66,7 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
             sql.SqlHubRepository(executor),
             sql.SqlCertificateRepository(executor),
             sql.SqlOperationRepository(executor),
+            engine,
         )
     finally:
         await executor.close()
@@ -89,6 +93,49 @@ async def test_groups(stores: Stores) -> None:
     found = await stores.groups.query(where, after=None, limit=10)
     assert [item.enrollment_group_id for item in found] == ["Fleet-A", "fleet-b"]
     assert await stores.groups.delete("fleet-b", expected_etag=None)
+
+
+async def test_group_writes_that_name_hubs_happen_only_when_all_are_linked(
+    stores: Stores,
+) -> None:
+    await stores.hubs.add(LinkedHub(host_name="Hub-A.example", etag="e"))
+    first = group_naming("Fleet-A", "hub-a.example")
+    assert await stores.groups.add_linked(first, hubs=["HUB-A.example", "hub-b.example"]) is None
+    assert await stores.groups.get("fleet-a") is None
+    assert await stores.groups.add_linked(first, hubs=["HUB-A.example"]) is True
+    assert await stores.groups.add_linked(first, hubs=["HUB-A.example"]) is False
+    later = MOMENT + timedelta(days=1)
+    second = replace(
+        group_naming("FLEET-A", "hub-b.example"),
+        etag=new_etag(b"2" * 16),
+        created=later,
+        last_updated=later,
+    )
+    assert await stores.groups.overwrite(second, expected_etag=None, hubs=["hub-b.example"]) is None
+    assert await stores.groups.overwrite(second, expected_etag="stale") is None
+    assert await stores.groups.get("fleet-a") == first
+    assert await stores.groups.overwrite(second, expected_etag=first.etag) == MOMENT
+    assert await stores.groups.get("fleet-a") == replace(second, created=MOMENT)
+    third = replace(second, etag=new_etag(b"3" * 16))
+    assert await stores.groups.overwrite(third, expected_etag=None, hubs=["hub-a.example"]) == (
+        MOMENT
+    )
+    assert await stores.groups.get("fleet-a") == replace(third, created=MOMENT)
+    assert await stores.groups.overwrite(group("absent"), expected_etag=None) is None
+    assert await stores.groups.get("absent") is None
+
+
+async def test_migration_0008_fills_the_creation_time_of_stored_groups(stores: Stores) -> None:
+    if stores.engine is None:
+        pytest.skip("only SQL stores have a schema")
+    await downgrade(stores.engine, "0007")
+    records = [group("old-1"), replace(group("old-2"), created=MOMENT - timedelta(days=3))]
+    await check_creation_times_filled(stores.engine, stores.groups, sql.ENROLLMENT_GROUPS, records)
+
+
+def group_naming(group_id: str, hub: str) -> EnrollmentGroup:
+    source = group(group_id)
+    return replace(source, settings=replace(source.settings, iot_hub_host_name=hub))
 
 
 async def test_hubs_and_certificates(stores: Stores) -> None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -37,6 +38,7 @@ from dpsd.storage.migrate import migrate
 from dpsd.storage.schema import metadata
 from dpsd.storage.sql import (
     ENROLLMENTS,
+    DocumentKind,
     SqlEnrollmentRepository,
     SqlHubRepository,
     SqlInstanceRepository,
@@ -304,35 +306,46 @@ async def test_instances_starting_together_migrate_once(postgres_server: str) ->
             await engine.dispose()
 
 
-async def test_migration_0006_fills_the_creation_time_of_stored_enrollments(store: Store) -> None:
-    if store.engine is None:
-        pytest.skip("only SQL stores have a schema")
+async def downgrade(engine: AsyncEngine, revision: str) -> None:
+    """Bring the schema back down to ``revision``."""
     migrations = Path(migrate_module.__file__).with_name("migrations")
 
-    def downgrade(connection: sa.Connection) -> None:
+    def run(connection: sa.Connection) -> None:
         config = Config()
         config.set_main_option("script_location", str(migrations))
         config.attributes["connection"] = connection
-        command.downgrade(config, "0005")
+        command.downgrade(config, revision)
 
-    async with store.engine.begin() as connection:
-        await connection.run_sync(downgrade)
-    records = [enrollment("old-1"), x509_enrollment("old-2")]
-    rows = [ENROLLMENTS.row(record) for record in records]
+    async with engine.begin() as connection:
+        await connection.run_sync(run)
+
+
+async def check_creation_times_filled(
+    engine: AsyncEngine, repository: Any, kind: DocumentKind[Any], records: list[Any]
+) -> None:
+    """Store ``records`` as a schema without the ``created`` column of ``kind`` held them,
+    migrate, and check that the column was filled: overwrites keep the creation time."""
+    rows = [kind.row(record) for record in records]
     for row in rows:
         row.pop("created")
-    old_table = sa.table("enrollments", *(sa.column(name) for name in rows[0]))
-    async with store.engine.begin() as connection:
+    old_table = sa.table(kind.table.name, *(sa.column(name) for name in rows[0]))
+    async with engine.begin() as connection:
         await connection.execute(old_table.insert(), rows)
-    await migrate(store.engine)
+    await migrate(engine)
     for record in records:
-        assert await store.enrollments.get(record.registration_id) == record
+        record_id = kind.record_id(record)
+        assert await repository.get(record_id) == record
         later = replace(record, etag=new_etag(b"9" * 16), created=datetime.now(UTC))
-        kept = await store.enrollments.overwrite(later, expected_etag=record.etag)
-        assert kept == record.created
-        assert await store.enrollments.get(record.registration_id) == replace(
-            later, created=record.created
-        )
+        assert await repository.overwrite(later, expected_etag=record.etag) == record.created
+        assert await repository.get(record_id) == replace(later, created=record.created)
+
+
+async def test_migration_0006_fills_the_creation_time_of_stored_enrollments(store: Store) -> None:
+    if store.engine is None:
+        pytest.skip("only SQL stores have a schema")
+    await downgrade(store.engine, "0005")
+    records = [enrollment("old-1"), x509_enrollment("old-2")]
+    await check_creation_times_filled(store.engine, store.enrollments, ENROLLMENTS, records)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from dpsd.domain.attestation import AttestationMechanism, AttestationType, check_consistent
+from dpsd.domain.attestation import (
+    AttestationMechanism,
+    AttestationType,
+    check_consistent,
+    completes_alone,
+)
 from dpsd.domain.enrollment import check_settings
 from dpsd.domain.enrollment_group import (
     EnrollmentGroup,
@@ -22,7 +27,7 @@ from dpsd.service.errors import (
     EnrollmentGroupNotFound,
     ServiceError,
 )
-from dpsd.service.hubs import check_linked
+from dpsd.service.hubs import check_linked, named_hubs
 from dpsd.service.ports import (
     CertificateRepository,
     Clock,
@@ -60,9 +65,6 @@ class EnrollmentGroupService:
         """PUT /enrollmentGroups/{id}: the same etag rules as individual enrollments."""
         _check_draft(path_id, draft)
         referenced = await self._check_ca_references(draft.settings.attestation)
-        await check_linked(self.hubs, draft.settings)
-        if if_match is None or normalize_if_match(if_match) == WILDCARD:
-            await self._check_group_limit(draft)
 
         def build(stored: EnrollmentGroup | None) -> EnrollmentGroup:
             now = self.clock.now()
@@ -79,15 +81,34 @@ class EnrollmentGroupService:
                 last_updated=now,
             )
 
-        written = await records.create_or_update(
-            self.groups,
-            path_id,
-            if_match,
-            build,
-            lambda: EnrollmentGroupAlreadyExists(draft.enrollment_group_id),
-        )
+        written = None
+        if await self._may_write_unread(draft, if_match):
+            hubs = named_hubs(draft.settings)
+            written = await records.write_unread(
+                self.groups, if_match, build, hubs, _already_exists
+            )
+        if written is None:
+            await check_linked(self.hubs, draft.settings)
+            if if_match is None or normalize_if_match(if_match) == WILDCARD:
+                await self._check_group_limit(draft)
+            written = await records.create_or_update(
+                self.groups,
+                path_id,
+                if_match,
+                build,
+                lambda: EnrollmentGroupAlreadyExists(draft.enrollment_group_id),
+            )
         self.trust.trust([*attestation_certificates(written.settings.attestation), *referenced])
         return written
+
+    async def _may_write_unread(self, draft: EnrollmentGroupDraft, if_match: str | None) -> bool:
+        """Whether records.write_unread may try the PUT: a create only within the group
+        limit (checked here, since the one statement does not count), an update only when
+        it keeps nothing of the stored group (an overwrite never creates, so never passes
+        the limit)."""
+        if if_match is None:
+            return await self._within_group_limit(draft)
+        return completes_alone(draft.settings.attestation)
 
     async def _check_ca_references(self, attestation: AttestationMechanism) -> list[str]:
         """The referenced CA certificates (PEM), each registered and verified."""
@@ -113,19 +134,25 @@ class EnrollmentGroupService:
         return found
 
     async def _check_group_limit(self, draft: EnrollmentGroupDraft) -> None:
-        if await self.groups.get(draft.enrollment_group_id) is not None:
-            return
-        kind = draft.settings.attestation.type
-        where = parse_query(
-            f"SELECT * WHERE attestation.type = '{kind.value}'", ENROLLMENT_GROUP_QUERY_FIELDS
-        ).where
-        existing = await self.groups.query(where, after=None, limit=MAX_GROUPS_PER_ATTESTATION)
-        if len(existing) >= MAX_GROUPS_PER_ATTESTATION:
+        if not await self._within_group_limit(draft):
+            kind = draft.settings.attestation.type
             label = "symmetric-key" if kind == AttestationType.SYMMETRIC_KEY else "X.509"
             raise ValidationError(
                 f"the service holds {MAX_GROUPS_PER_ATTESTATION} {label} enrollment groups, "
                 "its limit; delete one first"
             )
+
+    async def _within_group_limit(self, draft: EnrollmentGroupDraft) -> bool:
+        """Whether writing the group keeps the service within its limit of groups per
+        attestation type: it exists already, or fewer than the limit share its type."""
+        if await self.groups.get(draft.enrollment_group_id) is not None:
+            return True
+        kind = draft.settings.attestation.type
+        where = parse_query(
+            f"SELECT * WHERE attestation.type = '{kind.value}'", ENROLLMENT_GROUP_QUERY_FIELDS
+        ).where
+        existing = await self.groups.query(where, after=None, limit=MAX_GROUPS_PER_ATTESTATION)
+        return len(existing) < MAX_GROUPS_PER_ATTESTATION
 
     async def get(self, enrollment_group_id: str) -> EnrollmentGroup:
         validate_registration_id(enrollment_group_id, what="id")
@@ -195,6 +222,10 @@ class EnrollmentGroupService:
                 await self.create_or_update(draft.enrollment_group_id, draft, etag)
             case BulkMode.DELETE:
                 await self.delete(draft.enrollment_group_id, None)
+
+
+def _already_exists(group: EnrollmentGroup) -> EnrollmentGroupAlreadyExists:
+    return EnrollmentGroupAlreadyExists(group.enrollment_group_id)
 
 
 def _check_draft(path_id: str, draft: EnrollmentGroupDraft) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from dpsd.domain.attestation import AttestationMechanism, check_consistent, completes_alone
@@ -13,7 +12,7 @@ from dpsd.domain.enrollment import (
     check_settings,
 )
 from dpsd.domain.errors import DomainError, InvalidAttestation, InvalidQuery, ValidationError
-from dpsd.domain.etag import WILDCARD, new_etag, normalize_if_match
+from dpsd.domain.etag import WILDCARD, new_etag
 from dpsd.domain.ids import id_key, validate_registration_id
 from dpsd.domain.query import ENROLLMENT_QUERY_FIELDS, parse_query
 from dpsd.service import records
@@ -94,7 +93,10 @@ class EnrollmentService:
 
         written = None
         if if_match is None or completes_alone(draft.settings.attestation):
-            written = await self._write_unread(draft, if_match, build)
+            hubs = named_hubs(draft.settings)
+            written = await records.write_unread(
+                self.enrollments, if_match, build, hubs, _already_exists
+            )
         if written is None:
             await check_linked(self.hubs, draft.settings)
             written = await records.create_or_update(
@@ -106,34 +108,6 @@ class EnrollmentService:
             )
         self.trust.trust(attestation_certificates(written.settings.attestation))
         return written
-
-    async def _write_unread(
-        self,
-        draft: IndividualEnrollmentDraft,
-        if_match: str | None,
-        build: Callable[[IndividualEnrollment | None], IndividualEnrollment],
-    ) -> IndividualEnrollment | None:
-        """A create, or an update that keeps nothing of the stored record but its creation
-        time: one statement that also checks the named hubs are linked, no read first.
-
-        None leaves the PUT to the general path (hubs checked, then records.create_or_update),
-        which reports what went wrong in its own order (an unlinked hub, then a precondition,
-        then the draft): when the draft does not complete, when no record matched, when
-        some hub is not linked."""
-        try:
-            record = build(None)
-        except DomainError:
-            return None
-        hubs = named_hubs(draft.settings)
-        if if_match is None:
-            added = await self.enrollments.add_linked(record, hubs=hubs)
-            if added is False:  # the hubs are linked: the record exists
-                raise EnrollmentAlreadyExists(draft.registration_id)
-            return record if added else None
-        wanted = normalize_if_match(if_match)
-        expected = None if wanted == WILDCARD else wanted
-        created = await self.enrollments.overwrite(record, expected_etag=expected, hubs=hubs)
-        return None if created is None else replace(record, created=created)
 
     async def get(self, registration_id: str) -> IndividualEnrollment:
         """GET /enrollments/{id}, with the device's registration state when there is one."""
@@ -208,6 +182,10 @@ class EnrollmentService:
         if enrollment is None:
             raise EnrollmentNotFound(registration_id)
         return enrollment
+
+
+def _already_exists(enrollment: IndividualEnrollment) -> EnrollmentAlreadyExists:
+    return EnrollmentAlreadyExists(enrollment.registration_id)
 
 
 def _check_draft(path_id: str, draft: IndividualEnrollmentDraft) -> None:

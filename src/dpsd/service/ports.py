@@ -98,6 +98,16 @@ class EnrollmentGroupRepository(Protocol):
 
     async def replace(self, record: EnrollmentGroup, *, expected_etag: str) -> bool: ...
 
+    async def add_linked(self, record: EnrollmentGroup, *, hubs: Sequence[str]) -> bool | None:
+        """As EnrollmentRepository.add_linked."""
+        ...
+
+    async def overwrite(
+        self, record: EnrollmentGroup, *, expected_etag: str | None, hubs: Sequence[str] = ()
+    ) -> datetime | None:
+        """As EnrollmentRepository.overwrite: the stored creation time is kept."""
+        ...
+
     async def delete(self, record_id: str, *, expected_etag: str | None) -> bool: ...
 
     async def query(

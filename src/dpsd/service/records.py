@@ -3,6 +3,10 @@
 PUT semantics of the DPS service API: without If-Match a PUT creates, and refuses an
 existing record; with If-Match it updates at that etag (``*``: at whatever etag is there).
 The etag check happens in the store, so a concurrent writer cannot slip in between.
+
+Records that name IoT hubs (enrollments, enrollment groups) can also be written without
+reading first: ``write_unread`` is one statement that checks the hubs are linked as well
+(docs/performance.md says why the service API's PUT needs it).
 """
 
 from __future__ import annotations
@@ -10,11 +14,12 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import Field, dataclass, replace
+from datetime import datetime
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from dpsd.domain.errors import ValidationError
+from dpsd.domain.errors import DomainError, ValidationError
 from dpsd.domain.etag import WILDCARD, normalize_if_match
 from dpsd.service.errors import BadRequest, PreconditionFailed, ServiceError
 
@@ -61,6 +66,30 @@ class GuardedRepository(Protocol[R]):
     async def delete(self, record_id: str, *, expected_etag: str | None) -> bool: ...
 
 
+class Dated(Versioned, Protocol):
+    """A record (a dataclass) that keeps its creation time through every update."""
+
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
+    @property
+    def created(self) -> datetime: ...
+
+
+D = TypeVar("D", bound=Dated)
+
+
+class LinkedRepository(GuardedRepository[D], Protocol[D]):
+    """A store of records that name IoT hubs, writing them whole in one atomic step with
+    the check that those hubs are linked (ports.EnrollmentRepository says what each
+    method answers)."""
+
+    async def add_linked(self, record: D, *, hubs: Sequence[str]) -> bool | None: ...
+
+    async def overwrite(
+        self, record: D, *, expected_etag: str | None, hubs: Sequence[str] = ()
+    ) -> datetime | None: ...
+
+
 async def create_or_update(
     repository: GuardedRepository[R],
     record_id: str,
@@ -100,6 +129,38 @@ async def _create(
     if not await repository.add(record):
         raise already_exists()
     return record
+
+
+async def write_unread(
+    repository: LinkedRepository[D],
+    if_match: str | None,
+    build: Callable[[D | None], D],
+    hubs: Sequence[str],
+    already_exists: Callable[[D], ServiceError],
+) -> D | None:
+    """create_or_update in one statement that also checks the named ``hubs`` are linked,
+    without reading the stored record: a create, or an update that keeps nothing of the
+    stored record but its creation time (with If-Match, only for a caller that knows
+    ``build(None)`` is, creation time aside, what ``build`` makes of any stored record).
+
+    ``already_exists(record)``: the error for a create that meets a record with its id.
+    None leaves the write to the general path (its checks, then create_or_update), which
+    reports what went wrong in its own order (an unlinked hub, then a precondition, then
+    the record): when ``build`` fails, when no record matched, when some hub is not linked.
+    """
+    try:
+        record = build(None)
+    except DomainError:
+        return None
+    if if_match is None:
+        added = await repository.add_linked(record, hubs=hubs)
+        if added is False:  # the hubs are linked: the record exists
+            raise already_exists(record)
+        return record if added else None
+    wanted = normalize_if_match(if_match)
+    expected = None if wanted == WILDCARD else wanted
+    created = await repository.overwrite(record, expected_etag=expected, hubs=hubs)
+    return None if created is None else replace(record, created=created)
 
 
 async def delete(

@@ -15,6 +15,7 @@ from dpsd.domain.hub_device import HubDevice
 from dpsd.domain.ids import id_key
 from dpsd.domain.query import BooleanOp, Comparison, Condition, Not
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationOperation
+from dpsd.service.records import Dated
 
 FieldValue = str | bool | None
 _ID_FIELDS = frozenset({"registrationId", "enrollmentGroupId"})
@@ -26,6 +27,7 @@ class Versioned(Protocol):
 
 
 R = TypeVar("R", bound=Versioned)
+D = TypeVar("D", bound=Dated)
 
 
 def _settings_fields(settings: EnrollmentSettings) -> dict[str, FieldValue]:
@@ -125,11 +127,17 @@ class InMemoryDocumentRepository(Generic[R]):
         return [self._records[key] for key in keys if keep(self._records[key])][:limit]
 
 
-class InMemoryEnrollmentRepository(InMemoryDocumentRepository[IndividualEnrollment]):
-    """``hubs``: where linked hubs are looked up; without it, no hub counts as linked."""
+class InMemoryLinkedRepository(InMemoryDocumentRepository[D]):
+    """Records that name IoT hubs. ``hubs``: where linked hubs are looked up; without it,
+    no hub counts as linked."""
 
-    def __init__(self, hubs: InMemoryHubRepository | None = None) -> None:
-        super().__init__(lambda record: record.registration_id, enrollment_fields)
+    def __init__(
+        self,
+        record_id: Callable[[D], str],
+        fields: Callable[[D], dict[str, FieldValue]],
+        hubs: InMemoryHubRepository | None,
+    ) -> None:
+        super().__init__(record_id, fields)
         self._hubs = hubs
 
     async def _linked(self, hubs: Sequence[str]) -> bool:
@@ -137,33 +145,32 @@ class InMemoryEnrollmentRepository(InMemoryDocumentRepository[IndividualEnrollme
             return True
         return self._hubs is not None and not await self._hubs.missing(hubs)
 
-    async def add_linked(
-        self, enrollment: IndividualEnrollment, *, hubs: Sequence[str]
-    ) -> bool | None:
+    async def add_linked(self, record: D, *, hubs: Sequence[str]) -> bool | None:
         if not await self._linked(hubs):
             return None
-        return await self.add(enrollment)
+        return await self.add(record)
 
     async def overwrite(
-        self,
-        enrollment: IndividualEnrollment,
-        *,
-        expected_etag: str | None,
-        hubs: Sequence[str] = (),
+        self, record: D, *, expected_etag: str | None, hubs: Sequence[str] = ()
     ) -> datetime | None:
-        key = id_key(enrollment.registration_id)
+        key = id_key(self._record_id(record))
         current = self._records.get(key)
         if current is None or (expected_etag is not None and current.etag != expected_etag):
             return None
         if not await self._linked(hubs):
             return None
-        self._records[key] = replace(enrollment, created=current.created)
+        self._records[key] = replace(record, created=current.created)
         return current.created
 
 
-class InMemoryEnrollmentGroupRepository(InMemoryDocumentRepository[EnrollmentGroup]):
-    def __init__(self) -> None:
-        super().__init__(lambda record: record.enrollment_group_id, group_fields)
+class InMemoryEnrollmentRepository(InMemoryLinkedRepository[IndividualEnrollment]):
+    def __init__(self, hubs: InMemoryHubRepository | None = None) -> None:
+        super().__init__(lambda record: record.registration_id, enrollment_fields, hubs)
+
+
+class InMemoryEnrollmentGroupRepository(InMemoryLinkedRepository[EnrollmentGroup]):
+    def __init__(self, hubs: InMemoryHubRepository | None = None) -> None:
+        super().__init__(lambda record: record.enrollment_group_id, group_fields, hubs)
 
 
 class InMemoryCertificateRepository(InMemoryDocumentRepository[CACertificate]):

@@ -39,6 +39,8 @@ enrollment_groups = sa.Table(
     sa.Column("allocation_policy", sa.String(16), nullable=True),
     sa.Column("iot_edge", sa.Boolean, nullable=False),
     sa.Column("document", sa.Text, nullable=False),
+    # As for enrollments: the creation time, so that an update keeps it without a read.
+    sa.Column("created", sa.String(40), nullable=False),
 )
 
 registration_states = sa.Table(

@@ -27,6 +27,7 @@ from dpsd.domain.ids import id_key
 from dpsd.domain.query import BooleanOp, Comparison, Condition, Not
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationOperation
 from dpsd.domain.sas import SharedAccessPolicy, format_rights, parse_rights
+from dpsd.service.records import Dated
 from dpsd.storage import codec
 from dpsd.storage.executor import DuplicateKey, Executor, Prepared
 from dpsd.storage.schema import (
@@ -47,25 +48,31 @@ class Versioned(Protocol):
 
 
 R = TypeVar("R", bound=Versioned)
+D = TypeVar("D", bound=Dated)
 
 
 @dataclass(frozen=True, slots=True)
 class DocumentKind(Generic[R]):
-    """How one kind of record maps onto its table."""
+    """How one kind of record maps onto its table. ``created``: the text of the record's
+    creation time, for kinds that keep it in a column of its own (SqlLinkedRepository)."""
 
     table: sa.Table
     record_id: Callable[[R], str]
     columns: Callable[[R], dict[str, Any]]
     decode: Callable[[str], R]
     query_columns: Mapping[str, sa.Column[Any]]
+    created: Callable[[R], str] | None = None
 
     def row(self, record: R) -> dict[str, Any]:
-        return {
+        row = {
             "id_key": id_key(self.record_id(record)),
             "etag": record.etag,
             "document": codec.encode(record),
             **self.columns(record),
         }
+        if self.created is not None:
+            row["created"] = self.created(record)
+        return row
 
 
 def compile_condition(
@@ -191,6 +198,10 @@ def _settings_query_columns(table: sa.Table) -> dict[str, sa.Column[Any]]:
     }
 
 
+def _created_text(record: IndividualEnrollment | EnrollmentGroup) -> str:
+    return codec.timestamp_text(record.created)
+
+
 ENROLLMENTS: DocumentKind[IndividualEnrollment] = DocumentKind(
     table=enrollments,
     record_id=lambda record: record.registration_id,
@@ -198,7 +209,6 @@ ENROLLMENTS: DocumentKind[IndividualEnrollment] = DocumentKind(
         "registration_id": record.registration_id,
         "device_id": record.device_id,
         **_settings_columns(record.settings),
-        "created": codec.timestamp_text(record.created),
     },
     decode=codec.decoder(IndividualEnrollment),
     query_columns={
@@ -206,6 +216,7 @@ ENROLLMENTS: DocumentKind[IndividualEnrollment] = DocumentKind(
         "deviceId": enrollments.c.device_id,
         **_settings_query_columns(enrollments),
     },
+    created=_created_text,
 )
 
 ENROLLMENT_GROUPS: DocumentKind[EnrollmentGroup] = DocumentKind(
@@ -220,6 +231,7 @@ ENROLLMENT_GROUPS: DocumentKind[EnrollmentGroup] = DocumentKind(
         "enrollmentGroupId": enrollment_groups.c.id_key,
         **_settings_query_columns(enrollment_groups),
     },
+    created=_created_text,
 )
 
 REGISTRATION_STATES: DocumentKind[DeviceRegistrationState] = DocumentKind(
@@ -265,14 +277,7 @@ REGISTRATION_OPERATIONS: DocumentKind[RegistrationOperation] = DocumentKind(
 )
 
 
-_ENROLLMENT_FIELDS = [field.name for field in dataclasses.fields(IndividualEnrollment)]
-_BEFORE_CREATED = _ENROLLMENT_FIELDS[: _ENROLLMENT_FIELDS.index("created")]
-_AFTER_CREATED = _ENROLLMENT_FIELDS[_ENROLLMENT_FIELDS.index("created") + 1 :]
-assert _BEFORE_CREATED
-assert _AFTER_CREATED
-
-
-def document_around_created(record: IndividualEnrollment) -> tuple[str, str]:
+def document_around_created(record: Dated) -> tuple[str, str]:
     """The record's document in two parts, the text of its creation time left out between
     them: ``head + codec.timestamp_text(record.created) + tail == codec.encode(record)``."""
     document = codec.encode(record)
@@ -281,8 +286,10 @@ def document_around_created(record: IndividualEnrollment) -> tuple[str, str]:
         cut = document.index(marker) + 11  # len('"created":"')
         return document[:cut], document[cut + len(marker) - 12 :]
     # The record holds that text elsewhere too (in a twin, say): encode the parts apart.
-    before = codec.encode({name: getattr(record, name) for name in _BEFORE_CREATED})
-    after = codec.encode({name: getattr(record, name) for name in _AFTER_CREATED})
+    names = [field.name for field in dataclasses.fields(record)]
+    at = names.index("created")  # never first nor last: an id comes before, a time after
+    before = codec.encode({name: getattr(record, name) for name in names[:at]})
+    after = codec.encode({name: getattr(record, name) for name in names[at + 1 :]})
     return before[:-1] + ',"created":"', '",' + after[1:]
 
 
@@ -302,11 +309,13 @@ def _all_linked(count: int) -> sa.ColumnElement[bool]:
     return linked == sa.literal_column(str(count))
 
 
-class SqlEnrollmentRepository(SqlDocumentRepository[IndividualEnrollment]):
-    """Writes that name IoT hubs check in the same statement that the hubs are linked."""
+class SqlLinkedRepository(SqlDocumentRepository[D]):
+    """Records with enrollment settings (enrollments, enrollment groups): writes that name
+    IoT hubs check in the same statement that the hubs are linked, and an update can keep
+    the stored creation time (a column of its own) without reading the record first."""
 
-    def __init__(self, executor: Executor) -> None:
-        super().__init__(executor, ENROLLMENTS)
+    def __init__(self, executor: Executor, kind: DocumentKind[D]) -> None:
+        super().__init__(executor, kind)
         # On SQLite, an UPDATE that sets an indexed column rewrites its index entry even
         # when the value stays the same (about 10 microseconds); most updates keep the
         # provisioning status, so they first try a statement that leaves it out.
@@ -318,7 +327,7 @@ class SqlEnrollmentRepository(SqlDocumentRepository[IndividualEnrollment]):
         key = (status_kept, at_etag, hubs)
         prepared = self._overwrites.get(key)
         if prepared is None:
-            table = enrollments
+            table = self._table
             statement = table.update().where(table.c.id_key == sa.bindparam("key"))
             if at_etag:
                 statement = statement.where(table.c.etag == sa.bindparam("expected"))
@@ -343,7 +352,7 @@ class SqlEnrollmentRepository(SqlDocumentRepository[IndividualEnrollment]):
     def _insert_statement(self, hubs: int) -> Prepared:
         prepared = self._inserts.get(hubs)
         if prepared is None:
-            table = enrollments
+            table = self._table
             names = [column.name for column in table.columns]
             values = sa.select(*(sa.bindparam(name, type_=table.c[name].type) for name in names))
             statement = table.insert().from_select(names, values.where(_all_linked(hubs)))
@@ -352,13 +361,11 @@ class SqlEnrollmentRepository(SqlDocumentRepository[IndividualEnrollment]):
                 self._inserts[hubs] = prepared
         return prepared
 
-    async def add_linked(
-        self, enrollment: IndividualEnrollment, *, hubs: Sequence[str]
-    ) -> bool | None:
+    async def add_linked(self, record: D, *, hubs: Sequence[str]) -> bool | None:
         keys = _hub_keys(hubs)
         if not keys:
-            return await self.add(enrollment)
-        row = self._kind.row(enrollment) | keys
+            return await self.add(record)
+        row = self._kind.row(record) | keys
         try:
             written = await self._executor.write(self._insert_statement(len(keys)), row)
         except DuplicateKey:
@@ -366,25 +373,17 @@ class SqlEnrollmentRepository(SqlDocumentRepository[IndividualEnrollment]):
         return True if written == 1 else None
 
     async def overwrite(
-        self,
-        enrollment: IndividualEnrollment,
-        *,
-        expected_etag: str | None,
-        hubs: Sequence[str] = (),
+        self, record: D, *, expected_etag: str | None, hubs: Sequence[str] = ()
     ) -> datetime | None:
         """One statement: the new document is written around the stored creation time."""
-        head, tail = document_around_created(enrollment)
+        head, tail = document_around_created(record)
         keys = _hub_keys(hubs)
-        params: dict[str, Any] = {
-            "key": id_key(enrollment.registration_id),
-            "registration_id": enrollment.registration_id,
-            "etag": enrollment.etag,
-            "device_id": enrollment.device_id,
-            **_settings_columns(enrollment.settings),
-            "head": head,
-            "tail": tail,
-            **keys,
-        }
+        params = self._kind.columns(record)
+        params["key"] = id_key(self._kind.record_id(record))
+        params["etag"] = record.etag
+        params["head"] = head
+        params["tail"] = tail
+        params |= keys
         at_etag = expected_etag is not None
         if at_etag:
             params["expected"] = expected_etag
@@ -402,7 +401,12 @@ def _hub_keys(hubs: Sequence[str]) -> dict[str, str]:
     return {f"h{index}": key for index, key in enumerate(dict.fromkeys(map(id_key, hubs)))}
 
 
-class SqlEnrollmentGroupRepository(SqlDocumentRepository[EnrollmentGroup]):
+class SqlEnrollmentRepository(SqlLinkedRepository[IndividualEnrollment]):
+    def __init__(self, executor: Executor) -> None:
+        super().__init__(executor, ENROLLMENTS)
+
+
+class SqlEnrollmentGroupRepository(SqlLinkedRepository[EnrollmentGroup]):
     def __init__(self, executor: Executor) -> None:
         super().__init__(executor, ENROLLMENT_GROUPS)
 
