@@ -22,8 +22,9 @@ from dpsd.http.host_dispatch import HostDispatch, HubLookup
 from dpsd.http.hub_app import build_hub_app
 from dpsd.http.routing import Router
 from dpsd.http.service_api import (
-    EnrollmentGroupHandlers,
-    EnrollmentHandlers,
+    ENROLLMENT_GROUPS,
+    ENROLLMENTS,
+    ProvisioningRecords,
     RegistrationStateHandlers,
 )
 from dpsd.integrations.iothub import IotHubRestRegistry
@@ -208,8 +209,8 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             hub_timeout=settings.hub_timeout,
         )
         routes = [
-            *EnrollmentHandlers(enrollments).routes(),
-            *EnrollmentGroupHandlers(groups).routes(),
+            *ProvisioningRecords(ENROLLMENTS, enrollments).routes(),
+            *ProvisioningRecords(ENROLLMENT_GROUPS, groups).routes(),
             *RegistrationStateHandlers(RegistrationStateService(states)).routes(),
             *DeviceHandlers(devices, settings.retry_after).routes(),
         ]

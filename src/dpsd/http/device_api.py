@@ -7,9 +7,9 @@ certificate the listener hands over in the ASGI TLS extension); the use cases ch
 from __future__ import annotations
 
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationOperation
+from dpsd.http.bodies import read_optional_json
 from dpsd.http.exchange import HttpRequest, HttpResponse, json_response
 from dpsd.http.routing import Route
-from dpsd.http.service_api import read_optional_json
 from dpsd.service.device_registration import Credential, DeviceRegistrationService
 from dpsd.wire import (
     DeviceRegistrationResultWire,

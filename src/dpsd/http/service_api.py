@@ -1,27 +1,29 @@
-"""Handlers of the service API: individual enrollments (api-version 2021-10-01)."""
+"""Handlers of the service API (api-version 2021-10-01): individual enrollments and
+enrollment groups, two kinds of one shape (RecordKind) served by ProvisioningRecords, and
+device registration states; each through http.records (the record, plus its own actions)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 import msgspec
 
-from dpsd.domain.attestation import AttestationType
+from dpsd.domain.attestation import AttestationMechanism, AttestationType
+from dpsd.domain.enrollment import IndividualEnrollment, IndividualEnrollmentDraft
+from dpsd.domain.enrollment_group import EnrollmentGroup, EnrollmentGroupDraft
 from dpsd.domain.errors import DomainError, ValidationError
 from dpsd.domain.sas import AccessRights
-from dpsd.http.errors import (
-    InvalidHeader,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    describe_decode_error,
-    status_and_code,
-)
-from dpsd.http.exchange import HttpRequest, HttpResponse, empty_response, json_response
+from dpsd.http.bodies import read_json
+from dpsd.http.errors import InvalidHeader, status_and_code
+from dpsd.http.exchange import HttpRequest, HttpResponse, json_response
+from dpsd.http.records import Delete, Params, Read, RecordHandlers, Write
 from dpsd.http.routing import Route
-from dpsd.service.enrollment_groups import EnrollmentGroupService
-from dpsd.service.enrollments import EnrollmentService
-from dpsd.service.records import BulkMode
+from dpsd.service.enrollment_groups import BulkGroupFailure
+from dpsd.service.enrollments import BulkItemFailure
+from dpsd.service.errors import ServiceError
+from dpsd.service.records import BulkMode, Page
 from dpsd.service.registration_states import RegistrationStateService
 from dpsd.wire import (
     AttestationWire,
@@ -43,44 +45,11 @@ from dpsd.wire import (
     registration_state_to_wire,
 )
 
-MAX_BODY_BYTES = 96 * 1024
-_EMPTY_BODY = "The request needs a JSON body"
-T = TypeVar("T")
 W = TypeVar("W", IndividualEnrollmentWire, EnrollmentGroupWire)
 D = TypeVar("D")
-
-
-async def read_json(request: HttpRequest, model: type[T]) -> T:
-    """The body decoded as ``model``; at most 96 KB, as the real service allows."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES} bytes")
-    content_type = request.headers.get("content-type", "application/json")
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    if media_type != "application/json" and not media_type.endswith("+json"):
-        raise UnsupportedMediaType(f"The request body must be application/json, not {media_type!r}")
-    body = await request.body(MAX_BODY_BYTES)
-    if body is None:
-        raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES} bytes")
-    if not body:
-        raise ValidationError(_EMPTY_BODY)
-    try:
-        return msgspec.json.decode(body, type=model)
-    except msgspec.DecodeError as error:
-        raise describe_decode_error(error) from error
-
-
-async def read_optional_json(request: HttpRequest, model: type[T]) -> T | None:
-    """Like read_json, but an empty body is None (device clients differ in what they send)."""
-    declared = request.headers.get("content-length", "")
-    if declared == "0":
-        return None
-    try:
-        return await read_json(request, model)
-    except ValidationError as error:
-        if error.message == _EMPTY_BODY:
-            return None
-        raise
+Rec = TypeVar("Rec")
+F = TypeVar("F")
+F_co = TypeVar("F_co", covariant=True)
 
 
 def _max_item_count(request: HttpRequest) -> int | None:
@@ -161,123 +130,182 @@ def _query_disclosure(request: HttpRequest) -> Disclosure:
     return Disclosure.ALL if _wants_secrets(request) else Disclosure.PUBLIC
 
 
-class EnrollmentHandlers:
-    def __init__(self, service: EnrollmentService) -> None:
-        self._service = service
+class ProvisioningService(Protocol[D, Rec, F_co]):
+    """The use cases of one kind of DPS record (EnrollmentService, EnrollmentGroupService)."""
+
+    async def create_or_update(self, path_id: str, draft: D, if_match: str | None, /) -> Rec: ...
+
+    async def get(self, record_id: str, /) -> Rec: ...
+
+    async def delete(self, record_id: str, if_match: str | None, /) -> None: ...
+
+    async def attestation_mechanism(self, record_id: str, /) -> AttestationMechanism: ...
+
+    async def query(
+        self, text: str, continuation: str | None, max_items: int | None, /
+    ) -> Page[Rec]: ...
+
+    async def run_bulk_operation(
+        self, mode: BulkMode, drafts: list[D], etags: list[str | None], /
+    ) -> Sequence[F_co]: ...
+
+
+class BulkOperation(Protocol):
+    @property
+    def mode(self) -> str | None: ...
+
+
+Op = TypeVar("Op", bound=BulkOperation)
+
+
+@dataclass(frozen=True, slots=True)
+class BulkShape(Generic[Op, W, F]):
+    """A kind's bulk operation on the wire: the body's model, its items (named ``field``
+    on the wire), and the result body made of the items that failed."""
+
+    operation: type[Op]
+    items: Callable[[Op], list[W] | None]
+    field: str
+    result: Callable[[Sequence[F]], object]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordKind(Generic[W, D, Rec, F]):
+    """What differs between individual enrollments and enrollment groups at the edge."""
+
+    segment: str
+    item_type: str
+    """The ``x-ms-item-type`` of query pages."""
+    wire: type[W]
+    to_draft: Callable[[W], D]
+    to_wire: Callable[[Rec, Disclosure], object]
+    bulk: BulkShape[Any, W, F]
+
+
+class ProvisioningRecords(Generic[W, D, Rec, F]):
+    """One kind of DPS record served through http.records: the record at ``/{segment}/{id}``,
+    with its query, its bulk operation and its attestation mechanism as actions."""
+
+    __slots__ = ("_kind", "_service")
+
+    def __init__(
+        self, kind: RecordKind[W, D, Rec, F], service: ProvisioningService[D, Rec, F]
+    ) -> None:
+        self._kind: RecordKind[W, D, Rec, F] = kind
+        self._service: ProvisioningService[D, Rec, F] = service
 
     def routes(self) -> list[Route]:
         read, write = AccessRights.ENROLLMENT_READ, AccessRights.ENROLLMENT_WRITE
-        return [
-            Route("POST", ("enrollments", "query"), self.query, _query_right),
-            Route("POST", ("enrollments",), self.bulk, write),
-            Route("GET", ("enrollments", "{id}"), self.get, read),
-            Route("PUT", ("enrollments", "{id}"), self.put, write),
-            Route("DELETE", ("enrollments", "{id}"), self.delete, write),
-            # It returns the keys, so reading it takes the right to write enrollments.
-            Route("POST", ("enrollments", "{id}", "attestationmechanism"), self.attestation, write),
-        ]
-
-    async def put(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        wire = await read_json(request, IndividualEnrollmentWire)
-        enrollment = await self._service.create_or_update(
-            params["id"], enrollment_to_draft(wire), request.headers.get("if-match")
-        )
-        return json_response(enrollment_to_wire(enrollment, Disclosure.KEYS))
-
-    async def get(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        enrollment = await self._service.get(params["id"])
-        return json_response(enrollment_to_wire(enrollment, Disclosure.PUBLIC))
-
-    async def delete(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        await self._service.delete(params["id"], request.headers.get("if-match"))
-        return empty_response(204)
-
-    async def attestation(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        mechanism = await self._service.attestation_mechanism(params["id"])
-        return json_response(attestation_to_wire(mechanism))
-
-    async def query(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        text = await _query_text(request)
-        page = await self._service.query(text, _continuation(request), _max_item_count(request))
-        disclosure = _query_disclosure(request)
-        items = [enrollment_to_wire(item, disclosure) for item in page.items]
-        return _page_response(items, "Enrollment", page.page_size, page.continuation)
-
-    async def bulk(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        operation = await read_json(request, BulkEnrollmentOperationWire)
-        mode, items = _bulk_items(operation.mode, operation.enrollments, "enrollments")
-        drafts = _drafts(items, enrollment_to_draft, "enrollments")
-        failures = await self._service.run_bulk_operation(mode, drafts, [i.etag for i in items])
-        errors = [
-            BulkErrorWire(
-                failure.registration_id, status_and_code(failure.error)[1], failure.error.message
-            )
-            for failure in failures
-        ]
-        return json_response(BulkResultWire(is_successful=not errors, errors=errors))
-
-
-class EnrollmentGroupHandlers:
-    def __init__(self, service: EnrollmentGroupService) -> None:
-        self._service = service
-
-    def routes(self) -> list[Route]:
-        read, write = AccessRights.ENROLLMENT_READ, AccessRights.ENROLLMENT_WRITE
-        return [
-            Route("POST", ("enrollmentgroups", "query"), self.query, _query_right),
-            Route("POST", ("enrollmentgroups",), self.bulk, write),
-            Route("GET", ("enrollmentgroups", "{id}"), self.get, read),
-            Route("PUT", ("enrollmentgroups", "{id}"), self.put, write),
-            Route("DELETE", ("enrollmentgroups", "{id}"), self.delete, write),
-            Route(
-                "POST",
-                ("enrollmentgroups", "{id}", "attestationmechanism"),
-                self.attestation,
-                write,
+        segment = self._kind.segment
+        attestation = Read(self._attestation_mechanism, attestation_to_wire)
+        return RecordHandlers(
+            segment,
+            read,
+            write,
+            get=Read(self._get, self._public),
+            put=Write(self._kind.wire, self._put, self._with_keys),
+            delete=Delete(self._delete),
+            actions=(
+                Route("POST", (segment, "query"), self.query, _query_right),
+                Route("POST", (segment,), self.bulk, write),
+                # It returns the keys, so reading it takes the right to write enrollments.
+                Route("POST", (segment, "{id}", "attestationmechanism"), attestation.handle, write),
             ),
-        ]
+        ).routes()
 
-    async def put(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        wire = await read_json(request, EnrollmentGroupWire)
-        group = await self._service.create_or_update(
-            params["id"], group_to_draft(wire), request.headers.get("if-match")
-        )
-        return json_response(group_to_wire(group, Disclosure.KEYS))
+    def _get(self, params: Params) -> Awaitable[Rec]:
+        return self._service.get(params["id"])
 
-    async def get(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        return json_response(
-            group_to_wire(await self._service.get(params["id"]), Disclosure.PUBLIC)
-        )
+    def _put(self, params: Params, body: W, if_match: str | None) -> Awaitable[Rec]:
+        return self._service.create_or_update(params["id"], self._kind.to_draft(body), if_match)
 
-    async def delete(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        await self._service.delete(params["id"], request.headers.get("if-match"))
-        return empty_response(204)
+    def _delete(self, params: Params, if_match: str | None) -> Awaitable[None]:
+        return self._service.delete(params["id"], if_match)
 
-    async def attestation(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        mechanism = await self._service.attestation_mechanism(params["id"])
-        return json_response(attestation_to_wire(mechanism))
+    def _attestation_mechanism(self, params: Params) -> Awaitable[AttestationMechanism]:
+        return self._service.attestation_mechanism(params["id"])
 
-    async def query(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
+    def _public(self, record: Rec) -> object:
+        return self._kind.to_wire(record, Disclosure.PUBLIC)
+
+    def _with_keys(self, record: Rec) -> object:
+        return self._kind.to_wire(record, Disclosure.KEYS)
+
+    async def query(self, request: HttpRequest, params: Params) -> HttpResponse:
         text = await _query_text(request)
         page = await self._service.query(text, _continuation(request), _max_item_count(request))
         disclosure = _query_disclosure(request)
-        items = [group_to_wire(item, disclosure) for item in page.items]
-        return _page_response(items, "EnrollmentGroup", page.page_size, page.continuation)
+        items = [self._kind.to_wire(item, disclosure) for item in page.items]
+        return _page_response(items, self._kind.item_type, page.page_size, page.continuation)
 
-    async def bulk(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        operation = await read_json(request, BulkEnrollmentGroupOperationWire)
-        mode, items = _bulk_items(operation.mode, operation.enrollment_groups, "enrollmentGroups")
-        drafts = _drafts(items, group_to_draft, "enrollmentGroups")
+    async def bulk(self, request: HttpRequest, params: Params) -> HttpResponse:
+        shape = self._kind.bulk
+        operation = await read_json(request, shape.operation)
+        mode, items = _bulk_items(operation.mode, shape.items(operation), shape.field)
+        drafts = _drafts(items, self._kind.to_draft, shape.field)
         failures = await self._service.run_bulk_operation(mode, drafts, [i.etag for i in items])
-        errors = [
-            BulkGroupErrorWire(
-                failure.enrollment_group_id,
-                status_and_code(failure.error)[1],
-                failure.error.message,
-            )
-            for failure in failures
-        ]
-        return json_response(BulkGroupResultWire(is_successful=not errors, errors=errors))
+        return json_response(shape.result(failures))
+
+
+def _code_and_message(error: DomainError | ServiceError) -> tuple[int, str]:
+    return status_and_code(error)[1], error.message
+
+
+def _enrollments_result(failures: Sequence[BulkItemFailure]) -> BulkResultWire:
+    errors = [
+        BulkErrorWire(failure.registration_id, *_code_and_message(failure.error))
+        for failure in failures
+    ]
+    return BulkResultWire(is_successful=not errors, errors=errors)
+
+
+def _groups_result(failures: Sequence[BulkGroupFailure]) -> BulkGroupResultWire:
+    errors = [
+        BulkGroupErrorWire(failure.enrollment_group_id, *_code_and_message(failure.error))
+        for failure in failures
+    ]
+    return BulkGroupResultWire(is_successful=not errors, errors=errors)
+
+
+_ENROLLMENTS_BULK: BulkShape[
+    BulkEnrollmentOperationWire, IndividualEnrollmentWire, BulkItemFailure
+] = BulkShape(
+    BulkEnrollmentOperationWire,
+    lambda operation: operation.enrollments,
+    "enrollments",
+    _enrollments_result,
+)
+
+_GROUPS_BULK: BulkShape[BulkEnrollmentGroupOperationWire, EnrollmentGroupWire, BulkGroupFailure] = (
+    BulkShape(
+        BulkEnrollmentGroupOperationWire,
+        lambda operation: operation.enrollment_groups,
+        "enrollmentGroups",
+        _groups_result,
+    )
+)
+
+ENROLLMENTS: RecordKind[
+    IndividualEnrollmentWire, IndividualEnrollmentDraft, IndividualEnrollment, BulkItemFailure
+] = RecordKind(
+    segment="enrollments",
+    item_type="Enrollment",
+    wire=IndividualEnrollmentWire,
+    to_draft=enrollment_to_draft,
+    to_wire=enrollment_to_wire,
+    bulk=_ENROLLMENTS_BULK,
+)
+
+ENROLLMENT_GROUPS: RecordKind[
+    EnrollmentGroupWire, EnrollmentGroupDraft, EnrollmentGroup, BulkGroupFailure
+] = RecordKind(
+    segment="enrollmentgroups",
+    item_type="EnrollmentGroup",
+    wire=EnrollmentGroupWire,
+    to_draft=group_to_draft,
+    to_wire=group_to_wire,
+    bulk=_GROUPS_BULK,
+)
 
 
 class RegistrationStateHandlers:
@@ -287,18 +315,15 @@ class RegistrationStateHandlers:
     def routes(self) -> list[Route]:
         read = AccessRights.REGISTRATION_STATUS_READ
         write = AccessRights.REGISTRATION_STATUS_WRITE
-        return [
-            Route("POST", ("registrations", "{id}", "query"), self.query, read),
-            Route("GET", ("registrations", "{id}"), self.get, read),
-            Route("DELETE", ("registrations", "{id}"), self.delete, write),
-        ]
-
-    async def get(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        return json_response(registration_state_to_wire(await self._service.get(params["id"])))
-
-    async def delete(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        await self._service.delete(params["id"], request.headers.get("if-match"))
-        return empty_response(204)
+        states = self._service
+        return RecordHandlers(
+            "registrations",
+            read,
+            write,
+            get=Read(lambda params: states.get(params["id"]), registration_state_to_wire),
+            delete=Delete(lambda params, if_match: states.delete(params["id"], if_match)),
+            actions=(Route("POST", ("registrations", "{id}", "query"), self.query, read),),
+        ).routes()
 
     async def query(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         # The spec sends no body; Node and C# send a query specification. Both mean "all".
