@@ -7,15 +7,17 @@ Device ids arrive percent-encoded in the path and are decoded by the router.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TypeVar
 from urllib.parse import parse_qsl
 
-import msgspec
-
 from dpsd.domain.hub import HubAccessRights
-from dpsd.http.errors import InvalidHeader, PayloadTooLarge, describe_decode_error
-from dpsd.http.exchange import HttpRequest, HttpResponse, empty_response, json_response
+from dpsd.domain.hub_device import HubDevice
+from dpsd.http.bodies import check_declared_length, decode_json, too_large
+from dpsd.http.errors import InvalidHeader
+from dpsd.http.exchange import HttpRequest, HttpResponse, json_response
 from dpsd.http.hub_errors import MissingBody
+from dpsd.http.records import Delete, Params, Read, RecordHandlers, Write
 from dpsd.http.routing import Route
 from dpsd.hub_wire import (
     DeviceBodyWire,
@@ -36,18 +38,13 @@ T = TypeVar("T")
 
 async def read_body(request: HttpRequest, model: type[T]) -> T:
     """The body decoded as ``model``, whatever content type it claims."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES} bytes")
+    check_declared_length(request, MAX_BODY_BYTES)
     body = await request.body(MAX_BODY_BYTES)
     if body is None:
-        raise PayloadTooLarge(f"The request body is larger than {MAX_BODY_BYTES} bytes")
+        raise too_large(MAX_BODY_BYTES)
     if not body.strip():
         raise MissingBody("The request needs a JSON body")
-    try:
-        return msgspec.json.decode(body, type=model)
-    except msgspec.DecodeError as error:
-        raise describe_decode_error(error) from error
+    return decode_json(body, model)
 
 
 def _query_parameter(request: HttpRequest, name: str) -> str | None:
@@ -77,73 +74,69 @@ def _page_response(page: HubQueryPage) -> HttpResponse:
 
 
 class HubHandlers:
+    """A hub's devices and twins, each kind served through http.records; the list and the
+    query of devices are actions of the devices."""
+
     def __init__(self, service: HubRegistryService) -> None:
         self._service = service
 
     def routes(self) -> list[Route[HubAccessRights]]:
         read, write = HubAccessRights.REGISTRY_READ, HubAccessRights.REGISTRY_WRITE
         connect = HubAccessRights.SERVICE_CONNECT
-        return [
-            Route("POST", ("devices", "query"), self.query, connect),
-            Route("GET", ("devices",), self.list_devices, read),
-            Route("GET", ("devices", "{id}"), self.get_device, read),
-            Route("PUT", ("devices", "{id}"), self.put_device, write),
-            Route("DELETE", ("devices", "{id}"), self.delete_device, write),
-            Route("GET", ("twins", "{id}"), self.get_twin, connect),
-            Route("PATCH", ("twins", "{id}"), self.update_twin, connect),
-            Route("PUT", ("twins", "{id}"), self.replace_twin, connect),
-        ]
-
-    async def put_device(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        body = await read_body(request, DeviceBodyWire)
-        device = await self._service.create_or_update_device(
-            params[HUB_PARAM],
-            params["id"],
-            identity_from_wire(body, params["id"]),
-            request.headers.get("if-match"),
+        devices = RecordHandlers(
+            "devices",
+            read,
+            write,
+            get=Read(self._get_device, device_to_wire),
+            put=Write(DeviceBodyWire, self._put_device, device_to_wire, read_body),
+            delete=Delete(self._delete_device),
+            actions=(
+                Route("POST", ("devices", "query"), self.query, connect),
+                Route("GET", ("devices",), self.list_devices, read),
+            ),
         )
-        return json_response(device_to_wire(device))
-
-    async def get_device(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        device = await self._service.get_device(params[HUB_PARAM], params["id"])
-        return json_response(device_to_wire(device))
-
-    async def delete_device(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        await self._service.delete_device(
-            params[HUB_PARAM], params["id"], request.headers.get("if-match")
+        twins = RecordHandlers(
+            "twins",
+            connect,
+            connect,
+            get=Read(self._get_device, twin_to_wire),
+            put=Write(TwinBodyWire, self._replace_twin, twin_to_wire, read_body),
+            patch=Write(TwinBodyWire, self._update_twin, twin_to_wire, read_body),
         )
-        return empty_response(204)
+        return [*devices.routes(), *twins.routes()]
 
-    async def list_devices(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
+    def _get_device(self, params: Params) -> Awaitable[HubDevice]:
+        return self._service.get_device(params[HUB_PARAM], params["id"])
+
+    def _put_device(
+        self, params: Params, body: DeviceBodyWire, if_match: str | None
+    ) -> Awaitable[HubDevice]:
+        identity = identity_from_wire(body, params["id"])
+        return self._service.create_or_update_device(
+            params[HUB_PARAM], params["id"], identity, if_match
+        )
+
+    def _delete_device(self, params: Params, if_match: str | None) -> Awaitable[None]:
+        return self._service.delete_device(params[HUB_PARAM], params["id"], if_match)
+
+    def _update_twin(
+        self, params: Params, body: TwinBodyWire, if_match: str | None
+    ) -> Awaitable[HubDevice]:
+        patch = twin_content_from_wire(body)
+        return self._service.update_twin(params[HUB_PARAM], params["id"], patch, if_match)
+
+    def _replace_twin(
+        self, params: Params, body: TwinBodyWire, if_match: str | None
+    ) -> Awaitable[HubDevice]:
+        content = twin_content_from_wire(body)
+        return self._service.replace_twin(params[HUB_PARAM], params["id"], content, if_match)
+
+    async def list_devices(self, request: HttpRequest, params: Params) -> HttpResponse:
         top = _whole_number(_query_parameter(request, "top"), "top")
         devices = await self._service.list_devices(params[HUB_PARAM], top)
         return json_response([device_to_wire(device) for device in devices])
 
-    async def get_twin(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        device = await self._service.get_device(params[HUB_PARAM], params["id"])
-        return json_response(twin_to_wire(device))
-
-    async def update_twin(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        body = await read_body(request, TwinBodyWire)
-        device = await self._service.update_twin(
-            params[HUB_PARAM],
-            params["id"],
-            twin_content_from_wire(body),
-            request.headers.get("if-match"),
-        )
-        return json_response(twin_to_wire(device))
-
-    async def replace_twin(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
-        body = await read_body(request, TwinBodyWire)
-        device = await self._service.replace_twin(
-            params[HUB_PARAM],
-            params["id"],
-            twin_content_from_wire(body),
-            request.headers.get("if-match"),
-        )
-        return json_response(twin_to_wire(device))
-
-    async def query(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
+    async def query(self, request: HttpRequest, params: Params) -> HttpResponse:
         specification = await read_body(request, QuerySpecificationWire)
         if not specification.query:
             raise MissingBody("The query specification needs a 'query'")
