@@ -157,6 +157,17 @@ async def test_a_replace_after_a_delete_writes_nothing(store: Store) -> None:
     assert not await store.devices.delete("Hub.Example", "dev-1")
 
 
+async def test_a_delete_at_a_version_spares_a_newer_one(store: Store) -> None:
+    device = hub_device()
+    await store.devices.add(device)
+    newer = replace(device, device_version=device.device_version + 1)
+    assert await store.devices.replace(newer, expected=device)
+    assert not await store.devices.delete("hub.example", "dev-1", device_version=1)
+    assert await store.devices.get("hub.example", "dev-1") == newer
+    assert await store.devices.delete("hub.example", "dev-1", device_version=2)
+    assert await store.devices.get("hub.example", "dev-1") is None
+
+
 async def test_list_in_id_order_byte_by_byte(store: Store) -> None:
     ids = ["b", "A", "a", "_u", "-d", "0", "B", "a.b", "a-b", "Z", "$x", "(p)"]
     for device_id in ids:

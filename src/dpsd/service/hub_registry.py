@@ -123,19 +123,20 @@ class HubRegistryService:
         return device
 
     async def delete_device(self, hub: str, device_id: str, if_match: str | None) -> None:
-        """``DELETE /devices/{id}``, at the device etag when If-Match names one.
-
-        The store deletes unconditionally, so the etag is compared just before: a write
-        that lands between the two is deleted with the device."""
+        """``DELETE /devices/{id}``, at the device etag when If-Match names one: the store
+        deletes only the version whose etag matched, so a write landing in between wins."""
         host = await self._host(hub)
-        stored = await self.devices.get(host, device_id)
-        if stored is None:
-            raise HubDeviceNotFound(device_id)
         wanted = WILDCARD if if_match is None else normalize_if_match(if_match)
-        if wanted not in (WILDCARD, device_etag(stored)):
-            raise PreconditionFailed(device_id)
-        if not await self.devices.delete(host, device_id):
-            raise HubDeviceNotFound(device_id)
+        for _ in range(_WRITE_ATTEMPTS):
+            stored = await self.devices.get(host, device_id)
+            if stored is None:
+                raise HubDeviceNotFound(device_id)
+            if wanted not in (WILDCARD, device_etag(stored)):
+                raise PreconditionFailed(device_id)
+            version = None if wanted == WILDCARD else stored.device_version
+            if await self.devices.delete(host, device_id, device_version=version):
+                return
+        raise PreconditionFailed(device_id)
 
     async def list_devices(self, hub: str, top: int | None) -> list[HubDevice]:
         """``GET /devices?top=n``: the first ``top`` devices in id order (at most 1000)."""

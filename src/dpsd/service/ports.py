@@ -235,7 +235,10 @@ class HubDeviceRepository(Protocol):
         is no longer ``expected`` (its versions moved on, or it was deleted)."""
         ...
 
-    async def delete(self, hub: str, device_id: str) -> bool: ...
+    async def delete(self, hub: str, device_id: str, *, device_version: int | None = None) -> bool:
+        """Delete (only while the stored ``device_version`` is the one given, when given);
+        False when nothing matched."""
+        ...
 
     async def list(self, hub: str, *, after: str | None, limit: int) -> list[HubDevice]:
         """Devices of ``hub`` in device id order, starting after the id ``after``."""

@@ -54,6 +54,11 @@ class SqlHubDeviceRepository:
             )
         )
         self._delete = prepare(table.delete().where(this_device))
+        self._delete_at = prepare(
+            table.delete()
+            .where(this_device)
+            .where(table.c.device_version == sa.bindparam("read_device_version"))
+        )
         self._delete_hub = prepare(table.delete().where(table.c.hub_key == hub))
         listing = (
             sa.select(table.c.document)
@@ -91,9 +96,12 @@ class SqlHubDeviceRepository:
         }
         return await self._executor.write(self._replace, params) == 1
 
-    async def delete(self, hub: str, device_id: str) -> bool:
-        params = {"hub": id_key(hub), "device": device_id}
-        return await self._executor.write(self._delete, params) == 1
+    async def delete(self, hub: str, device_id: str, *, device_version: int | None = None) -> bool:
+        params: dict[str, Any] = {"hub": id_key(hub), "device": device_id}
+        if device_version is None:
+            return await self._executor.write(self._delete, params) == 1
+        params["read_device_version"] = device_version
+        return await self._executor.write(self._delete_at, params) == 1
 
     async def list(self, hub: str, *, after: str | None, limit: int) -> list[HubDevice]:
         params: dict[str, Any] = {"hub": id_key(hub), "limit": limit}

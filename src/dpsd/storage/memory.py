@@ -245,8 +245,15 @@ class InMemoryHubDeviceRepository:
         self._devices[key] = device
         return True
 
-    async def delete(self, hub: str, device_id: str) -> bool:
-        return self._devices.pop((id_key(hub), device_id), None) is not None
+    async def delete(self, hub: str, device_id: str, *, device_version: int | None = None) -> bool:
+        key = (id_key(hub), device_id)
+        current = self._devices.get(key)
+        if current is None:
+            return False
+        if device_version is not None and current.device_version != device_version:
+            return False
+        del self._devices[key]
+        return True
 
     async def list(self, hub: str, *, after: str | None, limit: int) -> list[HubDevice]:
         hub_key = id_key(hub)
