@@ -159,16 +159,23 @@ def _hub_context(files: HubCertificateFiles) -> ssl.SSLContext:
     return context
 
 
+def verified_chain(ssl_object: ssl.SSLObject | None) -> tuple[str, ...]:
+    """The client's certificate chain as the handshake verified it (PEM, leaf first), or
+    nothing when the client sent no certificate."""
+    if ssl_object is None or not ssl_object.getpeercert(binary_form=True):
+        return ()
+    # SSLObject.get_verified_chain() is public from Python 3.13; 3.11 and 3.12 have it on
+    # the underlying _ssl object.
+    native: Any = getattr(ssl_object, "_sslobj", ssl_object)
+    return tuple(str(certificate.public_bytes()) for certificate in native.get_verified_chain())
+
+
 def _tls_extension(transport: asyncio.BaseTransport) -> dict[str, Any] | None:
     ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is None:
         return None
-    # SSLObject.get_verified_chain() is public from Python 3.13; 3.11 and 3.12 have it on
-    # the underlying _ssl object.
-    native = getattr(ssl_object, "_sslobj", ssl_object)
-    chain = native.get_verified_chain() if ssl_object.getpeercert(binary_form=True) else []
     return {
-        "client_cert_chain": [str(certificate.public_bytes()) for certificate in chain],
+        "client_cert_chain": list(verified_chain(ssl_object)),
         "client_cert_error": None,
         "tls_version": None,
         "cipher_suite": None,
