@@ -9,6 +9,7 @@ import socket
 import ssl
 import uuid
 from collections.abc import Callable, Iterator
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -28,7 +29,7 @@ from tests.e2e.process import (
 pytestmark = pytest.mark.e2e
 
 API = "?api-version=2021-10-01"
-INFO_KEYS = {"idScope", "serviceConnectionString", "caCertificatePath", "endpoints"}
+INFO_KEYS = {"version", "idScope", "serviceConnectionString", "caCertificatePath", "endpoints"}
 TIMEOUT = httpx.Timeout(10.0)
 
 
@@ -84,6 +85,22 @@ def test_banner_names_the_endpoints(dpsd_info: dict[str, Any], dpsd_server: Dpsd
     assert dpsd_info["endpoints"]["https"] in output
     assert dpsd_info["endpoints"]["http"] in output
     assert dpsd_info["idScope"] in output
+
+
+def test_the_version_is_the_installed_package_s_everywhere(
+    dpsd_info: dict[str, Any], dpsd_server: DpsdProcess
+) -> None:
+    installed = version("dpsd")
+    result = run_dpsd("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"dpsd {installed}\n"
+    assert dpsd_info["version"] == installed
+    assert f"dpsd {installed} is serving" in dpsd_server.output()
+    human = run_dpsd("info", "--data-dir", str(dpsd_server.data_dir))
+    assert human.returncode == 0, human.stderr
+    assert re.search(rf"^version +{re.escape(installed)}$", human.stdout, re.MULTILINE), (
+        human.stdout
+    )
 
 
 def test_id_scope_has_the_dps_format(dpsd_info: dict[str, Any]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from dpsd.cli.certificates import certificate_app
@@ -16,6 +18,28 @@ cli = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from dpsd.version import dpsd_version
+
+        typer.echo(f"dpsd {dpsd_version()}")
+        raise typer.Exit
+
+
+@cli.callback()
+def _global_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """dpsd: a self-hostable Azure IoT Hub Device Provisioning Service."""
+
+
 cli.command("serve")(serve_command)
 cli.command("info")(info_command)
 cli.add_typer(enrollment_app, name="enrollment")

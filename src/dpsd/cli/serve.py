@@ -38,11 +38,14 @@ from dpsd.settings import (
     DEFAULT_WEBHOOK_TIMEOUT,
     Settings,
 )
+from dpsd.version import dpsd_version
 
 
 def _print_banner(console: Console, runtime: Runtime, endpoints: Endpoints) -> None:
     port = int(endpoints.https.rsplit(":", 1)[1])
-    console.print("[bold]dpsd[/bold] is serving the Device Provisioning Service API")
+    console.print(
+        f"[bold]dpsd[/bold] {dpsd_version()} is serving the Device Provisioning Service API"
+    )
     console.print(f"  HTTPS endpoint     {endpoints.https}")
     console.print(f"  HTTP endpoint      {endpoints.http or 'off'}")
     console.print(f"  MQTT endpoint      {endpoints.mqtt or 'off'}")
@@ -124,6 +127,7 @@ def info_command(
     runtime, endpoints = asyncio.run(read())
     https = urlsplit(endpoints.https)
     info = {
+        "version": dpsd_version(),
         "idScope": runtime.id_scope,
         "serviceConnectionString": runtime.connection_string(https.port or 443, https.hostname),
         "caCertificatePath": str(runtime.tls.ca_certificate),
