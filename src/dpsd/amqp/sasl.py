@@ -1,0 +1,152 @@
+"""The server side of a SASL exchange, sans I/O, and the mechanisms dpsd offers.
+
+A mechanism turns the client's ``sasl-init`` and each ``sasl-response`` into either a
+challenge to send back at once, or evidence for the application to judge. The application
+then accepts, refuses, or sends a challenge of its own (``SaslExchange.challenge``), whose
+answer goes back to the mechanism: that is how a mechanism whose challenges depend on the
+enrollment fits in (DPS's ``TPM``: the EK and SRK first, then an activation blob in two
+segments, then a SAS token signed with the key inside it). Only ``PLAIN`` is offered today.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from dpsd.amqp.codec import (
+    SASL_HEADER,
+    SaslChallenge,
+    SaslCode,
+    SaslFrame,
+    SaslInit,
+    SaslMechanisms,
+    SaslOutcome,
+    SaslResponse,
+    encode_frame,
+)
+
+
+class SaslFailed(Exception):
+    """The exchange cannot go on; the client gets an ``auth`` outcome."""
+
+
+@dataclass(frozen=True, slots=True)
+class SaslEvidence:
+    """What a mechanism learnt from the client, for the application to judge."""
+
+
+@dataclass(frozen=True, slots=True)
+class PlainCredentials(SaslEvidence):
+    """RFC 4616: DPS devices send ``{idScope}/registrations/{registrationId}`` and their SAS
+    token; ``hostname`` is the sasl-init hostname, when the client sends one."""
+
+    authzid: str
+    authcid: str
+    password: str
+    hostname: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Challenge:
+    """A challenge a mechanism sends by itself."""
+
+    data: bytes
+
+
+Step = Challenge | SaslEvidence
+
+
+class SaslMechanism(Protocol):
+    def start(self, init: SaslInit) -> Step:
+        """The client's sasl-init."""
+        ...
+
+    def step(self, response: bytes) -> Step:
+        """A sasl-response to the last challenge."""
+        ...
+
+
+class PlainMechanism:
+    def start(self, init: SaslInit) -> Step:
+        parts = (init.initial_response or b"").split(b"\x00")
+        if len(parts) != 3 or not parts[1]:
+            raise SaslFailed("PLAIN wants authzid NUL authcid NUL password")
+        try:
+            authzid, authcid, password = (part.decode("utf-8") for part in parts)
+        except UnicodeDecodeError as error:
+            raise SaslFailed("PLAIN credentials are not UTF-8") from error
+        return PlainCredentials(authzid, authcid, password, init.hostname)
+
+    def step(self, response: bytes) -> Step:
+        raise SaslFailed("PLAIN has no challenges")
+
+
+MechanismFactory = Callable[[], SaslMechanism]
+MECHANISMS: Mapping[str, MechanismFactory] = {"PLAIN": PlainMechanism}
+
+
+class SaslState(enum.Enum):
+    AWAITING_INIT = "awaiting sasl-init"
+    DECIDING = "the application judges the evidence"
+    CHALLENGED = "awaiting sasl-response"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class SaslExchange:
+    """One client's exchange, from the server's SASL header to the outcome. Methods return
+    the bytes to send; ``receive`` returns the evidence when the application must judge."""
+
+    def __init__(self, mechanisms: Mapping[str, MechanismFactory] = MECHANISMS) -> None:
+        self._mechanisms = mechanisms
+        self._mechanism: SaslMechanism | None = None
+        self.state = SaslState.AWAITING_INIT
+
+    @property
+    def failed(self) -> bool:
+        return self.state is SaslState.FAILED
+
+    def start(self) -> bytes:
+        """The SASL header and the mechanisms offered."""
+        return SASL_HEADER + encode_frame(SaslMechanisms(tuple(self._mechanisms)))
+
+    def receive(self, frame: SaslFrame) -> tuple[SaslEvidence | None, bytes]:
+        """The evidence to judge, if any, and the bytes to send."""
+        try:
+            step = self._advance(frame)
+        except SaslFailed:
+            return None, self.refuse()
+        if isinstance(step, Challenge):
+            return None, self.challenge(step.data)
+        self.state = SaslState.DECIDING
+        return step, b""
+
+    def accept(self) -> bytes:
+        self.state = SaslState.SUCCEEDED
+        return encode_frame(SaslOutcome(SaslCode.OK))
+
+    def refuse(self) -> bytes:
+        self.state = SaslState.FAILED
+        return encode_frame(SaslOutcome(SaslCode.AUTH))
+
+    def challenge(self, data: bytes) -> bytes:
+        """A challenge (≤ 512 bytes in all, as the C SDK requires); the client's response
+        goes to the mechanism."""
+        frame = encode_frame(SaslChallenge(data))
+        self.state = SaslState.CHALLENGED
+        return frame
+
+    def _advance(self, frame: SaslFrame) -> Step:
+        match frame:
+            case SaslInit() if self.state is SaslState.AWAITING_INIT:
+                factory = self._mechanisms.get(frame.mechanism)
+                if factory is None:
+                    raise SaslFailed(f"mechanism {frame.mechanism!r} is not offered")
+                self._mechanism = factory()
+                return self._mechanism.start(frame)
+            case SaslResponse() if self.state is SaslState.CHALLENGED:
+                assert self._mechanism is not None
+                return self._mechanism.step(frame.response)
+        raise SaslFailed(f"{type(frame).__name__} is out of turn ({self.state.value})")

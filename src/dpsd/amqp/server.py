@@ -1,0 +1,109 @@
+"""The AMQP listener: TLS connections (5671) and WebSocket sessions (``AMQPWSB10`` on the
+HTTPS port) in, bytes to the sans-I/O connection, answers out.
+
+The shell (admission, the handshake deadline, TLS and WebSocket I/O) is
+``dpsd.devices.listener``, shared with MQTT; the protocol lives in ``dpsd.amqp.connection``
+and the meaning of links and messages in ``dpsd.amqp.handlers``. This module only adds
+AMQP's sense of time: proton's ticks, which send heartbeats and close idle peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from starlette.types import Receive, Scope, Send
+
+from dpsd.amqp.connection import AmqpConnection, AmqpLimits, Closed, State
+from dpsd.amqp.handlers import AmqpDeviceSession
+from dpsd.devices.answers import DeviceRequests
+from dpsd.devices.listener import Admission, DeviceListener
+from dpsd.service.device_registration import DeviceRegistrationService
+
+SUBPROTOCOL = "amqpwsb10"
+
+
+@dataclass(slots=True)
+class AmqpServer:
+    """``admission``: shared with the other device listeners (by default, this one's own);
+    ``handshake_timeout``: seconds to finish SASL and OPEN."""
+
+    service: DeviceRegistrationService
+    retry_after: int
+    now: Callable[[], datetime]
+    admission: Admission = field(default_factory=Admission)
+    limits: AmqpLimits = field(default_factory=AmqpLimits)
+    handshake_timeout: float = 10.0
+    clock: Callable[[], float] = time.monotonic
+    listener: DeviceListener = field(init=False)
+    _requests: DeviceRequests = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._requests = DeviceRequests(self.service, self.retry_after, self.now)
+        self.listener = DeviceListener(
+            self._connection,
+            self.admission,
+            SUBPROTOCOL,
+            handshake_timeout=self.handshake_timeout,
+        )
+
+    def close_all(self) -> None:
+        """At shutdown: close every device connection."""
+        self.listener.close_all()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """An AMQP connection over TLS."""
+        await self.listener.handle(reader, writer)
+
+    async def handle_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """AMQP over WebSockets (ASGI), on any path of the HTTPS port: Node and C use
+        ``/$iothub/websocket``, C# the root."""
+        await self.listener.handle_websocket(scope, receive, send)
+
+    def _connection(self, client_chain: tuple[str, ...]) -> AmqpDevice:
+        connection = AmqpConnection(self.limits)
+        session = AmqpDeviceSession(connection, self._requests, self.retry_after, client_chain)
+        return AmqpDevice(connection, session, self.clock)
+
+
+class AmqpDevice:
+    """One device's AMQP connection and session, as the listener drives them."""
+
+    def __init__(
+        self, connection: AmqpConnection, session: AmqpDeviceSession, clock: Callable[[], float]
+    ) -> None:
+        self._connection = connection
+        self._session = session
+        self._clock = clock
+        self._next_tick: float | None = None
+
+    @property
+    def established(self) -> bool:
+        return self._connection.state is State.OPEN
+
+    @property
+    def finished(self) -> bool:
+        return self._connection.closed
+
+    def wait_time(self) -> float | None:
+        if self._next_tick is None:
+            return None
+        return max(0.0, self._next_tick - self._clock())
+
+    def time_passed(self) -> bytes:
+        self._next_tick = self._connection.tick(self._clock())
+        return self._connection.data_to_send()
+
+    async def receive(self, data: bytes) -> bytes:
+        events = deque(self._connection.receive_data(data))
+        while events:
+            event = events.popleft()
+            if self._connection.closed and not isinstance(event, Closed):
+                continue  # decisions no longer matter
+            events.extend(await self._session.handle(event))
+        self._next_tick = self._connection.tick(self._clock())
+        return self._connection.data_to_send()
