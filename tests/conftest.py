@@ -24,6 +24,8 @@ from dpsd.settings import Settings
 
 POSTGRES_URL = os.environ.get("DPSD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 API = "?api-version=2021-10-01"
+SPEC = Path(__file__).resolve().parents[1] / "spec"
+"""The DPS data-plane spec the conformance tests read (copies, spec/README.md says whence)."""
 
 
 def sas_token(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,11 +24,7 @@ from schemathesis import checks
 
 from dpsd.domain.etag import new_etag
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationStatus
-from tests.conftest import ServiceApi
-
-SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec"
-if not SPEC.exists() and not os.environ.get("CI"):
-    pytest.skip(f"the DPS spec is not at {SPEC}", allow_module_level=True)
+from tests.conftest import SPEC, ServiceApi
 
 SCHEMA = schemathesis.openapi.from_dict(json.loads((SPEC / "service.json").read_text()))
 CHECKS = [

@@ -10,15 +10,11 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.conftest import SPEC, ServiceApi
 
-from tests.conftest import ServiceApi
-
-SPEC = Path(__file__).resolve().parents[3] / "shared" / "spec"
 EXAMPLES = SPEC / "examples"
 MAXIMUM_SET = (
     SPEC
@@ -27,10 +23,6 @@ MAXIMUM_SET = (
     / "IndividualEnrollment_CreateOrUpdate_MaximumSet_Gen.json"
 )
 SERVER_FIELDS = {"etag", "createdDateTimeUtc", "lastUpdatedDateTimeUtc"}
-
-pytestmark = pytest.mark.skipif(
-    not SPEC.exists() and not os.environ.get("CI"), reason=f"the DPS spec is not at {SPEC}"
-)
 
 
 def load(path: Path) -> dict[str, Any]:
