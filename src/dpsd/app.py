@@ -13,7 +13,9 @@ from datetime import UTC, datetime
 import httpx
 import msgspec
 
+from dpsd.amqp.server import AmqpServer
 from dpsd.client_tls import ClientCertificateTrust
+from dpsd.devices.listener import Admission, WebSocketDispatch
 from dpsd.domain.ids import format_id_scope
 from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
 from dpsd.http.app import ServiceApiApp
@@ -98,6 +100,7 @@ class Runtime:
     devices: DeviceRegistrationService
     now: Callable[[], datetime]
     mqtt: MqttServer
+    amqp: AmqpServer
     hubs: HubService
     hub_registry: HubRegistryService
     registration_states: RegistrationStateStore
@@ -215,8 +218,13 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             *DeviceHandlers(devices, settings.retry_after).routes(),
         ]
         by_name = {policy.name: policy for policy in policies}
-        mqtt = MqttServer(devices, settings.retry_after, clock.now)
-        dps_app = ServiceApiApp(Router(routes), by_name, clock.now, websocket=mqtt.handle_websocket)
+        admission = Admission()  # one count of device connections for every protocol
+        mqtt = MqttServer(devices, settings.retry_after, clock.now, admission=admission)
+        amqp = AmqpServer(devices, settings.retry_after, clock.now, admission=admission)
+        websocket = WebSocketDispatch(
+            {"mqtt": mqtt.handle_websocket, "amqpwsb10": amqp.handle_websocket}
+        )
+        dps_app = ServiceApiApp(Router(routes), by_name, clock.now, websocket=websocket)
         hub_registry = HubRegistryService(hubs, hub_devices, clock, entropy)
         app = HostDispatch(
             dps_app,
@@ -236,6 +244,7 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             devices=devices,
             now=clock.now,
             mqtt=mqtt,
+            amqp=amqp,
             hubs=HubService(hubs, entropy, hub_devices),
             hub_registry=hub_registry,
             registration_states=states,

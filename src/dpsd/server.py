@@ -39,9 +39,11 @@ class Endpoints:
     https: str
     http: str | None
     mqtt: str | None = None
+    amqp: str | None = None
 
     def as_json(self) -> dict[str, str | None]:
-        """The two endpoints ``dpsd info --json`` promises; the MQTT one is in the file."""
+        """The two endpoints ``dpsd info --json`` promises; MQTT's and AMQP's are in the
+        file."""
         return {"https": self.https, "http": self.http}
 
 
@@ -54,7 +56,14 @@ def _record_endpoints(data_dir: Path, endpoints: Endpoints) -> None:
     path = endpoints_file(data_dir)
     draft = path.with_suffix(".tmp")
     draft.write_text(
-        json.dumps({**endpoints.as_json(), "mqtt": endpoints.mqtt, "pid": os.getpid()})
+        json.dumps(
+            {
+                **endpoints.as_json(),
+                "mqtt": endpoints.mqtt,
+                "amqp": endpoints.amqp,
+                "pid": os.getpid(),
+            }
+        )
     )
     draft.replace(path)
 
@@ -68,7 +77,10 @@ def running_endpoints(data_dir: Path) -> Endpoints | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return Endpoints(
-        https=str(recorded["https"]), http=recorded.get("http"), mqtt=recorded.get("mqtt")
+        https=str(recorded["https"]),
+        http=recorded.get("http"),
+        mqtt=recorded.get("mqtt"),
+        amqp=recorded.get("amqp"),
     )
 
 
@@ -101,38 +113,57 @@ async def serve(runtime: Runtime, on_ready: Callable[[Endpoints], None]) -> None
     """Serve until SIGINT or SIGTERM. Raises ListenError when a port cannot be bound."""
     settings = runtime.settings
     sockets = [bind(settings.host, settings.https_port)]
-    mqtt_socket = None
+    devices = DeviceSockets()
     try:
         if settings.http_port is not None:
             sockets.append(bind(settings.host, settings.http_port))
         if settings.mqtt_port is not None:
-            mqtt_socket = bind(settings.host, settings.mqtt_port)
-        await _serve_on(runtime, sockets, mqtt_socket, on_ready)
+            devices.mqtt = bind(settings.host, settings.mqtt_port)
+        if settings.amqp_port is not None:
+            devices.amqp = bind(settings.host, settings.amqp_port)
+        await _serve_on(runtime, sockets, devices, on_ready)
     finally:
-        for listener in [*sockets, *([mqtt_socket] if mqtt_socket else [])]:
+        for listener in [*sockets, *devices.bound()]:
             listener.close()
+
+
+@dataclass(slots=True)
+class DeviceSockets:
+    """The device protocols' listening sockets, each None when off."""
+
+    mqtt: socket.socket | None = None
+    amqp: socket.socket | None = None
+
+    def bound(self) -> list[socket.socket]:
+        return [listener for listener in (self.mqtt, self.amqp) if listener is not None]
+
+
+async def _device_servers(runtime: Runtime, devices: DeviceSockets) -> list[asyncio.Server]:
+    """TLS servers on the device sockets (client certificates asked for, as on HTTPS)."""
+    handlers = ((devices.mqtt, runtime.mqtt.handle), (devices.amqp, runtime.amqp.handle))
+    return [
+        await asyncio.start_server(handle, sock=listener, ssl=runtime.client_trust.context)
+        for listener, handle in handlers
+        if listener is not None
+    ]
 
 
 async def _serve_on(
     runtime: Runtime,
     sockets: list[socket.socket],
-    mqtt_socket: socket.socket | None,
+    devices: DeviceSockets,
     on_ready: Callable[[Endpoints], None],
 ) -> None:
     settings = runtime.settings
     listeners = [_listener(runtime, tls=index == 0) for index in range(len(sockets))]
-    mqtt_server = None
-    if mqtt_socket is not None:
-        mqtt_server = await asyncio.start_server(
-            runtime.mqtt.handle, sock=mqtt_socket, ssl=runtime.client_trust.context
-        )
+    device_servers = await _device_servers(runtime, devices)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _stop, listeners)
     try:
         runtime.https_address.value = client_address(sockets[0])
         await _ensure_hub_certificates(runtime)
-        endpoints = _endpoints(runtime, sockets, mqtt_socket)
+        endpoints = _endpoints(runtime, sockets, devices)
         _record_endpoints(settings.data_dir, endpoints)
         on_ready(endpoints)
         refresher = asyncio.create_task(_refresh_trust(runtime))
@@ -145,9 +176,10 @@ async def _serve_on(
             )
         finally:
             refresher.cancel()
-            if mqtt_server is not None:
-                mqtt_server.close()
-                runtime.mqtt.close_all()
+            for device_server in device_servers:
+                device_server.close()
+            runtime.mqtt.close_all()
+            runtime.amqp.close_all()
     finally:
         endpoints_file(settings.data_dir).unlink(missing_ok=True)
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -212,12 +244,18 @@ def _stop(listeners: list[_Server]) -> None:
         listener.should_exit = True
 
 
-def _endpoints(
-    runtime: Runtime, sockets: list[socket.socket], mqtt_socket: socket.socket | None
-) -> Endpoints:
+def _endpoints(runtime: Runtime, sockets: list[socket.socket], devices: DeviceSockets) -> Endpoints:
     hostname = runtime.settings.hostname
     ports = [listener.getsockname()[1] for listener in sockets]
     https = f"https://{hostname}:{ports[0]}"
     http = f"http://{hostname}:{ports[1]}" if len(ports) > 1 else None
-    mqtt = None if mqtt_socket is None else f"mqtts://{hostname}:{mqtt_socket.getsockname()[1]}"
-    return Endpoints(https=https, http=http, mqtt=mqtt)
+
+    def device_url(scheme: str, listener: socket.socket | None) -> str | None:
+        return None if listener is None else f"{scheme}://{hostname}:{listener.getsockname()[1]}"
+
+    return Endpoints(
+        https=https,
+        http=http,
+        mqtt=device_url("mqtts", devices.mqtt),
+        amqp=device_url("amqps", devices.amqp),
+    )

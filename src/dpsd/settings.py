@@ -10,6 +10,7 @@ from pathlib import Path
 
 DEFAULT_HTTPS_PORT = 8443
 DEFAULT_MQTT_PORT = 8883
+DEFAULT_AMQP_PORT = 5671
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HOSTNAME = "localhost"
 DEFAULT_RETRY_AFTER = 3
@@ -36,6 +37,7 @@ class Settings:
     https_port: int = DEFAULT_HTTPS_PORT
     http_port: int | None = None
     mqtt_port: int | None = DEFAULT_MQTT_PORT
+    amqp_port: int | None = DEFAULT_AMQP_PORT
     database: str | None = None
     hostname: str = DEFAULT_HOSTNAME
     tls_names: tuple[str, ...] = ()
@@ -46,7 +48,12 @@ class Settings:
     """Seconds an IoT hub has, in all, to take a provisioned device."""
 
     def __post_init__(self) -> None:
-        ports = (("https", self.https_port), ("http", self.http_port), ("mqtt", self.mqtt_port))
+        ports = (
+            ("https", self.https_port),
+            ("http", self.http_port),
+            ("mqtt", self.mqtt_port),
+            ("amqp", self.amqp_port),
+        )
         for name, port in ports:
             if port is not None and not 0 <= port <= 65535:
                 raise ValueError(f"the {name} port must be between 0 and 65535, not {port}")

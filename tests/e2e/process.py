@@ -114,9 +114,9 @@ class DpsdProcess:
 
 
 def start_dpsd(data_dir: Path, log_path: Path, *extra_args: str) -> DpsdProcess:
-    """Start ``dpsd serve`` on ``data_dir`` with HTTPS and HTTP on free ports of 127.0.0.1
-    and return once it has recorded the ports it bound."""
-    listeners = ["--https-port", "0", "--http-port", "0", "--mqtt-port", "0"]
+    """Start ``dpsd serve`` on ``data_dir`` with HTTPS, HTTP, MQTT and AMQP on free ports of
+    127.0.0.1 and return once it has recorded the ports it bound."""
+    listeners = ["--https-port", "0", "--http-port", "0", "--mqtt-port", "0", "--amqp-port", "0"]
     return start_dpsd_listening(data_dir, log_path, [*listeners, *extra_args])
 
 

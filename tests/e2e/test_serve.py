@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 from azure.iot.deviceprovisioning import DeviceProvisioningClient
+from websockets.sync.client import connect
 
 from tests.e2e.process import (
     DpsdProcess,
@@ -85,6 +86,38 @@ def test_banner_names_the_endpoints(dpsd_info: dict[str, Any], dpsd_server: Dpsd
     assert dpsd_info["endpoints"]["https"] in output
     assert dpsd_info["endpoints"]["http"] in output
     assert dpsd_info["idScope"] in output
+
+
+def device_endpoint(dpsd_server: DpsdProcess, protocol: str) -> str:
+    """The device endpoint (``mqtt``, ``amqp``) that endpoints.json records."""
+    url: str = json.loads(endpoints_path(dpsd_server.data_dir).read_text())[protocol]
+    return url
+
+
+def test_device_endpoints_are_recorded_and_shown(dpsd_server: DpsdProcess) -> None:
+    output = dpsd_server.output()
+    for protocol, scheme in (("mqtt", "mqtts"), ("amqp", "amqps")):
+        url = device_endpoint(dpsd_server, protocol)
+        assert re.fullmatch(rf"{scheme}://localhost:\d+", url), url
+        assert url in output
+
+
+def test_the_amqp_endpoints_start_sasl(
+    dpsd_server: DpsdProcess, dpsd_info: dict[str, Any], ca_context: ssl.SSLContext
+) -> None:
+    sasl_header = b"AMQP\x03\x01\x00\x00"
+    port = port_of(device_endpoint(dpsd_server, "amqp"))
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ca_context.wrap_socket(raw, server_hostname="localhost") as tls,
+    ):
+        tls.sendall(sasl_header)
+        assert tls.recv(8) == sasl_header
+    https = dpsd_info["endpoints"]["https"].replace("https://", "wss://")
+    with connect(f"{https}/$iothub/websocket", ssl=ca_context, subprotocols=["AMQPWSB10"]) as ws:
+        assert ws.subprotocol == "AMQPWSB10"
+        ws.send(sasl_header)
+        assert cast(bytes, ws.recv(timeout=10)).startswith(sasl_header)
 
 
 def test_the_version_is_the_installed_package_s_everywhere(

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from dpsd.settings import (
+    DEFAULT_AMQP_PORT,
     DEFAULT_HOST,
     DEFAULT_HOSTNAME,
     DEFAULT_HTTPS_PORT,
@@ -61,6 +62,14 @@ MqttPort = Annotated[
         "--mqtt-port",
         envvar="DPSD_MQTT_PORT",
         help="MQTT over TLS port for devices (0: any free port; -1: off).",
+    ),
+]
+AmqpPort = Annotated[
+    int | None,
+    typer.Option(
+        "--amqp-port",
+        envvar="DPSD_AMQP_PORT",
+        help="AMQP over TLS port for devices (0: any free port; -1: off).",
     ),
 ]
 Location = Annotated[
@@ -118,6 +127,7 @@ def make_settings(
     mqtt_port: int | None = DEFAULT_MQTT_PORT,
     webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT,
     hub_timeout: float = DEFAULT_HUB_TIMEOUT,
+    amqp_port: int | None = DEFAULT_AMQP_PORT,
 ) -> Settings:
     """Without ``--database``, a data dir keeps the store it was first served with."""
     names = tuple(
@@ -136,9 +146,15 @@ def make_settings(
             tls_names=names,
             location=location,
             retry_after=retry_after,
-            mqtt_port=None if mqtt_port is not None and mqtt_port < 0 else mqtt_port,
+            mqtt_port=_port_or_off(mqtt_port),
+            amqp_port=_port_or_off(amqp_port),
             webhook_timeout=webhook_timeout,
             hub_timeout=hub_timeout,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
+
+
+def _port_or_off(port: int | None) -> int | None:
+    """A negative port turns its listener off."""
+    return None if port is not None and port < 0 else port

@@ -13,6 +13,7 @@ from rich.console import Console
 
 from dpsd.app import Runtime, build_runtime
 from dpsd.cli.options import (
+    AmqpPort,
     Database,
     DataDir,
     Host,
@@ -29,6 +30,7 @@ from dpsd.cli.options import (
 )
 from dpsd.server import Endpoints, ListenError, running_endpoints, serve
 from dpsd.settings import (
+    DEFAULT_AMQP_PORT,
     DEFAULT_HOST,
     DEFAULT_HOSTNAME,
     DEFAULT_HTTPS_PORT,
@@ -49,6 +51,7 @@ def _print_banner(console: Console, runtime: Runtime, endpoints: Endpoints) -> N
     console.print(f"  HTTPS endpoint     {endpoints.https}")
     console.print(f"  HTTP endpoint      {endpoints.http or 'off'}")
     console.print(f"  MQTT endpoint      {endpoints.mqtt or 'off'}")
+    console.print(f"  AMQP endpoint      {endpoints.amqp or 'off'}")
     console.print(f"  ID scope           {runtime.id_scope}")
     console.print(f"  Connection string  {runtime.connection_string(port)}", soft_wrap=True)
     console.print(f"  CA certificate     {runtime.tls.ca_certificate}")
@@ -70,9 +73,10 @@ def serve_command(
     mqtt_port: MqttPort = DEFAULT_MQTT_PORT,
     webhook_timeout: WebhookTimeout = DEFAULT_WEBHOOK_TIMEOUT,
     hub_timeout: HubTimeout = DEFAULT_HUB_TIMEOUT,
+    amqp_port: AmqpPort = DEFAULT_AMQP_PORT,
 ) -> None:
     """Serve the DPS service API and device registration over HTTPS (optionally HTTP too)
-    and device registration over MQTT."""
+    and device registration over MQTT and AMQP."""
     settings = make_settings(
         data_dir,
         database,
@@ -86,6 +90,7 @@ def serve_command(
         mqtt_port,
         webhook_timeout,
         hub_timeout,
+        amqp_port,
     )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
