@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Provisions devices through a running dpsd with the official Node device SDK
-// (azure-iot-provisioning-device over azure-iot-provisioning-device-http, or -mqtt's `Mqtt` and
-// `MqttWs`; symmetric keys from azure-iot-security-symmetric-key, X.509 client certificates from
+// (azure-iot-provisioning-device over azure-iot-provisioning-device-http, -mqtt's `Mqtt` and
+// `MqttWs`, or -amqp's `Amqp` and `AmqpWs`; symmetric keys from azure-iot-security-symmetric-key, X.509 client certificates from
 // azure-iot-security-x509) and prints one JSON line per scenario:
 //   {"scenario": NAME, "transport": T, "ok": true, "ms": N, "result": {...registrationState...},
 //    "calls": [...]}
@@ -9,17 +9,19 @@
 //    "calls": [...]}
 // then a last line {"done": true, "count": N}. `calls` lists every request the transport made
 // (register or poll) with what came back and the polling interval the SDK derived from it (over
-// MQTT there is no HTTP response: statusCode and retryAfter are null).
+// MQTT and AMQP there is no HTTP response: statusCode and retryAfter are null).
 // The scenarios run concurrently (each with its own client); the script only observes, the
 // pytest side (tests/e2e/test_node_device_sdk.py) asserts.
 //
 // Environment:
 //   DPS_PROVISIONING_HOST    the provisioning host (no port: the HTTP transport uses port 443,
-//                            MqttWs wss://HOST:443/$iothub/websocket; Mqtt connects to
-//                            mqtts://HOST, so "HOST:PORT" picks its port, 8883 by default)
+//                            MqttWs and AmqpWs wss://HOST:443/$iothub/websocket; Mqtt connects
+//                            to mqtts://HOST and Amqp to amqps://HOST, so "HOST:PORT" picks
+//                            their port, 8883 and 5671 by default)
 //   DPS_ID_SCOPE             the ID scope the devices register in
 //   DPS_DEVICE_SCENARIOS     JSON list of {"name", "registrationId", "payload"?, "idScope"?,
-//                            "transport"? ("http", the default, "mqtt" or "mqttws"),
+//                            "transport"? ("http", the default, "mqtt", "mqttws", "amqp" or
+//                            "amqpws"),
 //                            "provisioningHost"? (instead of DPS_PROVISIONING_HOST)} with
 //                            either "key" (symmetric key) or "certFile" and "keyFile" (X.509: the
 //                            PEM certificate file, leaf first then any chain it sends, and the
@@ -36,11 +38,13 @@ const { SymmetricKeySecurityClient } = require('azure-iot-security-symmetric-key
 const { X509Security } = require('azure-iot-security-x509');
 const fs = require('fs');
 
-/** A new transport of the scenario's kind; the MQTT package is loaded only when used. */
+/** A new transport of the scenario's kind; the MQTT and AMQP packages are loaded only when used. */
 const TRANSPORTS = {
   http: () => new Http(),
   mqtt: () => new (require('azure-iot-provisioning-device-mqtt').Mqtt)(),
   mqttws: () => new (require('azure-iot-provisioning-device-mqtt').MqttWs)(),
+  amqp: () => new (require('azure-iot-provisioning-device-amqp').Amqp)(),
+  amqpws: () => new (require('azure-iot-provisioning-device-amqp').AmqpWs)(),
 };
 
 function required(name) {
@@ -73,7 +77,16 @@ function headerOf(response, name) {
 /** What the SDK surfaced: its class, message, HTTP status and body, and any `result` it
  * attached (the polling state machine attaches the operation status to the errors it makes). */
 function describeError(err) {
-  if (!(err instanceof Error)) return { name: typeof err, message: String(err) };
+  if (!(err instanceof Error)) {
+    // rhea hands AMQP errors over as plain {condition, description} objects.
+    const amqp = err && typeof err === 'object' ? err : {};
+    return {
+      name: typeof err,
+      message: String(err),
+      condition: amqp.condition || null,
+      description: parseMaybeJson(amqp.description),
+    };
+  }
   const response = err.response;
   const transportObject = err.transportObject;
   return {
