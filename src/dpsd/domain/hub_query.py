@@ -13,10 +13,10 @@ match exactly.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
+from dpsd.domain import query_grammar as grammar
 from dpsd.domain.errors import InvalidQuery
 from dpsd.domain.hub_device import HubDevice
 
@@ -38,18 +38,9 @@ class Comparison:
     value: Scalar
 
 
-@dataclass(frozen=True, slots=True)
-class Not:
-    operand: Condition
-
-
-@dataclass(frozen=True, slots=True)
-class BooleanOp:
-    operator: Literal["and", "or"]
-    operands: tuple[Condition, ...]
-
-
-Condition = Comparison | Not | BooleanOp
+Condition: TypeAlias = grammar.Condition[Comparison]
+Not = grammar.Not
+BooleanOp = grammar.BooleanOp
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,127 +89,54 @@ _TOKEN = re.compile(
 _ESCAPE = re.compile(r"\\(.)", re.DOTALL)
 
 
-def _tokenize(text: str) -> list[tuple[str, str]]:
-    tokens: list[tuple[str, str]] = []
-    position = 0
-    text = text.rstrip()
-    while position < len(text):
-        match = _TOKEN.match(text, position)
-        if match is None:
-            raise InvalidQuery(f"cannot read the query at character {position + 1}")
-        kind = match.lastgroup or ""
-        tokens.append((kind, match.group(kind)))
-        position = match.end()
-    return tokens
-
-
 class _Parser:
-    def __init__(self, tokens: list[tuple[str, str]]) -> None:
+    def __init__(self, tokens: grammar.TokenStream) -> None:
         self.tokens = tokens
-        self.position = 0
-        self.depth = 0
-
-    def peek(self) -> tuple[str, str] | None:
-        return self.tokens[self.position] if self.position < len(self.tokens) else None
-
-    def take(self) -> tuple[str, str]:
-        token = self.peek()
-        if token is None:
-            raise InvalidQuery("the query ends too early")
-        self.position += 1
-        return token
-
-    def keyword(self, word: str) -> bool:
-        token = self.peek()
-        if token is not None and token[0] == "word" and token[1].lower() == word:
-            self.position += 1
-            return True
-        return False
-
-    def expect(self, text: str, after: str) -> None:
-        kind, found = self.take()
-        if kind not in ("op", "word") or found.lower() != text:
-            raise InvalidQuery(f"expected {text!r} after {after}, found {found!r}")
+        self.conditions = grammar.ConditionParser(tokens, self.comparison, MAX_NESTING)
 
     def query(self) -> HubQuery:
-        if not self.keyword("select"):
+        tokens = self.tokens
+        if not tokens.keyword("select"):
             raise InvalidQuery("a query starts with SELECT")
         count_alias = self.projection()
-        if not self.keyword("from"):
-            found = self.peek()
+        if not tokens.keyword("from"):
+            found = tokens.peek()
             raise InvalidQuery(
                 f"expected FROM devices, found {found[1]!r}" if found else "expected FROM devices"
             )
-        kind, source = self.take()
+        kind, source = tokens.take()
         if kind != "word" or source.lower() != "devices":
             raise InvalidQuery(f"dpsd's IoT hubs are queried FROM devices only, not {source!r}")
-        where = self.disjunction() if self.keyword("where") else None
-        leftover = self.peek()
-        if leftover is not None:
-            raise InvalidQuery(
-                f"unexpected {leftover[1]!r} in the query: only a WHERE clause may follow "
-                "the collection (no GROUP BY or ORDER BY)"
-            )
+        where = self.conditions.disjunction() if tokens.keyword("where") else None
+        tokens.end(": only a WHERE clause may follow the collection (no GROUP BY or ORDER BY)")
         return HubQuery(where=where, count_alias=count_alias)
 
     def projection(self) -> str | None:
-        if self.peek() == ("op", "*"):
-            self.position += 1
+        tokens = self.tokens
+        if tokens.symbol("*"):
             return None
-        if self.keyword("count"):
-            self.expect("(", "COUNT")
-            self.expect(")", "COUNT(")
-            return self.alias() if self.keyword("as") else DEFAULT_COUNT_ALIAS
-        found = self.peek()
+        if tokens.keyword("count"):
+            tokens.expect("(", "COUNT")
+            tokens.expect(")", "COUNT(")
+            return self.alias() if tokens.keyword("as") else DEFAULT_COUNT_ALIAS
+        found = tokens.peek()
         raise InvalidQuery(
             f"dpsd's IoT hubs answer SELECT * and SELECT COUNT() only, not SELECT "
             f"{found[1] if found else ''}".rstrip()
         )
 
     def alias(self) -> str:
-        kind, name = self.take()
+        kind, name = self.tokens.take()
         if kind != "word" or "." in name or name.lower() in _RESERVED:
             raise InvalidQuery(f"expected a name after AS, found {name!r}")
         return name
 
-    def disjunction(self) -> Condition:
-        operands = [self.conjunction()]
-        while self.keyword("or"):
-            operands.append(self.conjunction())
-        return operands[0] if len(operands) == 1 else BooleanOp("or", tuple(operands))
-
-    def conjunction(self) -> Condition:
-        operands = [self.negation()]
-        while self.keyword("and"):
-            operands.append(self.negation())
-        return operands[0] if len(operands) == 1 else BooleanOp("and", tuple(operands))
-
-    def negation(self) -> Condition:
-        if self.keyword("not"):
-            return Not(self.nested(self.negation))
-        if self.peek() == ("op", "("):
-            self.position += 1
-            inner = self.nested(self.disjunction)
-            self.expect(")", "a parenthesised condition")
-            return inner
-        return self.comparison()
-
-    def nested(self, parse: Callable[[], Condition]) -> Condition:
-        """Parse one level deeper; bounded so that no query can exhaust the stack."""
-        if self.depth >= MAX_NESTING:
-            raise InvalidQuery(f"the query nests NOT and parentheses deeper than {MAX_NESTING}")
-        self.depth += 1
-        try:
-            return parse()
-        finally:
-            self.depth -= 1
-
-    def comparison(self) -> Condition:
-        kind, name = self.take()
+    def comparison(self) -> Comparison:
+        kind, name = self.tokens.take()
         if kind != "word":
             raise InvalidQuery(f"expected a field name, found {name!r}")
         path = _field_path(name)
-        kind, operator = self.take()
+        kind, operator = self.tokens.take()
         if kind != "op" or operator not in _COMPARISONS:
             raise InvalidQuery(
                 f"expected =, !=, <>, <, >, <= or >= after {name}, found {operator!r}"
@@ -226,7 +144,7 @@ class _Parser:
         return Comparison(path, _COMPARISONS[operator], self.value())
 
     def value(self) -> Scalar:
-        kind, text = self.take()
+        kind, text = self.tokens.take()
         if kind == "string":
             return _unquote(text)
         if kind == "number":
@@ -261,7 +179,7 @@ def parse_hub_query(text: str) -> HubQuery:
     """Parse ``text``; InvalidQuery names what cannot be understood."""
     if len(text) > MAX_QUERY_LENGTH:
         raise InvalidQuery(f"the query is longer than {MAX_QUERY_LENGTH} characters")
-    return _Parser(_tokenize(text)).query()
+    return _Parser(grammar.TokenStream(grammar.tokenize(text, _TOKEN))).query()
 
 
 # --- evaluation -------------------------------------------------------------------------

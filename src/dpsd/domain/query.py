@@ -8,11 +8,12 @@ conditions combine with AND, OR, NOT and parentheses. Keywords are case-insensit
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, TypeAlias
 
+from dpsd.domain import query_grammar as grammar
 from dpsd.domain.errors import InvalidQuery
 
 MAX_QUERY_LENGTH = 4096
@@ -28,18 +29,9 @@ class Comparison:
     value: Value
 
 
-@dataclass(frozen=True, slots=True)
-class Not:
-    operand: Condition
-
-
-@dataclass(frozen=True, slots=True)
-class BooleanOp:
-    operator: Literal["and", "or"]
-    operands: tuple[Condition, ...]
-
-
-Condition = Comparison | Not | BooleanOp
+Condition: TypeAlias = grammar.Condition[Comparison]
+Not = grammar.Not
+BooleanOp = grammar.BooleanOp
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,104 +50,33 @@ _TOKEN = re.compile(
 )
 
 
-def _tokenize(text: str) -> list[tuple[str, str]]:
-    tokens: list[tuple[str, str]] = []
-    position = 0
-    text = text.rstrip()
-    while position < len(text):
-        match = _TOKEN.match(text, position)
-        if match is None or match.end() == position:
-            raise InvalidQuery(f"cannot read the query at character {position + 1}")
-        kind = match.lastgroup or ""
-        tokens.append((kind, match.group(kind)))
-        position = match.end()
-    return tokens
-
-
 class _Parser:
-    def __init__(self, tokens: list[tuple[str, str]], fields: Mapping[str, type]) -> None:
+    def __init__(self, tokens: grammar.TokenStream, fields: Mapping[str, type]) -> None:
         self.tokens = tokens
-        self.position = 0
         self.fields = fields
-        self.depth = 0
-
-    def peek(self) -> tuple[str, str] | None:
-        return self.tokens[self.position] if self.position < len(self.tokens) else None
-
-    def take(self) -> tuple[str, str]:
-        token = self.peek()
-        if token is None:
-            raise InvalidQuery("the query ends too early")
-        self.position += 1
-        return token
-
-    def keyword(self, word: str) -> bool:
-        token = self.peek()
-        if token is not None and token[0] == "word" and token[1].lower() == word:
-            self.position += 1
-            return True
-        return False
-
-    def expect(self, kind: str, text: str) -> None:
-        token = self.take()
-        if token[0] != kind or token[1].lower() != text:
-            raise InvalidQuery(f"expected {text!r} but found {token[1]!r}")
+        self.conditions = grammar.ConditionParser(tokens, self.comparison, MAX_NESTING)
 
     def query(self) -> Query:
-        if not self.keyword("select"):
+        tokens = self.tokens
+        if not tokens.keyword("select"):
             raise InvalidQuery("a query starts with SELECT")
-        self.expect("op", "*")
+        tokens.expect("*", "SELECT")
         source = None
-        if self.keyword("from"):
-            kind, name = self.take()
+        if tokens.keyword("from"):
+            kind, name = tokens.take()
             if kind != "word":
                 raise InvalidQuery(f"expected a collection name after FROM, found {name!r}")
             source = name.lower()
-        where = self.disjunction() if self.keyword("where") else None
-        leftover = self.peek()
-        if leftover is not None:
-            raise InvalidQuery(f"unexpected {leftover[1]!r} in the query")
+        where = self.conditions.disjunction() if tokens.keyword("where") else None
+        tokens.end()
         return Query(source=source, where=where)
 
-    def disjunction(self) -> Condition:
-        operands = [self.conjunction()]
-        while self.keyword("or"):
-            operands.append(self.conjunction())
-        return operands[0] if len(operands) == 1 else BooleanOp("or", tuple(operands))
-
-    def conjunction(self) -> Condition:
-        operands = [self.negation()]
-        while self.keyword("and"):
-            operands.append(self.negation())
-        return operands[0] if len(operands) == 1 else BooleanOp("and", tuple(operands))
-
-    def negation(self) -> Condition:
-        if self.keyword("not"):
-            return Not(self.nested(self.negation))
-        token = self.peek()
-        if token == ("op", "("):
-            self.position += 1
-            inner = self.nested(self.disjunction)
-            self.expect("op", ")")
-            return inner
-        return self.comparison()
-
-    def nested(self, parse: Callable[[], Condition]) -> Condition:
-        """Parse one level deeper; bounded so that no query can exhaust the stack."""
-        if self.depth >= MAX_NESTING:
-            raise InvalidQuery(f"the query nests NOT and parentheses deeper than {MAX_NESTING}")
-        self.depth += 1
-        try:
-            return parse()
-        finally:
-            self.depth -= 1
-
-    def comparison(self) -> Condition:
-        kind, name = self.take()
+    def comparison(self) -> Comparison:
+        kind, name = self.tokens.take()
         if kind != "word":
             raise InvalidQuery(f"expected a field name, found {name!r}")
         field = _canonical_field(name, self.fields)
-        kind, operator = self.take()
+        kind, operator = self.tokens.take()
         if kind != "op" or operator not in {"=", "!=", "<>"}:
             raise InvalidQuery(f"expected =, != or <> after {name}, found {operator!r}")
         value = self.value()
@@ -166,7 +87,7 @@ class _Parser:
         return Comparison(field, "=" if operator == "=" else "!=", value)
 
     def value(self) -> Value:
-        kind, text = self.take()
+        kind, text = self.tokens.take()
         if kind == "string":
             quote = text[0]
             return text[1:-1].replace(quote * 2, quote)
@@ -192,7 +113,7 @@ def parse_query(text: str, fields: Mapping[str, type]) -> Query:
     """Parse ``text``; ``fields`` are the names a WHERE clause may use."""
     if len(text) > MAX_QUERY_LENGTH:
         raise InvalidQuery(f"the query is longer than {MAX_QUERY_LENGTH} characters")
-    return _Parser(_tokenize(text), fields).query()
+    return _Parser(grammar.TokenStream(grammar.tokenize(text, _TOKEN)), fields).query()
 
 
 ENROLLMENT_QUERY_FIELDS: Mapping[str, type] = MappingProxyType(
