@@ -23,6 +23,7 @@ from dpsd.tls import ensure_hub_certificates
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
 TRUST_REFRESH_SECONDS = 30
+DEVICE_TLS_HANDSHAKE_SECONDS = 10.0
 logger = logging.getLogger("dpsd.server")
 
 
@@ -139,10 +140,16 @@ class DeviceSockets:
 
 
 async def _device_servers(runtime: Runtime, devices: DeviceSockets) -> list[asyncio.Server]:
-    """TLS servers on the device sockets (client certificates asked for, as on HTTPS)."""
+    """TLS servers on the device sockets (client certificates asked for, as on HTTPS). A
+    TLS handshake gets as long as a protocol's handshake: it happens before admission."""
     handlers = ((devices.mqtt, runtime.mqtt.handle), (devices.amqp, runtime.amqp.handle))
     return [
-        await asyncio.start_server(handle, sock=listener, ssl=runtime.client_trust.context)
+        await asyncio.start_server(
+            handle,
+            sock=listener,
+            ssl=runtime.client_trust.context,
+            ssl_handshake_timeout=DEVICE_TLS_HANDSHAKE_SECONDS,
+        )
         for listener, handle in handlers
         if listener is not None
     ]

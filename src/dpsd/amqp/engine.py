@@ -185,7 +185,7 @@ class ProtonEngine:
         while view and not self.finished:
             capacity = self._transport.capacity()
             if capacity <= 0:
-                break
+                return [*self.events(), TransportFailed("the engine takes no more bytes")]
             self._transport.push(bytes(view[:capacity]))
             view = view[capacity:]
         return self.events()
