@@ -10,15 +10,13 @@
 
 Every limit closes only this connection: SASL frames over ``max_sasl_frame_size``, more
 than ``max_buffered`` bytes waiting for a SASL decision, frames over the engine's
-max-frame-size, messages over ``max_message_size``, more sessions or links than allowed,
-and a client that sends more requests than it was given credit for or leaves more than
-``max_backlog`` answers unread.
+max-frame-size, and the limits on sessions, links, messages and credit of
+``dpsd.amqp.links``.
 """
 
 from __future__ import annotations
 
 import enum
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -44,21 +42,14 @@ from dpsd.amqp.engine import (
     RemoteOpened,
     SessionBegun,
     SessionEnded,
-    SessionId,
     TransferArrived,
     TransferGrowing,
     TransportFailed,
 )
-from dpsd.amqp.messages import (
-    MalformedMessage,
-    RequestMessage,
-    ResponseMessage,
-    decode_request,
-    encode_response,
-)
+from dpsd.amqp.links import LimitExceeded, LinkLimits, LinkRequested, Links, RequestReceived
+from dpsd.amqp.messages import ResponseMessage
 from dpsd.amqp.sasl import MECHANISMS, MechanismFactory, SaslEvidence, SaslExchange, SaslState
 
-RESOURCE_LIMIT = "amqp:resource-limit-exceeded"
 _LINK_EVENTS = (LinkAttached, LinkDetached, CreditGranted, TransferArrived, TransferGrowing)
 
 
@@ -86,24 +77,6 @@ class OpenRequested:
 
 
 @dataclass(frozen=True, slots=True)
-class LinkRequested:
-    """The application decides: ``accept_link(link)`` or ``refuse_link(link, error)``.
-    ``sending``: dpsd would send on it (the answers); else the client sends requests."""
-
-    link: LinkId
-    address: str | None
-    sending: bool
-
-
-@dataclass(frozen=True, slots=True)
-class RequestReceived:
-    """The application answers: ``respond(request, message)`` or ``reject(request, error)``."""
-
-    request: DeliveryId
-    message: RequestMessage
-
-
-@dataclass(frozen=True, slots=True)
 class Closed:
     reason: str
 
@@ -115,18 +88,8 @@ Event = SaslEvidenceReceived | OpenRequested | LinkRequested | RequestReceived |
 class AmqpLimits:
     max_sasl_frame_size: int = 4096
     max_buffered: int = 64 * 1024
-    max_message_size: int = 96 * 1024
-    max_sessions: int = 4
-    max_links: int = 8
-    receiver_credit: int = 10
-    max_backlog: int = 20
+    links: LinkLimits = field(default_factory=LinkLimits)
     engine: EngineSettings = field(default_factory=EngineSettings)
-
-
-@dataclass(frozen=True, slots=True)
-class _Link:
-    session: SessionId
-    sending: bool
 
 
 class AmqpConnection:
@@ -139,15 +102,9 @@ class AmqpConnection:
         self.state = State.AWAITING_HEADER
         self._sasl = SaslExchange(mechanisms)
         self._engine: ProtonEngine | None = None
+        self._links: Links | None = None
         self._buffer = bytearray()
         self._outbound = bytearray()
-        self._sessions: set[SessionId] = set()
-        self._sessions_to_begin: list[SessionId] = []
-        self._requested: dict[LinkId, LinkAttached] = {}
-        self._links: dict[LinkId, _Link] = {}
-        self._reply_links: dict[SessionId, LinkId] = {}
-        self._answers: dict[SessionId, deque[bytes]] = {}
-        self._in_flight: dict[DeliveryId, tuple[LinkId, SessionId]] = {}
 
     @property
     def closed(self) -> bool:
@@ -211,13 +168,11 @@ class AmqpConnection:
     # --- AMQP decisions ---------------------------------------------------------------------
 
     def accept_open(self) -> None:
-        if self.state is not State.OPENING or self._engine is None:
+        if self.state is not State.OPENING or self._engine is None or self._links is None:
             return
         self._engine.open()
         self.state = State.OPEN
-        for session in self._sessions_to_begin:
-            self._engine.begin(session)
-        self._sessions_to_begin.clear()
+        self._links.open()
 
     def refuse_open(self, error: AmqpError) -> Closed:
         if self.state is State.OPENING and self._engine is not None:
@@ -225,39 +180,21 @@ class AmqpConnection:
         return self._close(f"OPEN refused: {error.description}")
 
     def accept_link(self, link: LinkId) -> None:
-        attached = self._requested.pop(link, None)
-        if attached is None or self._engine is None or self.closed:
-            return
-        limits = self.limits
-        self._engine.attach(
-            link, credit=limits.receiver_credit, max_message_size=limits.max_message_size
-        )
-        self._links[link] = _Link(attached.session, attached.sending)
-        if attached.sending and attached.session not in self._reply_links:
-            self._reply_links[attached.session] = link
-            self._flush(attached.session)
+        if self._links is not None and not self.closed:
+            self._links.accept(link)
 
     def refuse_link(self, link: LinkId, error: AmqpError) -> None:
-        if self._requested.pop(link, None) is not None and self._engine is not None:
-            self._engine.refuse(link, error)
+        if self._links is not None and not self.closed:
+            self._links.refuse(link, error)
 
     def respond(self, request: DeliveryId, message: ResponseMessage) -> None:
         """Settle the request ``accepted`` and queue the answer for the client."""
-        found = self._in_flight.pop(request, None)
-        if found is None or self._engine is None or self.closed:
-            return
-        link, session = found
-        self._engine.settle(request)
-        self._answers.setdefault(session, deque()).append(encode_response(message))
-        self._flush(session)
-        self._top_up(link)
+        if self._links is not None and not self.closed:
+            self._links.respond(request, message)
 
     def reject(self, request: DeliveryId, error: AmqpError) -> None:
-        found = self._in_flight.pop(request, None)
-        if found is None or self._engine is None or self.closed:
-            return
-        self._engine.settle(request, error)
-        self._top_up(found[0])
+        if self._links is not None and not self.closed:
+            self._links.reject(request, error)
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -333,6 +270,7 @@ class AmqpConnection:
 
     def _start_engine(self) -> None:
         self._engine = ProtonEngine(self.limits.engine)
+        self._links = Links(self._engine, self.limits.links)
         self._buffer[:0] = AMQP_HEADER
         self.state = State.OPENING
 
@@ -347,133 +285,48 @@ class AmqpConnection:
     # --- what the engine reports ------------------------------------------------------------
 
     def _handle_engine(self, engine_events: list[EngineEvent], events: list[Event]) -> None:
+        assert self._links is not None
         for event in engine_events:
             if self.closed:
                 return
-            if isinstance(event, _LINK_EVENTS):
-                self._on_link_event(event, events)
-            else:
-                self._on_connection_event(event, events)
+            try:
+                if isinstance(event, _LINK_EVENTS):
+                    self._on_link_event(self._links, event, events)
+                else:
+                    self._on_connection_event(self._links, event, events)
+            except LimitExceeded as exceeded:
+                events.append(self.close(exceeded.error))
 
-    def _on_connection_event(self, event: EngineEvent, events: list[Event]) -> None:
+    def _on_connection_event(self, links: Links, event: EngineEvent, events: list[Event]) -> None:
         match event:
             case RemoteOpened(hostname=hostname):
                 events.append(OpenRequested(hostname))
             case SessionBegun(session=session):
-                self._on_session(session, events)
+                links.session_begun(session)
             case SessionEnded(session=session):
-                self._on_session_end(session)
+                links.session_ended(session)
             case RemoteClosed(error=error):
                 self._engine_close()
                 events.append(self._close(f"the client closed the connection ({error})"))
             case TransportFailed(error=error):
                 events.append(self._close(error))
 
-    def _on_link_event(self, event: EngineEvent, events: list[Event]) -> None:
+    def _on_link_event(self, links: Links, event: EngineEvent, events: list[Event]) -> None:
         match event:
             case LinkAttached():
-                self._on_attach(event, events)
+                events.append(links.attached(event))
             case LinkDetached(link=link):
-                self._on_detach(link)
+                links.detached(link)
             case CreditGranted(link=link):
-                found = self._links.get(link)
-                if found is not None:
-                    self._flush(found.session)
+                links.credit_granted(link)
             case TransferArrived():
-                self._on_transfer(event, events)
-            case TransferGrowing(size=size) if size > self.limits.max_message_size:
-                events.append(self._limit("amqp:link:message-size-exceeded", "too large"))
-
-    def _on_session(self, session: SessionId, events: list[Event]) -> None:
-        if len(self._sessions) >= self.limits.max_sessions:
-            events.append(self._limit(RESOURCE_LIMIT, "too many sessions"))
-            return
-        self._sessions.add(session)
-        if self.state is State.OPEN:
-            assert self._engine is not None
-            self._engine.begin(session)
-        else:
-            self._sessions_to_begin.append(session)
-
-    def _on_session_end(self, session: SessionId) -> None:
-        assert self._engine is not None
-        self._engine.end(session)
-        self._sessions.discard(session)
-        self._answers.pop(session, None)
-        self._reply_links.pop(session, None)
-
-    def _on_attach(self, attached: LinkAttached, events: list[Event]) -> None:
-        if len(self._links) + len(self._requested) >= self.limits.max_links:
-            events.append(self._limit(RESOURCE_LIMIT, "too many links"))
-            return
-        self._requested[attached.link] = attached
-        events.append(LinkRequested(attached.link, attached.address, attached.sending))
-
-    def _on_detach(self, link: LinkId) -> None:
-        assert self._engine is not None
-        self._engine.detach(link)
-        self._requested.pop(link, None)
-        found = self._links.pop(link, None)
-        if found is not None and self._reply_links.get(found.session) == link:
-            del self._reply_links[found.session]
-            others = [
-                other
-                for other, candidate in self._links.items()
-                if candidate.sending and candidate.session == found.session
-            ]
-            if others:
-                self._reply_links[found.session] = others[0]
-                self._flush(found.session)
-
-    def _on_transfer(self, transfer: TransferArrived, events: list[Event]) -> None:
-        assert self._engine is not None
-        link = self._links.get(transfer.link)
-        if link is None or link.sending:
-            self._engine.settle(transfer.delivery, AmqpError("amqp:not-allowed", "not attached"))
-            return
-        if self._engine.credit(transfer.link) < 0 or self._backlog >= self.limits.max_backlog:
-            events.append(self._limit("amqp:link:transfer-limit-exceeded", "no credit left"))
-            return
-        if len(transfer.payload) > self.limits.max_message_size:
-            events.append(self._limit("amqp:link:message-size-exceeded", "too large"))
-            return
-        try:
-            message = decode_request(transfer.payload)
-        except MalformedMessage as error:
-            self._engine.settle(transfer.delivery, AmqpError("amqp:decode-error", str(error)))
-            self._top_up(transfer.link)
-            return
-        self._in_flight[transfer.delivery] = (transfer.link, link.session)
-        events.append(RequestReceived(transfer.delivery, message))
-
-    # --- sending ----------------------------------------------------------------------------
-
-    @property
-    def _backlog(self) -> int:
-        """Requests not answered yet, and answers the client has not taken yet."""
-        return len(self._in_flight) + sum(len(queue) for queue in self._answers.values())
-
-    def _flush(self, session: SessionId) -> None:
-        link = self._reply_links.get(session)
-        queue = self._answers.get(session)
-        if link is None or not queue or self._engine is None:
-            return
-        while queue and self._engine.credit(link) > 0:
-            self._engine.send(link, queue.popleft())
-
-    def _top_up(self, link: LinkId) -> None:
-        """More credit for the client's requests while it takes its answers."""
-        engine, wanted = self._engine, self.limits.receiver_credit
-        if engine is None or link not in self._links or self._backlog >= self.limits.max_backlog:
-            return
-        credit = engine.credit(link)
-        if credit <= wanted // 2:
-            engine.flow(link, wanted - credit)
+                request = links.arrived(event)
+                if request is not None:
+                    events.append(request)
+            case TransferGrowing(size=size):
+                links.growing(size)
 
     # --- closing ----------------------------------------------------------------------------
-
-    def _limit(self, condition: str, description: str) -> Closed:
-        return self.close(AmqpError(condition, description))
 
     def _engine_close(self) -> None:
         if self._engine is not None:

@@ -27,12 +27,11 @@ from dpsd.amqp.connection import (
     AmqpConnection,
     Closed,
     Event,
-    LinkRequested,
     OpenRequested,
-    RequestReceived,
     SaslEvidenceReceived,
 )
 from dpsd.amqp.engine import AmqpError, DeliveryId
+from dpsd.amqp.links import LinkRequested, RequestReceived
 from dpsd.amqp.messages import RequestMessage, ResponseMessage
 from dpsd.amqp.sasl import PlainCredentials
 from dpsd.devices.answers import Answer, ConnectedDevice, DeviceRequests

@@ -28,13 +28,12 @@ from dpsd.amqp.connection import (
     AmqpLimits,
     Closed,
     Event,
-    LinkRequested,
     OpenRequested,
-    RequestReceived,
     SaslEvidenceReceived,
     State,
 )
 from dpsd.amqp.engine import AmqpError
+from dpsd.amqp.links import LinkLimits, LinkRequested, RequestReceived
 from dpsd.amqp.messages import ResponseMessage
 from dpsd.amqp.sasl import PlainCredentials
 from tests.amqp_peer import POLL, REGISTER, ProtonPeer
@@ -325,7 +324,7 @@ def test_a_frame_over_the_max_frame_size_closes() -> None:
 
 
 def test_too_many_links_close() -> None:
-    peer, connection, app = connected(limits=AmqpLimits(max_links=3))
+    peer, connection, app = connected(limits=AmqpLimits(links=LinkLimits(max_links=3)))
     for index in range(2):
         peer.session.sender(f"extra-{index}").open()
     run(peer, connection, app)
@@ -334,14 +333,14 @@ def test_too_many_links_close() -> None:
 
 
 def test_too_many_sessions_close() -> None:
-    peer, connection, app = connected(limits=AmqpLimits(max_sessions=1))
+    peer, connection, app = connected(limits=AmqpLimits(links=LinkLimits(max_sessions=1)))
     peer.connection.session().open()
     run(peer, connection, app)
     assert connection.closed
 
 
 def test_a_message_over_the_limit_closes() -> None:
-    peer, connection, app = connected(limits=AmqpLimits(max_message_size=1000))
+    peer, connection, app = connected(limits=AmqpLimits(links=LinkLimits(max_message_size=1000)))
     peer.request(REGISTER, b"x" * 5000)
     run(peer, connection, app)
     assert connection.closed
@@ -362,7 +361,9 @@ def transfer(handle: int, delivery_id: int, payload: bytes) -> bytes:
 
 
 def test_requests_beyond_the_credit_given_close() -> None:
-    _, connection, _ = connected(limits=AmqpLimits(receiver_credit=2, max_backlog=4))
+    _, connection, _ = connected(
+        limits=AmqpLimits(links=LinkLimits(receiver_credit=2, max_backlog=4))
+    )
     message = bytes(Message(body="", properties={"iotdps-operation-type": POLL}).encode())
     flood = b"".join(transfer(0, number, message) for number in range(10))
     events = connection.receive_data(flood)
