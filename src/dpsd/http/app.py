@@ -63,7 +63,8 @@ class ServiceApiApp:
         now: Callable[[], datetime],
         websocket: ASGIApp | None = None,
     ) -> None:
-        """``websocket`` serves WebSocket upgrades on any path (MQTT over WebSockets)."""
+        """``websocket`` serves WebSocket upgrades on any path (MQTT and AMQP over
+        WebSockets, chosen by subprotocol)."""
         self._router = router
         self._authenticator = ServiceAuthenticator(policies)
         self._now = now
