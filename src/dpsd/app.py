@@ -238,14 +238,16 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             id_scope=id_scope,
             policies=by_name,
             tls=tls,
-            certificates=CertificateService(certificates, clock, entropy, client_trust),
+            certificates=CertificateService(
+                certificates, group_store, clock, entropy, client_trust
+            ),
             client_trust=client_trust,
             refresh_trust=refresh_trust,
             devices=devices,
             now=clock.now,
             mqtt=mqtt,
             amqp=amqp,
-            hubs=HubService(hubs, entropy, hub_devices),
+            hubs=HubService(hubs, entropy, enrollment_store, group_store, hub_devices),
             hub_registry=hub_registry,
             registration_states=states,
             https_address=https_address,

@@ -192,6 +192,28 @@ async def test_writes_that_name_hubs_happen_only_when_all_are_linked(store: Stor
     assert await store.enrollments.add_linked(enrollment("device-4"), hubs=[*many, "x.y"]) is None
 
 
+async def test_records_naming_a_hub_are_found_in_any_case_and_paged(store: Store) -> None:
+    named = {
+        "a-listed": {"iot_hubs": ("hub-1.example", "hub-2.example")},
+        "b-upper": {"iot_hubs": ("HUB-1.Example",)},
+        "c-single": {"iot_hub_host_name": "hub-1.example"},
+        "d-longer": {"iot_hubs": ("hub-1.example.net", "hub-10.example")},
+        "e-none": {},
+    }
+    for registration_id, settings in named.items():
+        assert await store.enrollments.add(with_settings(enrollment(registration_id), **settings))
+
+    async def naming(after: str | None, limit: int) -> list[str]:
+        found = await store.enrollments.naming_hub("Hub-1.example", after=after, limit=limit)
+        return [record.registration_id for record in found]
+
+    assert await naming(None, 10) == ["a-listed", "b-upper", "c-single"]
+    assert await naming(None, 2) == ["a-listed", "b-upper"]
+    assert await naming("b-upper", 2) == ["c-single"]
+    found = await store.enrollments.naming_hub("hub_1.example", after=None, limit=10)
+    assert found == []  # LIKE's wildcards stand for themselves
+
+
 async def test_delete_honours_the_etag(store: Store) -> None:
     record = enrollment("device-1")
     await store.enrollments.add(record)

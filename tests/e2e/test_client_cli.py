@@ -338,6 +338,65 @@ def test_registration_list_of_a_group_without_devices(dpsd_info: dict[str, Any])
     assert dpsd_json(dpsd_info, "registration", "list", "--group", group, "--top", "5") == []
 
 
+# --- references to hubs and CA certificates --------------------------------------------------
+
+
+def on_store(server: DpsdProcess, *args: str) -> Any:
+    """``dpsd ARGS --data-dir`` of the module's server (a hub or certificate command)."""
+    return invoke(*args, "--data-dir", str(server.data_dir))
+
+
+def test_a_hub_records_name_is_unlinked_only_by_force(
+    dpsd_server: DpsdProcess, dpsd_info: dict[str, Any]
+) -> None:
+    hub, device, group = f"{new_id('hub')}.example.net", new_id("dev"), new_id("group")
+    succeeded(on_store(dpsd_server, "hub", "add", hub))
+    dpsd_json(dpsd_info, "enrollment", "create", device, "--iot-hubs", hub)
+    dpsd_json(dpsd_info, "group", "create", group, "--iot-hubs", hub.upper())
+
+    refused = error_line(on_store(dpsd_server, "hub", "remove", hub))
+    assert f"still named by 1 enrollment ({device}) and 1 enrollment group ({group})" in refused
+    assert f"dpsd hub remove {hub} --force" in refused
+    forced = succeeded(on_store(dpsd_server, "hub", "remove", hub, "--force"))
+    assert forced.stdout == f"removed {hub}\n"
+    assert forced.stderr.splitlines() == [
+        f"warning: still naming it: 1 enrollment ({device}) and 1 enrollment group ({group}); "
+        "their devices are assigned only to the other hubs they name, and fail to register if "
+        "they name none"
+    ]
+
+    # What names the hub already can still be changed; nothing can name it anew.
+    disable = ("--provisioning-status", "disabled")
+    assert dpsd_json(dpsd_info, "enrollment", "update", device, *disable)["iotHubs"] == [hub]
+    assert dpsd_json(dpsd_info, "group", "update", group, *disable)["iotHubs"] == [hub.upper()]
+    other = invoke("enrollment", "create", new_id("dev"), "--iot-hubs", hub, *target(dpsd_info))
+    assert hub in error_line(other)
+
+
+def test_a_ca_certificate_groups_reference_is_deleted_only_by_force(
+    dpsd_server: DpsdProcess, dpsd_info: dict[str, Any], tmp_path: Path
+) -> None:
+    ca, group = new_id("root"), new_id("line")
+    pem = certificate_file(tmp_path, ca, ca=True)
+    succeeded(on_store(dpsd_server, "certificate", "add", ca, "--file", str(pem), "--verified"))
+    dpsd_json(dpsd_info, "group", "create", group, "--ca-name", ca)
+
+    refused = error_line(on_store(dpsd_server, "certificate", "delete", ca))
+    assert f"still referenced by 1 enrollment group ({group})" in refused
+    forced = succeeded(on_store(dpsd_server, "certificate", "delete", ca, "--force"))
+    assert forced.stdout == f"deleted {ca}\n"
+    assert forced.stderr.splitlines() == [
+        f"warning: still referencing it: 1 enrollment group ({group}); their devices fail "
+        "attestation until they reference another CA certificate"
+    ]
+
+    disabled = dpsd_json(dpsd_info, "group", "update", group, "--provisioning-status", "disabled")
+    assert disabled["provisioningStatus"] == "disabled"
+    assert disabled["attestation"]["x509"]["caReferences"] == {"primary": ca}
+    elsewhere = invoke("group", "update", group, "--ca-name", new_id("gone"), *target(dpsd_info))
+    assert "not a CA certificate registered" in error_line(elsewhere)
+
+
 # --- which dpsd -----------------------------------------------------------------------------
 
 

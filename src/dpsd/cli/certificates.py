@@ -17,12 +17,14 @@ from rich.console import Console
 from rich.table import Table
 
 from dpsd.app import build_runtime
+from dpsd.cli.failures import fail, warn
 from dpsd.cli.options import Database, DataDir, make_settings
 from dpsd.domain.ca_certificate import CACertificate
 from dpsd.domain.errors import DomainError
 from dpsd.domain.timestamps import format_timestamp
 from dpsd.service.certificates import CertificateService
 from dpsd.service.errors import ServiceError
+from dpsd.service.references import describe
 
 T = TypeVar("T")
 
@@ -54,8 +56,7 @@ def _run(
     try:
         return asyncio.run(go())
     except (DomainError, ServiceError) as error:
-        Console(stderr=True, highlight=False).print(f"[red]error:[/red] {error.message}")
-        raise typer.Exit(code=1) from None
+        fail(error.message)
 
 
 def _as_dict(record: CACertificate) -> dict[str, object]:
@@ -130,10 +131,27 @@ def show_command(
 
 
 @certificate_app.command("delete")
-def delete_command(name: Name, data_dir: DataDir = None, database: Database = None) -> None:
-    """Delete a CA certificate."""
-    _run(data_dir, database, lambda service: service.delete(name))
+def delete_command(
+    name: Name,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Delete it even while enrollment groups reference it: their devices then "
+            "fail attestation until the groups reference another CA certificate.",
+        ),
+    ] = False,
+    data_dir: DataDir = None,
+    database: Database = None,
+) -> None:
+    """Delete a CA certificate that no enrollment group references."""
+    left = _run(data_dir, database, lambda service: service.delete(name, force=force))
     typer.echo(f"deleted {name}")
+    if left:
+        warn(
+            f"still referencing it: {describe(left)}; their devices fail attestation until "
+            "they reference another CA certificate"
+        )
 
 
 @certificate_app.command("verification-code")

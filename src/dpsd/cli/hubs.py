@@ -17,13 +17,14 @@ from typing import Annotated, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
-from rich.text import Text
 
 from dpsd.app import Runtime, build_runtime
+from dpsd.cli.failures import fail, warn
 from dpsd.cli.options import Database, DataDir, make_settings
 from dpsd.domain.errors import DomainError
 from dpsd.domain.hub import OWNER_HUB_POLICY, LinkedHub
 from dpsd.service.errors import ServiceError
+from dpsd.service.references import Referrers, describe
 from dpsd.tls import (
     HubCertificateFiles,
     certificate_host,
@@ -54,15 +55,7 @@ def _run(
     try:
         return asyncio.run(go())
     except (DomainError, ServiceError) as error:
-        _error(error.message)
-        raise typer.Exit(code=1) from None
-
-
-def _error(message: str, *, label: str = "error") -> None:
-    """One line on stderr; the message is shown as it is (no markup: it quotes input)."""
-    Console(stderr=True, highlight=False, soft_wrap=True).print(
-        Text.assemble((f"{label}:", "red"), " ", message)
-    )
+        fail(error.message)
 
 
 def _devices(hub: LinkedHub) -> str:
@@ -144,10 +137,9 @@ def add_command(
 
     hub, certificate = _run(data_dir, database, link)
     if isinstance(certificate, str):
-        _error(
+        warn(
             f"the TLS certificate of {hub.host_name} could not be made ({certificate}); "
-            "dpsd serve tries again when it starts",
-            label="warning",
+            "dpsd serve tries again when it starts"
         )
     if as_json:
         typer.echo(json.dumps(_as_dict(hub)))
@@ -222,20 +214,36 @@ def connection_string_command(
 
 @hub_app.command("remove")
 def remove_command(
-    host_name: HostName, data_dir: DataDir = None, database: Database = None
+    host_name: HostName,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Unlink it even while enrollments or groups name it: their devices are then "
+            "assigned only to the other hubs they name, and fail to register if they name none.",
+        ),
+    ] = False,
+    data_dir: DataDir = None,
+    database: Database = None,
 ) -> None:
-    """Unlink an IoT hub.
+    """Unlink an IoT hub that no enrollment or enrollment group names.
 
     Devices assigned to it stay recorded there; a built-in hub's devices, keys and
     certificate are gone.
     """
 
-    async def unlink(runtime: Runtime) -> None:
-        await runtime.hubs.unlink(host_name)
+    async def unlink(runtime: Runtime) -> tuple[Referrers, ...]:
+        left = await runtime.hubs.unlink(host_name, force=force)
         host = certificate_host(host_name)
         hubs = await runtime.hubs.list()
         if not any(hub.builtin and certificate_host(hub.host_name) == host for hub in hubs):
             remove_hub_certificate(runtime.tls, host_name)
+        return left
 
-    _run(data_dir, database, unlink)
+    left = _run(data_dir, database, unlink)
     typer.echo(f"removed {host_name}")
+    if left:
+        warn(
+            f"still naming it: {describe(left)}; their devices are assigned only to the other "
+            "hubs they name, and fail to register if they name none"
+        )

@@ -13,14 +13,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated
 from urllib.parse import urlsplit
 
 import httpx
 import typer
-from rich.console import Console
 
 from dpsd.app import OWNER_POLICY, read_policies, service_connection_string
+from dpsd.cli.failures import fail
 from dpsd.cli.options import Database, DataDir, make_settings
 from dpsd.client import AsyncDpsServiceClient, DpsError, DpsServiceClient
 from dpsd.server import running_endpoints
@@ -77,13 +77,6 @@ class Target:
         return AsyncDpsServiceClient.from_connection_string(
             self.connection_string, verify=self.verify
         )
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    Console(stderr=True, highlight=False, soft_wrap=True).print(
-        f"[red]error:[/red] {message}", markup=True
-    )
-    raise typer.Exit(code=code)
 
 
 def resolve_target(

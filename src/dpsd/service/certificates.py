@@ -18,7 +18,15 @@ from dpsd.domain.etag import new_etag
 from dpsd.domain.x509 import certificate_info, load_certificate, to_pem
 from dpsd.service import records
 from dpsd.service.errors import CertificateAlreadyExists, CertificateNotFound
-from dpsd.service.ports import CertificateRepository, Clock, Entropy, NoTrust, TrustedCertificates
+from dpsd.service.ports import (
+    CertificateRepository,
+    Clock,
+    EnrollmentGroupRepository,
+    Entropy,
+    NoTrust,
+    TrustedCertificates,
+)
+from dpsd.service.references import Referrers, left_behind, referrers_of_ca
 
 MAX_CA_CERTIFICATES = 25
 VERIFICATION_CODE_BYTES = 24
@@ -27,6 +35,7 @@ VERIFICATION_CODE_BYTES = 24
 @dataclass(frozen=True, slots=True)
 class CertificateService:
     certificates: CertificateRepository
+    groups: EnrollmentGroupRepository
     clock: Clock
     entropy: Entropy
     trust: TrustedCertificates = field(default_factory=NoTrust)
@@ -65,8 +74,21 @@ class CertificateService:
             raise CertificateNotFound(name)
         return record
 
-    async def delete(self, name: str) -> None:
+    async def delete(self, name: str, *, force: bool = False) -> tuple[Referrers, ...]:
+        """Delete a CA certificate no enrollment group references. ``force`` deletes it
+        anyway; what still references it is returned, for the caller to say."""
+        await self.get(name)
+        left = left_behind(
+            await referrers_of_ca(self.groups, name),
+            force,
+            lambda referrers: (
+                f"CA certificate {name!r} is still referenced by {referrers}: "
+                "point their caReferences at another CA certificate, or delete them, first "
+                f"(or dpsd certificate delete {name} --force)"
+            ),
+        )
         await records.delete(self.certificates, name, None, lambda: CertificateNotFound(name))
+        return left
 
     async def generate_verification_code(self, name: str) -> CACertificate:
         """A fresh code: sign a certificate whose subject CN is this code with the CA's key."""

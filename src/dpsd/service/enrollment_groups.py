@@ -10,6 +10,7 @@ from dpsd.domain.attestation import (
     check_consistent,
     completes_alone,
 )
+from dpsd.domain.ca_certificate import CACertificate
 from dpsd.domain.enrollment import check_settings
 from dpsd.domain.enrollment_group import (
     EnrollmentGroup,
@@ -27,7 +28,6 @@ from dpsd.service.errors import (
     EnrollmentGroupNotFound,
     ServiceError,
 )
-from dpsd.service.hubs import check_linked, named_hubs
 from dpsd.service.ports import (
     CertificateRepository,
     Clock,
@@ -38,6 +38,7 @@ from dpsd.service.ports import (
     TrustedCertificates,
 )
 from dpsd.service.records import BulkMode, Page
+from dpsd.service.references import Dangling, Reference, dangling_hubs, named_hubs
 from dpsd.service.x509_trust import attestation_certificates
 
 MAX_GROUPS_PER_ATTESTATION = 100
@@ -64,7 +65,7 @@ class EnrollmentGroupService:
     ) -> EnrollmentGroup:
         """PUT /enrollmentGroups/{id}: the same etag rules as individual enrollments."""
         _check_draft(path_id, draft)
-        referenced = await self._check_ca_references(draft.settings.attestation)
+        referenced, dangling = await self._ca_references(draft.settings.attestation)
 
         def build(stored: EnrollmentGroup | None) -> EnrollmentGroup:
             now = self.clock.now()
@@ -82,20 +83,21 @@ class EnrollmentGroupService:
             )
 
         written = None
-        if await self._may_write_unread(draft, if_match):
+        if not dangling and await self._may_write_unread(draft, if_match):
             hubs = named_hubs(draft.settings)
             written = await records.write_unread(
                 self.groups, if_match, build, hubs, _already_exists
             )
         if written is None:
-            await check_linked(self.hubs, draft.settings)
+            dangling += await dangling_hubs(self.hubs, draft.settings)
+            await dangling.refuse_new(self.groups.get, path_id, if_match)
             if if_match is None or normalize_if_match(if_match) == WILDCARD:
                 await self._check_group_limit(draft)
             written = await records.create_or_update(
                 self.groups,
                 path_id,
                 if_match,
-                build,
+                dangling.guard(build),
                 lambda: EnrollmentGroupAlreadyExists(draft.enrollment_group_id),
             )
         self.trust.trust([*attestation_certificates(written.settings.attestation), *referenced])
@@ -110,28 +112,23 @@ class EnrollmentGroupService:
             return await self._within_group_limit(draft)
         return completes_alone(draft.settings.attestation)
 
-    async def _check_ca_references(self, attestation: AttestationMechanism) -> list[str]:
-        """The referenced CA certificates (PEM), each registered and verified."""
+    async def _ca_references(self, attestation: AttestationMechanism) -> tuple[list[str], Dangling]:
+        """The referenced CA certificates (PEM) that are registered and verified, and the
+        references to any that are not."""
         references = attestation.x509.ca_references if attestation.x509 else None
         if references is None:
-            return []
+            return [], Dangling()
         found: list[str] = []
+        problems: list[tuple[Reference, DomainError]] = []
         for slot, name in (("primary", references.primary), ("secondary", references.secondary)):
             if name is None:
                 continue
             certificate = await self.certificates.get(name)
-            if certificate is None:
-                raise InvalidAttestation(
-                    f"x509.caReferences.{slot} names {name!r}, which is not a CA certificate "
-                    "registered with this service (dpsd certificate list)"
-                )
-            if not certificate.is_verified:
-                raise InvalidAttestation(
-                    f"x509.caReferences.{slot} names CA certificate {name!r}, which is not "
-                    "verified: prove possession of its key first (dpsd certificate verify)"
-                )
-            found.append(certificate.certificate)
-        return found
+            if certificate is not None and certificate.is_verified:
+                found.append(certificate.certificate)
+            else:
+                problems.append((("ca", id_key(name)), _unusable_ca(slot, name, certificate)))
+        return found, Dangling(tuple(problems))
 
     async def _check_group_limit(self, draft: EnrollmentGroupDraft) -> None:
         if not await self._within_group_limit(draft):
@@ -222,6 +219,18 @@ class EnrollmentGroupService:
                 await self.create_or_update(draft.enrollment_group_id, draft, etag)
             case BulkMode.DELETE:
                 await self.delete(draft.enrollment_group_id, None)
+
+
+def _unusable_ca(slot: str, name: str, certificate: CACertificate | None) -> InvalidAttestation:
+    if certificate is None:
+        return InvalidAttestation(
+            f"x509.caReferences.{slot} names {name!r}, which is not a CA certificate "
+            "registered with this service (dpsd certificate list)"
+        )
+    return InvalidAttestation(
+        f"x509.caReferences.{slot} names CA certificate {name!r}, which is not "
+        "verified: prove possession of its key first (dpsd certificate verify)"
+    )
 
 
 def _already_exists(group: EnrollmentGroup) -> EnrollmentGroupAlreadyExists:

@@ -18,7 +18,6 @@ from dpsd.domain.query import ENROLLMENT_QUERY_FIELDS, parse_query
 from dpsd.service import records
 from dpsd.service.attestation import complete_attestation
 from dpsd.service.errors import EnrollmentAlreadyExists, EnrollmentNotFound, ServiceError
-from dpsd.service.hubs import check_linked, named_hubs
 from dpsd.service.ports import (
     Clock,
     EnrollmentRepository,
@@ -35,6 +34,7 @@ from dpsd.service.records import (
     BulkMode,
     Page,
 )
+from dpsd.service.references import dangling_hubs, named_hubs
 from dpsd.service.x509_trust import attestation_certificates
 
 __all__ = [
@@ -98,12 +98,13 @@ class EnrollmentService:
                 self.enrollments, if_match, build, hubs, _already_exists
             )
         if written is None:
-            await check_linked(self.hubs, draft.settings)
+            dangling = await dangling_hubs(self.hubs, draft.settings)
+            await dangling.refuse_new(self.enrollments.get, path_id, if_match)
             written = await records.create_or_update(
                 self.enrollments,
                 path_id,
                 if_match,
-                build,
+                dangling.guard(build),
                 lambda: EnrollmentAlreadyExists(draft.registration_id),
             )
         self.trust.trust(attestation_certificates(written.settings.attestation))

@@ -6,6 +6,7 @@ ServiceError
 │   └── EnrollmentNotFound
 ├── EnrollmentAlreadyExists  create without If-Match on an existing record
 ├── PreconditionFailed       If-Match does not name the current etag
+├── StillReferenced          a delete of something records still name
 └── BadRequest               a request the service cannot act on (bad paging token, ...)
 """
 
@@ -86,3 +87,7 @@ class PreconditionFailed(ServiceError):
 
 class BadRequest(ServiceError):
     pass
+
+
+class StillReferenced(ServiceError):
+    """A CA certificate or an IoT hub that records still name, refused a delete."""

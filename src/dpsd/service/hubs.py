@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from dpsd.domain.enrollment import EnrollmentSettings
 from dpsd.domain.errors import ValidationError
 from dpsd.domain.etag import new_etag
 from dpsd.domain.hub import (
@@ -21,7 +20,14 @@ from dpsd.domain.hub import (
 )
 from dpsd.service import records
 from dpsd.service.errors import AlreadyExists, NotFound
-from dpsd.service.ports import Entropy, HubDeviceRepository, HubRepository
+from dpsd.service.ports import (
+    EnrollmentGroupRepository,
+    EnrollmentRepository,
+    Entropy,
+    HubDeviceRepository,
+    HubRepository,
+)
+from dpsd.service.references import Referrers, left_behind, referrers_of_hub
 
 POLICY_KEY_BYTES = 32
 
@@ -38,11 +44,14 @@ class HubAlreadyLinked(AlreadyExists):
 
 @dataclass(frozen=True, slots=True)
 class HubService:
-    """``devices``: where the devices of built-in hubs are kept, forgotten when their hub
-    is unlinked (without it, unlinking leaves them to whoever keeps them)."""
+    """``enrollments`` and ``groups``: the records that may name a hub. ``devices``: where
+    the devices of built-in hubs are kept, forgotten when their hub is unlinked (without
+    it, unlinking leaves them to whoever keeps them)."""
 
     hubs: HubRepository
     entropy: Entropy
+    enrollments: EnrollmentRepository
+    groups: EnrollmentGroupRepository
     devices: HubDeviceRepository | None = None
 
     async def link(
@@ -117,31 +126,22 @@ class HubService:
             )
         return hub_connection_string(hub.host_name, policy)
 
-    async def unlink(self, host_name: str) -> None:
-        """Unlink a hub; the devices of a built-in hub go with it."""
+    async def unlink(self, host_name: str, *, force: bool = False) -> tuple[Referrers, ...]:
+        """Unlink a hub no enrollment or group names; the devices of a built-in hub go with
+        it. ``force`` unlinks it anyway; what still names it is returned, for the caller
+        to say."""
+        await self.get(host_name)
+        left = left_behind(
+            await referrers_of_hub(self.enrollments, self.groups, host_name),
+            force,
+            lambda referrers: (
+                f"IoT hub {host_name!r} is still named by {referrers}: "
+                "change their iotHubs, or delete them, first "
+                f"(or dpsd hub remove {host_name} --force)"
+            ),
+        )
         await records.delete(self.hubs, host_name, None, lambda: HubNotFound(host_name))
         if self.devices is not None:
             # After the hub is gone, so that no write into it can land after this.
             await self.devices.delete_hub(host_name)
-
-
-def named_hubs(settings: EnrollmentSettings) -> list[str]:
-    """The IoT hubs an enrollment names, each once, in the order named."""
-    named = [
-        *(settings.iot_hubs or ()),
-        *([settings.iot_hub_host_name] if settings.iot_hub_host_name else []),
-    ]
-    return list(dict.fromkeys(named))
-
-
-async def check_linked(hubs: HubRepository, settings: EnrollmentSettings) -> None:
-    """An enrollment may only name IoT hubs linked to the service."""
-    named = named_hubs(settings)
-    if not named:
-        return
-    missing = await hubs.missing(named)
-    if missing:
-        name = missing[0]
-        raise ValidationError(
-            f"IoT hub {name!r} is not linked to this service (dpsd hub add {name})"
-        )
+        return left

@@ -64,6 +64,14 @@ class EnrollmentRepository(Protocol):
         """Records matching ``where`` in id order, starting after the id key ``after``."""
         ...
 
+    async def naming_hub(
+        self, host_name: str, *, after: str | None, limit: int
+    ) -> list[IndividualEnrollment]:
+        """Records that may name the IoT hub, in id order after the id key ``after``: every
+        record naming it (in iotHubs or iotHubHostName, in any case), and perhaps others
+        that hold its name elsewhere, for the caller to tell apart. A scan: for unlinking."""
+        ...
+
 
 class RegistrationStateRepository(Protocol):
     async def get(self, registration_id: str) -> DeviceRegistrationState | None: ...
@@ -113,6 +121,12 @@ class EnrollmentGroupRepository(Protocol):
     async def query(
         self, where: Condition | None, *, after: str | None, limit: int
     ) -> list[EnrollmentGroup]: ...
+
+    async def naming_hub(
+        self, host_name: str, *, after: str | None, limit: int
+    ) -> list[EnrollmentGroup]:
+        """As EnrollmentRepository.naming_hub."""
+        ...
 
 
 class CertificateRepository(Protocol):

@@ -16,6 +16,7 @@ from dpsd.domain.ids import id_key
 from dpsd.domain.query import BooleanOp, Comparison, Condition, Not
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationOperation
 from dpsd.service.records import Dated
+from dpsd.service.references import Settled, named_hubs
 
 FieldValue = str | bool | None
 _ID_FIELDS = frozenset({"registrationId", "enrollmentGroupId"})
@@ -26,8 +27,12 @@ class Versioned(Protocol):
     def etag(self) -> str: ...
 
 
+class Linked(Dated, Settled, Protocol):
+    """A record with enrollment settings, which name IoT hubs."""
+
+
 R = TypeVar("R", bound=Versioned)
-D = TypeVar("D", bound=Dated)
+D = TypeVar("D", bound=Linked)
 
 
 def _settings_fields(settings: EnrollmentSettings) -> dict[str, FieldValue]:
@@ -161,6 +166,15 @@ class InMemoryLinkedRepository(InMemoryDocumentRepository[D]):
             return None
         self._records[key] = replace(record, created=current.created)
         return current.created
+
+    async def naming_hub(self, host_name: str, *, after: str | None, limit: int) -> list[D]:
+        """Exactly the records that name the hub."""
+        key = id_key(host_name)
+
+        def names_it(record: D) -> bool:
+            return key in map(id_key, named_hubs(record.settings))
+
+        return self._select(names_it, after, limit)
 
 
 class InMemoryEnrollmentRepository(InMemoryLinkedRepository[IndividualEnrollment]):

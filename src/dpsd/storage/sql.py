@@ -395,6 +395,12 @@ class SqlLinkedRepository(SqlDocumentRepository[D]):
             created = await write(self._overwrite_statement(False, at_etag, len(keys)), params)
         return None if created is None else codec.parse_timestamp(created)
 
+    async def naming_hub(self, host_name: str, *, after: str | None, limit: int) -> list[D]:
+        """Records whose document holds the hub's name as a JSON string, in any case: a
+        scan, for the rare unlink (the caller tells a hub named from a name elsewhere)."""
+        quoted = self._table.c.document.icontains(f'"{host_name}"', autoescape=True)
+        return await self._select([quoted], after=after, limit=limit)
+
 
 def _hub_keys(hubs: Sequence[str]) -> dict[str, str]:
     """The distinct keys of the hubs named, as the parameters ``_all_linked`` takes."""

@@ -22,7 +22,12 @@ from dpsd.domain.hub_device import (
     HubDevice,
 )
 from dpsd.service.hubs import HubAlreadyLinked, HubNotFound, HubService
-from dpsd.storage.memory import InMemoryHubDeviceRepository, InMemoryHubRepository
+from dpsd.storage.memory import (
+    InMemoryEnrollmentGroupRepository,
+    InMemoryEnrollmentRepository,
+    InMemoryHubDeviceRepository,
+    InMemoryHubRepository,
+)
 
 AZURE_HUB = "HostName=az.example.net;SharedAccessKeyName=iothubowner;SharedAccessKey=a2V5"
 
@@ -39,7 +44,14 @@ class FakeEntropy:
 
 
 def make_service(devices: InMemoryHubDeviceRepository | None = None) -> HubService:
-    return HubService(InMemoryHubRepository(), FakeEntropy(), devices)
+    hubs = InMemoryHubRepository()
+    return HubService(
+        hubs,
+        FakeEntropy(),
+        InMemoryEnrollmentRepository(hubs),
+        InMemoryEnrollmentGroupRepository(hubs),
+        devices,
+    )
 
 
 def hub_device(hub: str, device_id: str) -> HubDevice:
