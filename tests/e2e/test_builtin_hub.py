@@ -14,8 +14,6 @@ service gives it. Reprovisioning moves devices between the hubs by the enrollmen
 from __future__ import annotations
 
 import base64
-import hashlib
-import socket
 import ssl
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,6 +28,13 @@ from azure.iot.hub.models import Twin, TwinProperties
 
 from dpsd.domain.device_auth import derive_device_key
 from tests.certs import Issued, issue
+from tests.e2e.hub_registry import (
+    assert_initial_twin,
+    assert_sas_device,
+    assert_x509_device,
+    hub_names_resolving_to,
+    hub_registries,
+)
 from tests.e2e.process import (
     DpsdProcess,
     bind_problem,
@@ -81,33 +86,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DpsdProcess]:
 @pytest.fixture(scope="module", autouse=True)
 def hub_names_resolve_to_dpsd() -> Iterator[None]:
     """``*.dpsd.test`` resolves to dpsd's address in this process."""
-    original = socket.getaddrinfo
-
-    def resolve(host: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(host, str) and host.endswith(".dpsd.test"):
-            host = ADDRESS
-        return original(host, *args, **kwargs)
-
-    socket.getaddrinfo = resolve
-    yield
-    socket.getaddrinfo = original
+    with hub_names_resolving_to(ADDRESS):
+        yield
 
 
 @pytest.fixture(scope="module")
 def registries(server: DpsdProcess) -> Iterator[dict[str, IoTHubRegistryManager]]:
-    """The official hub client of each built-in hub, from ``dpsd hub connection-string``;
-    requests (under azure-iot-hub) trusts the dpsd CA through REQUESTS_CA_BUNDLE."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("REQUESTS_CA_BUNDLE", server.info["caCertificatePath"])
-    managers = {}
-    for hub in (HUB_A, HUB_B):
-        printed = run_dpsd("hub", "connection-string", hub, "--data-dir", str(server.data_dir))
-        assert printed.returncode == 0, printed.stderr
-        connection_string = printed.stdout.strip()
-        assert connection_string.startswith(f"HostName={hub};SharedAccessKeyName=iothubowner;")
-        managers[hub] = IoTHubRegistryManager.from_connection_string(connection_string)
-    yield managers
-    patch.undo()
+    """The official hub client of each built-in hub."""
+    with hub_registries(server, (HUB_A, HUB_B)) as managers:
+        yield managers
 
 
 def enroll(server: DpsdProcess, registration_id: str, **fields: Any) -> dict[str, Any]:
@@ -207,32 +194,6 @@ def https_register_key(server: DpsdProcess, registration_id: str, key: str) -> d
         raise AssertionError(f"{registration_id} was still assigning after 20 polls")
 
 
-def thumbprint(device: Issued) -> str:
-    return hashlib.sha256(device.der).hexdigest().upper()
-
-
-def assert_sas_device(registry: IoTHubRegistryManager, device_id: str, key: str) -> None:
-    device = registry.get_device(device_id)
-    assert device.device_id == device_id
-    assert device.status == "enabled"
-    assert device.authentication.type == "sas"
-    assert device.authentication.symmetric_key.primary_key == key
-    assert device.authentication.symmetric_key.secondary_key == key
-
-
-def assert_x509_device(registry: IoTHubRegistryManager, device_id: str, device: Issued) -> None:
-    found = registry.get_device(device_id)
-    assert found.authentication.type == "selfSigned"
-    assert found.authentication.x509_thumbprint.primary_thumbprint == thumbprint(device)
-    assert found.authentication.x509_thumbprint.secondary_thumbprint == thumbprint(device)
-
-
-def assert_initial_twin(registry: IoTHubRegistryManager, device_id: str) -> None:
-    twin = registry.get_twin(device_id)
-    assert twin.tags == INITIAL_TWIN["tags"]
-    assert twin.properties.desired["testProp"] == "42"
-
-
 # --- symmetric keys ---------------------------------------------------------------------------
 
 
@@ -258,14 +219,14 @@ def test_symmetric_key_devices_land_with_their_keys_and_initial_twin(
     hub = state["assignedHub"] if isinstance(state, dict) else state.assigned_hub
     assert hub == HUB_A
     assert_sas_device(registries[HUB_A], f"{individual}-dev", key)
-    assert_initial_twin(registries[HUB_A], f"{individual}-dev")
+    assert_initial_twin(registries[HUB_A], f"{individual}-dev", INITIAL_TWIN)
 
     group, group_key = new_id("sym-grp"), random_key()
     enroll_group(server, group, attestation=symmetric(group_key))
     member = new_id("sym-member")
     register(server, member, derive_device_key(group_key, member))
     assert_sas_device(registries[HUB_A], member, derive_device_key(group_key, member))
-    assert_initial_twin(registries[HUB_A], member)
+    assert_initial_twin(registries[HUB_A], member, INITIAL_TWIN)
 
 
 # --- X.509 ------------------------------------------------------------------------------------
@@ -303,7 +264,7 @@ def test_x509_devices_land_self_signed_by_their_certificate(
     enroll(server, individual, attestation=client_certificate(device))
     assert x509_register(server, transport, individual, write_identity(tmp_path, "ind", [device]))
     assert_x509_device(registry, individual, device)
-    assert_initial_twin(registry, individual)
+    assert_initial_twin(registry, individual, INITIAL_TWIN)
 
     root = issue(new_id("root"), ca=True)
     intermediate = issue(new_id("intermediate"), root, ca=True)
@@ -313,7 +274,7 @@ def test_x509_devices_land_self_signed_by_their_certificate(
     identity = write_identity(tmp_path, "chained", [leaf, intermediate])
     assert x509_register(server, transport, chained, identity) == HUB_A
     assert_x509_device(registry, chained, leaf)
-    assert_initial_twin(registry, chained)
+    assert_initial_twin(registry, chained, INITIAL_TWIN)
 
     signer = issue(new_id("signer"), ca=True)
     enroll_group(server, new_id("x509-direct"), attestation=signing_certificate(signer))
@@ -369,7 +330,7 @@ def test_reprovisioning_migrates_or_resets_the_device(
     move_to(server, device, HUB_A, migrate=False)
     reset = https_register_key(server, device, key)["registrationState"]
     assert reset["assignedHub"] == HUB_A
-    assert_initial_twin(hub_a, device)
+    assert_initial_twin(hub_a, device, INITIAL_TWIN)
     assert "rate" not in hub_a.get_twin(device).properties.desired
     assert not [d for d in hub_b.get_devices() if d.device_id == device]
 

@@ -22,19 +22,12 @@ import base64
 import hashlib
 import hmac
 import json
-import os
-import secrets
-import shutil
 import signal
 import ssl
-import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -42,7 +35,26 @@ import httpx
 import pytest
 from azure.iot.deviceprovisioning import DeviceProvisioningClient
 
-from tests.certs import issue
+from tests.e2e.node_clients import (
+    Result,
+    Scenario,
+    Webhook,
+    assert_assigned,
+    assert_disabled,
+    assert_recorded_disabled,
+    create_enrollment,
+    create_symmetric_group,
+    create_x509_enrollment,
+    create_x509_group_member,
+    derive_device_key,
+    failed,
+    new_id,
+    random_key,
+    registered,
+    require_node,
+    run_devices,
+    serve_webhook,
+)
 from tests.e2e.process import (
     DpsdProcess,
     bind_problem,
@@ -51,46 +63,19 @@ from tests.e2e.process import (
     skip_or_fail,
     start_dpsd_listening,
 )
-from tests.e2e.test_x509_devices import write_identity
 
 pytestmark = pytest.mark.e2e
 
-NODE_DIR = Path(__file__).resolve().parents[1] / "node"
-DEVICES_SCRIPT = NODE_DIR / "devices.js"
-SDK_PACKAGES = (
-    "azure-iot-provisioning-device",
-    "azure-iot-provisioning-device-http",
-    "azure-iot-security-symmetric-key",
-    "azure-iot-security-x509",
-)
 ADDRESS = "127.0.0.78"
 PORT = 443
 RETRY_AFTER = 1  # seconds, passed to dpsd serve --retry-after
 HUBS = ("hub-a.example.net", "hub-b.example.net")
 STATIC_HUB = HUBS[1]
 WEBHOOK_HUB = HUBS[0]  # the hub the custom allocation webhook picks
-WEBHOOK_API_VERSION = "2021-10-01"
 DEVICE_API_VERSION = "2019-03-31"  # what the device SDKs send
 NODE_TIMEOUT = 30.0  # the whole script; each scenario is bounded in the script too
-SCENARIO_TIMEOUT_MS = 10_000
 MAX_POLLS = 5
 HTTP_TIMEOUT = 10.0
-WEBHOOK_STOP_TIMEOUT = 10.0
-
-Result = dict[str, Any]
-
-
-# --- device credentials, as the device SDKs make them -----------------------------------------
-
-
-def derive_device_key(group_key: str, registration_id: str) -> str:
-    """The key a device of a symmetric-key group signs with (``az iot dps compute-device-key``)."""
-    digest = hmac.new(base64.b64decode(group_key), registration_id.encode(), hashlib.sha256)
-    return base64.b64encode(digest.digest()).decode()
-
-
-def random_key() -> str:
-    return base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 def device_token(
@@ -145,91 +130,11 @@ def id_scope(dpsd_on_443: DpsdProcess) -> str:
     return scope
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
-
-
-def create_enrollment(
-    service: DeviceProvisioningClient, registration_id: str, **fields: Any
-) -> str:
-    """A symmetric-key individual enrollment; its generated primary key."""
-    body = {"registrationId": registration_id, "attestation": {"type": "symmetricKey"}, **fields}
-    created = service.enrollment.create_or_update(registration_id, body)
-    key: str = created["attestation"]["symmetricKey"]["primaryKey"]
-    return key
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """One device the Node script registers, and what the enrollment side expects of it."""
-
-    name: str
-    registration_id: str
-    key: str | None = None  # symmetric key; None for an X.509 device
-    identity: tuple[str, str] | None = None  # X.509: certificate (chain) file and key file
-    payload: Any = None
-    device_id: str | None = None
-    group_id: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        line: dict[str, Any] = {"name": self.name, "registrationId": self.registration_id}
-        if self.identity is not None:
-            line["certFile"], line["keyFile"] = self.identity
-        else:
-            line["key"] = self.key
-        if self.payload is not None:
-            line["payload"] = self.payload
-        return line
-
-
-@dataclass
-class Webhook:
-    """A custom allocation webhook on 127.0.0.1 that picks WEBHOOK_HUB and answers a payload
-    echoing the device's; it records the path and body of every request dpsd posts."""
-
-    server: ThreadingHTTPServer
-    requests: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/allocate?code=e2e"
-
-    @staticmethod
-    def answer(body: Mapping[str, Any]) -> dict[str, Any]:
-        context = body.get("deviceRuntimeContext") or {}
-        return {
-            "iotHubHostName": WEBHOOK_HUB,
-            "payload": {"allocatedBy": "webhook", "echo": context.get("payload")},
-        }
-
-
 @pytest.fixture(scope="module")
 def webhook() -> Iterator[Webhook]:
-    """Webhook served in a thread for the module; shut down (bounded) afterwards."""
-    requests: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            requests.append({"path": self.path, "body": body})
-            data = json.dumps(Webhook.answer(body)).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, name="webhook", daemon=True)
-    thread.start()
-    yield Webhook(server, requests)
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=WEBHOOK_STOP_TIMEOUT)
-    assert not thread.is_alive(), "the webhook thread did not stop"
+    """The custom allocation webhook, picking WEBHOOK_HUB."""
+    with serve_webhook(WEBHOOK_HUB) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -252,10 +157,7 @@ def device_scenarios(
     scenarios.append(Scenario("individual_device_id", with_device_id, key, device_id=device_id))
 
     group_id = new_id("node-group")
-    group = service.enrollment_group.create_or_update(
-        group_id, {"enrollmentGroupId": group_id, "attestation": {"type": "symmetricKey"}}
-    )
-    group_keys = group["attestation"]["symmetricKey"]
+    group_keys = create_symmetric_group(service, group_id)
     for name, group_key in (
         ("group_primary", group_keys["primaryKey"]),
         ("group_secondary", group_keys["secondaryKey"]),
@@ -282,42 +184,18 @@ def device_scenarios(
     # X.509 individual enrollment: the device's self-signed certificate is the enrollment's
     # client certificate.
     x509_individual = new_id("node-x509-ind")
-    certificate = issue(x509_individual)
-    attestation = {"primary": {"certificate": certificate.pem}}
-    service.enrollment.create_or_update(
-        x509_individual,
-        {
-            "registrationId": x509_individual,
-            "attestation": {"type": "x509", "x509": {"clientCertificates": attestation}},
-        },
-    )
-    identity = write_identity(identities, "individual", [certificate])
+    identity = create_x509_enrollment(service, x509_individual, identities)
     scenarios.append(Scenario("x509_individual", x509_individual, identity=identity))
 
     # X.509 group: the root CA signs it, the device sends its leaf and the intermediate.
     x509_group = new_id("node-x509-group")
-    root = issue(f"{x509_group}-root", ca=True)
-    intermediate = issue(f"{x509_group}-intermediate", root, ca=True)
-    service.enrollment_group.create_or_update(
-        x509_group,
-        {
-            "enrollmentGroupId": x509_group,
-            "attestation": {
-                "type": "x509",
-                "x509": {"signingCertificates": {"primary": {"certificate": root.pem}}},
-            },
-        },
-    )
     member = new_id("node-x509-member")
-    identity = write_identity(identities, "member", [issue(member, intermediate), intermediate])
+    identity = create_x509_group_member(service, x509_group, member, identities)
     scenarios.append(Scenario("x509_group", member, identity=identity, group_id=x509_group))
 
     # Custom allocation: the webhook served above picks the hub and the returned payload.
     custom = new_id("node-custom")
-    definition = {"webhookUrl": webhook.url, "apiVersion": WEBHOOK_API_VERSION}
-    key = create_enrollment(
-        service, custom, allocationPolicy="custom", customAllocationDefinition=definition
-    )
+    key = create_enrollment(service, custom, **webhook.custom_allocation())
     payload = {"modelId": "dtmi:dpsd:sensor;1", "site": "north"}
     scenarios.append(Scenario("custom_allocation", custom, key, payload=payload))
 
@@ -329,73 +207,16 @@ def device_scenarios(
 
 @pytest.fixture(scope="module")
 def node_binary() -> str:
-    node = shutil.which("node")
-    if node is None:
-        skip_or_fail("node is not on PATH")
-    for package in SDK_PACKAGES:
-        if not (NODE_DIR / "node_modules" / package).is_dir():
-            skip_or_fail(
-                f"tests/node/node_modules/{package} is missing: "
-                "run scripts/install (npm ci --prefix tests/node)"
-            )
-    return node
+    return require_node()
 
 
 @pytest.fixture(scope="module")
 def devices(
-    node_binary: str,
-    dpsd_on_443: DpsdProcess,
-    id_scope: str,
-    device_scenarios: dict[str, Scenario],
+    node_binary: str, dpsd_on_443: DpsdProcess, device_scenarios: dict[str, Scenario]
 ) -> dict[str, Result]:
     """Every scenario's JSON line from one run of tests/node/devices.js, by name."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DPS")}
-    env["NODE_EXTRA_CA_CERTS"] = dpsd_on_443.info["caCertificatePath"]
-    env["DPS_PROVISIONING_HOST"] = ADDRESS
-    env["DPS_ID_SCOPE"] = id_scope
-    env["DPS_DEVICE_SCENARIOS"] = json.dumps([s.to_json() for s in device_scenarios.values()])
-    env["DPS_SCENARIO_TIMEOUT_MS"] = str(SCENARIO_TIMEOUT_MS)
-    try:
-        run = subprocess.run(
-            [node_binary, str(DEVICES_SCRIPT)],
-            cwd=NODE_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=NODE_TIMEOUT,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as timeout:
-        pytest.fail(
-            f"devices.js did not finish within {NODE_TIMEOUT}s:\n{timeout.stdout!r}\n"
-            f"{timeout.stderr!r}\n--- dpsd ---\n{dpsd_on_443.output()}"
-        )
-    context = f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}\n--- dpsd ---\n{dpsd_on_443.output()}"
-    assert run.returncode == 0, f"devices.js exited with {run.returncode}\n{context}"
-    lines = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
-    assert lines, f"devices.js printed nothing\n{context}"
-    assert lines[-1].get("done") is True, f"devices.js did not finish\n{context}"
-    results = {line["scenario"]: line for line in lines[:-1]}
-    assert sorted(results) == sorted(device_scenarios), context
-    assert lines[-1]["count"] == len(device_scenarios), context
-    return results
-
-
-def registered(results: Mapping[str, Result], name: str) -> Result:
-    """The registration state the SDK resolved with, failing with its error when it threw."""
-    line = results[name]
-    assert line["ok"], f"scenario {name} threw:\n{json.dumps(line, indent=2)}"
-    state: Result = line["result"]
-    return state
-
-
-def failed(results: Mapping[str, Result], name: str) -> Result:
-    """The error the SDK rejected with, failing when the registration succeeded."""
-    line = results[name]
-    assert not line["ok"], f"scenario {name} succeeded:\n{json.dumps(line, indent=2)}"
-    error: Result = line["error"]
-    return error
+    scenarios = list(device_scenarios.values())
+    return run_devices(node_binary, dpsd_on_443, scenarios, ADDRESS, NODE_TIMEOUT)
 
 
 def assert_polled_with_retry_after(line: Mapping[str, Any], final_status: str) -> None:
@@ -412,20 +233,6 @@ def assert_polled_with_retry_after(line: Mapping[str, Any], final_status: str) -
     assert poll["statusCode"] == 200, poll
     assert poll["status"] == final_status, poll
     assert poll["error"] is None, poll
-
-
-def assert_assigned(
-    state: Mapping[str, Any], registration_id: str, device_id: str, hubs: tuple[str, ...]
-) -> None:
-    assert state["registrationId"] == registration_id, state
-    assert state["status"] == "assigned", state
-    assert state["substatus"] == "initialAssignment", state
-    assert state["assignedHub"] in hubs, state
-    assert state["deviceId"] == device_id, state
-    assert state["etag"], state
-    assert state["createdDateTimeUtc"], state
-    assert state["lastUpdatedDateTimeUtc"], state
-    assert "errorCode" not in state, state
 
 
 def assert_unauthorized(error: Mapping[str, Any], line: Mapping[str, Any]) -> None:
@@ -539,29 +346,13 @@ def test_disabled_enrollment_fails_with_status_disabled(
     device_scenarios: dict[str, Scenario],
     service: DeviceProvisioningClient,
 ) -> None:
-    # dpsd answers the operation with 200 {status: "disabled"}; the SDK's polling state machine
-    # knows assigning, assigned, failed and registering only, and rejects any other status with
-    # SyntaxError('status is <status>'), the operation status attached as error.result.
+    # dpsd answers the operation with 200 {status: "disabled"}.
     scenario = device_scenarios["disabled"]
     error = failed(devices, "disabled")
-    assert error["name"] == "SyntaxError", error
-    assert error["message"] == "status is disabled", error
+    assert_disabled(error, scenario.registration_id)
     assert error["statusCode"] == 200, error
-    result = error["result"]
-    assert result["status"] == "disabled", result
-    assert result["operationId"], result
-    state = result["registrationState"]
-    assert state["registrationId"] == scenario.registration_id, state
-    assert state["status"] == "disabled", state
-    assert state["errorCode"] == 401008, state
-    assert state["errorMessage"], state
-    assert "assignedHub" not in state, state
     assert_polled_with_retry_after(devices["disabled"], "disabled")
-
-    recorded = service.device_registration_state.get(scenario.registration_id)
-    assert recorded["status"] == "disabled", recorded
-    assert recorded["errorCode"] == 401008, recorded
-    assert not recorded.get("assignedHub"), recorded
+    assert_recorded_disabled(service, scenario.registration_id)
 
 
 def test_wrong_key_is_refused_with_401(devices: dict[str, Result]) -> None:
@@ -637,21 +428,7 @@ def test_custom_allocation_webhook_picks_the_hub_and_the_payload(
     assert state["payload"] == {"allocatedBy": "webhook", "echo": scenario.payload}, state
     assert_polled_with_retry_after(devices["custom_allocation"], "assigned")
 
-    sent = [
-        request
-        for request in webhook.requests
-        if (request["body"].get("deviceRuntimeContext") or {}).get("registrationId")
-        == scenario.registration_id
-    ]
-    assert len(sent) == 1, webhook.requests
-    assert sent[0]["path"] == "/allocate?code=e2e", sent[0]
-    body = sent[0]["body"]
-    context = body["deviceRuntimeContext"]
-    assert context["registrationId"] == scenario.registration_id, body
-    assert context["payload"] == scenario.payload, body  # setProvisioningPayload's payload
-    assert "symmetricKey" in context, body
-    assert body["individualEnrollment"]["registrationId"] == scenario.registration_id, body
-    assert sorted(body["linkedHubs"]) == sorted(HUBS), body
+    webhook.assert_asked_once(scenario, HUBS)
 
 
 # --- raw HTTPS: the device API's error paths -------------------------------------------------

@@ -13,9 +13,7 @@ tests when node, tests/node/node_modules or port 443 is missing.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +23,7 @@ import pytest
 
 from dpsd.domain.device_auth import derive_device_key
 from tests.certs import issue
+from tests.e2e.node_clients import node_env, random_key, run_node_script
 from tests.e2e.process import (
     DpsdProcess,
     bind_problem,
@@ -33,7 +32,6 @@ from tests.e2e.process import (
     skip_or_fail,
     start_dpsd_listening,
 )
-from tests.e2e.test_node_device_sdk import random_key
 from tests.e2e.test_x509_devices import write_identity
 
 pytestmark = pytest.mark.e2e
@@ -75,30 +73,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DpsdProcess]:
     started.stop_cleanly()
 
 
-def node_env(server: DpsdProcess) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("DPS", "HUB"))}
-    env["NODE_EXTRA_CA_CERTS"] = server.info["caCertificatePath"]
-    env["DPSD_TEST_HOSTS"] = json.dumps({HUB: ADDRESS})
-    return env
+def hub_node_env(server: DpsdProcess) -> dict[str, str]:
+    """The Node scripts' environment; HUB resolves to ADDRESS in them (tests/node/resolve.js)."""
+    return node_env(server, DPSD_TEST_HOSTS=json.dumps({HUB: ADDRESS}))
 
 
 def run_node(node: str, script: str, env: dict[str, str], server: DpsdProcess) -> list[Any]:
-    try:
-        run = subprocess.run(
-            [node, "--require", "./resolve.js", script],
-            cwd=NODE_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=NODE_TIMEOUT,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as timeout:
-        pytest.fail(f"{script} did not finish within {NODE_TIMEOUT}s: {timeout.stdout!r}")
-    context = f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}\n--- dpsd ---\n{server.output()}"
-    assert run.returncode == 0, f"{script} exited with {run.returncode}\n{context}"
-    return [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
+    run = run_node_script(node, server, script, env, NODE_TIMEOUT, "--require", "./resolve.js")
+    return run.lines
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +144,7 @@ def provisioned(
         expected[camera] = {"transport": transport, "type": "selfSigned"}
     for scenario in scenarios:
         scenario["transport"] = expected[scenario["name"]]["transport"]
-    env = node_env(server)
+    env = hub_node_env(server)
     env["DPS_PROVISIONING_HOST"] = ADDRESS
     env["DPS_ID_SCOPE"] = server.info["idScope"]
     env["DPS_DEVICE_SCENARIOS"] = json.dumps(scenarios)
@@ -179,7 +161,7 @@ def hub_run(
 ) -> dict[str, Any]:
     printed = run_dpsd("hub", "connection-string", HUB, "--data-dir", str(server.data_dir))
     assert printed.returncode == 0, printed.stderr
-    env = node_env(server)
+    env = hub_node_env(server)
     env["IOTHUB_CONNECTION_STRING"] = printed.stdout.strip()
     env["HUB_PROVISIONED_DEVICES"] = json.dumps(sorted(provisioned))
     env["HUB_SCRATCH_DEVICE"] = f"node-scratch-{uuid.uuid4().hex[:6]}"

@@ -17,17 +17,28 @@ instead.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import signal
-import subprocess
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from azure.iot.deviceprovisioning import DeviceProvisioningClient
 
+from tests.e2e.node_clients import (
+    Result,
+    Scenario,
+    assert_assigned,
+    assert_polled_once,
+    assert_recorded,
+    create_enrollment,
+    create_symmetric_group,
+    derive_device_key,
+    failed,
+    new_id,
+    random_key,
+    registered,
+    require_node,
+    run_devices,
+)
 from tests.e2e.process import (
     DpsdProcess,
     bind_problem,
@@ -35,19 +46,6 @@ from tests.e2e.process import (
     sdk_client,
     skip_or_fail,
     start_dpsd_listening,
-)
-from tests.e2e.test_node_device_sdk import (
-    DEVICES_SCRIPT,
-    NODE_DIR,
-    SDK_PACKAGES,
-    Result,
-    assert_assigned,
-    create_enrollment,
-    derive_device_key,
-    failed,
-    new_id,
-    random_key,
-    registered,
 )
 
 pytestmark = pytest.mark.e2e
@@ -59,45 +57,12 @@ RETRY_AFTER = 1  # seconds, passed to dpsd serve --retry-after
 HUB = "node-mqtt-hub.example.net"
 MQTT_PACKAGE = "azure-iot-provisioning-device-mqtt"
 NODE_TIMEOUT = 20.0  # the whole script; each scenario is bounded in the script too
-SCENARIO_TIMEOUT_MS = 10_000
 MQTT_NOT_AUTHORIZED = 5  # CONNACK return code of MQTT 3.1.1
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """One symmetric-key device the Node script registers, with its transport."""
-
-    name: str
-    transport: str  # "mqtt" or "mqttws" (devices.js also knows "http")
-    registration_id: str
-    key: str
-    provisioning_host: str | None = None  # None: DPS_PROVISIONING_HOST (the bare address)
-    group_id: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        line: dict[str, Any] = {
-            "name": self.name,
-            "registrationId": self.registration_id,
-            "key": self.key,
-            "transport": self.transport,
-        }
-        if self.provisioning_host is not None:
-            line["provisioningHost"] = self.provisioning_host
-        return line
 
 
 @pytest.fixture(scope="module")
 def node_binary() -> str:
-    node = shutil.which("node")
-    if node is None:
-        skip_or_fail("node is not on PATH")
-    for package in (*SDK_PACKAGES, MQTT_PACKAGE):
-        if not (NODE_DIR / "node_modules" / package).is_dir():
-            skip_or_fail(
-                f"tests/node/node_modules/{package} is missing: "
-                "run scripts/install (npm ci --prefix tests/node)"
-            )
-    return node
+    return require_node(MQTT_PACKAGE)
 
 
 @pytest.fixture(scope="module")
@@ -133,25 +98,31 @@ def scenarios(service: DeviceProvisioningClient) -> dict[str, Scenario]:
 
     individual = new_id("nmqtt-ind")
     key = create_enrollment(service, individual)
-    made.append(Scenario("mqtt_individual", "mqtt", individual, key))
+    made.append(Scenario("mqtt_individual", individual, key, transport="mqtt"))
 
     group_id = new_id("nmqtt-group")
-    group = service.enrollment_group.create_or_update(
-        group_id, {"enrollmentGroupId": group_id, "attestation": {"type": "symmetricKey"}}
-    )
+    group_key = create_symmetric_group(service, group_id)["primaryKey"]
     member = new_id("nmqtt-member")
-    derived = derive_device_key(group["attestation"]["symmetricKey"]["primaryKey"], member)
+    derived = derive_device_key(group_key, member)
     explicit_port = f"{ADDRESS}:{MQTT_PORT}"
-    made.append(Scenario("mqtt_group", "mqtt", member, derived, explicit_port, group_id))
+    made.append(
+        Scenario(
+            "mqtt_group",
+            member,
+            derived,
+            transport="mqtt",
+            provisioning_host=explicit_port,
+            group_id=group_id,
+        )
+    )
 
     over_ws = new_id("nmqtt-ws")
-    made.append(
-        Scenario("mqttws_individual", "mqttws", over_ws, create_enrollment(service, over_ws))
-    )
+    key = create_enrollment(service, over_ws)
+    made.append(Scenario("mqttws_individual", over_ws, key, transport="mqttws"))
 
     wrong_key = new_id("nmqtt-wrongkey")
     create_enrollment(service, wrong_key)
-    made.append(Scenario("mqtt_wrong_key", "mqtt", wrong_key, random_key()))
+    made.append(Scenario("mqtt_wrong_key", wrong_key, random_key(), transport="mqtt"))
 
     return {scenario.name: scenario for scenario in made}
 
@@ -161,61 +132,7 @@ def devices(
     node_binary: str, dpsd_mqtt: DpsdProcess, scenarios: dict[str, Scenario]
 ) -> dict[str, Result]:
     """Every scenario's JSON line from one run of tests/node/devices.js, by name."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DPS")}
-    env["NODE_EXTRA_CA_CERTS"] = dpsd_mqtt.info["caCertificatePath"]
-    env["DPS_PROVISIONING_HOST"] = ADDRESS
-    env["DPS_ID_SCOPE"] = dpsd_mqtt.info["idScope"]
-    env["DPS_DEVICE_SCENARIOS"] = json.dumps([s.to_json() for s in scenarios.values()])
-    env["DPS_SCENARIO_TIMEOUT_MS"] = str(SCENARIO_TIMEOUT_MS)
-    try:
-        run = subprocess.run(
-            [node_binary, str(DEVICES_SCRIPT)],
-            cwd=NODE_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=NODE_TIMEOUT,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as timeout:
-        pytest.fail(
-            f"devices.js did not finish within {NODE_TIMEOUT}s:\n{timeout.stdout!r}\n"
-            f"{timeout.stderr!r}\n--- dpsd ---\n{dpsd_mqtt.output()}"
-        )
-    context = f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}\n--- dpsd ---\n{dpsd_mqtt.output()}"
-    assert run.returncode == 0, f"devices.js exited with {run.returncode}\n{context}"
-    lines = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
-    assert lines, f"devices.js printed nothing\n{context}"
-    assert lines[-1] == {"done": True, "count": len(scenarios)}, f"devices.js stopped\n{context}"
-    results = {line["scenario"]: line for line in lines[:-1]}
-    assert sorted(results) == sorted(scenarios), context
-    for name, line in results.items():
-        assert line["transport"] == scenarios[name].transport, line
-    return results
-
-
-def assert_polled_over_mqtt(line: Mapping[str, Any]) -> None:
-    """One register answered ``assigning`` with ``retry-after=1`` in the response topic (the
-    SDK's interval becomes 1000 ms, its default being 2000), then one poll that many
-    milliseconds later answered ``assigned``. MQTT has no HTTP status, so none is recorded."""
-    calls = line["calls"]
-    assert [call["call"] for call in calls] == ["register", "poll"], calls
-    register, poll = calls
-    assert register["status"] == "assigning", register
-    assert register["pollingInterval"] == RETRY_AFTER * 1000, register
-    assert register["error"] is None, register
-    assert poll["startedMs"] - register["endedMs"] >= RETRY_AFTER * 1000 - 10, calls
-    assert poll["status"] == "assigned", poll
-    assert poll["error"] is None, poll
-
-
-def assert_recorded(service: DeviceProvisioningClient, state: Mapping[str, Any]) -> None:
-    """The service API shows the registration the device was told about."""
-    recorded = service.device_registration_state.get(state["registrationId"])
-    assert recorded["status"] == "assigned", recorded
-    assert recorded["assignedHub"] == state["assignedHub"], recorded
-    assert recorded["deviceId"] == state["deviceId"], recorded
+    return run_devices(node_binary, dpsd_mqtt, list(scenarios.values()), ADDRESS, NODE_TIMEOUT)
 
 
 def test_every_expected_outcome(devices: dict[str, Result]) -> None:
@@ -239,7 +156,7 @@ def test_mqtt_individual_enrollment_on_the_default_port(
     state = registered(devices, "mqtt_individual")
     assert_assigned(state, scenario.registration_id, scenario.registration_id, (HUB,))
     assert "symmetricKey" not in state, state  # as over HTTP: only groups are named
-    assert_polled_over_mqtt(devices["mqtt_individual"])
+    assert_polled_once(devices["mqtt_individual"], RETRY_AFTER)
     assert_recorded(service, state)
 
 
@@ -253,7 +170,7 @@ def test_mqtt_group_device_with_a_derived_key_and_an_explicit_port(
     state = registered(devices, "mqtt_group")
     assert_assigned(state, scenario.registration_id, scenario.registration_id, (HUB,))
     assert state["symmetricKey"] == {"enrollmentGroupId": scenario.group_id}, state
-    assert_polled_over_mqtt(devices["mqtt_group"])
+    assert_polled_once(devices["mqtt_group"], RETRY_AFTER)
     assert_recorded(service, state)
     assert scenario.group_id is not None
     listed = list(service.device_registration_state.query(scenario.group_id))
@@ -269,7 +186,7 @@ def test_mqtt_over_websockets_individual_enrollment(
     scenario = scenarios["mqttws_individual"]
     state = registered(devices, "mqttws_individual")
     assert_assigned(state, scenario.registration_id, scenario.registration_id, (HUB,))
-    assert_polled_over_mqtt(devices["mqttws_individual"])
+    assert_polled_once(devices["mqttws_individual"], RETRY_AFTER)
     assert_recorded(service, state)
 
 

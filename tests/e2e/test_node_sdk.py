@@ -15,16 +15,15 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 import shutil
 import signal
-import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.e2e.node_clients import node_env, run_node_script
 from tests.e2e.process import DpsdProcess, bind_problem, skip_or_fail, start_dpsd_listening
 
 pytestmark = pytest.mark.e2e
@@ -84,34 +83,13 @@ def dpsd_on_443(
 def scenarios(node_binary: str, dpsd_on_443: DpsdProcess) -> dict[str, Result]:
     """Every scenario's JSON line from one run of tests/node/scenarios.js, by name."""
     info = dpsd_on_443.info
-    env = {key: value for key, value in os.environ.items() if not key.startswith("DPS")}
-    env["NODE_EXTRA_CA_CERTS"] = info["caCertificatePath"]
-    env["DPS_SERVICE_CONNECTION_STRING"] = info["serviceConnectionString"]
-    env["DPS_SCENARIO_TIMEOUT_MS"] = str(SCENARIO_TIMEOUT_MS)
-    try:
-        run = subprocess.run(
-            [node_binary, str(SCENARIOS_SCRIPT)],
-            cwd=NODE_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=NODE_TIMEOUT,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as timeout:
-        pytest.fail(
-            f"scenarios.js did not finish within {NODE_TIMEOUT}s:\n{timeout.stdout!r}\n"
-            f"{timeout.stderr!r}\n--- dpsd ---\n{dpsd_on_443.output()}"
-        )
-    context = f"stdout:\n{run.stdout}\nstderr:\n{run.stderr}\n--- dpsd ---\n{dpsd_on_443.output()}"
-    assert run.returncode == 0, f"scenarios.js exited with {run.returncode}\n{context}"
-    lines = [json.loads(line) for line in run.stdout.splitlines() if line.strip()]
-    assert lines, f"scenarios.js printed nothing\n{context}"
-    assert lines[-1].get("done") is True, f"scenarios.js did not finish\n{context}"
-    results = {line["scenario"]: line for line in lines[:-1]}
-    assert len(results) == lines[-1]["count"] == len(lines) - 1, context
-    return results
+    env = node_env(
+        dpsd_on_443,
+        DPS_SERVICE_CONNECTION_STRING=info["serviceConnectionString"],
+        DPS_SCENARIO_TIMEOUT_MS=str(SCENARIO_TIMEOUT_MS),
+    )
+    run = run_node_script(node_binary, dpsd_on_443, SCENARIOS_SCRIPT.name, env, NODE_TIMEOUT)
+    return run.by_scenario()
 
 
 def scenario(results: Mapping[str, Result], name: str) -> Result:

@@ -11,7 +11,8 @@
 // (register or poll) with what came back and the polling interval the SDK derived from it (over
 // MQTT and AMQP there is no HTTP response: statusCode and retryAfter are null).
 // The scenarios run concurrently (each with its own client); the script only observes, the
-// pytest side (tests/e2e/test_node_device_sdk.py) asserts.
+// pytest side (tests/e2e/test_node_device_sdk.py, test_node_mqtt_sdk.py, test_node_amqp_sdk.py)
+// asserts.
 //
 // Environment:
 //   DPS_PROVISIONING_HOST    the provisioning host (no port: the HTTP transport uses port 443,
