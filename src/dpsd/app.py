@@ -15,6 +15,7 @@ import msgspec
 
 from dpsd.amqp.server import AmqpServer
 from dpsd.client_tls import ClientCertificateTrust
+from dpsd.data_dir import prepare_data_dir
 from dpsd.devices.listener import Admission, WebSocketDispatch
 from dpsd.domain.ids import format_id_scope
 from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
@@ -41,7 +42,7 @@ from dpsd.service.hubs import HubService
 from dpsd.service.ports import RegistrationStateStore
 from dpsd.service.registration_states import RegistrationStateService
 from dpsd.service.x509_trust import certificates_to_trust
-from dpsd.settings import Settings, remember_database
+from dpsd.settings import Settings
 from dpsd.storage.engine import create_engine
 from dpsd.storage.executor import Executor, create_executor
 from dpsd.storage.hub_devices import SqlHubDeviceRepository
@@ -152,9 +153,7 @@ def _new_policies(entropy: SystemEntropy) -> list[SharedAccessPolicy]:
 async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     """Prepare the data dir and the store, then hand out a ready runtime."""
     clock, entropy = SystemClock(), SystemEntropy()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    if settings.database is not None:
-        remember_database(settings.data_dir, settings.database)
+    prepare_data_dir(settings.data_dir)
     tls = ensure_tls(settings.data_dir, settings.certificate_names, clock.now())
     engine = create_engine(settings.database_url)
     webhook_client = httpx.AsyncClient(follow_redirects=False)

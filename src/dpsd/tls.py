@@ -3,7 +3,8 @@ certificate per built-in IoT hub name (``tls/hubs/``), which the listeners serve
 that ask for that name (SNI).
 
 Made on first start; the server certificate is made again when it no longer covers the
-configured names or is about to expire. Private keys are written owner-readable only.
+configured names or is about to expire. Private keys are written owner-readable only, in
+owner-only folders (dpsd.data_dir says what is done about ones opened since).
 """
 
 from __future__ import annotations
@@ -57,13 +58,29 @@ def tls_files(data_dir: Path) -> TlsFiles:
     )
 
 
+class TlsFilesError(Exception):
+    """The data dir's TLS files are there but cannot be read."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 def ensure_tls(data_dir: Path, names: tuple[str, ...], now: datetime) -> TlsFiles:
     files = tls_files(data_dir)
-    files.ca_certificate.parent.mkdir(parents=True, exist_ok=True)
-    if not files.ca_certificate.exists() or not files.ca_key.exists():
-        _write_ca(files, now)
-    if _server_certificate_stale(files, names, now):
-        _write_server_certificate(files, names, now)
+    folder = files.ca_certificate.parent
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        if not files.ca_certificate.exists() or not files.ca_key.exists():
+            _write_ca(files, now)
+        if _server_certificate_stale(files, names, now):
+            _write_server_certificate(files, names, now)
+    except ValueError as error:  # what cryptography says of a file it cannot load
+        reason = str(error).split(".", 1)[0]
+        raise TlsFilesError(
+            f"the TLS files in {folder} cannot be read ({reason}): restore them, or move "
+            f"{folder} aside to make a new CA (which clients must then trust)"
+        ) from error
     return files
 
 
@@ -234,9 +251,7 @@ def ensure_hub_certificate(files: TlsFiles, host_name: str, now: datetime) -> Hu
     hub = hub_certificate_files(files, host_name)
     ca = x509.load_pem_x509_certificate(files.ca_certificate.read_bytes())
     if _hub_certificate_current(hub, ca, now):
-        if hub.key.stat().st_mode & 0o077:
-            hub.key.chmod(0o600)
-        return hub
+        return hub  # a key opened to others since is left so (dpsd serve says so)
     key, certificate = _sign_server_certificate(files, (hub.host,), now)
     hub.certificate.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     # Key first, each file replaced whole: a reader sees old or new files, never half of

@@ -28,12 +28,13 @@ def dpsd_info(dpsd_server: DpsdProcess) -> dict[str, Any]:
 
 
 @pytest.fixture
-def launch_dpsd(tmp_path: Path) -> Iterator[Callable[[Path], DpsdProcess]]:
-    """Start extra servers in a test; any still running at the end must stop cleanly."""
+def launch_dpsd(tmp_path: Path) -> Iterator[Callable[..., DpsdProcess]]:
+    """Start extra servers in a test (``launch(data_dir, *more_serve_args)``); any still
+    running at the end must stop cleanly."""
     started: list[DpsdProcess] = []
 
-    def launch(data_dir: Path) -> DpsdProcess:
-        server = start_dpsd(data_dir, tmp_path / f"serve-{len(started)}.log")
+    def launch(data_dir: Path, *extra_args: str) -> DpsdProcess:
+        server = start_dpsd(data_dir, tmp_path / f"serve-{len(started)}.log", *extra_args)
         started.append(server)
         return server
 

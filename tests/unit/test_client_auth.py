@@ -70,11 +70,14 @@ def test_connection_strings(host_name: str, endpoint: str, host: str) -> None:
         ("HostName=localhost;SharedAccessKeyName=owner", "lacks SharedAccessKey"),
         ("HostName=localhost;SharedAccessKeyName=o;SharedAccessKey=not base64!", "not base64"),
         (f"HostName=ftp://host;SharedAccessKeyName=owner;SharedAccessKey={KEY}", "http(s) URL"),
-        ("nonsense", "has no value"),
+        ("nonsense", "part 'nonsense' is not NAME=VALUE"),
+        (f"HostName=;SharedAccessKeyName=owner;SharedAccessKey={KEY}", "HostName has no value"),
     ],
 )
 def test_bad_connection_strings(text: str, words: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(words)):
+    """Each message says which part is wrong, then what a connection string is."""
+    form = "; a connection string is HostName=HOST[:PORT];SharedAccessKeyName=POLICY;"
+    with pytest.raises(ValueError, match=re.escape(words) + ".*" + re.escape(form)):
         ConnectionString.parse(text)
 
 

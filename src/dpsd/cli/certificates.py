@@ -6,7 +6,6 @@ service): a running dpsd sees the changes at once.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,14 +15,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from dpsd.app import build_runtime
-from dpsd.cli.failures import fail, warn
-from dpsd.cli.options import Database, DataDir, make_settings
+from dpsd.cli.failures import warn
+from dpsd.cli.options import Database, DataDir
+from dpsd.cli.store import run_on_store
 from dpsd.domain.ca_certificate import CACertificate
-from dpsd.domain.errors import DomainError
 from dpsd.domain.timestamps import format_timestamp
 from dpsd.service.certificates import CertificateService
-from dpsd.service.errors import ServiceError
 from dpsd.service.references import describe
 
 T = TypeVar("T")
@@ -47,16 +44,7 @@ def _run(
     database: str | None,
     action: Callable[[CertificateService], Awaitable[T]],
 ) -> T:
-    settings = make_settings(data_dir, database)
-
-    async def go() -> T:
-        async with build_runtime(settings) as runtime:
-            return await action(runtime.certificates)
-
-    try:
-        return asyncio.run(go())
-    except (DomainError, ServiceError) as error:
-        fail(error.message)
+    return run_on_store(data_dir, database, lambda runtime: action(runtime.certificates))
 
 
 def _as_dict(record: CACertificate) -> dict[str, object]:

@@ -7,23 +7,19 @@ data dir, where a server on that data dir finds it at the next handshake.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import json
-from collections.abc import Awaitable, Callable
-from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from dpsd.app import Runtime, build_runtime
-from dpsd.cli.failures import fail, warn
-from dpsd.cli.options import Database, DataDir, make_settings
-from dpsd.domain.errors import DomainError
+from dpsd.app import Runtime
+from dpsd.cli.failures import warn
+from dpsd.cli.options import Database, DataDir
+from dpsd.cli.store import run_on_store
 from dpsd.domain.hub import OWNER_HUB_POLICY, LinkedHub
-from dpsd.service.errors import ServiceError
 from dpsd.service.references import Referrers, describe
 from dpsd.tls import (
     HubCertificateFiles,
@@ -32,8 +28,6 @@ from dpsd.tls import (
     remove_hub_certificate,
 )
 
-T = TypeVar("T")
-
 hub_app = typer.Typer(help="Link IoT hubs that devices are assigned to.", no_args_is_help=True)
 
 HostName = Annotated[
@@ -41,21 +35,6 @@ HostName = Annotated[
     typer.Argument(help="The IoT hub's host name, e.g. hub1.example.net (or host:port)."),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-
-
-def _run(
-    data_dir: Path | None, database: str | None, action: Callable[[Runtime], Awaitable[T]]
-) -> T:
-    settings = make_settings(data_dir, database)
-
-    async def go() -> T:
-        async with build_runtime(settings) as runtime:
-            return await action(runtime)
-
-    try:
-        return asyncio.run(go())
-    except (DomainError, ServiceError) as error:
-        fail(error.message)
 
 
 def _devices(hub: LinkedHub) -> str:
@@ -135,7 +114,7 @@ def add_command(
         except (OSError, ValueError) as error:
             return hub, str(error)
 
-    hub, certificate = _run(data_dir, database, link)
+    hub, certificate = run_on_store(data_dir, database, link)
     if isinstance(certificate, str):
         warn(
             f"the TLS certificate of {hub.host_name} could not be made ({certificate}); "
@@ -172,7 +151,7 @@ def list_command(
     "devices": built-in (dpsd serves the hub and keeps its devices), written (into the hub
     the connection string names) or recorded only (the assignment alone).
     """
-    hubs = _run(data_dir, database, lambda runtime: runtime.hubs.list())
+    hubs = run_on_store(data_dir, database, lambda runtime: runtime.hubs.list())
     if as_json:
         typer.echo(json.dumps([_as_dict(hub) for hub in hubs], indent=2))
         return
@@ -206,7 +185,7 @@ def connection_string_command(
 
     It holds the policy's key: for the IoT Hub service SDKs.
     """
-    text = _run(
+    text = run_on_store(
         data_dir, database, lambda runtime: runtime.hubs.connection_string(host_name, policy)
     )
     typer.echo(text)
@@ -240,7 +219,7 @@ def remove_command(
             remove_hub_certificate(runtime.tls, host_name)
         return left
 
-    left = _run(data_dir, database, unlink)
+    left = run_on_store(data_dir, database, unlink)
     typer.echo(f"removed {host_name}")
     if left:
         warn(

@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from dpsd.app import Runtime, build_runtime
+from dpsd.cli.failures import USAGE, fail, warn
 from dpsd.cli.options import (
     AmqpPort,
     Database,
@@ -28,6 +29,8 @@ from dpsd.cli.options import (
     WebhookTimeout,
     make_settings,
 )
+from dpsd.cli.store import opening_store
+from dpsd.data_dir import loose_permissions
 from dpsd.server import Endpoints, ListenError, running_endpoints, serve
 from dpsd.settings import (
     DEFAULT_AMQP_PORT,
@@ -39,7 +42,9 @@ from dpsd.settings import (
     DEFAULT_RETRY_AFTER,
     DEFAULT_WEBHOOK_TIMEOUT,
     Settings,
+    remember_database,
 )
+from dpsd.storage.engine import sqlite_file
 from dpsd.version import dpsd_version
 
 
@@ -58,6 +63,18 @@ def _print_banner(console: Console, runtime: Runtime, endpoints: Endpoints) -> N
     store = "PostgreSQL" if runtime.settings.database else runtime.settings.database_url
     console.print(f"  Store              {store}")
     console.print("Stop with Ctrl+C.")
+
+
+def _warn_of_loose_permissions(settings: Settings) -> None:
+    for line in loose_permissions(settings.data_dir, sqlite_file(settings.database_url)):
+        warn(line)
+
+
+def _started(console: Console, runtime: Runtime, endpoints: Endpoints) -> None:
+    """A server has started on the store: the data dir remembers it from now on."""
+    if runtime.settings.database is not None:
+        remember_database(runtime.settings.data_dir, runtime.settings.database)
+    _print_banner(console, runtime, endpoints)
 
 
 def serve_command(
@@ -99,13 +116,14 @@ def serve_command(
 
     async def run() -> None:
         async with build_runtime(settings) as runtime:
-            await serve(runtime, lambda endpoints: _print_banner(console, runtime, endpoints))
+            _warn_of_loose_permissions(settings)
+            await serve(runtime, lambda endpoints: _started(console, runtime, endpoints))
 
     try:
-        asyncio.run(run())
+        with opening_store(settings, database is not None):
+            asyncio.run(run())
     except ListenError as error:
-        Console(stderr=True, highlight=False).print(f"[red]error:[/red] {error}")
-        raise typer.Exit(code=2) from None
+        fail(str(error), USAGE)
     console.print("dpsd stopped.")
 
 
@@ -129,7 +147,8 @@ def info_command(
         async with build_runtime(settings) as runtime:
             return runtime, _endpoints_of(settings)
 
-    runtime, endpoints = asyncio.run(read())
+    with opening_store(settings, database is not None):
+        runtime, endpoints = asyncio.run(read())
     https = urlsplit(endpoints.https)
     info = {
         "version": dpsd_version(),

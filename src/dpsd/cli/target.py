@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,8 +21,9 @@ import httpx
 import typer
 
 from dpsd.app import OWNER_POLICY, read_policies, service_connection_string
-from dpsd.cli.failures import fail
+from dpsd.cli.failures import USAGE, fail
 from dpsd.cli.options import Database, DataDir, make_settings
+from dpsd.cli.store import opening_store
 from dpsd.client import AsyncDpsServiceClient, DpsError, DpsServiceClient
 from dpsd.server import running_endpoints
 from dpsd.tls import tls_files
@@ -85,6 +87,8 @@ def resolve_target(
     data_dir: Path | None,
     database: str | None,
 ) -> Target:
+    if ca_file is not None:
+        _check_ca_file(ca_file)
     if connection_string is not None:
         return Target(connection_string, True if ca_file is None else str(ca_file))
     settings = make_settings(data_dir, database)
@@ -95,10 +99,20 @@ def resolve_target(
             " --connection-string (or set DPSD_CONNECTION_STRING)"
         )
     https = urlsplit(running.https)
-    owner = asyncio.run(read_policies(settings))[OWNER_POLICY]
+    with opening_store(settings, database is not None):
+        owner = asyncio.run(read_policies(settings))[OWNER_POLICY]
     hostname = https.hostname or settings.hostname
     local = service_connection_string(hostname, https.port or 443, owner)
     return Target(local, str(ca_file or tls_files(settings.data_dir).ca_certificate))
+
+
+def _check_ca_file(path: Path) -> None:
+    """A CA file TLS can load: read here, so that a bad one is one line, not a traceback."""
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, OSError) as error:
+        reason = getattr(error, "reason", None) or error.strerror or str(error)
+        fail(f"--ca-file {path} holds no PEM certificate TLS can load ({reason})", USAGE)
 
 
 @contextmanager
@@ -109,9 +123,30 @@ def reported_failures() -> Iterator[None]:
     except DpsError as error:
         fail(str(error))
     except httpx.TransportError as error:
-        fail(f"cannot reach the service: {str(error) or type(error).__name__}")
+        fail(_transport_failure(error))
     except ValueError as error:  # a connection string or a record the client refuses
-        fail(str(error), code=2)
+        fail(str(error), USAGE)
+
+
+def _transport_failure(error: httpx.TransportError) -> str:
+    refused = _certificate_refusal(error)
+    if refused is not None:
+        return (
+            f"the service's TLS certificate is not trusted ({refused.verify_message}): pass "
+            "--ca-file with the CA certificate that signed it (a dpsd's is tls/ca.pem in its "
+            "data dir)"
+        )
+    return f"cannot reach the service: {str(error) or type(error).__name__}"
+
+
+def _certificate_refusal(error: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate verification failure behind a connection error, if it is one."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ import httpx
 
 TOKEN_TTL = 3600
 """Seconds a token stays valid; each request is signed afresh."""
+CONNECTION_STRING_FORM = "HostName=HOST[:PORT];SharedAccessKeyName=POLICY;SharedAccessKey=KEY"
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +36,21 @@ class ConnectionString:
 
     @classmethod
     def parse(cls, text: str) -> ConnectionString:
+        """Raises ValueError saying which part is wrong and what a connection string is."""
+        try:
+            return cls._parse(text)
+        except ValueError as error:
+            raise ValueError(f"{error}; a connection string is {CONNECTION_STRING_FORM}") from None
+
+    @classmethod
+    def _parse(cls, text: str) -> ConnectionString:
         fields: dict[str, str] = {}
         for part in text.strip().strip(";").split(";"):
             name, separator, value = part.strip().partition("=")
-            if not separator or not value:
-                raise ValueError(f"connection string part {name!r} has no value")
+            if not separator or not name.strip():
+                raise ValueError(f"the connection string's part {part.strip()!r} is not NAME=VALUE")
+            if not value.strip():
+                raise ValueError(f"the connection string's {name.strip()} has no value")
             fields[name.strip().lower()] = value.strip()
         missing = [
             name
@@ -47,7 +58,7 @@ class ConnectionString:
             if name.lower() not in fields
         ]
         if missing:
-            raise ValueError(f"the connection string lacks {', '.join(missing)}")
+            raise ValueError(f"the connection string lacks {' and '.join(missing)}")
         endpoint = endpoint_url(fields["hostname"])
         try:
             base64.b64decode(fields["sharedaccesskey"], validate=True)

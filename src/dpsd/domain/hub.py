@@ -103,12 +103,35 @@ def check_weight(weight: int) -> int:
     return weight
 
 
-def connection_string_host(connection_string: str) -> str | None:
-    """The HostName an IoT hub connection string names, if any."""
-    for part in connection_string.split(";"):
-        name, _, value = part.partition("=")
-        if name.strip().lower() == "hostname":
-            return value.strip()
+HUB_CONNECTION_STRING_FORM = "HostName=HUB;SharedAccessKeyName=POLICY;SharedAccessKey=KEY"
+
+
+def check_hub_connection_string(connection_string: str, host_name: str) -> None:
+    """A connection string dpsd can write devices with: a policy's (name and base64 key),
+    for the hub ``host_name``."""
+    problem = _connection_string_problem(connection_string, host_name)
+    if problem is not None:
+        raise ValidationError(
+            f"{problem}; an IoT hub's connection string is {HUB_CONNECTION_STRING_FORM}"
+        )
+
+
+def _connection_string_problem(connection_string: str, host_name: str) -> str | None:
+    for part in connection_string.strip().strip(";").split(";"):
+        name, separator, value = part.partition("=")
+        if not separator or not name.strip() or not value.strip():
+            return f"the connection string's part {part.strip()!r} is not NAME=VALUE"
+    parts = connection_string_parts(connection_string)
+    needed = ("HostName", "SharedAccessKeyName", "SharedAccessKey")
+    missing = [name for name in needed if name.lower() not in parts]
+    if missing:
+        return f"the connection string lacks {' and '.join(missing)}"
+    if parts["hostname"].lower() != host_name.lower():
+        return f"the connection string's HostName must be {host_name!r}, not {parts['hostname']!r}"
+    try:
+        base64.b64decode(parts["sharedaccesskey"], validate=True)
+    except ValueError:  # binascii.Error
+        return "the connection string's SharedAccessKey is not base64"
     return None
 
 

@@ -14,8 +14,8 @@ from dpsd.domain.hub import (
     HubPolicy,
     LinkedHub,
     check_host_name,
+    check_hub_connection_string,
     check_weight,
-    connection_string_host,
     hub_connection_string,
 )
 from dpsd.service import records
@@ -73,11 +73,7 @@ class HubService:
                 "a built-in IoT hub takes no connection string: dpsd serves it and makes its keys"
             )
         if connection_string is not None:
-            named = connection_string_host(connection_string)
-            if named is None or named.lower() != host_name.lower():
-                raise ValidationError(
-                    f"the connection string's HostName must be {host_name!r}, not {named!r}"
-                )
+            check_hub_connection_string(connection_string, host_name)
         if len(await self.hubs.list()) >= MAX_LINKED_HUBS:
             raise ValidationError(f"the service links {MAX_LINKED_HUBS} IoT hubs, its limit")
         hub = LinkedHub(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -82,6 +83,25 @@ async def test_other_hubs_have_no_policies() -> None:
     assert (recorded.builtin, recorded.writable) == (False, False)
     assert (written.builtin, written.writable) == (False, True)
     assert recorded.builtin_policies == written.builtin_policies == ()
+
+
+@pytest.mark.parametrize(
+    ("connection_string", "words"),
+    [
+        ("garbage", "part 'garbage' is not NAME=VALUE"),
+        ("HostName=az.example.net;SharedAccessKey=a2V5", "lacks SharedAccessKeyName"),
+        ("HostName=other.example.net;SharedAccessKeyName=o;SharedAccessKey=a2V5", "not 'other"),
+        ("HostName=az.example.net;SharedAccessKeyName=o;SharedAccessKey=k!", "not base64"),
+    ],
+)
+async def test_a_bad_connection_string_says_which_part_and_what_one_looks_like(
+    connection_string: str, words: str
+) -> None:
+    service = make_service()
+    form = "; an IoT hub's connection string is HostName=HUB;SharedAccessKeyName=POLICY;"
+    with pytest.raises(ValidationError, match=re.escape(words) + ".*" + re.escape(form)):
+        await service.link("az.example.net", connection_string=connection_string)
+    assert await service.list() == []
 
 
 async def test_a_built_in_hub_is_kept_with_its_policies() -> None:
