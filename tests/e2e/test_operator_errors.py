@@ -169,6 +169,21 @@ def test_an_untrusted_certificate_hints_at_the_ca_file(dpsd_info: dict[str, Any]
     assert "pass --ca-file with the CA certificate that signed it" in line
 
 
+def test_a_certificate_for_another_name_says_so(dpsd_info: dict[str, Any]) -> None:
+    """0.0.0.0 reaches the server's 127.0.0.1 listener on Linux, but no certificate names it."""
+    https_port = dpsd_info["endpoints"]["https"].rsplit(":", 1)[1]
+    connection_string = dpsd_info["serviceConnectionString"].replace(
+        f"localhost:{https_port}", f"0.0.0.0:{https_port}"
+    )
+    result = run_dpsd(
+        "enrollment", "list", "--connection-string", connection_string,
+        "--ca-file", dpsd_info["caCertificatePath"],
+    )  # fmt: skip
+    line = failure_line(result)
+    assert line.startswith("error: the service's TLS certificate is not for the HostName"), line
+    assert "dpsd serve --tls-name" in line
+
+
 def test_an_unreachable_service(refusing_port: int) -> None:
     connection_string = (
         f"HostName=127.0.0.1:{refusing_port};SharedAccessKeyName=owner;SharedAccessKey=a2V5"

@@ -128,8 +128,17 @@ def reported_failures() -> Iterator[None]:
         fail(str(error), USAGE)
 
 
+_NAME_MISMATCHES = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+
+
 def _transport_failure(error: httpx.TransportError) -> str:
     refused = _certificate_refusal(error)
+    if refused is not None and refused.verify_code in _NAME_MISMATCHES:
+        return (
+            f"the service's TLS certificate is not for the HostName asked for "
+            f"({refused.verify_message}): use a name it covers (a dpsd adds names with "
+            "dpsd serve --tls-name)"
+        )
     if refused is not None:
         return (
             f"the service's TLS certificate is not trusted ({refused.verify_message}): pass "
