@@ -175,10 +175,8 @@ def test_a_certificate_for_another_name_says_so(dpsd_info: dict[str, Any]) -> No
     connection_string = dpsd_info["serviceConnectionString"].replace(
         f"localhost:{https_port}", f"0.0.0.0:{https_port}"
     )
-    result = run_dpsd(
-        "enrollment", "list", "--connection-string", connection_string,
-        "--ca-file", dpsd_info["caCertificatePath"],
-    )  # fmt: skip
+    ca_file = ("--ca-file", dpsd_info["caCertificatePath"])
+    result = run_dpsd("enrollment", "list", "--connection-string", connection_string, *ca_file)
     line = failure_line(result)
     assert line.startswith("error: the service's TLS certificate is not for the HostName"), line
     assert "dpsd serve --tls-name" in line
