@@ -24,7 +24,8 @@ import httpx
 import pytest
 from azure.iot.device import X509, ProvisioningDeviceClient
 from azure.iot.hub import IoTHubRegistryManager
-from azure.iot.hub.models import Twin, TwinProperties
+from azure.iot.hub.models import QuerySpecification, Twin, TwinProperties
+from msrest.exceptions import HttpOperationError
 
 from dpsd.domain.device_auth import derive_device_key
 from tests.certs import Issued, issue
@@ -366,3 +367,59 @@ def test_an_unreachable_hub_fails_the_registration_and_loses_nothing(
     move_to(server, device, HUB_B, migrate=True)
     assert https_register_key(server, device, key)["registrationState"]["assignedHub"] == HUB_B
     assert_sas_device(registries[HUB_B], device, key)
+
+
+def test_the_python_hub_client_manages_devices_twins_and_queries(
+    registries: dict[str, IoTHubRegistryManager],
+) -> None:
+    """The registry calls of IoTHubRegistryManager itself, on a hub no device provisioned."""
+    registry = registries[HUB_B]
+    device_id, key = new_id("py-client"), random_key()
+    created = registry.create_device_with_sas(device_id, key, key, "enabled")
+    assert (created.device_id, created.authentication.symmetric_key.primary_key) == (
+        device_id,
+        key,
+    )
+    with pytest.raises(HttpOperationError) as refused:
+        registry.create_device_with_sas(device_id, key, key, "enabled")
+    assert refused.value.response.status_code == 409
+
+    updated = registry.update_device_with_sas(device_id, created.etag, key, key, "disabled")
+    assert updated.status == "disabled"
+    assert registry.get_device(device_id).etag == updated.etag
+
+    twin = registry.get_twin(device_id)
+    replaced = registry.replace_twin(
+        device_id,
+        Twin(tags={"rack": "r1"}, properties=TwinProperties(desired={"fan": "auto"})),
+        twin.etag,
+    )
+    assert (replaced.tags, replaced.properties.desired["fan"]) == ({"rack": "r1"}, "auto")
+    patched = registry.update_twin(
+        device_id, Twin(properties=TwinProperties(desired={"fan": None, "led": 1})), "*"
+    )
+    assert "fan" not in patched.properties.desired
+    assert patched.properties.desired["led"] == 1
+
+    found = registry.query_iot_hub(
+        QuerySpecification(query="SELECT * FROM devices WHERE tags.rack = 'r1'")
+    )
+    assert found.type == "twin"
+    assert [item.device_id for item in found.items] == [device_id]
+    counted = registry.query_iot_hub(
+        QuerySpecification(query="SELECT COUNT() AS total FROM devices WHERE status = 'disabled'")
+    )
+    # the client reads every row as a Twin: a COUNT row reaches it as an empty one
+    assert (counted.type, len(counted.items)) == ("raw", 1)
+    other = registry.create_device_with_sas(new_id("py-other"), key, key, "enabled").device_id
+    everything = QuerySpecification(query="SELECT * FROM devices")
+    first = registry.query_iot_hub(everything, None, 1)
+    assert first.continuation_token
+    rest = registry.query_iot_hub(everything, first.continuation_token, 1)
+    assert rest.items[0].device_id != first.items[0].device_id
+
+    registry.delete_device(other)
+    registry.delete_device(device_id)
+    with pytest.raises(HttpOperationError) as missing:
+        registry.get_device(device_id)
+    assert missing.value.response.status_code == 404
