@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import httpx
 import msgspec
+from starlette.types import ASGIApp
 
 from dpsd.amqp.server import AmqpServer
 from dpsd.client_tls import ClientCertificateTrust
@@ -19,10 +20,13 @@ from dpsd.data_dir import prepare_data_dir
 from dpsd.devices.listener import Admission, WebSocketDispatch
 from dpsd.domain.ids import format_id_scope
 from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
-from dpsd.http.app import ServiceApiApp
+from dpsd.http.access import AccessLog
+from dpsd.http.app import ERROR_CODE_HEADER, ServiceApiApp
 from dpsd.http.device_api import DeviceHandlers
+from dpsd.http.health import HealthProbes
 from dpsd.http.host_dispatch import HostDispatch, HubLookup
 from dpsd.http.hub_app import build_hub_app
+from dpsd.http.hub_errors import ERROR_CODE_HEADER as HUB_ERROR_CODE_HEADER
 from dpsd.http.routing import Router
 from dpsd.http.service_api import (
     ENROLLMENT_GROUPS,
@@ -45,6 +49,7 @@ from dpsd.service.x509_trust import certificates_to_trust
 from dpsd.settings import Settings
 from dpsd.storage.engine import create_engine
 from dpsd.storage.executor import Executor, create_executor
+from dpsd.storage.health import ErrorCountingExecutor, store_answers
 from dpsd.storage.hub_devices import SqlHubDeviceRepository
 from dpsd.storage.migrate import migrate
 from dpsd.storage.sql import (
@@ -56,6 +61,8 @@ from dpsd.storage.sql import (
     SqlOperationRepository,
     SqlRegistrationStateRepository,
 )
+from dpsd.telemetry.metrics import Metrics
+from dpsd.telemetry.registrations import ReportedRegistrations
 from dpsd.tls import TlsFiles, ensure_tls
 from dpsd.wire import Disclosure, enrollment_to_wire, group_to_wire
 
@@ -91,7 +98,7 @@ class ListenerAddress:
 @dataclass(frozen=True, slots=True)
 class Runtime:
     settings: Settings
-    asgi_app: HostDispatch
+    asgi_app: ASGIApp
     id_scope: str
     policies: dict[str, SharedAccessPolicy]
     tls: TlsFiles
@@ -106,6 +113,7 @@ class Runtime:
     hub_registry: HubRegistryService
     registration_states: RegistrationStateStore
     https_address: ListenerAddress
+    metrics: Metrics
 
     def connection_string(
         self, port: int, hostname: str | None = None, policy_name: str = OWNER_POLICY
@@ -159,11 +167,14 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     webhook_client = httpx.AsyncClient(follow_redirects=False)
     hub_client = httpx.AsyncClient(verify=_hub_trust(tls), follow_redirects=False)
     https_address = ListenerAddress()
+    metrics = Metrics(process=True)
     devices: DeviceRegistrationService | None = None
     executor: Executor | None = None
     try:
         await migrate(engine)
-        executor = create_executor(settings.database_url, engine)
+        executor = ErrorCountingExecutor(
+            create_executor(settings.database_url, engine), metrics.store_error
+        )
         id_scope, policies = await SqlInstanceRepository(engine).ensure(
             format_id_scope(entropy.random_bytes(4)), _new_policies(entropy)
         )
@@ -209,6 +220,7 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             service_location=settings.location,
             webhook_timeout=settings.webhook_timeout,
             hub_timeout=settings.hub_timeout,
+            events=ReportedRegistrations(metrics),
         )
         routes = [
             *ProvisioningRecords(ENROLLMENTS, enrollments).routes(),
@@ -218,19 +230,32 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         ]
         by_name = {policy.name: policy for policy in policies}
         admission = Admission()  # one count of device connections for every protocol
-        mqtt = MqttServer(devices, settings.retry_after, clock.now, admission=admission)
-        amqp = AmqpServer(devices, settings.retry_after, clock.now, admission=admission)
+        mqtt = MqttServer(
+            devices, settings.retry_after, clock.now, admission=admission, metrics=metrics
+        )
+        amqp = AmqpServer(
+            devices, settings.retry_after, clock.now, admission=admission, metrics=metrics
+        )
         websocket = WebSocketDispatch(
             {"mqtt": mqtt.handle_websocket, "amqpwsb10": amqp.handle_websocket}
         )
-        dps_app = ServiceApiApp(Router(routes), by_name, clock.now, websocket=websocket)
+        dps_app = ServiceApiApp(
+            Router(routes),
+            by_name,
+            clock.now,
+            websocket=websocket,
+            access=AccessLog("dps", ERROR_CODE_HEADER, metrics),
+        )
         hub_registry = HubRegistryService(hubs, hub_devices, clock, entropy)
-        app = HostDispatch(
+        hub_access = AccessLog("hub", HUB_ERROR_CODE_HEADER, metrics)
+        dispatch = HostDispatch(
             dps_app,
-            build_hub_app(hub_registry, clock.now),
+            build_hub_app(hub_registry, clock.now, hub_access),
             HubLookup(hub_registry.served_hub),
             settings.certificate_names,
         )
+        store = executor
+        app = HealthProbes(dispatch, lambda: store_answers(store))
         yield Runtime(
             settings=settings,
             asgi_app=app,
@@ -250,6 +275,7 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             hub_registry=hub_registry,
             registration_states=states,
             https_address=https_address,
+            metrics=metrics,
         )
     finally:
         if devices is not None:

@@ -19,6 +19,7 @@ import uvicorn
 
 from dpsd.app import Runtime
 from dpsd.client_tls import ClientCertificateProtocol, ClientCertificateWebSocketProtocol
+from dpsd.telemetry.metrics import METRICS_PATH, metrics_app
 from dpsd.tls import ensure_hub_certificates
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
@@ -41,10 +42,11 @@ class Endpoints:
     http: str | None
     mqtt: str | None = None
     amqp: str | None = None
+    metrics: str | None = None
 
     def as_json(self) -> dict[str, str | None]:
-        """The two endpoints ``dpsd info --json`` promises; MQTT's and AMQP's are in the
-        file."""
+        """The two endpoints ``dpsd info --json`` promises; MQTT's, AMQP's and the metrics'
+        are in the file."""
         return {"https": self.https, "http": self.http}
 
 
@@ -62,6 +64,7 @@ def _record_endpoints(data_dir: Path, endpoints: Endpoints) -> None:
                 **endpoints.as_json(),
                 "mqtt": endpoints.mqtt,
                 "amqp": endpoints.amqp,
+                "metrics": endpoints.metrics,
                 "pid": os.getpid(),
             }
         )
@@ -82,6 +85,7 @@ def running_endpoints(data_dir: Path) -> Endpoints | None:
         http=recorded.get("http"),
         mqtt=recorded.get("mqtt"),
         amqp=recorded.get("amqp"),
+        metrics=recorded.get("metrics"),
     )
 
 
@@ -115,6 +119,7 @@ async def serve(runtime: Runtime, on_ready: Callable[[Endpoints], None]) -> None
     settings = runtime.settings
     sockets = [bind(settings.host, settings.https_port)]
     devices = DeviceSockets()
+    metrics: socket.socket | None = None
     try:
         if settings.http_port is not None:
             sockets.append(bind(settings.host, settings.http_port))
@@ -122,9 +127,11 @@ async def serve(runtime: Runtime, on_ready: Callable[[Endpoints], None]) -> None
             devices.mqtt = bind(settings.host, settings.mqtt_port)
         if settings.amqp_port is not None:
             devices.amqp = bind(settings.host, settings.amqp_port)
-        await _serve_on(runtime, sockets, devices, on_ready)
+        if settings.metrics_port is not None:
+            metrics = bind(settings.host, settings.metrics_port)
+        await _serve_on(runtime, sockets, devices, on_ready, metrics)
     finally:
-        for listener in [*sockets, *devices.bound()]:
+        for listener in [*sockets, *devices.bound(), *([metrics] if metrics else [])]:
             listener.close()
 
 
@@ -160,9 +167,13 @@ async def _serve_on(
     sockets: list[socket.socket],
     devices: DeviceSockets,
     on_ready: Callable[[Endpoints], None],
+    metrics: socket.socket | None = None,
 ) -> None:
     settings = runtime.settings
-    listeners = [_listener(runtime, tls=index == 0) for index in range(len(sockets))]
+    served = [(_listener(runtime, tls=index == 0), sock) for index, sock in enumerate(sockets)]
+    if metrics is not None:
+        served.append((_metrics_listener(runtime), metrics))
+    listeners = [listener for listener, _ in served]
     device_servers = await _device_servers(runtime, devices)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -170,17 +181,12 @@ async def _serve_on(
     try:
         runtime.https_address.value = client_address(sockets[0])
         await _ensure_hub_certificates(runtime)
-        endpoints = _endpoints(runtime, sockets, devices)
+        endpoints = _endpoints(runtime, sockets, devices, metrics)
         _record_endpoints(settings.data_dir, endpoints)
         on_ready(endpoints)
         refresher = asyncio.create_task(_refresh_trust(runtime))
         try:
-            await asyncio.gather(
-                *(
-                    listener.serve(sockets=[sock])
-                    for listener, sock in zip(listeners, sockets, strict=True)
-                )
-            )
+            await asyncio.gather(*(listener.serve(sockets=[sock]) for listener, sock in served))
         finally:
             refresher.cancel()
             for device_server in device_servers:
@@ -237,10 +243,25 @@ def _listener(runtime: Runtime, *, tls: bool) -> _Server:
         ws=ClientCertificateWebSocketProtocol,
         ssl_context_factory=client_certificate_context if tls else None,
         log_level="warning",
+        log_config=None,  # uvicorn's lines go through dpsd's log format
         lifespan="off",
         access_log=False,
         # Idle TLS keep-alive connections otherwise hold shutdown until the client answers
         # the TLS close (asyncio waits up to 30 s); requests in flight get this long.
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+    )
+    return _Server(config)
+
+
+def _metrics_listener(runtime: Runtime) -> _Server:
+    """Plain HTTP, for Prometheus: ``GET /metrics`` only."""
+    config = uvicorn.Config(
+        metrics_app(runtime.metrics),
+        ws="none",
+        log_level="warning",
+        log_config=None,
+        lifespan="off",
+        access_log=False,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     return _Server(config)
@@ -251,7 +272,12 @@ def _stop(listeners: list[_Server]) -> None:
         listener.should_exit = True
 
 
-def _endpoints(runtime: Runtime, sockets: list[socket.socket], devices: DeviceSockets) -> Endpoints:
+def _endpoints(
+    runtime: Runtime,
+    sockets: list[socket.socket],
+    devices: DeviceSockets,
+    metrics: socket.socket | None = None,
+) -> Endpoints:
     hostname = runtime.settings.hostname
     ports = [listener.getsockname()[1] for listener in sockets]
     https = f"https://{hostname}:{ports[0]}"
@@ -265,4 +291,5 @@ def _endpoints(runtime: Runtime, sockets: list[socket.socket], devices: DeviceSo
         http=http,
         mqtt=device_url("mqtts", devices.mqtt),
         amqp=device_url("amqps", devices.amqp),
+        metrics=None if metrics is None else f"{device_url('http', metrics)}{METRICS_PATH}",
     )

@@ -30,7 +30,8 @@ class Settings:
     """``hostname`` is the name clients use to reach dpsd: it goes into the service
     connection string and the server certificate. ``tls_names`` adds more names.
     ``location`` is where this service stands, for geoLatency allocation; ``retry_after``
-    is how long devices are told to wait between polls."""
+    is how long devices are told to wait between polls; ``metrics_port`` is where Prometheus
+    metrics are served over plain HTTP (None: nowhere)."""
 
     data_dir: Path
     host: str = DEFAULT_HOST
@@ -38,6 +39,7 @@ class Settings:
     http_port: int | None = None
     mqtt_port: int | None = DEFAULT_MQTT_PORT
     amqp_port: int | None = DEFAULT_AMQP_PORT
+    metrics_port: int | None = None
     database: str | None = None
     hostname: str = DEFAULT_HOSTNAME
     tls_names: tuple[str, ...] = ()
@@ -53,6 +55,7 @@ class Settings:
             ("http", self.http_port),
             ("mqtt", self.mqtt_port),
             ("amqp", self.amqp_port),
+            ("metrics", self.metrics_port),
         )
         for name, port in ports:
             if port is not None and not 0 <= port <= 65535:

@@ -91,16 +91,22 @@ async def test_an_individual_enrollment_provisions_its_device(service_api: Servi
     ] == "assigned"
 
 
-async def test_a_group_provisions_devices_with_derived_keys(service_api: ServiceApi) -> None:
-    await service_api.runtime.hubs.link("hub-a.example")
+async def enroll_group(service_api: ServiceApi, group_id: str, key: str = GROUP_KEY) -> None:
+    """A symmetric-key enrollment group whose devices sign with keys derived from ``key``."""
     group = {
-        "enrollmentGroupId": "fleet",
+        "enrollmentGroupId": group_id,
         "attestation": {
             "type": "symmetricKey",
-            "symmetricKey": {"primaryKey": GROUP_KEY, "secondaryKey": GROUP_KEY},
+            "symmetricKey": {"primaryKey": key, "secondaryKey": key},
         },
     }
-    assert (await service_api.put("/enrollmentGroups/fleet", group)).status_code == 200
+    response = await service_api.put(f"/enrollmentGroups/{group_id}", group)
+    assert response.status_code == 200, response.text
+
+
+async def test_a_group_provisions_devices_with_derived_keys(service_api: ServiceApi) -> None:
+    await service_api.runtime.hubs.link("hub-a.example")
+    await enroll_group(service_api, "fleet")
     outcome = await provision(service_api, "sensor-7", derive_device_key(GROUP_KEY, "sensor-7"))
     assert outcome["registrationState"]["symmetricKey"] == {"enrollmentGroupId": "fleet"}
     assert outcome["registrationState"]["deviceId"] == "sensor-7"

@@ -85,6 +85,11 @@ class AmqpDeviceSession:
         self._sasl_credentials: PlainCredentials | None = None
         self._device: ConnectedDevice | None = None
 
+    @property
+    def device(self) -> ConnectedDevice | None:
+        """The device, once it proved who it is."""
+        return self._device
+
     async def handle(self, event: Event) -> list[Event]:
         """Act on one event of the connection; the events a decision released."""
         match event:
@@ -136,16 +141,16 @@ class AmqpDeviceSession:
         if credentials is not None:
             named = registration_address(credentials.authcid)
             if named is None:
-                return self._unauthorized(
+                return self._requests.refuse(
                     "The SASL user name is not {idScope}/registrations/{registrationId}"
                 )
             return ConnectedDevice(*named, Credential(authorization=credentials.password))
         if not self._client_chain:
-            return self._unauthorized("Neither SASL nor a client certificate named the device")
+            return self._requests.refuse("Neither SASL nor a client certificate named the device")
         try:
             registration_id = read_chain(self._client_chain).common_name
         except DomainError as error:
-            return self._unauthorized(error.message)
+            return self._requests.refuse(error.message)
         return ConnectedDevice(
             self._requests.service.id_scope,
             registration_id,
@@ -158,17 +163,17 @@ class AmqpDeviceSession:
     def _link_refusal(self, address: str | None) -> AmqpError | None:
         named = registration_address(address)
         if named is None:
-            answer = self._requests.error(
-                DomainError(f"{address!r} is not {{idScope}}/registrations/{{registrationId}}")
-            )
-            return _error(answer, "amqp:invalid-field")
+            reason = f"{address!r} is not {{idScope}}/registrations/{{registrationId}}"
+            _log_link_refused(self._device, reason)
+            return _error(self._requests.error(DomainError(reason)), "amqp:invalid-field")
         device = self._device
         if device is None or (named[0].lower(), named[1].lower()) != (
             device.id_scope.lower(),
             device.registration_id.lower(),
         ):
-            answer = self._unauthorized(f"The link {address!r} names another registration")
-            return _error(answer, UNAUTHORIZED)
+            reason = f"The link {address!r} names another registration"
+            _log_link_refused(device, reason)
+            return _error(self._unauthorized(reason), UNAUTHORIZED)
         return None
 
     async def _answer(self, delivery: DeliveryId, message: RequestMessage) -> None:
@@ -199,6 +204,18 @@ class AmqpDeviceSession:
                 f"{OPERATION_TYPE} {operation!r} is not {REGISTER} or {GET_OPERATION_STATUS}"
             )
         )
+
+
+def _log_link_refused(device: ConnectedDevice | None, reason: str) -> None:
+    logger.info(
+        "amqp link refused: %(reason)s",
+        {
+            "event": "link_refused",
+            "protocol": "amqp",
+            "registration_id": device.registration_id if device else None,
+            "reason": reason,
+        },
+    )
 
 
 def _payload(body: bytes | str | None) -> bytes:

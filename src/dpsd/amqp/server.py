@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from starlette.types import Receive, Scope, Send
 
@@ -22,7 +23,11 @@ from dpsd.amqp.connection import AmqpConnection, AmqpLimits, Closed, State
 from dpsd.amqp.handlers import AmqpDeviceSession
 from dpsd.devices.answers import DeviceRequests
 from dpsd.devices.listener import Admission, DeviceListener
+from dpsd.service.device_events import DeviceProtocol
 from dpsd.service.device_registration import DeviceRegistrationService
+
+if TYPE_CHECKING:
+    from dpsd.telemetry.metrics import Metrics
 
 SUBPROTOCOL = "amqpwsb10"
 
@@ -30,7 +35,8 @@ SUBPROTOCOL = "amqpwsb10"
 @dataclass(slots=True)
 class AmqpServer:
     """``admission``: shared with the other device listeners (by default, this one's own);
-    ``handshake_timeout``: seconds to finish SASL and OPEN."""
+    ``handshake_timeout``: seconds to finish SASL and OPEN; ``metrics``: where open
+    connections are counted."""
 
     service: DeviceRegistrationService
     retry_after: int
@@ -39,16 +45,21 @@ class AmqpServer:
     limits: AmqpLimits = field(default_factory=AmqpLimits)
     handshake_timeout: float = 10.0
     clock: Callable[[], float] = time.monotonic
+    metrics: Metrics | None = None
     listener: DeviceListener = field(init=False)
     _requests: DeviceRequests = field(init=False)
 
     def __post_init__(self) -> None:
-        self._requests = DeviceRequests(self.service, self.retry_after, self.now)
+        self._requests = DeviceRequests(
+            self.service, self.retry_after, self.now, protocol=DeviceProtocol.AMQP
+        )
         self.listener = DeviceListener(
             self._connection,
             self.admission,
             SUBPROTOCOL,
             handshake_timeout=self.handshake_timeout,
+            protocol=DeviceProtocol.AMQP.value,
+            metrics=self.metrics,
         )
 
     def close_all(self) -> None:
@@ -80,6 +91,12 @@ class AmqpDevice:
         self._session = session
         self._clock = clock
         self._next_tick: float | None = None
+        self.close_reason: str | None = None
+
+    @property
+    def registration_id(self) -> str | None:
+        device = self._session.device
+        return device.registration_id if device is not None else None
 
     @property
     def established(self) -> bool:
@@ -102,7 +119,9 @@ class AmqpDevice:
         events = deque(self._connection.receive_data(data))
         while events:
             event = events.popleft()
-            if self._connection.closed and not isinstance(event, Closed):
+            if isinstance(event, Closed):
+                self.close_reason = event.reason
+            elif self._connection.closed:
                 continue  # decisions no longer matter
             events.extend(await self._session.handle(event))
         self._next_tick = self._connection.tick(self._clock())

@@ -20,6 +20,7 @@ from dpsd.settings import (
     default_data_dir,
     remembered_database,
 )
+from dpsd.telemetry.logs import LogFormat, LogLevel
 
 DataDir = Annotated[
     Path | None,
@@ -70,6 +71,33 @@ AmqpPort = Annotated[
         "--amqp-port",
         envvar="DPSD_AMQP_PORT",
         help="AMQP over TLS port for devices (0: any free port; -1: off).",
+    ),
+]
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        envvar="DPSD_METRICS_PORT",
+        help="Serve Prometheus metrics at /metrics over plain HTTP on this port (0: any free "
+        "port; off by default).",
+    ),
+]
+LogLevelOption = Annotated[
+    LogLevel,
+    typer.Option(
+        "--log-level",
+        envvar="DPSD_LOG_LEVEL",
+        case_sensitive=False,
+        help="The least severe log lines dpsd writes (other libraries' from warning up).",
+    ),
+]
+LogFormatOption = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        envvar="DPSD_LOG_FORMAT",
+        case_sensitive=False,
+        help="Log lines as text for a terminal, or as JSON objects, one a line.",
     ),
 ]
 Location = Annotated[
@@ -128,6 +156,7 @@ def make_settings(
     webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT,
     hub_timeout: float = DEFAULT_HUB_TIMEOUT,
     amqp_port: int | None = DEFAULT_AMQP_PORT,
+    metrics_port: int | None = None,
 ) -> Settings:
     """Without ``--database``, a data dir keeps the store it was first served with."""
     names = tuple(
@@ -148,6 +177,7 @@ def make_settings(
             retry_after=retry_after,
             mqtt_port=_port_or_off(mqtt_port),
             amqp_port=_port_or_off(amqp_port),
+            metrics_port=metrics_port,
             webhook_timeout=webhook_timeout,
             hub_timeout=hub_timeout,
         )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -23,6 +22,9 @@ from dpsd.cli.options import (
     HttpsPort,
     HubTimeout,
     Location,
+    LogFormatOption,
+    LogLevelOption,
+    MetricsPort,
     MqttPort,
     RetryAfter,
     TlsNames,
@@ -45,6 +47,7 @@ from dpsd.settings import (
     remember_database,
 )
 from dpsd.storage.engine import sqlite_file
+from dpsd.telemetry.logs import LogFormat, LogLevel, configure_logging
 from dpsd.version import dpsd_version
 
 
@@ -57,6 +60,7 @@ def _print_banner(console: Console, runtime: Runtime, endpoints: Endpoints) -> N
     console.print(f"  HTTP endpoint      {endpoints.http or 'off'}")
     console.print(f"  MQTT endpoint      {endpoints.mqtt or 'off'}")
     console.print(f"  AMQP endpoint      {endpoints.amqp or 'off'}")
+    console.print(f"  Metrics endpoint   {endpoints.metrics or 'off'}")
     console.print(f"  ID scope           {runtime.id_scope}")
     console.print(f"  Connection string  {runtime.connection_string(port)}", soft_wrap=True)
     console.print(f"  CA certificate     {runtime.tls.ca_certificate}")
@@ -91,9 +95,12 @@ def serve_command(
     webhook_timeout: WebhookTimeout = DEFAULT_WEBHOOK_TIMEOUT,
     hub_timeout: HubTimeout = DEFAULT_HUB_TIMEOUT,
     amqp_port: AmqpPort = DEFAULT_AMQP_PORT,
+    metrics_port: MetricsPort = None,
+    log_level: LogLevelOption = LogLevel.INFO,
+    log_format: LogFormatOption = LogFormat.TEXT,
 ) -> None:
     """Serve the DPS service API and device registration over HTTPS (optionally HTTP too)
-    and device registration over MQTT and AMQP."""
+    and device registration over MQTT and AMQP; health probes at /healthz and /readyz."""
     settings = make_settings(
         data_dir,
         database,
@@ -108,10 +115,9 @@ def serve_command(
         webhook_timeout,
         hub_timeout,
         amqp_port,
+        metrics_port,
     )
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(log_level, log_format)
     console = Console(highlight=False)
 
     async def run() -> None:

@@ -1,11 +1,15 @@
 """A device's register and poll requests, answered on any device protocol: the use cases of
 ``DeviceRegistrationService`` called as the HTTPS device API calls them, their results and
 errors rendered as the same DPS bodies with the HTTP status they would have there (the MQTT
-edge puts it in the response topic, the AMQP edge in a message or a rejected outcome)."""
+edge puts it in the response topic, the AMQP edge in a message or a rejected outcome).
+
+Each request is served under a tracking id of its own, which its error body carries and
+every log line about it names; a request that fails is logged on ``dpsd.devices``
+(``request_failed``: a server error with its traceback)."""
 
 from __future__ import annotations
 
-import uuid
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +18,7 @@ import msgspec
 
 from dpsd.domain.errors import DomainError
 from dpsd.domain.timestamps import format_timestamp
+from dpsd.service.device_events import DeviceProtocol
 from dpsd.service.device_registration import (
     Credential,
     DeviceRegistrationService,
@@ -22,6 +27,7 @@ from dpsd.service.device_registration import (
     UnsupportedAttestation,
 )
 from dpsd.service.errors import ServiceError
+from dpsd.telemetry.tracking import current_tracking_id, tracking
 from dpsd.wire import (
     DeviceRegistrationResultWire,
     DeviceRegistrationWire,
@@ -30,6 +36,7 @@ from dpsd.wire import (
     result_to_wire,
 )
 
+logger = logging.getLogger("dpsd.devices")
 UNAUTHORIZED = 401002
 _encoder = msgspec.json.Encoder()
 _ERRORS: dict[type[Exception], tuple[int, int]] = {
@@ -63,47 +70,97 @@ class DeviceRequests:
     """Register and poll for devices attested when their connection opened."""
 
     def __init__(
-        self, service: DeviceRegistrationService, retry_after: int, now: Callable[[], datetime]
+        self,
+        service: DeviceRegistrationService,
+        retry_after: int,
+        now: Callable[[], datetime],
+        *,
+        protocol: DeviceProtocol,
     ) -> None:
         self.service = service
+        self.protocol = protocol
         self._retry_after = retry_after
         self._now = now
 
     async def attest(self, device: ConnectedDevice) -> Answer | None:
-        """None when the credential proves an enrollment, else the error answer."""
-        try:
-            await self.service.attest(device.id_scope, device.registration_id, device.credential)
-        except (DomainError, ServiceError) as error:
-            return self.error(error)
+        """None when the credential proves an enrollment, else the error answer, logged
+        under the tracking id it carries (by the use case when the credential failed)."""
+        with tracking():
+            try:
+                await self.service.admit(
+                    device.id_scope, device.registration_id, device.credential, self.protocol
+                )
+            except (DomainError, ServiceError) as error:
+                if not isinstance(error, DeviceUnauthorized):
+                    self._log_refused(device.registration_id, error.message)
+                return self.error(error)
         return None
+
+    def refuse(self, reason: str, registration_id: str | None = None) -> Answer:
+        """Refuse a connection that does not name a device as the protocol asks (before
+        any attestation): logged, and the 401 answer under the same tracking id."""
+        with tracking():
+            self._log_refused(registration_id, reason)
+            return self.error(DeviceUnauthorized(reason))
+
+    def _log_refused(self, registration_id: str | None, reason: str) -> None:
+        logger.info(
+            "%(protocol)s connection refused: %(reason)s",
+            {
+                "event": "connect_refused",
+                "protocol": self.protocol.value,
+                "registration_id": registration_id,
+                "reason": reason,
+            },
+        )
 
     async def register(self, device: ConnectedDevice, payload: bytes) -> Answer:
         """``payload``: the device registration JSON, or nothing."""
-        try:
-            return await self._register(device, payload)
-        except Exception as error:  # noqa: BLE001 - every failure becomes a DPS error answer
-            return self.error(error)
+        with tracking():
+            try:
+                return await self._register(device, payload)
+            except Exception as error:  # noqa: BLE001 - every failure becomes a DPS error answer
+                return self._failed("register", device, error)
 
     async def poll(self, device: ConnectedDevice, operation_id: str) -> Answer:
-        try:
-            return await self._poll(device, operation_id)
-        except Exception as error:  # noqa: BLE001 - every failure becomes a DPS error answer
-            return self.error(error)
+        with tracking():
+            try:
+                return await self._poll(device, operation_id)
+            except Exception as error:  # noqa: BLE001 - every failure becomes a DPS error answer
+                return self._failed("poll", device, error)
 
     def error(self, error: Exception) -> Answer:
-        """The DPS error body of ``error``; failures of dpsd itself are 500 without detail."""
-        status, code = next(
-            (_ERRORS[cls] for cls in type(error).__mro__ if cls in _ERRORS), (500, 500000)
-        )
+        """The DPS error body of ``error``, under the tracking id of the request being
+        served; failures of dpsd itself are 500 without detail."""
+        status, code = _status_and_code(error)
         message = getattr(error, "message", None) if status < 500 else None
         body = ErrorDetailsWire(
             error_code=code,
-            tracking_id=str(uuid.uuid4()),
+            tracking_id=current_tracking_id(),
             message=message or "The service failed to handle the request",
             timestamp_utc=format_timestamp(self._now()),
             info={},
         )
         return Answer(status, _encoder.encode(body))
+
+    def _failed(self, request: str, device: ConnectedDevice, error: Exception) -> Answer:
+        status, code = _status_and_code(error)
+        facts = {
+            "event": "request_failed",
+            "protocol": self.protocol.value,
+            "request": request,
+            "registration_id": device.registration_id,
+            "status": status,
+            "error_code": code,
+            "reason": getattr(error, "message", None),
+        }
+        if status >= 500:
+            template = "%(protocol)s %(request)s of device %(registration_id)s failed"
+            logger.error(template, facts, exc_info=error)
+        else:
+            template = "%(protocol)s %(request)s of device %(registration_id)s failed: %(reason)s"
+            logger.info(template, facts)
+        return self.error(error)
 
     async def _register(self, device: ConnectedDevice, payload: bytes) -> Answer:
         body = DeviceRegistrationWire()
@@ -121,6 +178,7 @@ class DeviceRequests:
             body_registration_id=body.registration_id,
             payload=body.payload,
             tpm=body.tpm,
+            protocol=self.protocol,
         )
         answer = RegistrationOperationStatusWire(operation.operation_id, "assigning")
         return Answer(202, _encoder.encode(answer), self._retry_after)
@@ -147,3 +205,8 @@ class DeviceRequests:
             ),
         )
         return Answer(202, _encoder.encode(pending), self._retry_after)
+
+
+def _status_and_code(error: Exception) -> tuple[int, int]:
+    """The HTTP status and DPS error code of ``error``; 500 for failures of dpsd itself."""
+    return next((_ERRORS[cls] for cls in type(error).__mro__ if cls in _ERRORS), (500, 500000))

@@ -11,6 +11,10 @@ past.
 - After the handshake, each protocol says how long silence may last and what passing time
   means (MQTT closes after 1.5 keep-alives; AMQP sends heartbeats and closes idle peers).
 - A write that the device does not read within ``write_timeout`` ends the connection.
+
+Every connection refused here (too many open, no subprotocol dpsd serves) and every
+connection's end is logged on ``dpsd.devices``: the device it proved to be, why it ended,
+how long it lasted. The open connections are counted by protocol when there are metrics.
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dpsd.client_tls import verified_chain
+
+if TYPE_CHECKING:
+    from dpsd.telemetry.metrics import Metrics
 
 logger = logging.getLogger("dpsd.devices")
 READ_SIZE = 64 * 1024
@@ -48,6 +55,16 @@ class DeviceConnection(Protocol):
     @property
     def finished(self) -> bool:
         """Nothing more will be read or written: the shell closes the connection."""
+        ...
+
+    @property
+    def registration_id(self) -> str | None:
+        """The device, once it proved who it is."""
+        ...
+
+    @property
+    def close_reason(self) -> str | None:
+        """Why the protocol ended the connection, once it has."""
         ...
 
     def wait_time(self) -> float | None:
@@ -101,7 +118,8 @@ class DeviceListener:
     """Serves one device protocol over TLS connections and WebSocket sessions.
 
     ``subprotocol``: the WebSocket subprotocol of the protocol (lower case; the upgrade is
-    answered with the client's own spelling)."""
+    answered with the client's own spelling); ``protocol``: its name in logs and metrics
+    (the subprotocol by default)."""
 
     def __init__(
         self,
@@ -111,10 +129,14 @@ class DeviceListener:
         *,
         handshake_timeout: float = 10.0,
         write_timeout: float = 30.0,
+        protocol: str | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._new_connection = new_connection
         self._admission = admission
         self.subprotocol = subprotocol
+        self.protocol = protocol or subprotocol
+        self._metrics = metrics
         self._handshake_timeout = handshake_timeout
         self._write_timeout = write_timeout
         self._writers: set[asyncio.StreamWriter] = set()
@@ -127,23 +149,28 @@ class DeviceListener:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """A device connection over TLS (``asyncio.start_server``)."""
         address = str((writer.get_extra_info("peername") or ("?",))[0])
-        if not self._admission.admit(address):
+        if not self._admit(address, "tls"):
             writer.close()
             return
         self._writers.add(writer)
+        opened = _Opened(address, "tls", asyncio.get_running_loop().time())
 
         async def write(data: bytes) -> None:
             writer.write(data)
             await writer.drain()
 
         try:
-            chain = verified_chain(writer.get_extra_info("ssl_object"))
-            await self._pump(self._new_connection(chain), lambda: reader.read(READ_SIZE), write)
-        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError):
-            pass  # the device went away or timed out: nothing to answer
+            opened.connection = self._new_connection(
+                verified_chain(writer.get_extra_info("ssl_object"))
+            )
+            opened.ended = await self._pump(
+                opened.connection, lambda: reader.read(READ_SIZE), write
+            )
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError) as error:
+            opened.ended = self._broken(error)  # the device went away: nothing to answer
         finally:
             self._writers.discard(writer)
-            self._admission.release(address)
+            self._release(opened)
             writer.close()
             with contextlib.suppress(OSError, ssl.SSLError):
                 await writer.wait_closed()
@@ -158,12 +185,14 @@ class DeviceListener:
             name for name in scope.get("subprotocols", []) if name.lower() == self.subprotocol
         ]
         if not offered:
+            _log_unsupported_upgrade(scope)
             await send({"type": "websocket.close", "code": WS_UNSUPPORTED_SUBPROTOCOL})
             return
-        if not self._admission.admit(address):
+        if not self._admit(address, "websocket"):
             await send({"type": "websocket.close", "code": WS_TRY_AGAIN_LATER})
             return
         await send({"type": "websocket.accept", "subprotocol": offered[0]})
+        opened = _Opened(address, "websocket", asyncio.get_running_loop().time())
 
         async def read() -> bytes:
             message = await receive()
@@ -176,15 +205,58 @@ class DeviceListener:
 
         tls = scope.get("extensions", {}).get("tls") or {}
         try:
-            chain = tuple(tls.get("client_cert_chain") or ())
-            await self._pump(self._new_connection(chain), read, write)
+            opened.connection = self._new_connection(tuple(tls.get("client_cert_chain") or ()))
+            opened.ended = await self._pump(opened.connection, read, write)
             await send({"type": "websocket.close", "code": 1000})
-        except (OSError, TimeoutError, RuntimeError):
-            pass  # the device went away, timed out, or the socket closed under us
+        except (OSError, TimeoutError, RuntimeError) as error:
+            # the device went away, timed out, or the socket closed under us
+            opened.ended = opened.ended or self._broken(error)
         finally:
-            self._admission.release(address)
+            self._release(opened)
 
-    async def _pump(self, connection: DeviceConnection, read: Read, write: Write) -> None:
+    def _admit(self, address: str, transport: str) -> bool:
+        if self._admission.admit(address):
+            if self._metrics is not None:
+                self._metrics.connection_opened(self.protocol)
+            return True
+        logger.warning(
+            "%(protocol)s connection refused: too many device connections are open",
+            {
+                "event": "connect_refused",
+                "protocol": self.protocol,
+                "client": address,
+                "transport": transport,
+            },
+        )
+        return False
+
+    def _release(self, opened: _Opened) -> None:
+        self._admission.release(opened.address)
+        if self._metrics is not None:
+            self._metrics.connection_closed(self.protocol)
+        connection = opened.connection
+        reason = (connection.close_reason if connection is not None else None) or opened.ended
+        seconds = asyncio.get_running_loop().time() - opened.started
+        logger.info(
+            "%(protocol)s connection closed: %(reason)s",
+            {
+                "event": "disconnected",
+                "protocol": self.protocol,
+                "registration_id": connection.registration_id if connection else None,
+                "client": opened.address,
+                "transport": opened.transport,
+                "duration_ms": round(seconds * 1000, 1),
+                "reason": reason or "the connection ended",
+            },
+        )
+
+    def _broken(self, error: BaseException) -> str:
+        if isinstance(error, TimeoutError):
+            return f"the device read nothing dpsd wrote for {self._write_timeout:g} s"
+        return f"the connection broke ({type(error).__name__})"
+
+    async def _pump(self, connection: DeviceConnection, read: Read, write: Write) -> str | None:
+        """Move bytes until the connection ends; why it ended, unless the protocol says."""
         loop = asyncio.get_running_loop()
         handshake_ends = loop.time() + self._handshake_timeout
         while not connection.finished:
@@ -196,15 +268,38 @@ class DeviceListener:
                 data = await asyncio.wait_for(read(), timeout)
             except TimeoutError:
                 if not connection.established:
-                    logger.debug("a device did not finish its handshake in time")
-                    return
+                    return f"no handshake within {self._handshake_timeout:g} s"
                 outgoing = connection.time_passed()
             else:
                 if not data:
-                    return
+                    return "the device closed the connection"
                 outgoing = await connection.receive(data)
             if outgoing:
                 await asyncio.wait_for(write(outgoing), self._write_timeout)
+        return None
+
+
+@dataclass(slots=True)
+class _Opened:
+    """A device connection being served: where from, over what, since when; its protocol
+    state once made, and why it ended, as the shell saw it."""
+
+    address: str
+    transport: str
+    started: float
+    connection: DeviceConnection | None = None
+    ended: str | None = None
+
+
+def _log_unsupported_upgrade(scope: Scope) -> None:
+    logger.info(
+        "WebSocket upgrade refused: no subprotocol dpsd serves",
+        {
+            "event": "connect_refused",
+            "client": str((scope.get("client") or ("?",))[0]),
+            "subprotocols": ",".join(scope.get("subprotocols", [])) or None,
+        },
+    )
 
 
 class WebSocketDispatch:
@@ -221,4 +316,5 @@ class WebSocketDispatch:
                 await app(scope, receive, send)
                 return
         if (await receive())["type"] == "websocket.connect":
+            _log_unsupported_upgrade(scope)
             await send({"type": "websocket.close", "code": WS_UNSUPPORTED_SUBPROTOCOL})

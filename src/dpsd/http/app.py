@@ -1,13 +1,15 @@
 """The ASGI application: routing, api-version, authentication, body limits and errors.
 
 Handlers only translate between the wire and the use cases; everything a request must
-pass before reaching one happens here, once.
+pass before reaching one happens here, once. Each request is served under a tracking id
+(``x-ms-request-id``, the ``trackingId`` of its error body, every log line about it) and
+ends in the access log (``dpsd.http.access``).
 """
 
 from __future__ import annotations
 
 import logging
-import os
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from urllib.parse import unquote_plus
@@ -16,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dpsd.domain.sas import SharedAccessPolicy
 from dpsd.domain.timestamps import format_timestamp
+from dpsd.http.access import UNMATCHED, AccessLog
 from dpsd.http.errors import (
     InvalidApiVersion,
     MethodNotAllowed,
@@ -23,13 +26,15 @@ from dpsd.http.errors import (
     status_and_code,
 )
 from dpsd.http.exchange import HttpRequest, HttpResponse, json_response
-from dpsd.http.routing import Router
+from dpsd.http.routing import Route, Router
 from dpsd.service.auth import ServiceAuthenticator, require
+from dpsd.telemetry.tracking import TRACKING_ID, new_tracking_id
 from dpsd.wire import ErrorDetailsWire
 
 logger = logging.getLogger("dpsd.http")
 
 REQUEST_ID_HEADER = b"x-ms-request-id"
+ERROR_CODE_HEADER = "x-ms-error-code"
 SERVICE_API_VERSIONS = frozenset(
     {
         "2017-11-15",
@@ -44,15 +49,6 @@ SERVICE_API_VERSIONS = frozenset(
 )
 
 
-def new_request_id() -> str:
-    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` writes it."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = (raw[6] & 0x0F) | 0x40
-    raw[8] = (raw[8] & 0x3F) | 0x80
-    text = raw.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
 class ServiceApiApp:
     """An ASGI app serving one route table with DPS authentication and error handling."""
 
@@ -62,15 +58,33 @@ class ServiceApiApp:
         policies: Mapping[str, SharedAccessPolicy],
         now: Callable[[], datetime],
         websocket: ASGIApp | None = None,
+        access: AccessLog | None = None,
     ) -> None:
         """``websocket`` serves WebSocket upgrades on any path (MQTT and AMQP over
-        WebSockets, chosen by subprotocol)."""
+        WebSockets, chosen by subprotocol); ``access`` logs and counts the requests."""
         self._router = router
         self._authenticator = ServiceAuthenticator(policies)
         self._now = now
         self._websocket = websocket
+        self._access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._not_http(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = new_tracking_id()
+        token = TRACKING_ID.set(request_id)
+        try:
+            operation, response = await self._respond(HttpRequest(scope, receive), request_id)
+            response.headers.append((REQUEST_ID_HEADER, request_id.encode("latin-1")))
+            if self._access is not None:
+                self._access.exchange(scope, operation, response, started)
+            await response.send(send)
+        finally:
+            TRACKING_ID.reset(token)
+
+    async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
             return
@@ -79,21 +93,23 @@ class ServiceApiApp:
                 await self._websocket(scope, receive, send)
             else:
                 await send({"type": "websocket.close", "code": 1003})
-            return
-        if scope["type"] != "http":
-            return
-        request_id = new_request_id()
-        try:
-            response = await self._handle(HttpRequest(scope, receive))
-        except Exception as error:  # noqa: BLE001 - the one place errors become responses
-            response = self._error_response(error, request_id)
-        response.headers.append((REQUEST_ID_HEADER, request_id.encode("latin-1")))
-        await response.send(send)
 
-    async def _handle(self, request: HttpRequest) -> HttpResponse:
-        scope = request.scope
-        route, params = self._router.resolve(request.method, scope.get("raw_path") or b"/")
-        _check_api_version(scope.get("query_string", b""))
+    async def _respond(self, request: HttpRequest, request_id: str) -> tuple[str, HttpResponse]:
+        """The operation the request names (its route's), and the answer."""
+        operation = UNMATCHED
+        try:
+            route, params = self._router.resolve(
+                request.method, request.scope.get("raw_path") or b"/"
+            )
+            operation = route.operation
+            return operation, await self._handle(request, route, params)
+        except Exception as error:  # noqa: BLE001 - the one place errors become responses
+            return operation, self._error_response(error, request_id)
+
+    async def _handle(
+        self, request: HttpRequest, route: Route, params: dict[str, str]
+    ) -> HttpResponse:
+        _check_api_version(request.scope.get("query_string", b""))
         if route.right is not None:
             policy = self._authenticator.authenticate(
                 request.headers.get("authorization"),
@@ -107,7 +123,7 @@ class ServiceApiApp:
         status, code = status_and_code(error)
         message = message_of(error)
         if status >= 500:
-            logger.exception("request %s failed", request_id, exc_info=error)
+            logger.error("dpsd failed to answer a request", exc_info=error)
             message = "The service failed to handle the request; the tracking id identifies it"
         body = ErrorDetailsWire(
             error_code=code,
@@ -116,7 +132,7 @@ class ServiceApiApp:
             timestamp_utc=format_timestamp(self._now()),
             info={},
         )
-        headers = {"x-ms-error-code": str(code)}
+        headers = {ERROR_CODE_HEADER: str(code)}
         if isinstance(error, MethodNotAllowed):
             headers["allow"] = ", ".join(error.allowed)
         return json_response(body, status, headers)

@@ -5,26 +5,31 @@ Which hub a request is for is decided in front of this app (http.host_dispatch, 
 Host header); here the request is served as that hub: any api-version is accepted (the
 service clients send 2021-04-12, Microsoft's e2e helper 2018-06-30), the caller must hold
 a SharedAccessSignature of one of the hub's policies with the right the route names, and
-every error becomes IoT Hub's classic error body (http.hub_errors).
+every error becomes IoT Hub's classic error body (http.hub_errors). Each request is
+served under a tracking id (the one in its error body, and in every log line about it)
+and ends in the access log.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from datetime import datetime
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dpsd.domain.hub import HUB_RIGHT_NAMES, HubAccessRights, LinkedHub
+from dpsd.http.access import UNMATCHED, AccessLog
 from dpsd.http.app import request_host
 from dpsd.http.exchange import HttpRequest, HttpResponse
 from dpsd.http.hub_api import HUB_PARAM, HubHandlers
 from dpsd.http.hub_errors import error_response, new_tracking_id
-from dpsd.http.routing import Router
+from dpsd.http.routing import Route, Router
 from dpsd.service.auth import authenticate, require_rights
 from dpsd.service.hub_registry import HubRegistryService
+from dpsd.telemetry.tracking import TRACKING_ID
 
 logger = logging.getLogger("dpsd.http.hub")
 
@@ -32,7 +37,13 @@ logger = logging.getLogger("dpsd.http.hub")
 class HubApiApp:
     """Serves the routes of ``router`` as whichever built-in hub a request is for."""
 
-    def __init__(self, router: Router[HubAccessRights], now: Callable[[], datetime]) -> None:
+    def __init__(
+        self,
+        router: Router[HubAccessRights],
+        now: Callable[[], datetime],
+        access: AccessLog | None = None,
+    ) -> None:
+        self._access = access
         self._router = router
         self._now = now
 
@@ -41,15 +52,39 @@ class HubApiApp:
         return functools.partial(self.serve, hub)
 
     async def serve(self, hub: LinkedHub, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
         tracking_id = new_tracking_id()
+        token = TRACKING_ID.set(tracking_id)
         try:
-            response = await self._handle(hub, HttpRequest(scope, receive))
-        except Exception as error:  # noqa: BLE001 - the one place hub errors become responses
-            response = self._error_response(error, tracking_id)
-        await response.send(send)
+            request = HttpRequest(scope, receive)
+            operation, response = await self._respond(hub, request, tracking_id)
+            if self._access is not None:
+                self._access.exchange(scope, operation, response, started)
+            await response.send(send)
+        finally:
+            TRACKING_ID.reset(token)
 
-    async def _handle(self, hub: LinkedHub, request: HttpRequest) -> HttpResponse:
-        route, params = self._router.resolve(request.method, request.scope.get("raw_path") or b"/")
+    async def _respond(
+        self, hub: LinkedHub, request: HttpRequest, tracking_id: str
+    ) -> tuple[str, HttpResponse]:
+        """The operation the request names (its route's), and the answer."""
+        operation = UNMATCHED
+        try:
+            route, params = self._router.resolve(
+                request.method, request.scope.get("raw_path") or b"/"
+            )
+            operation = route.operation
+            return operation, await self._handle(hub, request, route, params)
+        except Exception as error:  # noqa: BLE001 - the one place hub errors become responses
+            return operation, self._error_response(error, tracking_id)
+
+    async def _handle(
+        self,
+        hub: LinkedHub,
+        request: HttpRequest,
+        route: Route[HubAccessRights],
+        params: dict[str, str],
+    ) -> HttpResponse:
         policy = authenticate(
             request.headers.get("authorization"),
             hub.policy,
@@ -65,10 +100,12 @@ class HubApiApp:
     def _error_response(self, error: Exception, tracking_id: str) -> HttpResponse:
         response = error_response(error, tracking_id, self._now())
         if response.status >= 500:
-            logger.exception("IoT hub request %s failed", tracking_id, exc_info=error)
+            logger.error("dpsd failed to answer an IoT hub request", exc_info=error)
         return response
 
 
-def build_hub_app(service: HubRegistryService, now: Callable[[], datetime]) -> HubApiApp:
+def build_hub_app(
+    service: HubRegistryService, now: Callable[[], datetime], access: AccessLog | None = None
+) -> HubApiApp:
     """The hub app serving the devices, twins and queries of ``service``'s hubs."""
-    return HubApiApp(Router(HubHandlers(service).routes(), "the IoT hub API"), now)
+    return HubApiApp(Router(HubHandlers(service).routes(), "the IoT hub API"), now, access)

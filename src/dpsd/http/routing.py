@@ -31,6 +31,8 @@ class Route(Generic[R]):
     handler: Handler
     right: R | Callable[[HttpRequest], R] | None
     """What the caller's policy must grant: fixed, or read off the request."""
+    operation: str = field(init=False, repr=False, compare=False)
+    """The method and the path template (``GET /enrollments/{id}``), for logs and metrics."""
     # (position, segment) of each static segment, and (position, name) of each parameter
     _static: tuple[tuple[int, str], ...] = field(init=False, repr=False, compare=False)
     _params: tuple[tuple[int, str], ...] = field(init=False, repr=False, compare=False)
@@ -40,6 +42,7 @@ class Route(Generic[R]):
         params = tuple((i, s[1:-1]) for i, s in enumerate(self.template) if s.startswith("{"))
         object.__setattr__(self, "_static", static)
         object.__setattr__(self, "_params", params)
+        object.__setattr__(self, "operation", f"{self.method} /{'/'.join(self.template)}")
 
     def fits(self, segments: list[str]) -> bool:
         """Whether the path has this route's shape (segment count and static segments)."""

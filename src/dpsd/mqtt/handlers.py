@@ -25,20 +25,30 @@ class DeviceSession:
         self._requests = requests
         self._client_chain = client_chain
         self._device = ConnectedDevice("", "", Credential())
+        self._attested = False
+
+    @property
+    def device(self) -> ConnectedDevice | None:
+        """The device, once it proved who it is."""
+        return self._device if self._attested else None
 
     async def connect(self, packet: Connect) -> ConnectReturnCode | None:
-        """None accepts the device; a code refuses it."""
+        """None accepts the device; a code refuses it (and every refusal is logged)."""
         try:
             scope, registration_id = parse_username(packet.username or "")
-        except ValueError:
+        except ValueError as error:
+            self._requests.refuse(str(error))
             return ConnectReturnCode.BAD_USERNAME_OR_PASSWORD
         if packet.client_id.lower() != registration_id.lower():
+            reason = f"the client id {packet.client_id!r} is not the user name's registration id"
+            self._requests.refuse(reason, registration_id)
             return ConnectReturnCode.IDENTIFIER_REJECTED
         password = packet.password.decode("utf-8", errors="replace") if packet.password else None
         credential = Credential(authorization=password, client_chain=self._client_chain)
         self._device = ConnectedDevice(scope, registration_id, credential)
         refused = await self._requests.attest(self._device)
         if refused is None:
+            self._attested = True
             return None
         if refused.status == 401:
             return ConnectReturnCode.NOT_AUTHORIZED

@@ -9,10 +9,10 @@ with AMQP; the protocol lives in ``dpsd.mqtt.connection`` and the meaning of req
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from starlette.types import Receive, Scope, Send
 
@@ -20,9 +20,11 @@ from dpsd.devices.answers import DeviceRequests
 from dpsd.devices.listener import Admission, ConnectionLimits, DeviceListener
 from dpsd.mqtt.connection import Closed, ConnectRequested, MqttConnection, RequestReceived, State
 from dpsd.mqtt.handlers import DeviceSession
+from dpsd.service.device_events import DeviceProtocol
 from dpsd.service.device_registration import DeviceRegistrationService
 
-logger = logging.getLogger("dpsd.mqtt")
+if TYPE_CHECKING:
+    from dpsd.telemetry.metrics import Metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,23 +37,31 @@ class MqttLimits:
 
 @dataclass(slots=True)
 class MqttServer:
-    """``admission``: shared with the other device listeners (by default, this one's own)."""
+    """``admission``: shared with the other device listeners (by default, this one's own);
+    ``metrics``: where open connections are counted."""
 
     service: DeviceRegistrationService
     retry_after: int
     now: Callable[[], datetime]
     limits: MqttLimits = field(default_factory=MqttLimits)
     admission: Admission | None = None
+    metrics: Metrics | None = None
     listener: DeviceListener = field(init=False)
     _requests: DeviceRequests = field(init=False)
 
     def __post_init__(self) -> None:
-        self._requests = DeviceRequests(self.service, self.retry_after, self.now)
+        self._requests = DeviceRequests(
+            self.service, self.retry_after, self.now, protocol=DeviceProtocol.MQTT
+        )
         admission = self.admission or Admission(
             ConnectionLimits(self.limits.max_connections, self.limits.max_connections_per_address)
         )
         self.listener = DeviceListener(
-            self._connection, admission, "mqtt", handshake_timeout=self.limits.connect_timeout
+            self._connection,
+            admission,
+            "mqtt",
+            handshake_timeout=self.limits.connect_timeout,
+            metrics=self.metrics,
         )
 
     def close_all(self) -> None:
@@ -78,6 +88,12 @@ class MqttDevice:
     def __init__(self, connection: MqttConnection, session: DeviceSession) -> None:
         self._connection = connection
         self._session = session
+        self.close_reason: str | None = None
+
+    @property
+    def registration_id(self) -> str | None:
+        device = self._session.device
+        return device.registration_id if device is not None else None
 
     @property
     def established(self) -> bool:
@@ -93,7 +109,8 @@ class MqttDevice:
         return keep_alive * 1.5 if keep_alive else None
 
     def time_passed(self) -> bytes:
-        self._connection.close("the device was silent for 1.5 keep-alive periods")
+        closed = self._connection.close("the device was silent for 1.5 keep-alive periods")
+        self.close_reason = closed.reason
         return b""
 
     async def receive(self, data: bytes) -> bytes:
@@ -105,10 +122,10 @@ class MqttDevice:
                     if code is None:
                         connection.accept()
                     else:
-                        connection.refuse(code)
+                        self.close_reason = connection.refuse(code).reason
                 case RequestReceived(request=request, payload=payload):
                     answer = await self._session.request(request, payload)
                     connection.respond(request.rid, answer.status, answer.body, answer.retry_after)
                 case Closed(reason=reason):
-                    logger.debug("MQTT connection closed: %s", reason)
+                    self.close_reason = reason
         return connection.data_to_send()

@@ -36,6 +36,14 @@ from dpsd.domain.registration import (
     RegistrationStatus,
 )
 from dpsd.domain.x509_attestation import group_position, individual_matches, read_chain
+from dpsd.service.device_events import (
+    DeviceProtocol,
+    DeviceRefused,
+    NoRegistrationEvents,
+    RegistrationEvents,
+    RegistrationFinished,
+    RegistrationStarted,
+)
 from dpsd.service.errors import NotFound, ServiceError
 from dpsd.service.hub_landing import (
     Landing,
@@ -168,6 +176,8 @@ class DeviceRegistrationService:
     webhook_timeout: float = 10.0
     hub_timeout: float = 10.0
     inline_completion: float = INLINE_COMPLETION_SECONDS
+    events: RegistrationEvents = field(default_factory=NoRegistrationEvents)
+    """Where refusals, starts and outcomes are reported (logs and metrics)."""
     _registrations: int = 0
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -179,6 +189,7 @@ class DeviceRegistrationService:
         body_registration_id: str | None = None,
         payload: Any = None,
         tpm: object | None = None,
+        protocol: DeviceProtocol = DeviceProtocol.HTTPS,
     ) -> RegistrationOperation:
         """Attest the device and start its operation. The answer is always ``assigning``;
         the outcome is in the operation the device then polls."""
@@ -190,7 +201,7 @@ class DeviceRegistrationService:
                 f"registrationId {body_registration_id!r} in the body does not match "
                 f"{registration_id!r} in the path"
             )
-        attested = await self.attest(id_scope, registration_id, credential)
+        attested = await self.admit(id_scope, registration_id, credential, protocol)
         now = self.clock.now()
         started = RegistrationOperation(
             operation_id=self._operation_id(),
@@ -202,8 +213,9 @@ class DeviceRegistrationService:
             attestation_type=attested.attestation_type.value,
         )
         await self.operations.save(started)
+        self.events.started(RegistrationStarted(protocol, started, _policy_name(attested)))
         # A slow webhook or hub must not hold the register call: the device polls meanwhile.
-        task = asyncio.create_task(self._complete(started, attested, payload))
+        task = asyncio.create_task(self._complete(started, attested, payload, protocol))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         if not attested.custom:
@@ -264,6 +276,22 @@ class DeviceRegistrationService:
         if state is None:
             raise RegistrationNotFound(registration_id)
         return state
+
+    async def admit(
+        self,
+        id_scope: str,
+        registration_id: str,
+        credential: Credential,
+        protocol: DeviceProtocol,
+    ) -> Attested:
+        """Attest a device that asks to register, or to open a connection (MQTT, AMQP);
+        a device that proves no enrollment is reported refused."""
+        try:
+            return await self.attest(id_scope, registration_id, credential)
+        except DeviceUnauthorized as error:
+            presented = _presented(credential)
+            self.events.refused(DeviceRefused(protocol, registration_id, presented, error.message))
+            raise
 
     async def attest(self, id_scope: str, registration_id: str, credential: Credential) -> Attested:
         if id_scope.lower() != self.id_scope.lower():
@@ -339,6 +367,33 @@ class DeviceRegistrationService:
         raise DeviceUnauthorized("No enrollment of this service vouches for the device")
 
     async def _complete(
+        self,
+        operation: RegistrationOperation,
+        attested: Attested,
+        payload: Any,
+        protocol: DeviceProtocol,
+    ) -> RegistrationOperation:
+        """Settle the operation and report how it ended."""
+        policy = _policy_name(attested)
+        try:
+            finished = await self._settle(operation, attested, payload)
+        except Exception:
+            self._report_finished(protocol, operation, None, policy)
+            raise
+        self._report_finished(protocol, operation, finished.state, policy)
+        return finished
+
+    def _report_finished(
+        self,
+        protocol: DeviceProtocol,
+        operation: RegistrationOperation,
+        state: DeviceRegistrationState | None,
+        policy: str | None,
+    ) -> None:
+        seconds = (self.clock.now() - operation.created).total_seconds()
+        self.events.finished(RegistrationFinished(protocol, operation, state, policy, seconds))
+
+    async def _settle(
         self, operation: RegistrationOperation, attested: Attested, payload: Any
     ) -> RegistrationOperation:
         now = self.clock.now()
@@ -562,6 +617,21 @@ class _Assignment:
     state: DeviceRegistrationState
     linked: dict[str, LinkedHub]
     twin_override: TwinContent | None
+
+
+def _policy_name(attested: Attested) -> str:
+    """The allocation policy that places the device (hashed when the enrollment names
+    none)."""
+    return (attested.settings.allocation_policy or AllocationPolicy.HASHED).value
+
+
+def _presented(credential: Credential) -> str:
+    """What kind of credential a device presented."""
+    if credential.authorization is not None:
+        return AttestationType.SYMMETRIC_KEY.value
+    if credential.client_chain:
+        return AttestationType.X509.value
+    return AttestationType.NONE.value
 
 
 def _assigned_hub(state: DeviceRegistrationState | None) -> str | None:

@@ -13,6 +13,8 @@ from dpsd.devices.listener import (
     DeviceListener,
     WebSocketDispatch,
 )
+from dpsd.telemetry.metrics import Metrics
+from tests.log_capture import captured_logs, events
 
 
 def test_admission_counts_per_address_and_in_all() -> None:
@@ -36,6 +38,8 @@ class ScriptedConnection:
         self.established = False
         self.finished = False
         self.idle = idle
+        self.registration_id: str | None = None
+        self.close_reason: str | None = None
 
     def wait_time(self) -> float | None:
         return self.idle
@@ -43,11 +47,13 @@ class ScriptedConnection:
     async def receive(self, data: bytes) -> bytes:
         if data == b"hello":
             self.established = True
+            self.registration_id = "dev-1"
             return b"welcome"
         return b"pong" if data == b"ping" else b""
 
     def time_passed(self) -> bytes:
         self.finished = True
+        self.close_reason = "the device was idle"
         return b"beat"
 
 
@@ -79,12 +85,18 @@ class WebSocketPeer:
         await app(self.scope, self.receive, self.send)
 
 
-def listener(connection: ScriptedConnection, admission: Admission | None = None) -> DeviceListener:
+def listener(
+    connection: ScriptedConnection,
+    admission: Admission | None = None,
+    metrics: Metrics | None = None,
+) -> DeviceListener:
     return DeviceListener(
         lambda _chain: connection,
         admission or Admission(),
         "amqpwsb10",
         handshake_timeout=0.05,
+        protocol="amqp",
+        metrics=metrics,
     )
 
 
@@ -136,3 +148,72 @@ async def test_dispatch_by_subprotocol() -> None:
     refused = WebSocketPeer(["chat"], [])
     await refused.run(dispatch)
     assert refused.sent == [{"type": "websocket.close", "code": 1002}]
+
+
+def connections(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value("dpsd_device_connections", {"protocol": "amqp"})
+
+
+class CountingConnection(ScriptedConnection):
+    """Notes how many connections the metrics count while it is open."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__(idle=0.01)
+        self.metrics = metrics
+        self.counted: float | None = None
+
+    async def receive(self, data: bytes) -> bytes:
+        self.counted = connections(self.metrics)
+        return await super().receive(data)
+
+
+async def test_each_connection_s_end_is_logged_with_its_device_and_reason() -> None:
+    metrics = Metrics()
+    connection = CountingConnection(metrics)
+    with captured_logs() as stream:
+        await WebSocketPeer(["AMQPWSB10"], [b"hello"]).run(
+            listener(connection, metrics=metrics).handle_websocket
+        )
+    (line,) = events(stream, "disconnected")
+    assert line["message"] == "amqp connection closed: the device was idle"
+    assert (line["registration_id"], line["client"], line["transport"]) == (
+        "dev-1",
+        "10.0.0.1",
+        "websocket",
+    )
+    assert line["duration_ms"] >= 0
+    assert (connection.counted, connections(metrics)) == (1, 0)
+
+
+async def test_the_shell_says_why_when_the_protocol_does_not() -> None:
+    with captured_logs() as stream:
+        await WebSocketPeer(["amqpwsb10"], [b"trickle"]).run(
+            listener(ScriptedConnection()).handle_websocket
+        )
+        peer = WebSocketPeer(["amqpwsb10"], [b"hello"])
+        peer.hang_up()
+        await peer.run(listener(ScriptedConnection(idle=5)).handle_websocket)
+    timed_out, hung_up = events(stream, "disconnected")
+    assert timed_out["reason"] == "no handshake within 0.05 s"
+    assert "registration_id" not in timed_out
+    assert (hung_up["reason"], hung_up["registration_id"]) == (
+        "the device closed the connection",
+        "dev-1",
+    )
+
+
+async def test_refused_connections_are_logged_and_not_counted() -> None:
+    metrics = Metrics()
+    admission = Admission(ConnectionLimits(max_connections_per_address=0))
+    with captured_logs() as stream:
+        await WebSocketPeer(["amqpwsb10"], []).run(
+            listener(ScriptedConnection(), admission, metrics).handle_websocket
+        )
+        dispatch = WebSocketDispatch({"mqtt": listener(ScriptedConnection()).handle_websocket})
+        await WebSocketPeer(["chat", "superchat"], []).run(dispatch)
+    full, unknown = events(stream, "connect_refused")
+    assert (full["level"], full["protocol"], full["client"]) == ("WARNING", "amqp", "10.0.0.1")
+    assert full["message"] == "amqp connection refused: too many device connections are open"
+    assert (unknown["subprotocols"], unknown["client"]) == ("chat,superchat", "10.0.0.1")
+    assert not events(stream, "disconnected")
+    assert connections(metrics) == 0

@@ -1,0 +1,148 @@
+"""dpsd's Prometheus metrics, and the ASGI app that serves them at ``GET /metrics``.
+
+Each dpsd process counts into a registry of its own (tests run many in one process). The
+service API's hot path pays a dictionary lookup, a counter increment and a histogram
+observation per request: the labelled children are made once per label set and kept, since
+``labels(...)`` itself costs several times as much. The README's table documents each
+metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    make_asgi_app,
+)
+
+from dpsd.version import dpsd_version
+
+METRICS_PATH = "/metrics"
+REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+REGISTRATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
+DEVICE_PROTOCOLS = ("mqtt", "amqp")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+AsgiApp = Callable[
+    [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
+    Awaitable[None],
+]
+
+
+class Metrics:
+    """The metrics of one dpsd process. ``process``: also the process's CPU, memory and
+    open files, the Python platform and garbage collector (what the default registry of
+    prometheus-client would have)."""
+
+    def __init__(self, *, process: bool = False) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        if process:
+            for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+                self.registry.register(collector)
+        registry = self.registry
+        Gauge("dpsd_info", "The dpsd version serving", ["version"], registry=registry).labels(
+            dpsd_version()
+        ).set(1)
+        self._requests = Counter(
+            "dpsd_http_requests",
+            "HTTP requests answered, by API (dps: service and device API; hub: built-in IoT "
+            "hubs), operation (method and route template) and status",
+            ["api", "operation", "status"],
+            registry=registry,
+        )
+        self._request_seconds = Histogram(
+            "dpsd_http_request_duration_seconds",
+            "Time from an HTTP request's arrival to its answer, by API and operation",
+            ["api", "operation"],
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self._registrations = Counter(
+            "dpsd_registrations",
+            "Device registrations, by protocol, attestation and outcome (assigned, failed, "
+            "disabled, refused, error)",
+            ["protocol", "attestation", "outcome"],
+            registry=registry,
+        )
+        self._registration_seconds = Histogram(
+            "dpsd_registration_duration_seconds",
+            "Time from a register request to the end of its operation, by protocol and outcome",
+            ["protocol", "outcome"],
+            buckets=REGISTRATION_BUCKETS,
+            registry=registry,
+        )
+        self._connections = Gauge(
+            "dpsd_device_connections",
+            "Device connections open now, by protocol (TLS and WebSockets together)",
+            ["protocol"],
+            registry=registry,
+        )
+        self._store_errors = Counter(
+            "dpsd_store_errors", "Store statements that failed", registry=registry
+        )
+        for protocol in DEVICE_PROTOCOLS:
+            self._connections.labels(protocol)
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def request(self, api: str, operation: str, status: int, seconds: float) -> None:
+        """An HTTP request answered; ``operation``: its method and route template."""
+        key = (api, operation, status)
+        children = self._request_children.get(key)
+        if children is None:
+            children = (
+                self._requests.labels(api, operation, str(status)),
+                self._request_seconds.labels(api, operation),
+            )
+            self._request_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def registration(
+        self, protocol: str, attestation: str, outcome: str, seconds: float | None = None
+    ) -> None:
+        """A registration ended (or was refused: no ``seconds``)."""
+        self._registrations.labels(protocol, attestation, outcome).inc()
+        if seconds is not None:
+            self._registration_seconds.labels(protocol, outcome).observe(seconds)
+
+    def connection_opened(self, protocol: str) -> None:
+        self._connections.labels(protocol).inc()
+
+    def connection_closed(self, protocol: str) -> None:
+        self._connections.labels(protocol).dec()
+
+    def store_error(self) -> None:
+        self._store_errors.inc()
+
+
+def metrics_app(metrics: Metrics) -> AsgiApp:
+    """Serves ``GET /metrics`` in Prometheus's text format (OpenMetrics when asked for, gzip
+    when accepted); any other path is 404."""
+    exposition: AsgiApp = make_asgi_app(metrics.registry)
+
+    async def app(
+        scope: Scope,
+        receive: Callable[[], Awaitable[Message]],
+        send: Callable[[Message], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == METRICS_PATH and scope["method"] in ("GET", "HEAD"):
+            await exposition(scope, receive, send)
+            return
+        body = b"Not found: metrics are at /metrics\n"
+        headers = [(b"content-type", b"text/plain; charset=utf-8")]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": 404, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
