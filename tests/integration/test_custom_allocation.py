@@ -51,6 +51,10 @@ class Webhook:
             return 503, {"message": "down"}
         if path.startswith("/garbage"):
             return 200, b"<html>"
+        if path.startswith("/deep/"):  # /deep/{levels}: a payload of that many nested arrays
+            levels = int(path.rsplit("/", 1)[1])
+            nested = b"[" * levels + b"]" * levels
+            return 200, b'{"iotHubHostName": "hub-b.example", "payload": {"a": %s}}' % nested
         hub = "hub-b.example" if not path.startswith("/elsewhere") else "rogue.example"
         return 200, {
             "iotHubHostName": hub,
@@ -127,6 +131,8 @@ async def test_the_webhook_chooses_the_hub_and_the_payload(
         ("/broken", "Custom allocation failed with status code: 503"),
         ("/garbage", "something other than an allocation"),
         ("/elsewhere", "'rogue.example', which is not one of the linked hubs"),
+        ("/deep/64", "payload nests objects and arrays too deep: dpsd reads at most 64 levels"),
+        ("/deep/5000", "answer nests objects and arrays too deep: dpsd reads at most 64 levels"),
     ],
 )
 async def test_webhook_failures_fail_the_registration(
@@ -138,6 +144,9 @@ async def test_webhook_failures_fail_the_registration(
     assert result["status"] == "failed"
     assert result["registrationState"]["errorCode"] == 400210
     assert message in result["registrationState"]["errorMessage"]
+    state = await service_api.get("/registrations/dev-1")
+    assert state.status_code == 200
+    assert "payload" not in state.json()
 
 
 async def test_a_slow_webhook_never_blocks_register(

@@ -17,7 +17,9 @@ from datetime import datetime
 import msgspec
 
 from dpsd.domain.errors import DomainError
+from dpsd.domain.json_depth import JsonTooDeep
 from dpsd.domain.timestamps import format_timestamp
+from dpsd.json_decoding import decode_json
 from dpsd.service.device_events import DeviceProtocol
 from dpsd.service.device_registration import (
     Credential,
@@ -43,6 +45,7 @@ _ERRORS: dict[type[Exception], tuple[int, int]] = {
     DeviceUnauthorized: (401, UNAUTHORIZED),
     OperationNotFound: (404, 404205),
     UnsupportedAttestation: (400, 400004),
+    JsonTooDeep: (400, 400006),
     DomainError: (400, 400004),
     ServiceError: (400, 400004),
 }
@@ -166,7 +169,7 @@ class DeviceRequests:
         body = DeviceRegistrationWire()
         if payload.strip():
             try:
-                body = msgspec.json.decode(payload, type=DeviceRegistrationWire)
+                body = decode_json(payload, DeviceRegistrationWire)
             except msgspec.DecodeError as error:
                 raise DomainError(
                     f"The request body is not a device registration: {error}"

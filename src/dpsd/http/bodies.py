@@ -10,6 +10,7 @@ import msgspec
 from dpsd.domain.errors import ValidationError
 from dpsd.http.errors import PayloadTooLarge, UnsupportedMediaType, describe_decode_error
 from dpsd.http.exchange import HttpRequest
+from dpsd.json_decoding import decode_json as decode_within_limits
 
 MAX_BODY_BYTES = 96 * 1024
 _EMPTY_BODY = "The request needs a JSON body"
@@ -57,6 +58,6 @@ def too_large(limit: int) -> PayloadTooLarge:
 
 def decode_json(body: bytes | bytearray, model: type[T]) -> T:
     try:
-        return msgspec.json.decode(body, type=model)
+        return decode_within_limits(body, model)
     except msgspec.DecodeError as error:
         raise describe_decode_error(error) from error

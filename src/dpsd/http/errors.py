@@ -16,6 +16,7 @@ from dpsd.domain.errors import (
     InvalidToken,
     ValidationError,
 )
+from dpsd.domain.json_depth import JsonTooDeep
 from dpsd.service.device_registration import (
     DeviceUnauthorized,
     OperationNotFound,
@@ -88,6 +89,7 @@ ERROR_TABLE: dict[type[Exception], tuple[int, int]] = {
     InvalidHeader: (400, 400004),
     BadRequest: (400, 400004),
     MalformedBody: (400, 400006),
+    JsonTooDeep: (400, 400006),
     InvalidToken: (401, 401002),
     Unauthorized: (401, 401002),
     EnrollmentNotFound: (404, 404201),

@@ -14,6 +14,7 @@ import os
 from datetime import UTC, datetime
 
 from dpsd.domain.errors import DomainError, InvalidToken, ValidationError
+from dpsd.domain.json_depth import JsonTooDeep
 from dpsd.http.errors import (
     HttpError,
     InvalidApiVersion,
@@ -51,6 +52,7 @@ HUB_ERROR_TABLE: dict[type[Exception], tuple[int, str]] = {
     HubDeviceAlreadyExists: (409, "DeviceAlreadyExists"),
     MissingBody: (400, "ArgumentNull"),
     MalformedBody: (400, "IotHubFormatError"),
+    JsonTooDeep: (400, "IotHubFormatError"),
     UnsupportedMediaType: (400, "IotHubFormatError"),
     InvalidApiVersion: (400, "InvalidProtocolVersion"),
     InvalidHeader: (400, "ArgumentInvalid"),

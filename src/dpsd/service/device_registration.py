@@ -28,6 +28,7 @@ from dpsd.domain.etag import new_etag
 from dpsd.domain.hub import LinkedHub
 from dpsd.domain.hub_device import DeviceIdentity, TwinContent
 from dpsd.domain.ids import validate_registration_id
+from dpsd.domain.json_depth import MAX_JSON_DEPTH, JsonTooDeep, nests_deeper_than
 from dpsd.domain.query import ENROLLMENT_GROUP_QUERY_FIELDS, parse_query
 from dpsd.domain.registration import (
     AssignedDeviceSubstatus,
@@ -540,20 +541,19 @@ class DeviceRegistrationService:
             raise AllocationFailed("custom allocation needs a customAllocationDefinition")
         names = tuple(hub.host_name for hub in candidates)
         assigned = previous is not None and previous.status == RegistrationStatus.ASSIGNED
-        result = await self.allocator.allocate(
-            CustomAllocationRequest(
-                webhook_url=definition.webhook_url,
-                api_version=definition.api_version,
-                individual_enrollment=attested.enrollment,
-                enrollment_group=attested.group_record,
-                registration_id=operation.registration_id,
-                linked_hubs=names,
-                attestation_type=attested.attestation_type.value,
-                current_hub=previous.assigned_hub if assigned and previous else None,
-                current_device_id=previous.device_id if assigned and previous else None,
-                payload=payload,
-            )
+        request = CustomAllocationRequest(
+            webhook_url=definition.webhook_url,
+            api_version=definition.api_version,
+            individual_enrollment=attested.enrollment,
+            enrollment_group=attested.group_record,
+            registration_id=operation.registration_id,
+            linked_hubs=names,
+            attestation_type=attested.attestation_type.value,
+            current_hub=previous.assigned_hub if assigned and previous else None,
+            current_device_id=previous.device_id if assigned and previous else None,
+            payload=payload,
         )
+        result = await _readable_answer(self.allocator, request)
         if result.iot_hub_host_name.lower() not in {name.lower() for name in names}:
             raise AllocationFailed(
                 f"Custom allocation chose {result.iot_hub_host_name!r}, which is not one of "
@@ -655,3 +655,23 @@ def _substatus(
     if settings.reprovision_policy.migrate_device_data:
         return AssignedDeviceSubstatus.DEVICE_DATA_MIGRATED
     return AssignedDeviceSubstatus.DEVICE_DATA_RESET
+
+
+async def _readable_answer(
+    allocator: CustomAllocator, request: CustomAllocationRequest
+) -> CustomAllocationResult:
+    """The webhook's answer, refused when what it gives the device nests too deep to be
+    stored and read back (the registration state keeps the payload)."""
+    try:
+        result = await allocator.allocate(request)
+    except RecursionError:  # deeper than any decoder follows
+        raise _too_deep("answer") from None
+    for name, value in (("payload", result.payload), ("initialTwin", result.initial_twin)):
+        if nests_deeper_than(value, MAX_JSON_DEPTH):
+            raise _too_deep(name)
+    return result
+
+
+def _too_deep(part: str) -> AllocationFailed:
+    error = JsonTooDeep(f"The custom allocation webhook's {part}")
+    return AllocationFailed(error.message, CUSTOM_ALLOCATION_ERROR_CODE)
