@@ -4,17 +4,30 @@ own, and the others are served throughout. Real TLS sockets on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from dpsd.app import build_runtime
-from dpsd.mqtt.codec import ConnAck, Connect, ConnectReturnCode, PacketReader, encode
+from dpsd.mqtt.codec import (
+    ConnAck,
+    Connect,
+    ConnectReturnCode,
+    Packet,
+    PacketReader,
+    PubAck,
+    Publish,
+    SubAck,
+    Subscribe,
+    encode,
+)
 from dpsd.mqtt.server import MqttLimits, MqttServer
-from dpsd.settings import Settings
+from tests.conftest import ServiceApi
+from tests.integration.test_device_registration_api import KEY, device_token, enroll
 
 LIMITS = MqttLimits(connect_timeout=0.5, max_packet_size=4096, max_connections_per_address=3)
 
@@ -23,6 +36,7 @@ LIMITS = MqttLimits(connect_timeout=0.5, max_packet_size=4096, max_connections_p
 class Listener:
     port: int
     client_context: ssl.SSLContext
+    api: ServiceApi
 
     async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection(
@@ -31,19 +45,19 @@ class Listener:
 
 
 @pytest.fixture
-async def listener(tmp_path: Path) -> AsyncIterator[Listener]:
-    async with build_runtime(Settings(data_dir=tmp_path / "data")) as runtime:
-        handler = MqttServer(runtime.devices, 1, runtime.now, LIMITS)
-        server = await asyncio.start_server(
-            handler.handle, "127.0.0.1", 0, ssl=runtime.client_trust.context
-        )
-        context = ssl.create_default_context(cafile=str(runtime.tls.ca_certificate))
-        try:
-            yield Listener(server.sockets[0].getsockname()[1], context)
-        finally:
-            server.close()
-            handler.close_all()
-            await server.wait_closed()
+async def listener(service_api: ServiceApi) -> AsyncIterator[Listener]:
+    runtime = service_api.runtime
+    handler = MqttServer(runtime.devices, 1, runtime.now, LIMITS)
+    server = await asyncio.start_server(
+        handler.handle, "127.0.0.1", 0, ssl=runtime.client_trust.context
+    )
+    context = ssl.create_default_context(cafile=str(runtime.tls.ca_certificate))
+    try:
+        yield Listener(server.sockets[0].getsockname()[1], context, service_api)
+    finally:
+        server.close()
+        handler.close_all()
+        await server.wait_closed()
 
 
 async def closed_by_server(reader: asyncio.StreamReader) -> bool:
@@ -108,3 +122,93 @@ async def test_connections_per_address_are_limited(listener: Listener) -> None:
     writer.close()
     for _, open_writer in held:
         open_writer.close()
+
+
+def device_connect(api: ServiceApi, registration_id: str) -> Connect:
+    scope = api.runtime.id_scope
+    username = f"{scope}/registrations/{registration_id}/api-version=2019-03-31"
+    password = device_token(scope, registration_id, KEY).encode()
+    return Connect(registration_id, 60, True, username, password)
+
+
+async def packets_until(reader: asyncio.StreamReader, count: int) -> list[Packet]:
+    """The first ``count`` packets the server sends (fewer if it closes first)."""
+    packets = PacketReader(1 << 20)
+    received: list[Packet] = []
+    while len(received) < count:
+        data = await asyncio.wait_for(reader.read(65536), timeout=10)
+        if not data:
+            break
+        received += packets.feed(data)
+    return received
+
+
+REGISTER_TOPIC = "$dps/registrations/PUT/iotdps-register/?$rid=7"
+
+
+def pipelined_stream(api: ServiceApi) -> bytes:
+    """CONNECT, SUBSCRIBE and a register PUBLISH, as paho sends them when ``subscribe()`` and
+    ``publish()`` follow ``connect()`` at once."""
+    return b"".join(
+        [
+            encode(device_connect(api, "dev-1")),
+            encode(Subscribe(1, (("$dps/registrations/res/#", 1),))),
+            encode(Publish(REGISTER_TOPIC, b'{"registrationId": "dev-1"}', qos=1, packet_id=2)),
+        ]
+    )
+
+
+def assert_served(packets: list[Packet]) -> None:
+    connack, suback, puback, answer = packets
+    assert connack == ConnAck(False, ConnectReturnCode.ACCEPTED)
+    assert suback == SubAck(1, (1,))
+    assert puback == PubAck(2)
+    assert isinstance(answer, Publish)
+    assert answer.topic.startswith("$dps/registrations/res/202/?$rid=7")
+    assert json.loads(answer.payload)["status"] == "assigning"
+
+
+@pytest.mark.parametrize("write_size", [None, 1, 7])
+async def test_packets_pipelined_after_connect_are_served_in_order(
+    listener: Listener, write_size: int | None
+) -> None:
+    """One TLS write carrying CONNECT, SUBSCRIBE and PUBLISH, or the same bytes cut into
+    writes of any size: the same answers."""
+    await enroll(listener.api, "dev-1")
+    reader, writer = await listener.open()
+    stream = pipelined_stream(listener.api)
+    size = write_size or len(stream)
+    for start in range(0, len(stream), size):
+        writer.write(stream[start : start + size])
+        await writer.drain()
+    assert_served(await packets_until(reader, 4))
+    writer.close()
+
+
+async def test_a_connect_trickled_byte_by_byte_is_dropped_at_the_deadline(
+    listener: Listener,
+) -> None:
+    """The deadline holds for the whole CONNECT packet, not its first byte: a client that
+    sends one byte every 0.2 s (the packet would take some 20 s) is closed after 0.5 s."""
+    await enroll(listener.api, "dev-1")
+    reader, writer = await listener.open()
+    connect = encode(device_connect(listener.api, "dev-1"))
+    started = time.monotonic()
+
+    async def trickle() -> None:
+        with contextlib.suppress(OSError):
+            for byte in connect[:-1]:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.2)
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        answered = await asyncio.wait_for(reader.read(), timeout=5)
+    except (ConnectionError, ssl.SSLError):
+        answered = b""
+    finally:
+        trickling.cancel()
+    assert answered == b""
+    assert LIMITS.connect_timeout <= time.monotonic() - started < 5
+    writer.close()

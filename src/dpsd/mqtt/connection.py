@@ -5,11 +5,16 @@ register and poll requests, and gets each answer on ``$dps/registrations/res/...
 else closes the connection: a first packet other than CONNECT, a second CONNECT, a publish
 outside the DPS request topics, QoS 2, malformed bytes. A subscription to anything but the
 response topics is refused in the SUBACK.
+
+MQTT 3.1.1 lets a client send packets right after CONNECT without waiting for the CONNACK
+(paho subscribes at once): they wait, in order, until the application accepts the CONNECT,
+and are dropped if it refuses it.
 """
 
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, field
 
 from dpsd.mqtt.codec import (
@@ -76,6 +81,8 @@ class MqttConnection:
     keep_alive: int = 0
     _reader: PacketReader = field(init=False)
     _outbound: bytearray = field(default_factory=bytearray)
+    _waiting: deque[Packet] = field(default_factory=deque)
+    """Packets read but not handled yet: those after a CONNECT not answered yet."""
 
     def __post_init__(self) -> None:
         self._reader = PacketReader(self.max_packet_size)
@@ -84,17 +91,10 @@ class MqttConnection:
         if self.state == State.CLOSED:
             return []
         try:
-            packets = self._reader.feed(data)
+            self._waiting.extend(self._reader.feed(data))
         except MalformedPacket as error:
             return [self._close(f"malformed packet: {error}")]
-        events: list[Event] = []
-        for packet in packets:
-            event = self._handle(packet)
-            if event is not None:
-                events.append(event)
-            if self.closed:
-                break
-        return events
+        return self._handle_waiting()
 
     @property
     def closed(self) -> bool:
@@ -105,10 +105,13 @@ class MqttConnection:
         self._outbound.clear()
         return data
 
-    def accept(self) -> None:
-        if self.state == State.AWAITING_ACCEPTANCE:
-            self._send(ConnAck(False, ConnectReturnCode.ACCEPTED))
-            self.state = State.CONNECTED
+    def accept(self) -> list[Event]:
+        """Accept the CONNECT; the events of the packets that came after it."""
+        if self.state != State.AWAITING_ACCEPTANCE:
+            return []
+        self._send(ConnAck(False, ConnectReturnCode.ACCEPTED))
+        self.state = State.CONNECTED
+        return self._handle_waiting()
 
     def refuse(self, code: ConnectReturnCode) -> Closed:
         self._send(ConnAck(False, code))
@@ -122,13 +125,20 @@ class MqttConnection:
     def close(self, reason: str) -> Closed:
         return self._close(reason)
 
+    def _handle_waiting(self) -> list[Event]:
+        """Handle the packets waiting, in order, until the CONNECT awaits its answer."""
+        events: list[Event] = []
+        while self._waiting and self.state in (State.AWAITING_CONNECT, State.CONNECTED):
+            event = self._handle(self._waiting.popleft())
+            if event is not None:
+                events.append(event)
+        return events
+
     def _handle(self, packet: Packet) -> Event | None:
         if self.state == State.AWAITING_CONNECT:
             if not isinstance(packet, Connect):
                 return self._close(f"the first packet must be CONNECT, not {type(packet).__name__}")
             return self._on_connect(packet)
-        if self.state == State.AWAITING_ACCEPTANCE:
-            return self._close("a packet arrived before the CONNECT was answered")
         match packet:
             case Publish():
                 return self._on_publish(packet)
@@ -173,4 +183,5 @@ class MqttConnection:
 
     def _close(self, reason: str) -> Closed:
         self.state = State.CLOSED
+        self._waiting.clear()
         return Closed(reason)

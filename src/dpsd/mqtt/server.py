@@ -9,6 +9,7 @@ with AMQP; the protocol lives in ``dpsd.mqtt.connection`` and the meaning of req
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -115,12 +116,13 @@ class MqttDevice:
 
     async def receive(self, data: bytes) -> bytes:
         connection = self._connection
-        for event in connection.receive_data(data):
-            match event:
+        events = deque(connection.receive_data(data))
+        while events:
+            match events.popleft():
                 case ConnectRequested(connect=connect):
                     code = await self._session.connect(connect)
                     if code is None:
-                        connection.accept()
+                        events.extend(connection.accept())  # what was sent after CONNECT
                     else:
                         self.close_reason = connection.refuse(code).reason
                 case RequestReceived(request=request, payload=payload):

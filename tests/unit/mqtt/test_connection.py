@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -109,3 +111,74 @@ def test_garbage_after_connect_never_raises(garbage: bytes) -> None:
     events = connection.receive_data(garbage)
     assert all(isinstance(event, RequestReceived | Closed) for event in events)
     connection.data_to_send()
+
+
+SUBSCRIBE = Subscribe(2, (("$dps/registrations/res/#", 1),))
+
+
+def test_packets_pipelined_after_connect_wait_for_its_answer() -> None:
+    """MQTT 3.1.1 lets a client send packets right after CONNECT, without waiting for the
+    CONNACK: they are held until the CONNECT is accepted, then handled in order."""
+    connection = MqttConnection()
+    pipelined = encode(CONNECT) + encode(SUBSCRIBE) + encode(REGISTER) + encode(PingReq())
+    assert connection.receive_data(pipelined) == [ConnectRequested(CONNECT)]
+    assert sent(connection) == []
+    assert connection.accept() == [RequestReceived(RegisterRequest("1"), REGISTER.payload)]
+    assert sent(connection) == [
+        ConnAck(False, ConnectReturnCode.ACCEPTED),
+        SubAck(2, (1,)),
+        PubAck(5),
+        PingResp(),
+    ]
+
+
+def test_packets_pipelined_after_a_refused_connect_are_dropped() -> None:
+    connection = MqttConnection()
+    connection.receive_data(encode(CONNECT) + encode(SUBSCRIBE) + encode(REGISTER))
+    connection.refuse(ConnectReturnCode.NOT_AUTHORIZED)
+    assert sent(connection) == [ConnAck(False, ConnectReturnCode.NOT_AUTHORIZED)]
+    assert connection.receive_data(encode(PingReq())) == []
+    assert sent(connection) == []
+
+
+DEVICE_STREAM = b"".join(
+    encode(packet)
+    for packet in (
+        CONNECT,
+        SUBSCRIBE,
+        REGISTER,
+        Publish("$dps/registrations/GET/iotdps-get-operationstatus/?$rid=2&operationId=op", b""),
+        PingReq(),
+        Disconnect(),
+    )
+)
+
+
+def run(chunks: list[bytes]) -> tuple[list[object], bytes]:
+    """Feed ``chunks`` as a shell would, accepting the CONNECT: every event and every byte
+    the connection answers, in order."""
+    connection = MqttConnection()
+    events: list[object] = []
+    answered = b""
+    for chunk in chunks:
+        for event in connection.receive_data(chunk):
+            events.append(event)
+            if isinstance(event, ConnectRequested):
+                events += connection.accept()
+        answered += connection.data_to_send()
+    return events, answered
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(cuts=st.lists(st.integers(0, len(DEVICE_STREAM)), max_size=12))
+def test_any_split_of_a_stream_gives_the_same_result(cuts: list[int]) -> None:
+    bounds = [0, *sorted(cuts), len(DEVICE_STREAM)]
+    chunks = [DEVICE_STREAM[start:end] for start, end in itertools.pairwise(bounds)]
+    assert run(chunks) == run([DEVICE_STREAM])
+    events, _ = run([DEVICE_STREAM])
+    assert [type(event) for event in events] == [
+        ConnectRequested,
+        RequestReceived,
+        RequestReceived,
+        Closed,
+    ]
