@@ -242,6 +242,7 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         dps_app = ServiceApiApp(
             Router(routes),
             by_name,
+            settings.certificate_names,
             clock.now,
             websocket=websocket,
             access=AccessLog("dps", ERROR_CODE_HEADER, metrics),

@@ -308,6 +308,26 @@ async def test_authentication(service_api: ServiceApi) -> None:
         assert response.status_code == 404, token
 
 
+async def test_the_audience_must_be_a_name_of_this_dpsd(service_api: ServiceApi) -> None:
+    """Not whatever the request's own Host header says: a token for another service is
+    refused however the request is addressed, and one for any of dpsd's names (its host
+    name, certificate names and addresses) is accepted wherever it is sent."""
+    path = "/enrollments/dev-1" + API
+    owner = service_api.runtime.policies["provisioningserviceowner"]
+    for audience, host in [("other.example", "other.example"), ("evil.example", "localhost")]:
+        token = sas_token(audience, owner.name, owner.primary_key)
+        response = await service_api.client.get(
+            path, headers={"Authorization": token, "Host": host}
+        )
+        assert_dps_error(response, 401, 401002, "audience")
+    for audience, host in [("127.0.0.1", "localhost"), ("[::1]:8443", "other.example")]:
+        token = sas_token(audience, owner.name, owner.primary_key)
+        response = await service_api.client.get(
+            path, headers={"Authorization": token, "Host": host}
+        )
+        assert response.status_code == 404, (audience, host)
+
+
 async def test_rights_are_checked_per_operation(service_api: ServiceApi) -> None:
     await service_api.put("/enrollments/dev-1", symmetric("dev-1"))
     reader = service_api.auth("enrollmentread")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from urllib.parse import unquote_plus
 
@@ -56,14 +56,18 @@ class ServiceApiApp:
         self,
         router: Router,
         policies: Mapping[str, SharedAccessPolicy],
+        own_names: Iterable[str],
         now: Callable[[], datetime],
         websocket: ASGIApp | None = None,
         access: AccessLog | None = None,
     ) -> None:
-        """``websocket`` serves WebSocket upgrades on any path (MQTT and AMQP over
-        WebSockets, chosen by subprotocol); ``access`` logs and counts the requests."""
+        """``own_names``: the host names and addresses of this service, one of which a
+        token's audience must name; ``websocket`` serves WebSocket upgrades on any path
+        (MQTT and AMQP over WebSockets, chosen by subprotocol); ``access`` logs and counts
+        the requests."""
         self._router = router
-        self._authenticator = ServiceAuthenticator(policies)
+        names = (request_host(name) for name in own_names)
+        self._authenticator = ServiceAuthenticator(policies, names)
         self._now = now
         self._websocket = websocket
         self._access = access
@@ -112,9 +116,7 @@ class ServiceApiApp:
         _check_api_version(request.scope.get("query_string", b""))
         if route.right is not None:
             policy = self._authenticator.authenticate(
-                request.headers.get("authorization"),
-                now=int(self._now().timestamp()),
-                host=request_host(request.headers.get("host", "")),
+                request.headers.get("authorization"), now=int(self._now().timestamp())
             )
             require(policy, route.right(request) if callable(route.right) else route.right)
         return await route.handler(request, params)

@@ -4,7 +4,7 @@ and those of the IoT hubs dpsd serves itself (any policy with a name and two key
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Set
 from typing import Protocol, TypeVar
 
 from dpsd.domain.errors import InvalidToken
@@ -37,13 +37,13 @@ def authenticate(
     policies: Mapping[str, P] | Callable[[str], P | None],
     *,
     now: int,
-    host: str,
+    host: str | Set[str],
 ) -> P:
     """The policy whose key signed the token in ``header``, or Unauthorized.
 
     ``policies``: by name, or a function finding one by name. The signature is checked
-    over the token's ``sr`` exactly as sent; the audience, once decoded, must name the
-    host the request was sent to (scheme, port and path aside).
+    over the token's ``sr`` exactly as sent; the audience, once decoded, must name ``host``
+    (scheme, port and path aside), or one of the lower-case names in a set of them.
     """
     if not header:
         raise Unauthorized("The request needs an Authorization header with a SharedAccessSignature")
@@ -59,7 +59,8 @@ def authenticate(
         raise Unauthorized("The token's signature does not match the policy's keys")
     if token.expiry <= now:
         raise Unauthorized("The SharedAccessSignature token has expired")
-    if audience_host(token.audience) != host.lower():
+    hosts = {host.lower()} if isinstance(host, str) else host
+    if audience_host(token.audience) not in hosts:
         raise Unauthorized("The token's audience (sr) does not name this service's host")
     return policy
 
@@ -83,21 +84,29 @@ class ServiceAuthenticator:
     Clients send the same token for many requests (the SDKs sign one per request at most,
     with one-second expiries), and verifying it costs more than serving a read. Only
     tokens that verified are remembered, each until it expires.
+
+    A token's audience must be one of ``own_names`` (lower case): the names this service
+    answers to, whatever the request's own Host header says.
     """
 
-    def __init__(self, policies: Mapping[str, SharedAccessPolicy], capacity: int = 4096) -> None:
+    def __init__(
+        self,
+        policies: Mapping[str, SharedAccessPolicy],
+        own_names: Iterable[str],
+        capacity: int = 4096,
+    ) -> None:
         self._policies = policies
+        self._own_names = frozenset(own_names)
         self._capacity = capacity
-        self._verified: dict[tuple[str, str], tuple[SharedAccessPolicy, int]] = {}
+        self._verified: dict[str, tuple[SharedAccessPolicy, int]] = {}
 
-    def authenticate(self, header: str | None, *, now: int, host: str) -> SharedAccessPolicy:
-        key = (header or "", host.lower())
-        remembered = self._verified.get(key)
+    def authenticate(self, header: str | None, *, now: int) -> SharedAccessPolicy:
+        remembered = self._verified.get(header or "")
         if remembered is not None and remembered[1] > now:
             return remembered[0]
-        policy = authenticate(header, self._policies, now=now, host=host)
+        policy = authenticate(header, self._policies, now=now, host=self._own_names)
         if len(self._verified) >= self._capacity:
             self._verified.clear()
         assert header is not None
-        self._verified[key] = (policy, parse_token(header).expiry)
+        self._verified[header] = (policy, parse_token(header).expiry)
         return policy

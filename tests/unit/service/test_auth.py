@@ -10,7 +10,7 @@ from urllib.parse import quote
 import pytest
 
 from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
-from dpsd.service.auth import authenticate, require
+from dpsd.service.auth import ServiceAuthenticator, authenticate, require
 from dpsd.service.errors import Unauthorized
 
 NOW = 1_700_000_000
@@ -69,6 +69,26 @@ def test_audience_forms_naming_this_host(audience: str, encode: bool) -> None:
 
 def test_host_is_compared_case_insensitively() -> None:
     assert auth(token("mydps.example"), host="MyDps.Example") is OWNER
+
+
+def test_a_set_of_names_accepts_each_and_nothing_else() -> None:
+    names = {"localhost", "127.0.0.1", "::1", "dps.example"}
+    for audience in ("dps.example", "https://127.0.0.1:8443", "[::1]:8443", "LOCALHOST"):
+        assert authenticate(token(audience), POLICIES, now=NOW, host=names) is OWNER
+    for audience in ("other.example", "dps.example.evil", ""):
+        with pytest.raises(Unauthorized):
+            authenticate(token(audience), POLICIES, now=NOW, host=names)
+
+
+def test_the_service_authenticator_checks_its_own_names_once_per_token() -> None:
+    authenticator = ServiceAuthenticator(POLICIES, {"localhost", "dps.example"})
+    accepted = token("dps.example")
+    assert authenticator.authenticate(accepted, now=NOW) is OWNER
+    assert authenticator.authenticate(accepted, now=NOW) is OWNER  # remembered
+    with pytest.raises(Unauthorized, match="audience"):
+        authenticator.authenticate(token("other.example"), now=NOW)
+    with pytest.raises(Unauthorized, match="expired"):
+        authenticator.authenticate(accepted, now=NOW + 3600)
 
 
 def test_node_field_order() -> None:
