@@ -21,8 +21,9 @@ from dpsd.devices.listener import Admission, WebSocketDispatch
 from dpsd.domain.ids import format_id_scope
 from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
 from dpsd.http.access import AccessLog
-from dpsd.http.app import ERROR_CODE_HEADER, ServiceApiApp
+from dpsd.http.app import ServiceApiApp
 from dpsd.http.device_api import DeviceHandlers
+from dpsd.http.errors import ERROR_CODE_HEADER
 from dpsd.http.health import HealthProbes
 from dpsd.http.host_dispatch import HostDispatch, HubLookup
 from dpsd.http.hub_app import build_hub_app

@@ -18,7 +18,8 @@ from pathlib import Path
 import uvicorn
 
 from dpsd.app import Runtime
-from dpsd.client_tls import ClientCertificateProtocol, ClientCertificateWebSocketProtocol
+from dpsd.client_tls import ClientCertificateWebSocketProtocol
+from dpsd.http.server_protocol import BoundedHeadProtocol
 from dpsd.telemetry.metrics import METRICS_PATH, metrics_app
 from dpsd.tls import ensure_hub_certificates
 
@@ -239,7 +240,7 @@ def _listener(runtime: Runtime, *, tls: bool) -> _Server:
 
     config = uvicorn.Config(
         runtime.asgi_app,
-        http=ClientCertificateProtocol,
+        http=BoundedHeadProtocol,
         ws=ClientCertificateWebSocketProtocol,
         ssl_context_factory=client_certificate_context if tls else None,
         log_level="warning",

@@ -17,11 +17,13 @@ from urllib.parse import unquote_plus
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dpsd.domain.sas import SharedAccessPolicy
-from dpsd.domain.timestamps import format_timestamp
 from dpsd.http.access import UNMATCHED, AccessLog
 from dpsd.http.errors import (
+    ERROR_CODE_HEADER,
+    REQUEST_ID_HEADER,
     InvalidApiVersion,
     MethodNotAllowed,
+    error_details,
     message_of,
     status_and_code,
 )
@@ -29,12 +31,9 @@ from dpsd.http.exchange import HttpRequest, HttpResponse, json_response
 from dpsd.http.routing import Route, Router
 from dpsd.service.auth import ServiceAuthenticator, require
 from dpsd.telemetry.tracking import TRACKING_ID, new_tracking_id
-from dpsd.wire import ErrorDetailsWire
 
 logger = logging.getLogger("dpsd.http")
 
-REQUEST_ID_HEADER = b"x-ms-request-id"
-ERROR_CODE_HEADER = "x-ms-error-code"
 SERVICE_API_VERSIONS = frozenset(
     {
         "2017-11-15",
@@ -127,13 +126,7 @@ class ServiceApiApp:
         if status >= 500:
             logger.error("dpsd failed to answer a request", exc_info=error)
             message = "The service failed to handle the request; the tracking id identifies it"
-        body = ErrorDetailsWire(
-            error_code=code,
-            tracking_id=request_id,
-            message=message,
-            timestamp_utc=format_timestamp(self._now()),
-            info={},
-        )
+        body = error_details(code, message, request_id, self._now())
         headers = {ERROR_CODE_HEADER: str(code)}
         if isinstance(error, MethodNotAllowed):
             headers["allow"] = ", ".join(error.allowed)

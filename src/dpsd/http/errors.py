@@ -6,6 +6,9 @@ The codes follow the real service where it is known (docs/compatibility.md lists
 
 from __future__ import annotations
 
+from datetime import datetime
+from http import HTTPStatus
+
 import msgspec
 
 from dpsd.domain.errors import (
@@ -17,6 +20,7 @@ from dpsd.domain.errors import (
     ValidationError,
 )
 from dpsd.domain.json_depth import JsonTooDeep
+from dpsd.domain.timestamps import format_timestamp
 from dpsd.service.device_registration import (
     DeviceUnauthorized,
     OperationNotFound,
@@ -36,6 +40,10 @@ from dpsd.service.errors import (
     ServiceError,
     Unauthorized,
 )
+from dpsd.wire import ErrorDetailsWire
+
+ERROR_CODE_HEADER = "x-ms-error-code"
+REQUEST_ID_HEADER = b"x-ms-request-id"
 
 
 class HttpError(Exception):
@@ -76,6 +84,18 @@ class UnsupportedMediaType(HttpError):
     pass
 
 
+class MalformedRequest(HttpError):
+    """Bytes the HTTP server cannot read as an HTTP/1.1 request."""
+
+
+class RequestHeadTooLarge(HttpError):
+    pass
+
+
+class RequestHeadTimeout(HttpError):
+    pass
+
+
 ERROR_TABLE: dict[type[Exception], tuple[int, int]] = {
     DeviceUnauthorized: (401, 401002),
     UnsupportedAttestation: (400, 400004),
@@ -104,12 +124,16 @@ ERROR_TABLE: dict[type[Exception], tuple[int, int]] = {
     PreconditionFailed: (412, 412002),
     PayloadTooLarge: (413, 413001),
     UnsupportedMediaType: (415, 415001),
+    MalformedRequest: (400, 400004),
+    RequestHeadTimeout: (408, 408000),
+    RequestHeadTooLarge: (431, 431000),
     DomainError: (400, 400004),
     ServiceError: (400, 400004),
     HttpError: (400, 400004),
 }
 
 INTERNAL_ERROR = (500, 500000)
+_encoder = msgspec.json.Encoder()
 
 
 def status_and_code(error: Exception) -> tuple[int, int]:
@@ -121,6 +145,39 @@ def status_and_code(error: Exception) -> tuple[int, int]:
 
 def message_of(error: Exception) -> str:
     return getattr(error, "message", None) or "The service failed to handle the request"
+
+
+def error_details(code: int, message: str, tracking_id: str, now: datetime) -> ErrorDetailsWire:
+    """The DPS error body."""
+    return ErrorDetailsWire(
+        error_code=code,
+        tracking_id=tracking_id,
+        message=message,
+        timestamp_utc=format_timestamp(now),
+        info={},
+    )
+
+
+def closing_response(
+    error: HttpError, tracking_id: str, now: datetime, server_headers: list[tuple[bytes, bytes]]
+) -> bytes:
+    """A whole HTTP/1.1 response refusing a request before any application has seen it
+    (a head too large, too slow, or not HTTP), after which the connection closes: the DPS
+    error body and headers an application's error response has, and ``server_headers``
+    (the server's own, such as ``date``)."""
+    status, code = status_and_code(error)
+    body = _encoder.encode(error_details(code, error.message, tracking_id, now))
+    headers = [
+        *server_headers,
+        (b"content-type", b"application/json; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        (ERROR_CODE_HEADER.encode(), str(code).encode()),
+        (REQUEST_ID_HEADER, tracking_id.encode()),
+        (b"connection", b"close"),
+    ]
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}".encode()]
+    lines += [name + b": " + value for name, value in headers]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 def describe_decode_error(error: msgspec.DecodeError) -> MalformedBody:
