@@ -14,6 +14,7 @@ import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from dpsd.amqp.server import AmqpServer
 from dpsd.devices.listener import Admission, ConnectionLimits
 from dpsd.domain.device_auth import derive_device_key
 from dpsd.mqtt.server import MqttServer
+from dpsd.service.device_registration import DeviceRegistrationService
 from tests.amqp_peer import POLL, REGISTER, ProtonPeer, exchange
 from tests.certs import Issued, issue
 from tests.conftest import ServiceApi, sas_token
@@ -85,8 +87,25 @@ async def amqp(service_api: ServiceApi, tmp_path: Path) -> AsyncIterator[Endpoin
     }
     assert (await service_api.put("/enrollmentGroups/fleet", group)).status_code == 200
     admission = Admission(ConnectionLimits(max_connections_per_address=PER_ADDRESS))
-    amqp = AmqpServer(runtime.devices, 1, runtime.now, admission, handshake_timeout=0.5)
-    mqtt = MqttServer(runtime.devices, 1, runtime.now, admission=admission)
+    async with device_listeners(
+        service_api, runtime.devices, tmp_path, admission, handshake_timeout=0.5
+    ) as endpoint:
+        yield endpoint
+
+
+@asynccontextmanager
+async def device_listeners(
+    api: ServiceApi,
+    devices: DeviceRegistrationService,
+    folder: Path,
+    admission: Admission | None = None,
+    handshake_timeout: float = 10.0,
+) -> AsyncIterator[Endpoint]:
+    """AMQP and MQTT over TLS on 127.0.0.1:0 for ``devices`` (one admission count)."""
+    runtime = api.runtime
+    admission = admission or Admission()
+    amqp = AmqpServer(devices, 1, runtime.now, admission, handshake_timeout=handshake_timeout)
+    mqtt = MqttServer(devices, 1, runtime.now, admission=admission)
     context = runtime.client_trust.context
     servers = [
         await asyncio.start_server(handle, "127.0.0.1", 0, ssl=context)
@@ -94,7 +113,7 @@ async def amqp(service_api: ServiceApi, tmp_path: Path) -> AsyncIterator[Endpoin
     ]
     ports = [server.sockets[0].getsockname()[1] for server in servers]
     try:
-        yield Endpoint(service_api, ports[0], ports[1], tmp_path)
+        yield Endpoint(api, ports[0], ports[1], folder)
     finally:
         for server in servers:
             server.close()

@@ -123,7 +123,14 @@ class AmqpDeviceSession:
         if refusal is None:
             self._connection.accept_open()
         else:
-            self._connection.refuse_open(_error(refusal, UNAUTHORIZED))
+            self._connection.refuse_open(self._refusal(refusal))
+
+    def _refusal(self, answer: Answer) -> AmqpError:
+        """Why OPEN is refused: unauthorized, unless the service could not decide (its
+        store cannot serve now), when the device is told to retry."""
+        if answer.status < 500:
+            return _error(answer, UNAUTHORIZED)
+        return _error(answer, _SERVER_ERROR, answer.retry_after or self._retry_after)
 
     async def _attest(self) -> Answer | None:
         """The device, by its SAS token (SASL) or else its TLS client certificate; None
@@ -184,7 +191,8 @@ class AmqpDeviceSession:
             )
             self._connection.respond(delivery, response)
             return
-        retry_after = self._retry_after if answer.status == 429 or answer.status >= 500 else None
+        retry = answer.status == 429 or answer.status >= 500
+        retry_after = (answer.retry_after or self._retry_after) if retry else None
         condition = _CONDITIONS.get(answer.status, _SERVER_ERROR)
         self._connection.reject(delivery, _error(answer, condition, retry_after))
 

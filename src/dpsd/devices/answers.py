@@ -28,7 +28,7 @@ from dpsd.service.device_registration import (
     OperationNotFound,
     UnsupportedAttestation,
 )
-from dpsd.service.errors import ServiceError
+from dpsd.service.errors import ServiceError, StorageUnavailable
 from dpsd.telemetry.tracking import current_tracking_id, tracking
 from dpsd.wire import (
     DeviceRegistrationResultWire,
@@ -46,6 +46,7 @@ _ERRORS: dict[type[Exception], tuple[int, int]] = {
     OperationNotFound: (404, 404205),
     UnsupportedAttestation: (400, 400004),
     JsonTooDeep: (400, 400006),
+    StorageUnavailable: (503, 503000),
     DomainError: (400, 400004),
     ServiceError: (400, 400004),
 }
@@ -134,9 +135,10 @@ class DeviceRequests:
 
     def error(self, error: Exception) -> Answer:
         """The DPS error body of ``error``, under the tracking id of the request being
-        served; failures of dpsd itself are 500 without detail."""
+        served; failures of dpsd itself are 500 without detail, and a store that cannot
+        serve now is 503 with when to retry."""
         status, code = _status_and_code(error)
-        message = getattr(error, "message", None) if status < 500 else None
+        message = None if _unexpected(error, status) else getattr(error, "message", None)
         body = ErrorDetailsWire(
             error_code=code,
             tracking_id=current_tracking_id(),
@@ -144,7 +146,8 @@ class DeviceRequests:
             timestamp_utc=format_timestamp(self._now()),
             info={},
         )
-        return Answer(status, _encoder.encode(body))
+        retry_after = error.retry_after if isinstance(error, StorageUnavailable) else None
+        return Answer(status, _encoder.encode(body), retry_after)
 
     def _failed(self, request: str, device: ConnectedDevice, error: Exception) -> Answer:
         status, code = _status_and_code(error)
@@ -157,7 +160,7 @@ class DeviceRequests:
             "error_code": code,
             "reason": getattr(error, "message", None),
         }
-        if status >= 500:
+        if _unexpected(error, status):
             template = "%(protocol)s %(request)s of device %(registration_id)s failed"
             logger.error(template, facts, exc_info=error)
         else:
@@ -213,3 +216,9 @@ class DeviceRequests:
 def _status_and_code(error: Exception) -> tuple[int, int]:
     """The HTTP status and DPS error code of ``error``; 500 for failures of dpsd itself."""
     return next((_ERRORS[cls] for cls in type(error).__mro__ if cls in _ERRORS), (500, 500000))
+
+
+def _unexpected(error: Exception, status: int) -> bool:
+    """A failure of dpsd itself (logged with its traceback, its cause kept from the device),
+    as opposed to a store that cannot serve now (logged where its fault is found)."""
+    return status >= 500 and not isinstance(error, StorageUnavailable)

@@ -22,10 +22,11 @@ from dpsd.http.errors import (
     ERROR_CODE_HEADER,
     REQUEST_ID_HEADER,
     InvalidApiVersion,
-    MethodNotAllowed,
+    advice_headers,
     error_details,
     message_of,
     status_and_code,
+    unexpected,
 )
 from dpsd.http.exchange import HttpRequest, HttpResponse, json_response
 from dpsd.http.routing import Route, Router
@@ -123,13 +124,11 @@ class ServiceApiApp:
     def _error_response(self, error: Exception, request_id: str) -> HttpResponse:
         status, code = status_and_code(error)
         message = message_of(error)
-        if status >= 500:
+        if unexpected(error, status):
             logger.error("dpsd failed to answer a request", exc_info=error)
             message = "The service failed to handle the request; the tracking id identifies it"
         body = error_details(code, message, request_id, self._now())
-        headers = {ERROR_CODE_HEADER: str(code)}
-        if isinstance(error, MethodNotAllowed):
-            headers["allow"] = ", ".join(error.allowed)
+        headers = {ERROR_CODE_HEADER: str(code), **advice_headers(error)}
         return json_response(body, status, headers)
 
 

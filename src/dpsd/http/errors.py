@@ -38,6 +38,7 @@ from dpsd.service.errors import (
     PreconditionFailed,
     RegistrationStateNotFound,
     ServiceError,
+    StorageUnavailable,
     Unauthorized,
 )
 from dpsd.wire import ErrorDetailsWire
@@ -127,6 +128,7 @@ ERROR_TABLE: dict[type[Exception], tuple[int, int]] = {
     MalformedRequest: (400, 400004),
     RequestHeadTimeout: (408, 408000),
     RequestHeadTooLarge: (431, 431000),
+    StorageUnavailable: (503, 503000),
     DomainError: (400, 400004),
     ServiceError: (400, 400004),
     HttpError: (400, 400004),
@@ -141,6 +143,23 @@ def status_and_code(error: Exception) -> tuple[int, int]:
         if cls in ERROR_TABLE:
             return ERROR_TABLE[cls]
     return INTERNAL_ERROR
+
+
+def unexpected(error: Exception, status: int) -> bool:
+    """Whether ``error`` is a failure of dpsd itself: logged with its traceback, its cause
+    kept from the client. A store that cannot serve now is not one (its fault is logged
+    where it is found, and the client is told to retry)."""
+    return status >= 500 and not isinstance(error, StorageUnavailable)
+
+
+def advice_headers(error: Exception) -> dict[str, str]:
+    """What an error's answer tells the client besides its code: the methods a path
+    allows, when to try again."""
+    if isinstance(error, MethodNotAllowed):
+        return {"allow": ", ".join(error.allowed)}
+    if isinstance(error, StorageUnavailable):
+        return {"retry-after": str(error.retry_after)}
+    return {}
 
 
 def message_of(error: Exception) -> str:

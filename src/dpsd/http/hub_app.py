@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dpsd.domain.hub import HUB_RIGHT_NAMES, HubAccessRights, LinkedHub
 from dpsd.http.access import UNMATCHED, AccessLog
 from dpsd.http.app import request_host
+from dpsd.http.errors import unexpected
 from dpsd.http.exchange import HttpRequest, HttpResponse
 from dpsd.http.hub_api import HUB_PARAM, HubHandlers
 from dpsd.http.hub_errors import error_response, new_tracking_id
@@ -99,7 +100,7 @@ class HubApiApp:
 
     def _error_response(self, error: Exception, tracking_id: str) -> HttpResponse:
         response = error_response(error, tracking_id, self._now())
-        if response.status >= 500:
+        if unexpected(error, response.status):
             logger.error("dpsd failed to answer an IoT hub request", exc_info=error)
         return response
 

@@ -24,6 +24,8 @@ from dpsd.http.errors import (
     PayloadTooLarge,
     RouteNotFound,
     UnsupportedMediaType,
+    advice_headers,
+    unexpected,
 )
 from dpsd.http.exchange import HttpResponse, json_response
 from dpsd.hub_wire import HubErrorWire
@@ -33,6 +35,7 @@ from dpsd.service.errors import (
     NotFound,
     PreconditionFailed,
     ServiceError,
+    StorageUnavailable,
     Unauthorized,
 )
 from dpsd.service.hub_registry import HubDeviceAlreadyExists, HubDeviceNotFound, HubNotServed
@@ -66,6 +69,7 @@ HUB_ERROR_TABLE: dict[type[Exception], tuple[int, str]] = {
     AlreadyExists: (409, "DeviceAlreadyExists"),
     PreconditionFailed: (412, "PreconditionFailed"),
     PayloadTooLarge: (413, "MessageTooLarge"),
+    StorageUnavailable: (503, "ServiceUnavailable"),
     DomainError: (400, "ArgumentInvalid"),
     ServiceError: (400, "ArgumentInvalid"),
     HttpError: (400, "ArgumentInvalid"),
@@ -94,12 +98,10 @@ def error_body(name: str, text: str, tracking_id: str, now: datetime) -> HubErro
 
 
 def error_response(error: Exception, tracking_id: str, now: datetime) -> HttpResponse:
-    """The response for ``error``; a server error says nothing of its cause."""
+    """The response for ``error``; a failure of dpsd itself says nothing of its cause."""
     status, name = status_and_name(error)
-    text = SERVER_ERROR_TEXT if status >= 500 else _text_of(error, name)
-    headers = {ERROR_CODE_HEADER: name}
-    if isinstance(error, MethodNotAllowed):
-        headers["allow"] = ", ".join(error.allowed)
+    text = SERVER_ERROR_TEXT if unexpected(error, status) else _text_of(error, name)
+    headers = {ERROR_CODE_HEADER: name, **advice_headers(error)}
     return json_response(error_body(name, text, tracking_id, now), status, headers)
 
 

@@ -52,6 +52,8 @@ class DeviceSession:
             return None
         if refused.status == 401:
             return ConnectReturnCode.NOT_AUTHORIZED
+        if refused.status >= 500:  # the store cannot serve now: the device may try again
+            return ConnectReturnCode.SERVER_UNAVAILABLE
         return ConnectReturnCode.BAD_USERNAME_OR_PASSWORD
 
     async def request(self, request: DeviceRequest, payload: bytes) -> Answer:

@@ -7,10 +7,14 @@ ServiceError
 ├── EnrollmentAlreadyExists  create without If-Match on an existing record
 ├── PreconditionFailed       If-Match does not name the current etag
 ├── StillReferenced          a delete of something records still name
-└── BadRequest               a request the service cannot act on (bad paging token, ...)
+├── BadRequest               a request the service cannot act on (bad paging token, ...)
+└── StorageUnavailable       the store cannot serve now (full disk, lock, lost connection):
+                             the request may be retried; raised by the storage adapters
 """
 
 from __future__ import annotations
+
+import enum
 
 
 class ServiceError(Exception):
@@ -91,3 +95,29 @@ class BadRequest(ServiceError):
 
 class StillReferenced(ServiceError):
     """A CA certificate or an IoT hub that records still name, refused a delete."""
+
+
+class StorageFault(enum.StrEnum):
+    """Why the store cannot serve, in the words of the log line that reports it."""
+
+    FULL_DISK = "full disk"
+    READ_ONLY = "read-only database"
+    LOCK_TIMEOUT = "lock timeout"
+    CONNECTION_LOST = "lost database connection"
+    IO_ERROR = "disk I/O error"
+    OUT_OF_RESOURCES = "database out of resources"
+
+
+class StorageUnavailable(ServiceError):
+    """The store could not run a statement, for a reason that may pass (or that an operator
+    can fix): the request may be retried, after ``retry_after`` seconds. ``detail`` is the
+    database's own words, for the log; the message names only the fault."""
+
+    retry_after = 5
+
+    def __init__(self, fault: StorageFault, detail: str) -> None:
+        super().__init__(
+            f"dpsd's store is unavailable ({fault}); retry after {self.retry_after} seconds"
+        )
+        self.fault = fault
+        self.detail = detail

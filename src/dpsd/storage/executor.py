@@ -5,31 +5,50 @@ SQLite is a file in this process: a point read or a single-statement write takes
 microseconds, far less than handing it to a worker thread and back (aiosqlite costs several
 such hand-offs per statement). So SQLite statements run inline, on one connection, in
 autocommit mode: each statement is its own transaction, which is all the repositories need
-(every write is one statement). The cost: while another process holds SQLite's write lock,
-the server waits for it (at most ``SQLITE_BUSY_TIMEOUT`` seconds).
+(every write is one statement).
+
+While another process holds SQLite's write lock, SQLite itself would wait in the statement,
+and so block the event loop: every request, MQTT's and AMQP's too. So the connection does
+not wait (a busy timeout of 0): a statement that meets the lock is tried again after pauses
+that leave the loop to other requests, for up to ``SQLITE_LOCK_TIMEOUT`` seconds. A statement
+that meets no lock costs what it did.
+
+Faults of the store (dpsd.storage.faults) become StorageUnavailable, which every edge
+answers as a retryable 503: a full disk, a read-only database, a lock held too long, a
+connection to PostgreSQL lost. A PostgreSQL statement whose connection broke before its
+commit is run once more on another connection first (nothing of it was committed); one
+that broke during its commit is not (it may have been).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, NoReturn, Protocol, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import CursorResult, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import ClauseElement
 
+from dpsd.service.errors import StorageFault
 from dpsd.storage.engine import tune_sqlite
+from dpsd.storage.faults import connection_lost, postgres_fault, sqlite_fault, unavailable
 
-SQLITE_BUSY_TIMEOUT = 5
+SQLITE_LOCK_TIMEOUT = 5.0
+_FIRST_PAUSE = 0.001
+_LONGEST_PAUSE = 0.05
 _NAMED_SQLITE = sqlite_dialect(paramstyle="named")
+_SQLITE_ERRORS = (sqlite3.DatabaseError, DBAPIError)
+_POSTGRES_ERRORS = (DBAPIError, OSError)
 Params = Mapping[str, Any] | None
+T = TypeVar("T")
 
 
 class DuplicateKey(Exception):
@@ -83,53 +102,123 @@ class AsyncEngineExecutor:
         return Prepared(statement)
 
     async def scalar(self, statement: Prepared | sa.Executable, params: Params = None) -> Any:
-        async with self._engine.connect() as connection:
-            return (await connection.execute(_statement(statement), params)).scalar_one_or_none()
+        return await self._run(self._read, statement, params, _scalar_of)
 
     async def scalars(
         self, statement: Prepared | sa.Executable, params: Params = None
     ) -> list[Any]:
-        async with self._engine.connect() as connection:
-            result = await connection.execute(_statement(statement), params)
-            return list(result.scalars().all())
+        return await self._run(self._read, statement, params, _scalars_of)
 
     async def write(self, statement: Prepared | sa.Executable, params: Params = None) -> int:
-        try:
-            async with self._engine.begin() as connection:
-                result = await connection.execute(_statement(statement), params)
-        except IntegrityError as error:
-            raise DuplicateKey(str(error.orig)) from error
-        return int(result.rowcount)
+        return await self._run(self._write, statement, params, _rowcount_of)
 
     async def write_returning(
         self, statement: Prepared | sa.Executable, params: Params = None
     ) -> Any:
-        try:
-            async with self._engine.begin() as connection:
-                result = await connection.execute(_statement(statement), params)
-                row = result.first()
-        except IntegrityError as error:
-            raise DuplicateKey(str(error.orig)) from error
-        return None if row is None else row[0]
+        return await self._run(self._write, statement, params, _first_value_of)
 
     async def close(self) -> None:
         """The engine belongs to whoever made it."""
 
+    async def _run(
+        self,
+        attempt: Callable[[Prepared | sa.Executable, Params, Callable[[Any], T]], Awaitable[T]],
+        statement: Prepared | sa.Executable,
+        params: Params,
+        read: Callable[[Any], T],
+    ) -> T:
+        """``attempt``, and once more when its connection broke before any commit."""
+        try:
+            return await attempt(statement, params, read)
+        except _BeforeCommit as failed:
+            if not connection_lost(failed.error):
+                _raise_for(failed.error, postgres_fault)
+        except _POSTGRES_ERRORS as error:  # during the commit: it may have been made
+            _raise_for(error, postgres_fault)
+        try:
+            return await attempt(statement, params, read)
+        except _BeforeCommit as failed:
+            _raise_for(failed.error, postgres_fault)
+        except _POSTGRES_ERRORS as error:
+            _raise_for(error, postgres_fault)
+
+    async def _read(
+        self, statement: Prepared | sa.Executable, params: Params, read: Callable[[Any], T]
+    ) -> T:
+        try:
+            async with self._engine.connect() as connection:
+                return read(await connection.execute(_statement(statement), params))
+        except _POSTGRES_ERRORS as error:  # a read commits nothing: always safe to repeat
+            raise _BeforeCommit(error) from error
+
+    async def _write(
+        self, statement: Prepared | sa.Executable, params: Params, read: Callable[[Any], T]
+    ) -> T:
+        committing = False
+        try:
+            async with self._engine.connect() as connection:
+                try:
+                    value = read(await connection.execute(_statement(statement), params))
+                except IntegrityError as error:
+                    raise DuplicateKey(str(error.orig)) from error
+                committing = True
+                await connection.commit()
+                return value
+        except _POSTGRES_ERRORS as error:
+            if committing:
+                raise  # it may have been committed: not safe to repeat
+            raise _BeforeCommit(error) from error
+
+
+class _BeforeCommit(Exception):
+    """A statement failed before its transaction committed (or had anything to commit)."""
+
+    def __init__(self, error: DBAPIError | OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _raise_for(
+    error: BaseException, classify: Callable[[BaseException], StorageFault | None]
+) -> NoReturn:
+    """StorageUnavailable for a fault of the store; ``error`` itself for anything else (a
+    bug, answered as one)."""
+    fault = classify(error)
+    if fault is None:
+        raise error
+    raise unavailable(fault, error) from error
+
+
+def _scalar_of(result: CursorResult[Any]) -> Any:
+    return result.scalar_one_or_none()
+
+
+def _scalars_of(result: CursorResult[Any]) -> list[Any]:
+    return list(result.scalars().all())
+
+
+def _rowcount_of(result: CursorResult[Any]) -> int:
+    return int(result.rowcount)
+
+
+def _first_value_of(result: CursorResult[Any]) -> Any:
+    row = result.first()
+    return None if row is None else row[0]
+
 
 class InlineSqliteExecutor:
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, lock_timeout: float = SQLITE_LOCK_TIMEOUT) -> None:
         url = make_url(database_url).set(drivername="sqlite+pysqlite")
         engine = sa.create_engine(
-            url,
-            poolclass=StaticPool,
-            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT},
+            url, poolclass=StaticPool, connect_args={"check_same_thread": False, "timeout": 0}
         )
-        event.listen(engine, "connect", lambda c, _r: tune_sqlite(c, SQLITE_BUSY_TIMEOUT))
+        event.listen(engine, "connect", lambda c, _r: tune_sqlite(c, 0))
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._connection = self._engine.connect()
         raw = self._connection.connection.driver_connection
         assert isinstance(raw, sqlite3.Connection)
         self._raw = raw
+        self._lock_timeout = lock_timeout
         self.dialect = "sqlite"
 
     def prepare(self, statement: sa.Executable, columns: Sequence[str] = ()) -> Prepared:
@@ -139,19 +228,49 @@ class InlineSqliteExecutor:
         return Prepared(statement, str(compiled))
 
     async def scalar(self, statement: Prepared | sa.Executable, params: Params = None) -> Any:
+        try:
+            return self._scalar(statement, params)
+        except _SQLITE_ERRORS as error:
+            return await self._retry_while_locked(error, self._scalar, statement, params)
+
+    async def scalars(
+        self, statement: Prepared | sa.Executable, params: Params = None
+    ) -> list[Any]:
+        try:
+            return self._scalars(statement, params)
+        except _SQLITE_ERRORS as error:
+            return await self._retry_while_locked(error, self._scalars, statement, params)
+
+    async def write(self, statement: Prepared | sa.Executable, params: Params = None) -> int:
+        try:
+            return self._write(statement, params)
+        except _SQLITE_ERRORS as error:
+            return await self._retry_while_locked(error, self._write, statement, params)
+
+    async def write_returning(
+        self, statement: Prepared | sa.Executable, params: Params = None
+    ) -> Any:
+        try:
+            return self._write_returning(statement, params)
+        except _SQLITE_ERRORS as error:
+            return await self._retry_while_locked(error, self._write_returning, statement, params)
+
+    async def close(self) -> None:
+        self._connection.close()
+        self._engine.dispose()
+
+    def _scalar(self, statement: Prepared | sa.Executable, params: Params) -> Any:
         if isinstance(statement, Prepared) and statement.sql is not None:
             row = self._raw.execute(statement.sql, dict(params or {})).fetchone()
             return None if row is None else row[0]
         return self._connection.execute(_statement(statement), params).scalar_one_or_none()
 
-    async def scalars(
-        self, statement: Prepared | sa.Executable, params: Params = None
-    ) -> list[Any]:
+    def _scalars(self, statement: Prepared | sa.Executable, params: Params) -> list[Any]:
         if isinstance(statement, Prepared) and statement.sql is not None:
             return [row[0] for row in self._raw.execute(statement.sql, dict(params or {}))]
         return list(self._connection.execute(_statement(statement), params).scalars().all())
 
-    async def write(self, statement: Prepared | sa.Executable, params: Params = None) -> int:
+    def _write(self, statement: Prepared | sa.Executable, params: Params) -> int:
         try:
             if isinstance(statement, Prepared) and statement.sql is not None:
                 return self._raw.execute(statement.sql, dict(params or {})).rowcount
@@ -159,9 +278,7 @@ class InlineSqliteExecutor:
         except (sqlite3.IntegrityError, IntegrityError) as error:
             raise DuplicateKey(str(error)) from error
 
-    async def write_returning(
-        self, statement: Prepared | sa.Executable, params: Params = None
-    ) -> Any:
+    def _write_returning(self, statement: Prepared | sa.Executable, params: Params) -> Any:
         try:
             if isinstance(statement, Prepared) and statement.sql is not None:
                 # fetchall: the statement (and so its transaction) ends with its last row.
@@ -172,9 +289,28 @@ class InlineSqliteExecutor:
             raise DuplicateKey(str(error)) from error
         return rows[0][0] if rows else None
 
-    async def close(self) -> None:
-        self._connection.close()
-        self._engine.dispose()
+    async def _retry_while_locked(
+        self,
+        error: Exception,
+        run: Callable[[Prepared | sa.Executable, Params], T],
+        statement: Prepared | sa.Executable,
+        params: Params,
+    ) -> T:
+        """``run`` again while another connection holds the lock it met (each statement is
+        its own transaction: one that met the lock changed nothing), pausing in between so
+        that the event loop serves other requests, until the lock timeout; any other fault
+        of the store as StorageUnavailable."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._lock_timeout
+        pause = _FIRST_PAUSE
+        while sqlite_fault(error) is StorageFault.LOCK_TIMEOUT and loop.time() < deadline:
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, _LONGEST_PAUSE)
+            try:
+                return run(statement, params)
+            except _SQLITE_ERRORS as again:
+                error = again
+        _raise_for(error, sqlite_fault)
 
 
 def create_executor(database_url: str, engine: AsyncEngine) -> Executor:
