@@ -105,6 +105,7 @@ class AmqpConnection:
         self._links: Links | None = None
         self._buffer = bytearray()
         self._outbound = bytearray()
+        self._deadline: float | None = None
 
     @property
     def closed(self) -> bool:
@@ -129,14 +130,20 @@ class AmqpConnection:
 
     def tick(self, now: float) -> float | None:
         """Heartbeats and the idle timeout at ``now`` (seconds, any monotonic clock); the
-        time of the next tick, or None."""
+        time of the next tick, or None.
+
+        Before the deadline proton named last, nothing is due: bytes read or written since
+        only move its deadlines later (the client's idle timeout, which brings heartbeats,
+        is known once its OPEN is accepted, and the deadline is computed anew then)."""
         if self._engine is None or self.closed:
             return None
-        deadline = self._engine.tick(now)
+        if self._deadline is not None and now < self._deadline:
+            return self._deadline
+        self._deadline = self._engine.tick(now) or None
         self._handle_engine(self._engine.events(), [])
         if self._engine.finished:
             self.state = State.CLOSED
-        return deadline or None
+        return self._deadline
 
     def close(self, error: AmqpError | None = None) -> Closed:
         if self._engine is not None and not self.closed:
@@ -172,6 +179,7 @@ class AmqpConnection:
             return
         self._engine.open()
         self.state = State.OPEN
+        self._deadline = None  # the client's idle timeout is known now
         self._links.open()
 
     def refuse_open(self, error: AmqpError) -> Closed:

@@ -11,6 +11,7 @@ segments, then a SAS token signed with the key inside it). Only ``PLAIN`` is off
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -110,7 +111,7 @@ class SaslExchange:
 
     def start(self) -> bytes:
         """The SASL header and the mechanisms offered."""
-        return SASL_HEADER + encode_frame(SaslMechanisms(tuple(self._mechanisms)))
+        return _opening(tuple(self._mechanisms))
 
     def receive(self, frame: SaslFrame) -> tuple[SaslEvidence | None, bytes]:
         """The evidence to judge, if any, and the bytes to send."""
@@ -125,11 +126,11 @@ class SaslExchange:
 
     def accept(self) -> bytes:
         self.state = SaslState.SUCCEEDED
-        return encode_frame(SaslOutcome(SaslCode.OK))
+        return _OUTCOME_OK
 
     def refuse(self) -> bytes:
         self.state = SaslState.FAILED
-        return encode_frame(SaslOutcome(SaslCode.AUTH))
+        return _OUTCOME_AUTH
 
     def challenge(self, data: bytes) -> bytes:
         """A challenge (≤ 512 bytes in all, as the C SDK requires); the client's response
@@ -150,3 +151,13 @@ class SaslExchange:
                 assert self._mechanism is not None
                 return self._mechanism.step(frame.response)
         raise SaslFailed(f"{type(frame).__name__} is out of turn ({self.state.value})")
+
+
+# The frames every connection sends the same, encoded once.
+_OUTCOME_OK = encode_frame(SaslOutcome(SaslCode.OK))
+_OUTCOME_AUTH = encode_frame(SaslOutcome(SaslCode.AUTH))
+
+
+@functools.cache
+def _opening(mechanisms: tuple[str, ...]) -> bytes:
+    return SASL_HEADER + encode_frame(SaslMechanisms(mechanisms))
