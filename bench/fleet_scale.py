@@ -5,8 +5,8 @@
 Writes a fleet file of --count symmetric-key individual enrollments with their keys (what
 ``dpsd export`` writes), then:
 
-1. starts ``dpsd serve`` on a fresh data dir (SQLite, HTTPS on 127.0.0.1, port 0, MQTT off),
-   imports the first --small records with ``dpsd import`` and measures latency;
+1. starts ``dpsd serve`` on a fresh data dir (SQLite, HTTPS on 127.0.0.1, port 0, MQTT and
+   AMQP off), imports the first --small records with ``dpsd import`` and measures latency;
 2. starts another fresh ``dpsd serve``, imports all --count records with ``dpsd import``
    (timed: the headline figure), measures latency the same way, then times ``dpsd export``
    of everything (which reads each enrollment's keys with one request).
@@ -94,7 +94,7 @@ def head(source: Path, target: Path, count: int) -> None:
 def start_server(data_dir: Path, logs: Path, name: str) -> ServerProcess:
     dpsd_info(data_dir)
     command = [sys.executable, "-m", "dpsd", "serve", "--data-dir", str(data_dir)]
-    command += ["--host", HOST, "--https-port", "0", "--mqtt-port", "-1"]
+    command += ["--host", HOST, "--https-port", "0", "--mqtt-port", "-1", "--amqp-port", "-1"]
     return _spawn(name, command, data_dir / "endpoints.json", logs / f"{name}.log")
 
 

@@ -301,7 +301,7 @@ def _spawn(name: str, command: list[str], ready_file: Path, log_path: Path) -> S
 
 def start_dpsd(data_dir: Path, logs: Path) -> ServerProcess:
     command = [sys.executable, "-m", "dpsd", "serve", "--data-dir", str(data_dir)]
-    command += ["--host", HOST, "--https-port", "0"]
+    command += ["--host", HOST, "--https-port", "0", "--mqtt-port", "-1", "--amqp-port", "-1"]
     return _spawn("dpsd", command, data_dir / "endpoints.json", logs / "dpsd.log")
 
 
