@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import ipaddress
 import json
 import logging
@@ -26,6 +28,8 @@ from dpsd.tls import ensure_hub_certificates
 GRACEFUL_SHUTDOWN_SECONDS = 5
 TRUST_REFRESH_SECONDS = 30
 DEVICE_TLS_HANDSHAKE_SECONDS = 10.0
+M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc's malloc.h)
+LARGE_ALLOCATION_BYTES = 128 * 1024
 logger = logging.getLogger("dpsd.server")
 
 
@@ -115,8 +119,25 @@ def bind(host: str, port: int) -> socket.socket:
     return listener
 
 
+def return_large_buffers_to_the_system() -> None:
+    """Every TLS connection gets a 256 KB read buffer (asyncio's SSL protocol). glibc takes
+    allocations that large from mmap, and gives them back to the system when they are freed,
+    until a free raises its threshold for doing so; from then on they come from the heap,
+    which keeps the peak of many connections long after they closed (160 hostile TLS
+    connections at once: 52 MB kept, 10 MB with the threshold fixed at glibc's default,
+    which this does). Nothing elsewhere than glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        mallopt = None
+    if mallopt is not None:
+        mallopt(M_MMAP_THRESHOLD, LARGE_ALLOCATION_BYTES)
+
+
 async def serve(runtime: Runtime, on_ready: Callable[[Endpoints], None]) -> None:
     """Serve until SIGINT or SIGTERM. Raises ListenError when a port cannot be bound."""
+    return_large_buffers_to_the_system()
     settings = runtime.settings
     sockets = [bind(settings.host, settings.https_port)]
     devices = DeviceSockets()
