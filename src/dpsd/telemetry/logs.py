@@ -39,6 +39,9 @@ _NAMED = re.compile(r"%\((\w+)\)")
 _BARE = re.compile(r"[\w.:/@+-]*")
 
 
+_LIBRARY_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
 class LogLevel(enum.StrEnum):
     DEBUG = "debug"
     INFO = "info"
@@ -67,6 +70,14 @@ def configure_logging(level: LogLevel, log_format: LogFormat, stream: TextIO | N
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(OTHER_LIBRARIES_LEVEL)
+    for name in _LIBRARY_LOGGERS:
+        # uvicorn's own logging set-up gives its loggers handlers of their own and stops
+        # them propagating; its lines go through ours instead
+        library = logging.getLogger(name)
+        for old in list(library.handlers):
+            library.removeHandler(old)
+        library.propagate = True
+        library.setLevel(logging.NOTSET)
     logging.getLogger(DPSD_LOGGER).setLevel(level.value.upper())
 
 
