@@ -15,6 +15,7 @@ from dpsd.domain.hub_device import DeviceIdentity, HubDevice, TwinContent
 from dpsd.domain.query import Condition
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationOperation
 from dpsd.domain.sas import SharedAccessPolicy
+from dpsd.domain.tpm_keys import TpmChallenge, TpmHubKey
 
 
 class EnrollmentRepository(Protocol):
@@ -187,6 +188,38 @@ class OperationRepository(Protocol):
     async def save(self, operation: RegistrationOperation) -> None: ...
 
     async def delete_older_than(self, moment: datetime) -> None: ...
+
+
+class TpmChallengeRepository(Protocol):
+    """The latest challenge of each TPM registration, keyed case-insensitively by
+    registration id, shared by every dpsd process on the store."""
+
+    async def get(self, record_id: str) -> TpmChallenge | None: ...
+
+    async def put(self, record: TpmChallenge) -> None:
+        """Store a new challenge, replacing the registration's previous one."""
+        ...
+
+    async def replace(self, record: TpmChallenge, *, expected_etag: str) -> bool:
+        """Overwrite the challenge whose etag is ``expected_etag``; False when a new
+        challenge replaced it (or it was deleted)."""
+        ...
+
+    async def delete(self, record_id: str, *, expected_etag: str | None) -> bool: ...
+
+    async def delete_expired(self, moment: datetime) -> None:
+        """Forget every challenge whose key expired before ``moment``."""
+        ...
+
+
+class TpmHubKeyRepository(Protocol):
+    """The hub identity key of each TPM registration."""
+
+    async def get(self, record_id: str) -> TpmHubKey | None: ...
+
+    async def put(self, record: TpmHubKey) -> None: ...
+
+    async def delete(self, record_id: str, *, expected_etag: str | None) -> bool: ...
 
 
 class TrustedCertificates(Protocol):

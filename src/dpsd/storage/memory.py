@@ -15,6 +15,7 @@ from dpsd.domain.hub_device import HubDevice
 from dpsd.domain.ids import id_key
 from dpsd.domain.query import BooleanOp, Comparison, Condition, Not
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationOperation
+from dpsd.domain.tpm_keys import TpmChallenge, TpmHubKey
 from dpsd.service.records import Dated
 from dpsd.service.references import Settled, named_hubs
 
@@ -286,3 +287,17 @@ class InMemoryHubDeviceRepository:
 
 def _versions(device: HubDevice) -> tuple[int, int]:
     return device.device_version, device.twin_version
+
+
+class InMemoryTpmChallengeRepository(InMemoryDocumentRepository[TpmChallenge]):
+    def __init__(self) -> None:
+        super().__init__(lambda record: record.registration_id)
+
+    async def delete_expired(self, moment: datetime) -> None:
+        for key in [key for key, record in self._records.items() if record.expires < moment]:
+            del self._records[key]
+
+
+class InMemoryTpmHubKeyRepository(InMemoryDocumentRepository[TpmHubKey]):
+    def __init__(self) -> None:
+        super().__init__(lambda record: record.registration_id)

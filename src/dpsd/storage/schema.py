@@ -111,3 +111,22 @@ hub_devices = sa.Table(
     sa.Column("twin_version", sa.BigInteger, nullable=False),
     sa.Column("document", sa.Text, nullable=False),
 )
+
+tpm_challenges = sa.Table(
+    "tpm_challenges",
+    metadata,
+    sa.Column("id_key", sa.String(128), primary_key=True),
+    sa.Column("registration_id", sa.String(128), nullable=False),
+    sa.Column("etag", sa.String(64), nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("document", sa.Text, nullable=False),
+)
+
+tpm_hub_keys = sa.Table(
+    "tpm_hub_keys",
+    metadata,
+    sa.Column("id_key", sa.String(128), primary_key=True),
+    sa.Column("registration_id", sa.String(128), nullable=False),
+    sa.Column("etag", sa.String(64), nullable=False),
+    sa.Column("document", sa.Text, nullable=False),
+)

@@ -27,6 +27,7 @@ from dpsd.domain.ids import id_key
 from dpsd.domain.query import BooleanOp, Comparison, Condition, Not
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationOperation
 from dpsd.domain.sas import SharedAccessPolicy, format_rights, parse_rights
+from dpsd.domain.tpm_keys import TpmChallenge, TpmHubKey
 from dpsd.service.records import Dated
 from dpsd.storage import codec
 from dpsd.storage.executor import DuplicateKey, Executor, Prepared
@@ -39,6 +40,8 @@ from dpsd.storage.schema import (
     linked_hubs,
     registration_operations,
     registration_states,
+    tpm_challenges,
+    tpm_hub_keys,
 )
 
 
@@ -276,6 +279,25 @@ REGISTRATION_OPERATIONS: DocumentKind[RegistrationOperation] = DocumentKind(
     query_columns={},
 )
 
+TPM_CHALLENGES: DocumentKind[TpmChallenge] = DocumentKind(
+    table=tpm_challenges,
+    record_id=lambda record: record.registration_id,
+    columns=lambda record: {
+        "registration_id": record.registration_id,
+        "expires_at": record.expires.timestamp(),
+    },
+    decode=codec.decoder(TpmChallenge),
+    query_columns={},
+)
+
+TPM_HUB_KEYS: DocumentKind[TpmHubKey] = DocumentKind(
+    table=tpm_hub_keys,
+    record_id=lambda record: record.registration_id,
+    columns=lambda record: {"registration_id": record.registration_id},
+    decode=codec.decoder(TpmHubKey),
+    query_columns={},
+)
+
 
 def document_around_created(record: Dated) -> tuple[str, str]:
     """The record's document in two parts, the text of its creation time left out between
@@ -480,6 +502,24 @@ class SqlOperationRepository(SqlDocumentRepository[RegistrationOperation]):
                 registration_operations.c.created_at < moment.timestamp()
             )
         )
+
+
+class SqlTpmChallengeRepository(SqlDocumentRepository[TpmChallenge]):
+    """The latest challenge of each TPM registration: ``put`` replaces it, ``replace`` at
+    its etag holds it longer (unless a new challenge came meanwhile)."""
+
+    def __init__(self, executor: Executor) -> None:
+        super().__init__(executor, TPM_CHALLENGES)
+
+    async def delete_expired(self, moment: datetime) -> None:
+        await self._executor.write(
+            tpm_challenges.delete().where(tpm_challenges.c.expires_at < moment.timestamp())
+        )
+
+
+class SqlTpmHubKeyRepository(SqlDocumentRepository[TpmHubKey]):
+    def __init__(self, executor: Executor) -> None:
+        super().__init__(executor, TPM_HUB_KEYS)
 
 
 class SqlInstanceRepository:
