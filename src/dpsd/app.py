@@ -46,6 +46,7 @@ from dpsd.service.hub_registry import HubRegistryService
 from dpsd.service.hubs import HubService
 from dpsd.service.ports import RegistrationStateStore
 from dpsd.service.registration_states import RegistrationStateService
+from dpsd.service.throttling import Throttle
 from dpsd.service.x509_trust import certificates_to_trust
 from dpsd.settings import Settings
 from dpsd.storage.engine import create_engine
@@ -199,6 +200,8 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         groups = EnrollmentGroupService(
             group_store, certificates, clock, entropy, hubs, client_trust
         )
+        throttle = Throttle(settings.throttle_limits)
+        metrics.watch_in_flight(lambda: throttle.in_flight)
         devices = DeviceRegistrationService(
             id_scope=id_scope,
             enrollments=enrollment_store,
@@ -222,6 +225,7 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             webhook_timeout=settings.webhook_timeout,
             hub_timeout=settings.hub_timeout,
             events=ReportedRegistrations(metrics),
+            throttle=throttle,
         )
         routes = [
             *ProvisioningRecords(ENROLLMENTS, enrollments).routes(),

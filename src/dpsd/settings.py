@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from dpsd.service.throttling import Rate, ThrottleLimits
+
 DEFAULT_HTTPS_PORT = 8443
 DEFAULT_MQTT_PORT = 8883
 DEFAULT_AMQP_PORT = 5671
@@ -17,6 +19,7 @@ DEFAULT_RETRY_AFTER = 3
 DEFAULT_WEBHOOK_TIMEOUT = 10.0
 DEFAULT_HUB_TIMEOUT = 10.0
 MIN_TIMEOUT = 0.1
+DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT = 1000
 MAX_TIMEOUT = 120.0
 
 
@@ -48,6 +51,12 @@ class Settings:
     webhook_timeout: float = DEFAULT_WEBHOOK_TIMEOUT
     hub_timeout: float = DEFAULT_HUB_TIMEOUT
     """Seconds an IoT hub has, in all, to take a provisioned device."""
+    max_registrations_in_flight: int | None = DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT
+    """Registrations served at once before more are answered 429 (None: no cap)."""
+    registration_rate: Rate | None = None
+    """Register requests allowed per instance (None: no limit)."""
+    device_poll_rate: Rate | None = None
+    """Polls and status lookups allowed per device (None: no limit)."""
 
     def __post_init__(self) -> None:
         ports = (
@@ -70,10 +79,22 @@ class Settings:
                     f"the {name} timeout must be {MIN_TIMEOUT:g} to {MAX_TIMEOUT:g} seconds, "
                     f"not {seconds:g}"
                 )
+        _ = self.throttle_limits  # refuses limits the policy cannot work with
         if not self.hostname:
             raise ValueError("the hostname must not be empty")
         if self.database is not None and not self.database.startswith(("sqlite:", "postgresql")):
             raise ValueError("the database must be a sqlite:/// or postgresql:// URL")
+
+    @property
+    def throttle_limits(self) -> ThrottleLimits:
+        """When device requests are answered 429; a refused device is told to wait the
+        polling retry-after (and jitter)."""
+        return ThrottleLimits(
+            max_in_flight=self.max_registrations_in_flight,
+            registration_rate=self.registration_rate,
+            device_poll_rate=self.device_poll_rate,
+            retry_after=self.retry_after,
+        )
 
     @property
     def database_url(self) -> str:

@@ -7,12 +7,14 @@ from typing import Annotated
 
 import typer
 
+from dpsd.service.throttling import Rate
 from dpsd.settings import (
     DEFAULT_AMQP_PORT,
     DEFAULT_HOST,
     DEFAULT_HOSTNAME,
     DEFAULT_HTTPS_PORT,
     DEFAULT_HUB_TIMEOUT,
+    DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT,
     DEFAULT_MQTT_PORT,
     DEFAULT_RETRY_AFTER,
     DEFAULT_WEBHOOK_TIMEOUT,
@@ -132,6 +134,32 @@ HubTimeout = Annotated[
         help="Seconds an IoT hub has, in all, to take a provisioned device.",
     ),
 ]
+MaxRegistrationsInFlight = Annotated[
+    int,
+    typer.Option(
+        "--max-registrations-in-flight",
+        envvar="DPSD_MAX_REGISTRATIONS_IN_FLIGHT",
+        help="Registrations served at once; more are answered 429 with a retry-after (0: no cap).",
+    ),
+]
+RegistrationRate = Annotated[
+    str | None,
+    typer.Option(
+        "--registration-rate",
+        envvar="DPSD_REGISTRATION_RATE",
+        help="Register requests allowed, COUNT/SECONDS (Azure: 1000/60); more are answered "
+        "429 (off by default).",
+    ),
+]
+DevicePollRate = Annotated[
+    str | None,
+    typer.Option(
+        "--device-poll-rate",
+        envvar="DPSD_DEVICE_POLL_RATE",
+        help="Polls and status lookups allowed per device, COUNT/SECONDS (Azure: 5/10); more "
+        "are answered 429 (off by default).",
+    ),
+]
 TlsNames = Annotated[
     list[str] | None,
     typer.Option(
@@ -157,6 +185,10 @@ def make_settings(
     hub_timeout: float = DEFAULT_HUB_TIMEOUT,
     amqp_port: int | None = DEFAULT_AMQP_PORT,
     metrics_port: int | None = None,
+    *,
+    max_registrations_in_flight: int = DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT,
+    registration_rate: str | None = None,
+    device_poll_rate: str | None = None,
 ) -> Settings:
     """Without ``--database``, a data dir keeps the store it was first served with."""
     names = tuple(
@@ -180,6 +212,9 @@ def make_settings(
             metrics_port=metrics_port,
             webhook_timeout=webhook_timeout,
             hub_timeout=hub_timeout,
+            max_registrations_in_flight=max_registrations_in_flight or None,
+            registration_rate=_rate_or_off(registration_rate),
+            device_poll_rate=_rate_or_off(device_poll_rate),
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
@@ -188,3 +223,10 @@ def make_settings(
 def _port_or_off(port: int | None) -> int | None:
     """A negative port turns its listener off."""
     return None if port is not None and port < 0 else port
+
+
+def _rate_or_off(text: str | None) -> Rate | None:
+    """``COUNT/SECONDS``; nothing, ``off`` or ``0``: no limit."""
+    if text is None or text.strip().lower() in ("", "off", "0"):
+        return None
+    return Rate.parse(text)

@@ -16,6 +16,7 @@ from dpsd.cli.options import (
     AmqpPort,
     Database,
     DataDir,
+    DevicePollRate,
     Host,
     Hostname,
     HttpPort,
@@ -24,8 +25,10 @@ from dpsd.cli.options import (
     Location,
     LogFormatOption,
     LogLevelOption,
+    MaxRegistrationsInFlight,
     MetricsPort,
     MqttPort,
+    RegistrationRate,
     RetryAfter,
     TlsNames,
     WebhookTimeout,
@@ -40,6 +43,7 @@ from dpsd.settings import (
     DEFAULT_HOSTNAME,
     DEFAULT_HTTPS_PORT,
     DEFAULT_HUB_TIMEOUT,
+    DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT,
     DEFAULT_MQTT_PORT,
     DEFAULT_RETRY_AFTER,
     DEFAULT_WEBHOOK_TIMEOUT,
@@ -96,6 +100,9 @@ def serve_command(
     hub_timeout: HubTimeout = DEFAULT_HUB_TIMEOUT,
     amqp_port: AmqpPort = DEFAULT_AMQP_PORT,
     metrics_port: MetricsPort = None,
+    max_registrations_in_flight: MaxRegistrationsInFlight = DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT,
+    registration_rate: RegistrationRate = None,
+    device_poll_rate: DevicePollRate = None,
     log_level: LogLevelOption = LogLevel.INFO,
     log_format: LogFormatOption = LogFormat.TEXT,
 ) -> None:
@@ -116,6 +123,9 @@ def serve_command(
         hub_timeout,
         amqp_port,
         metrics_port,
+        max_registrations_in_flight=max_registrations_in_flight,
+        registration_rate=registration_rate,
+        device_poll_rate=device_poll_rate,
     )
     configure_logging(log_level, log_format)
     console = Console(highlight=False)

@@ -28,7 +28,7 @@ from dpsd.service.device_registration import (
     OperationNotFound,
     UnsupportedAttestation,
 )
-from dpsd.service.errors import ServiceError, StorageUnavailable
+from dpsd.service.errors import ServiceError, StorageUnavailable, Throttled
 from dpsd.telemetry.tracking import current_tracking_id, tracking
 from dpsd.wire import (
     DeviceRegistrationResultWire,
@@ -40,6 +40,7 @@ from dpsd.wire import (
 
 logger = logging.getLogger("dpsd.devices")
 UNAUTHORIZED = 401002
+THROTTLED = 429001
 _encoder = msgspec.json.Encoder()
 _ERRORS: dict[type[Exception], tuple[int, int]] = {
     DeviceUnauthorized: (401, UNAUTHORIZED),
@@ -47,6 +48,7 @@ _ERRORS: dict[type[Exception], tuple[int, int]] = {
     UnsupportedAttestation: (400, 400004),
     JsonTooDeep: (400, 400006),
     StorageUnavailable: (503, 503000),
+    Throttled: (429, THROTTLED),
     DomainError: (400, 400004),
     ServiceError: (400, 400004),
 }
@@ -136,7 +138,7 @@ class DeviceRequests:
     def error(self, error: Exception) -> Answer:
         """The DPS error body of ``error``, under the tracking id of the request being
         served; failures of dpsd itself are 500 without detail, and a store that cannot
-        serve now is 503 with when to retry."""
+        serve now is 503 and a throttled request 429, each with when to retry."""
         status, code = _status_and_code(error)
         message = None if _unexpected(error, status) else getattr(error, "message", None)
         body = ErrorDetailsWire(
@@ -146,10 +148,11 @@ class DeviceRequests:
             timestamp_utc=format_timestamp(self._now()),
             info={},
         )
-        retry_after = error.retry_after if isinstance(error, StorageUnavailable) else None
-        return Answer(status, _encoder.encode(body), retry_after)
+        return Answer(status, _encoder.encode(body), _retry_after(error))
 
     def _failed(self, request: str, device: ConnectedDevice, error: Exception) -> Answer:
+        if isinstance(error, Throttled):  # the use case reported it
+            return self.error(error)
         status, code = _status_and_code(error)
         facts = {
             "event": "request_failed",
@@ -196,6 +199,7 @@ class DeviceRequests:
             operation_id,
             device.credential,
             connection_attested=True,
+            protocol=self.protocol,
         )
         if operation.finished and operation.state is not None:
             result = result_to_wire(operation.state, operation.attestation_type)
@@ -222,3 +226,11 @@ def _unexpected(error: Exception, status: int) -> bool:
     """A failure of dpsd itself (logged with its traceback, its cause kept from the device),
     as opposed to a store that cannot serve now (logged where its fault is found)."""
     return status >= 500 and not isinstance(error, StorageUnavailable)
+
+
+def _retry_after(error: Exception) -> int | None:
+    """When a device may try again after ``error``: a store that cannot serve now, a
+    throttled request."""
+    if isinstance(error, StorageUnavailable | Throttled):
+        return error.retry_after
+    return None

@@ -39,6 +39,7 @@ from dpsd.service.errors import (
     RegistrationStateNotFound,
     ServiceError,
     StorageUnavailable,
+    Throttled,
     Unauthorized,
 )
 from dpsd.wire import ErrorDetailsWire
@@ -129,6 +130,7 @@ ERROR_TABLE: dict[type[Exception], tuple[int, int]] = {
     RequestHeadTimeout: (408, 408000),
     RequestHeadTooLarge: (431, 431000),
     StorageUnavailable: (503, 503000),
+    Throttled: (429, 429001),
     DomainError: (400, 400004),
     ServiceError: (400, 400004),
     HttpError: (400, 400004),
@@ -157,7 +159,7 @@ def advice_headers(error: Exception) -> dict[str, str]:
     allows, when to try again."""
     if isinstance(error, MethodNotAllowed):
         return {"allow": ", ".join(error.allowed)}
-    if isinstance(error, StorageUnavailable):
+    if isinstance(error, StorageUnavailable | Throttled):
         return {"retry-after": str(error.retry_after)}
     return {}
 

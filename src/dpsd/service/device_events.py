@@ -57,8 +57,23 @@ class RegistrationFinished:
     seconds: float
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceThrottled:
+    """A device request was refused by a load limit (``limit``, a ThrottleLimit value) and
+    the device told to retry after ``retry_after`` seconds. ``request``: ``register``,
+    ``poll`` or ``status``."""
+
+    protocol: DeviceProtocol
+    registration_id: str
+    request: str
+    limit: str
+    retry_after: int
+
+
 class RegistrationEvents(Protocol):
     def refused(self, event: DeviceRefused) -> None: ...
+
+    def throttled(self, event: DeviceThrottled) -> None: ...
 
     def started(self, event: RegistrationStarted) -> None: ...
 
@@ -69,6 +84,9 @@ class NoRegistrationEvents:
     """Reports nowhere (tests, tools)."""
 
     def refused(self, event: DeviceRefused) -> None:
+        pass
+
+    def throttled(self, event: DeviceThrottled) -> None:
         pass
 
     def started(self, event: RegistrationStarted) -> None:

@@ -9,9 +9,10 @@ sharing it can answer the polls.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from dpsd.domain.allocation import AllocationFailed, allocate, candidate_hubs
 from dpsd.domain.attestation import AttestationType
@@ -40,12 +41,13 @@ from dpsd.domain.x509_attestation import group_position, individual_matches, rea
 from dpsd.service.device_events import (
     DeviceProtocol,
     DeviceRefused,
+    DeviceThrottled,
     NoRegistrationEvents,
     RegistrationEvents,
     RegistrationFinished,
     RegistrationStarted,
 )
-from dpsd.service.errors import NotFound, ServiceError
+from dpsd.service.errors import NotFound, ServiceError, Throttled
 from dpsd.service.hub_landing import (
     Landing,
     choose_move,
@@ -70,6 +72,7 @@ from dpsd.service.ports import (
     OperationRepository,
     RegistrationStateStore,
 )
+from dpsd.service.throttling import RegistrationSlot, Throttle
 
 OPERATION_LIFETIME = timedelta(hours=1)
 # How long a register call waits for its operation to finish before answering ``assigning``
@@ -85,6 +88,7 @@ _X509_GROUPS = parse_query(
 DISABLED_ERROR_CODE = 401008
 CUSTOM_ALLOCATION_ERROR_CODE = 400210
 _GRACE_SECONDS = 30
+T = TypeVar("T")
 
 
 class DeviceUnauthorized(ServiceError):
@@ -179,6 +183,8 @@ class DeviceRegistrationService:
     inline_completion: float = INLINE_COMPLETION_SECONDS
     events: RegistrationEvents = field(default_factory=NoRegistrationEvents)
     """Where refusals, starts and outcomes are reported (logs and metrics)."""
+    throttle: Throttle = field(default_factory=Throttle)
+    """The load limits device requests are let in under (none by default)."""
     _registrations: int = 0
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
 
@@ -202,29 +208,63 @@ class DeviceRegistrationService:
                 f"registrationId {body_registration_id!r} in the body does not match "
                 f"{registration_id!r} in the path"
             )
-        attested = await self.admit(id_scope, registration_id, credential, protocol)
-        now = self.clock.now()
-        started = RegistrationOperation(
-            operation_id=self._operation_id(),
-            registration_id=registration_id,
-            status=RegistrationStatus.ASSIGNING,
-            created=now,
-            last_updated=now,
-            enrollment_group_id=attested.enrollment_group_id,
-            attestation_type=attested.attestation_type.value,
+        # Shed load before any work (attestation reads the store): the cheapest answer.
+        slot = self._admitted(
+            registration_id, protocol, "register", self.throttle.admit_registration
         )
-        await self.operations.save(started)
+        try:
+            attested = await self.admit(id_scope, registration_id, credential, protocol)
+            now = self.clock.now()
+            started = RegistrationOperation(
+                operation_id=self._operation_id(),
+                registration_id=registration_id,
+                status=RegistrationStatus.ASSIGNING,
+                created=now,
+                last_updated=now,
+                enrollment_group_id=attested.enrollment_group_id,
+                attestation_type=attested.attestation_type.value,
+            )
+            await self.operations.save(started)
+        except BaseException:
+            slot.release()
+            raise
         self.events.started(RegistrationStarted(protocol, started, _policy_name(attested)))
         # A slow webhook or hub must not hold the register call: the device polls meanwhile.
-        task = asyncio.create_task(self._complete(started, attested, payload, protocol))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task = self._in_background(self._complete(started, attested, payload, protocol), slot)
         if not attested.custom:
             done, _ = await asyncio.wait({task}, timeout=self.inline_completion)
             if task in done:
                 task.result()  # a store failure reaches the caller
         await self._clean_up(now)
         return started
+
+    def _in_background(
+        self, completion: Coroutine[Any, Any, RegistrationOperation], slot: RegistrationSlot
+    ) -> asyncio.Task[RegistrationOperation]:
+        """Settle an operation in a task of its own; its registration stays in flight until
+        the task ends."""
+        task = asyncio.create_task(completion)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(lambda _: slot.release())
+        return task
+
+    def _admitted(
+        self,
+        registration_id: str,
+        protocol: DeviceProtocol,
+        request: str,
+        admit: Callable[[], T],
+    ) -> T:
+        """``admit()``'s answer; a refusal is reported, then raised."""
+        try:
+            return admit()
+        except Throttled as refusal:
+            event = DeviceThrottled(
+                protocol, registration_id, request, refusal.limit.value, refusal.retry_after
+            )
+            self.events.throttled(event)
+            raise
 
     async def drain(self) -> None:
         """Let assignments still talking to webhooks and hubs finish (at shutdown)."""
@@ -244,11 +284,15 @@ class DeviceRegistrationService:
         credential: Credential,
         *,
         connection_attested: bool = False,
+        protocol: DeviceProtocol = DeviceProtocol.HTTPS,
     ) -> RegistrationOperation:
         """``connection_attested``: the device proved who it is when its connection opened
         (MQTT CONNECT), so a poll, which only reads, need not prove it again."""
         if not connection_attested:
             await self.attest(id_scope, registration_id, credential)
+        self._admitted(
+            registration_id, protocol, "poll", lambda: self.throttle.admit_poll(registration_id)
+        )
         found = await self.operations.get(operation_id)
         if found is None or found.registration_id.lower() != registration_id.lower():
             raise OperationNotFound(operation_id)
@@ -273,6 +317,12 @@ class DeviceRegistrationService:
         self, id_scope: str, registration_id: str, credential: Credential
     ) -> DeviceRegistrationState:
         await self.attest(id_scope, registration_id, credential)
+        self._admitted(
+            registration_id,
+            DeviceProtocol.HTTPS,
+            "status",
+            lambda: self.throttle.admit_poll(registration_id),
+        )
         state = await self.states.get(registration_id)
         if state is None:
             raise RegistrationNotFound(registration_id)

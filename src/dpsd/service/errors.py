@@ -8,8 +8,9 @@ ServiceError
 ├── PreconditionFailed       If-Match does not name the current etag
 ├── StillReferenced          a delete of something records still name
 ├── BadRequest               a request the service cannot act on (bad paging token, ...)
-└── StorageUnavailable       the store cannot serve now (full disk, lock, lost connection):
-                             the request may be retried; raised by the storage adapters
+├── StorageUnavailable       the store cannot serve now (full disk, lock, lost connection):
+│                            the request may be retried; raised by the storage adapters
+└── Throttled                a device request refused by a load limit: retry after so long
 """
 
 from __future__ import annotations
@@ -121,3 +122,31 @@ class StorageUnavailable(ServiceError):
         )
         self.fault = fault
         self.detail = detail
+
+
+class ThrottleLimit(enum.StrEnum):
+    """Which limit refused a device request, as logs and metrics name it."""
+
+    IN_FLIGHT = "in_flight"
+    REGISTRATION_RATE = "registration_rate"
+    DEVICE_POLL_RATE = "device_poll_rate"
+
+
+_THROTTLE_REASONS = {
+    ThrottleLimit.IN_FLIGHT: "too many registrations are in progress",
+    ThrottleLimit.REGISTRATION_RATE: "the service's registration rate is reached",
+    ThrottleLimit.DEVICE_POLL_RATE: "the device's poll rate is reached",
+}
+
+
+class Throttled(ServiceError):
+    """A device request refused by one of dpsd's load limits (dpsd.service.throttling):
+    nothing was done, and the device may retry after ``retry_after`` seconds."""
+
+    def __init__(self, limit: ThrottleLimit, retry_after: int) -> None:
+        super().__init__(
+            f"Operations are being throttled by the service ({_THROTTLE_REASONS[limit]}); "
+            f"retry after {retry_after} seconds"
+        )
+        self.limit = limit
+        self.retry_after = retry_after

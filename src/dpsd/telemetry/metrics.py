@@ -86,6 +86,19 @@ class Metrics:
             ["protocol"],
             registry=registry,
         )
+        self._throttled = Counter(
+            "dpsd_device_requests_throttled",
+            "Device requests answered 429 (throttled), by protocol, request (register, poll, "
+            "status) and the limit that refused them (in_flight, registration_rate, "
+            "device_poll_rate)",
+            ["protocol", "request", "limit"],
+            registry=registry,
+        )
+        self._in_flight = Gauge(
+            "dpsd_registrations_in_flight",
+            "Registrations let in whose operation has not settled yet",
+            registry=registry,
+        )
         self._store_errors = Counter(
             "dpsd_store_errors", "Store statements that failed", registry=registry
         )
@@ -113,6 +126,14 @@ class Metrics:
         self._registrations.labels(protocol, attestation, outcome).inc()
         if seconds is not None:
             self._registration_seconds.labels(protocol, outcome).observe(seconds)
+
+    def throttled(self, protocol: str, request: str, limit: str) -> None:
+        """A device request answered 429."""
+        self._throttled.labels(protocol, request, limit).inc()
+
+    def watch_in_flight(self, count: Callable[[], int]) -> None:
+        """Where the gauge of registrations in flight reads its value (when scraped)."""
+        self._in_flight.set_function(count)
 
     def connection_opened(self, protocol: str) -> None:
         self._connections.labels(protocol).inc()

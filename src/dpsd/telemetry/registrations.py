@@ -2,10 +2,12 @@
 their port (``dpsd.service.device_events``), plugged in by the composition root.
 
 One line per event on the ``dpsd.devices`` logger, with an ``event`` fact for machines:
-``refused`` (the credential proved no enrollment), ``registering``, then ``assigned`` (hub,
-device id, allocation policy), ``failed`` (error code and message), ``disabled`` or
-``error`` (dpsd itself failed to finish the registration). The lines carry the tracking
-id of the request that started the registration, also when it ends in the background.
+``refused`` (the credential proved no enrollment), ``throttled`` (a load limit refused a
+request: which, and the retry-after the device was told), ``registering``, then
+``assigned`` (hub, device id, allocation policy), ``failed`` (error code and message),
+``disabled`` or ``error`` (dpsd itself failed to finish the registration). The lines carry
+the tracking id of the request that started the registration, also when it ends in the
+background.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING
 from dpsd.domain.registration import RegistrationStatus
 from dpsd.service.device_events import (
     DeviceRefused,
+    DeviceThrottled,
     RegistrationFinished,
     RegistrationStarted,
 )
@@ -46,6 +49,22 @@ class ReportedRegistrations:
         )
         if self._metrics is not None:
             self._metrics.registration(event.protocol.value, event.attestation, "refused")
+
+    def throttled(self, event: DeviceThrottled) -> None:
+        logger.info(
+            "%(protocol)s %(request)s of device %(registration_id)s throttled (%(limit)s): "
+            "retry after %(retry_after)s s",
+            {
+                "event": "throttled",
+                "protocol": event.protocol.value,
+                "registration_id": event.registration_id,
+                "request": event.request,
+                "limit": event.limit,
+                "retry_after": event.retry_after,
+            },
+        )
+        if self._metrics is not None:
+            self._metrics.throttled(event.protocol.value, event.request, event.limit)
 
     def started(self, event: RegistrationStarted) -> None:
         operation = event.operation
