@@ -229,6 +229,7 @@ class Scenario:
     provisioning_host: str | None = None  # None: the run's provisioning host
     device_id: str | None = None
     group_id: str | None = None
+    retry_throttled: bool = False  # register again, as told, when the SDK rejects with a 429
 
     def to_json(self) -> dict[str, Any]:
         line: dict[str, Any] = {
@@ -244,6 +245,8 @@ class Scenario:
             line["payload"] = self.payload
         if self.provisioning_host is not None:
             line["provisioningHost"] = self.provisioning_host
+        if self.retry_throttled:
+            line["retryThrottled"] = True
         return line
 
 
