@@ -15,12 +15,14 @@ from dpsd.telemetry.logs import DPSD_LOGGER, LogFormat, LogLevel, configure_logg
 
 @contextmanager
 def captured_logs(
-    log_format: LogFormat = LogFormat.JSON, level: LogLevel = LogLevel.DEBUG
+    log_format: LogFormat = LogFormat.JSON,
+    level: LogLevel = LogLevel.DEBUG,
+    worker: int | None = None,
 ) -> Iterator[io.StringIO]:
     root, dpsd = logging.getLogger(), logging.getLogger(DPSD_LOGGER)
     saved = (list(root.handlers), root.level, dpsd.level)
     stream = io.StringIO()
-    configure_logging(level, log_format, stream)
+    configure_logging(level, log_format, stream, worker)
     try:
         yield stream
     finally:

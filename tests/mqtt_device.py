@@ -31,6 +31,7 @@ class BareMqttDevice:
         self._packets = PacketReader()
         self._pending: list[Packet] = []
         self._rid = 0
+        self._subscribed = False
 
     @classmethod
     async def connect(
@@ -64,11 +65,13 @@ class BareMqttDevice:
 
     async def register(self, body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """Subscribe (once), register: the response topic and body."""
-        if self._rid == 0:
-            self._send(Subscribe(1, (("$dps/registrations/res/#", 1),)))
+        self._subscribe()
         return await self._request("PUT/iotdps-register/", "", json.dumps(body).encode())
 
     async def poll(self, operation_id: str) -> tuple[str, dict[str, Any]]:
+        """Subscribe (once: a device polling an operation it started on another
+        connection), poll: the response topic and body."""
+        self._subscribe()
         query = f"&operationId={operation_id}"
         return await self._request("GET/iotdps-get-operationstatus/", query, b" ")
 
@@ -96,6 +99,11 @@ class BareMqttDevice:
         with contextlib.suppress(ConnectionError, ssl.SSLError):
             await asyncio.wait_for(self._reader.read(), WAIT)
         self._writer.close()
+
+    def _subscribe(self) -> None:
+        if not self._subscribed:
+            self._subscribed = True
+            self._send(Subscribe(1, (("$dps/registrations/res/#", 1),)))
 
     def _send(self, packet: Packet) -> None:
         self._writer.write(encode(packet))

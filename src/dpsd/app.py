@@ -5,10 +5,11 @@ from __future__ import annotations
 import base64
 import os
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import msgspec
@@ -44,7 +45,7 @@ from dpsd.service.enrollment_groups import EnrollmentGroupService
 from dpsd.service.enrollments import EnrollmentService
 from dpsd.service.hub_registry import HubRegistryService
 from dpsd.service.hubs import HubService
-from dpsd.service.ports import RegistrationStateStore
+from dpsd.service.ports import RegistrationStateStore, TrustedCertificates
 from dpsd.service.registration_states import RegistrationStateService
 from dpsd.service.throttling import Throttle
 from dpsd.service.x509_trust import certificates_to_trust
@@ -95,6 +96,30 @@ class ListenerAddress:
 
     def __init__(self) -> None:
         self.value: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Siblings:
+    """How one worker of ``dpsd serve --workers N`` works with the others (dpsd.workers):
+    the directory they count their metrics in together (None: no metrics served), and how
+    to tell them of certificates it has come to trust, so that a device whose enrollment
+    one worker just wrote completes its TLS handshake on any of them."""
+
+    metrics: Path | None
+    announce_trust: Callable[[list[str]], None]
+
+
+class SharedTrust:
+    """This worker's handshakes trust a certificate, then its siblings' do too."""
+
+    def __init__(self, local: ClientCertificateTrust, announce: Callable[[list[str]], None]):
+        self._local = local
+        self._announce = announce
+
+    def trust(self, certificates: Iterable[str]) -> None:
+        added = self._local.add(certificates)
+        if added:
+            self._announce(added)
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,8 +185,11 @@ def _new_policies(entropy: SystemEntropy) -> list[SharedAccessPolicy]:
 
 
 @asynccontextmanager
-async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
-    """Prepare the data dir and the store, then hand out a ready runtime."""
+async def build_runtime(
+    settings: Settings, siblings: Siblings | None = None
+) -> AsyncIterator[Runtime]:
+    """Prepare the data dir and the store, then hand out a ready runtime. ``siblings``:
+    this process is one of several workers serving the same listeners."""
     clock, entropy = SystemClock(), SystemEntropy()
     prepare_data_dir(settings.data_dir)
     tls = ensure_tls(settings.data_dir, settings.certificate_names, clock.now())
@@ -169,7 +197,7 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     webhook_client = httpx.AsyncClient(follow_redirects=False)
     hub_client = httpx.AsyncClient(verify=_hub_trust(tls), follow_redirects=False)
     https_address = ListenerAddress()
-    metrics = Metrics(process=True)
+    metrics = Metrics(process=True, shared=siblings.metrics if siblings else None)
     devices: DeviceRegistrationService | None = None
     executor: Executor | None = None
     try:
@@ -187,6 +215,9 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         enrollment_store = SqlEnrollmentRepository(executor)
         group_store = SqlEnrollmentGroupRepository(executor)
         client_trust = ClientCertificateTrust(tls)
+        trust: TrustedCertificates = client_trust
+        if siblings is not None:
+            trust = SharedTrust(client_trust, siblings.announce_trust)
 
         async def refresh_trust() -> None:
             client_trust.trust(
@@ -194,12 +225,8 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             )
 
         await refresh_trust()
-        enrollments = EnrollmentService(
-            enrollment_store, states, clock, entropy, hubs, client_trust
-        )
-        groups = EnrollmentGroupService(
-            group_store, certificates, clock, entropy, hubs, client_trust
-        )
+        enrollments = EnrollmentService(enrollment_store, states, clock, entropy, hubs, trust)
+        groups = EnrollmentGroupService(group_store, certificates, clock, entropy, hubs, trust)
         throttle = Throttle(settings.throttle_limits)
         metrics.watch_in_flight(lambda: throttle.in_flight)
         devices = DeviceRegistrationService(
@@ -268,9 +295,7 @@ async def build_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             id_scope=id_scope,
             policies=by_name,
             tls=tls,
-            certificates=CertificateService(
-                certificates, group_store, clock, entropy, client_trust
-            ),
+            certificates=CertificateService(certificates, group_store, clock, entropy, trust),
             client_trust=client_trust,
             refresh_trust=refresh_trust,
             devices=devices,

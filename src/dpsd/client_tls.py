@@ -67,10 +67,17 @@ class ClientCertificateTrust:
 
     def trust(self, certificates: Iterable[str]) -> None:
         """Accept chains ending at these PEM certificates from the next handshake on."""
+        self.add(certificates)
+
+    def add(self, certificates: Iterable[str]) -> list[str]:
+        """``trust``, answering the certificates that were not trusted before."""
+        added = []
         for pem in certificates:
             if pem not in self._known:
                 self.context.load_verify_locations(cadata=pem)
                 self._known.add(pem)
+                added.append(pem)
+        return added
 
 
 @dataclass(frozen=True, slots=True)

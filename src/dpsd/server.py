@@ -22,6 +22,7 @@ import uvicorn
 from dpsd.app import Runtime
 from dpsd.client_tls import ClientCertificateWebSocketProtocol
 from dpsd.http.server_protocol import BoundedHeadProtocol
+from dpsd.settings import Settings
 from dpsd.telemetry.metrics import METRICS_PATH, metrics_app
 from dpsd.tls import ensure_hub_certificates
 
@@ -60,20 +61,23 @@ def endpoints_file(data_dir: Path) -> Path:
     return data_dir / "endpoints.json"
 
 
-def _record_endpoints(data_dir: Path, endpoints: Endpoints) -> None:
+def record_endpoints(
+    data_dir: Path, endpoints: Endpoints, workers: list[int] | None = None
+) -> None:
+    """Written by the process that clients' tools should see as the server (the supervisor
+    of several workers, with their process ids)."""
     path = endpoints_file(data_dir)
     draft = path.with_suffix(".tmp")
-    draft.write_text(
-        json.dumps(
-            {
-                **endpoints.as_json(),
-                "mqtt": endpoints.mqtt,
-                "amqp": endpoints.amqp,
-                "metrics": endpoints.metrics,
-                "pid": os.getpid(),
-            }
-        )
-    )
+    recorded: dict[str, object] = {
+        **endpoints.as_json(),
+        "mqtt": endpoints.mqtt,
+        "amqp": endpoints.amqp,
+        "metrics": endpoints.metrics,
+        "pid": os.getpid(),
+    }
+    if workers is not None:
+        recorded["workers"] = workers
+    draft.write_text(json.dumps(recorded))
     draft.replace(path)
 
 
@@ -135,43 +139,60 @@ def return_large_buffers_to_the_system() -> None:
         mallopt(M_MMAP_THRESHOLD, LARGE_ALLOCATION_BYTES)
 
 
-async def serve(runtime: Runtime, on_ready: Callable[[Endpoints], None]) -> None:
-    """Serve until SIGINT or SIGTERM. Raises ListenError when a port cannot be bound."""
-    return_large_buffers_to_the_system()
-    settings = runtime.settings
-    sockets = [bind(settings.host, settings.https_port)]
-    devices = DeviceSockets()
+@dataclass(slots=True)
+class Listeners:
+    """The listening sockets of ``dpsd serve``: HTTPS always; HTTP, MQTT, AMQP and metrics
+    each None when off. Bound once, by the process that then serves them or hands them to
+    its workers."""
+
+    https: socket.socket
+    http: socket.socket | None = None
+    mqtt: socket.socket | None = None
+    amqp: socket.socket | None = None
     metrics: socket.socket | None = None
-    try:
-        if settings.http_port is not None:
-            sockets.append(bind(settings.host, settings.http_port))
-        if settings.mqtt_port is not None:
-            devices.mqtt = bind(settings.host, settings.mqtt_port)
-        if settings.amqp_port is not None:
-            devices.amqp = bind(settings.host, settings.amqp_port)
-        if settings.metrics_port is not None:
-            metrics = bind(settings.host, settings.metrics_port)
-        await _serve_on(runtime, sockets, devices, on_ready, metrics)
-    finally:
-        for listener in [*sockets, *devices.bound(), *([metrics] if metrics else [])]:
+
+    def bound(self) -> list[socket.socket]:
+        every = (self.https, self.http, self.mqtt, self.amqp, self.metrics)
+        return [listener for listener in every if listener is not None]
+
+    def close(self) -> None:
+        for listener in self.bound():
             listener.close()
 
 
-@dataclass(slots=True)
-class DeviceSockets:
-    """The device protocols' listening sockets, each None when off."""
+def bind_listeners(settings: Settings) -> Listeners:
+    """Every listener the settings ask for. Raises ListenError when a port cannot be bound
+    (those bound already are closed)."""
+    listeners = Listeners(bind(settings.host, settings.https_port))
+    try:
+        if settings.http_port is not None:
+            listeners.http = bind(settings.host, settings.http_port)
+        if settings.mqtt_port is not None:
+            listeners.mqtt = bind(settings.host, settings.mqtt_port)
+        if settings.amqp_port is not None:
+            listeners.amqp = bind(settings.host, settings.amqp_port)
+        if settings.metrics_port is not None:
+            listeners.metrics = bind(settings.host, settings.metrics_port)
+    except ListenError:
+        listeners.close()
+        raise
+    return listeners
 
-    mqtt: socket.socket | None = None
-    amqp: socket.socket | None = None
 
-    def bound(self) -> list[socket.socket]:
-        return [listener for listener in (self.mqtt, self.amqp) if listener is not None]
+async def serve(runtime: Runtime, on_ready: Callable[[Endpoints], None]) -> None:
+    """Serve until SIGINT or SIGTERM. Raises ListenError when a port cannot be bound."""
+    return_large_buffers_to_the_system()
+    listeners = bind_listeners(runtime.settings)
+    try:
+        await serve_on(runtime, listeners, on_ready)
+    finally:
+        listeners.close()
 
 
-async def _device_servers(runtime: Runtime, devices: DeviceSockets) -> list[asyncio.Server]:
+async def _device_servers(runtime: Runtime, listeners: Listeners) -> list[asyncio.Server]:
     """TLS servers on the device sockets (client certificates asked for, as on HTTPS). A
     TLS handshake gets as long as a protocol's handshake: it happens before admission."""
-    handlers = ((devices.mqtt, runtime.mqtt.handle), (devices.amqp, runtime.amqp.handle))
+    handlers = ((listeners.mqtt, runtime.mqtt.handle), (listeners.amqp, runtime.amqp.handle))
     return [
         await asyncio.start_server(
             handle,
@@ -184,31 +205,39 @@ async def _device_servers(runtime: Runtime, devices: DeviceSockets) -> list[asyn
     ]
 
 
-async def _serve_on(
+async def serve_on(
     runtime: Runtime,
-    sockets: list[socket.socket],
-    devices: DeviceSockets,
+    listeners: Listeners,
     on_ready: Callable[[Endpoints], None],
-    metrics: socket.socket | None = None,
+    *,
+    worker: bool = False,
+    issue_hub_certificates: bool = True,
 ) -> None:
+    """Serve on sockets bound already until SIGINT or SIGTERM. ``worker``: one of several
+    processes serving them, whose supervisor records the endpoints; ``issue_hub_certificates``:
+    this process makes the certificates of built-in hubs linked meanwhile (one worker does)."""
     settings = runtime.settings
-    served = [(_listener(runtime, tls=index == 0), sock) for index, sock in enumerate(sockets)]
-    if metrics is not None:
-        served.append((_metrics_listener(runtime), metrics))
-    listeners = [listener for listener, _ in served]
-    device_servers = await _device_servers(runtime, devices)
+    served = [(_listener(runtime, tls=True), listeners.https)]
+    if listeners.http is not None:
+        served.append((_listener(runtime, tls=False), listeners.http))
+    if listeners.metrics is not None:
+        served.append((_metrics_listener(runtime), listeners.metrics))
+    servers = [server for server, _ in served]
+    device_servers = await _device_servers(runtime, listeners)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, _stop, listeners)
+        loop.add_signal_handler(signum, _stop, servers)
     try:
-        runtime.https_address.value = client_address(sockets[0])
-        await _ensure_hub_certificates(runtime)
-        endpoints = _endpoints(runtime, sockets, devices, metrics)
-        _record_endpoints(settings.data_dir, endpoints)
+        runtime.https_address.value = client_address(listeners.https)
+        if issue_hub_certificates:
+            await _ensure_hub_certificates(runtime)
+        endpoints = listener_endpoints(settings.hostname, listeners)
+        if not worker:
+            record_endpoints(settings.data_dir, endpoints)
         on_ready(endpoints)
-        refresher = asyncio.create_task(_refresh_trust(runtime))
+        refresher = asyncio.create_task(_refresh_trust(runtime, issue_hub_certificates))
         try:
-            await asyncio.gather(*(listener.serve(sockets=[sock]) for listener, sock in served))
+            await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in served))
         finally:
             refresher.cancel()
             for device_server in device_servers:
@@ -216,12 +245,13 @@ async def _serve_on(
             runtime.mqtt.close_all()
             runtime.amqp.close_all()
     finally:
-        endpoints_file(settings.data_dir).unlink(missing_ok=True)
+        if not worker:
+            endpoints_file(settings.data_dir).unlink(missing_ok=True)
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
 
 
-async def _refresh_trust(runtime: Runtime) -> None:
+async def _refresh_trust(runtime: Runtime, issue_hub_certificates: bool) -> None:
     """Other dpsd processes on the same store enroll certificates and link built-in hubs
     too: pick them up."""
     while True:
@@ -230,7 +260,8 @@ async def _refresh_trust(runtime: Runtime) -> None:
             await runtime.refresh_trust()
         except Exception:
             logger.exception("reloading the certificates that vouch for devices failed")
-        await _ensure_hub_certificates(runtime)
+        if issue_hub_certificates:
+            await _ensure_hub_certificates(runtime)
 
 
 async def _ensure_hub_certificates(runtime: Runtime) -> None:
@@ -294,24 +325,17 @@ def _stop(listeners: list[_Server]) -> None:
         listener.should_exit = True
 
 
-def _endpoints(
-    runtime: Runtime,
-    sockets: list[socket.socket],
-    devices: DeviceSockets,
-    metrics: socket.socket | None = None,
-) -> Endpoints:
-    hostname = runtime.settings.hostname
-    ports = [listener.getsockname()[1] for listener in sockets]
-    https = f"https://{hostname}:{ports[0]}"
-    http = f"http://{hostname}:{ports[1]}" if len(ports) > 1 else None
+def listener_endpoints(hostname: str, listeners: Listeners) -> Endpoints:
+    """What clients are told to reach, at the ports really bound."""
 
-    def device_url(scheme: str, listener: socket.socket | None) -> str | None:
+    def url(scheme: str, listener: socket.socket | None) -> str | None:
         return None if listener is None else f"{scheme}://{hostname}:{listener.getsockname()[1]}"
 
+    metrics = url("http", listeners.metrics)
     return Endpoints(
-        https=https,
-        http=http,
-        mqtt=device_url("mqtts", devices.mqtt),
-        amqp=device_url("amqps", devices.amqp),
-        metrics=None if metrics is None else f"{device_url('http', metrics)}{METRICS_PATH}",
+        https=f"https://{hostname}:{listeners.https.getsockname()[1]}",
+        http=url("http", listeners.http),
+        mqtt=url("mqtts", listeners.mqtt),
+        amqp=url("amqps", listeners.amqp),
+        metrics=None if metrics is None else f"{metrics}{METRICS_PATH}",
     )

@@ -21,6 +21,7 @@ DEFAULT_HUB_TIMEOUT = 10.0
 MIN_TIMEOUT = 0.1
 DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT = 1000
 MAX_TIMEOUT = 120.0
+MAX_WORKERS = 256
 
 
 def default_data_dir() -> Path:
@@ -34,7 +35,8 @@ class Settings:
     connection string and the server certificate. ``tls_names`` adds more names.
     ``location`` is where this service stands, for geoLatency allocation; ``retry_after``
     is how long devices are told to wait between polls; ``metrics_port`` is where Prometheus
-    metrics are served over plain HTTP (None: nowhere)."""
+    metrics are served over plain HTTP (None: nowhere); ``workers`` is how many processes
+    serve the listeners together (dpsd.workers)."""
 
     data_dir: Path
     host: str = DEFAULT_HOST
@@ -57,6 +59,7 @@ class Settings:
     """Register requests allowed per instance (None: no limit)."""
     device_poll_rate: Rate | None = None
     """Polls and status lookups allowed per device (None: no limit)."""
+    workers: int = 1
 
     def __post_init__(self) -> None:
         ports = (
@@ -80,6 +83,8 @@ class Settings:
                     f"not {seconds:g}"
                 )
         _ = self.throttle_limits  # refuses limits the policy cannot work with
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ValueError(f"workers must be 1 to {MAX_WORKERS}, not {self.workers}")
         if not self.hostname:
             raise ValueError("the hostname must not be empty")
         if self.database is not None and not self.database.startswith(("sqlite:", "postgresql")):

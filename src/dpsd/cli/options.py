@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -160,6 +161,14 @@ DevicePollRate = Annotated[
         "are answered 429 (off by default).",
     ),
 ]
+Workers = Annotated[
+    str,
+    typer.Option(
+        "--workers",
+        envvar="DPSD_WORKERS",
+        help="Processes serving the listeners together (auto: one per core).",
+    ),
+]
 TlsNames = Annotated[
     list[str] | None,
     typer.Option(
@@ -189,6 +198,7 @@ def make_settings(
     max_registrations_in_flight: int = DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT,
     registration_rate: str | None = None,
     device_poll_rate: str | None = None,
+    workers: int = 1,
 ) -> Settings:
     """Without ``--database``, a data dir keeps the store it was first served with."""
     names = tuple(
@@ -215,6 +225,7 @@ def make_settings(
             max_registrations_in_flight=max_registrations_in_flight or None,
             registration_rate=_rate_or_off(registration_rate),
             device_poll_rate=_rate_or_off(device_poll_rate),
+            workers=workers,
         )
     except ValueError as error:
         raise typer.BadParameter(str(error)) from error
@@ -230,3 +241,13 @@ def _rate_or_off(text: str | None) -> Rate | None:
     if text is None or text.strip().lower() in ("", "off", "0"):
         return None
     return Rate.parse(text)
+
+
+def worker_count(text: str) -> int:
+    """``--workers``: a number, or ``auto`` for the cores this process may run on."""
+    if text.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0))
+    try:
+        return int(text)
+    except ValueError:
+        raise typer.BadParameter(f"workers must be a number or auto, not {text!r}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Annotated
 from urllib.parse import urlsplit
 
@@ -32,9 +33,12 @@ from dpsd.cli.options import (
     RetryAfter,
     TlsNames,
     WebhookTimeout,
+    Workers,
     make_settings,
+    worker_count,
 )
 from dpsd.cli.store import opening_store
+from dpsd.cli.supervised import record_workers, serve_supervised
 from dpsd.data_dir import loose_permissions
 from dpsd.server import Endpoints, ListenError, running_endpoints, serve
 from dpsd.settings import (
@@ -55,7 +59,9 @@ from dpsd.telemetry.logs import LogFormat, LogLevel, configure_logging
 from dpsd.version import dpsd_version
 
 
-def _print_banner(console: Console, runtime: Runtime, endpoints: Endpoints) -> None:
+def _print_banner(
+    console: Console, runtime: Runtime, endpoints: Endpoints, workers: list[int] | None = None
+) -> None:
     port = int(endpoints.https.rsplit(":", 1)[1])
     console.print(
         f"[bold]dpsd[/bold] {dpsd_version()} is serving the Device Provisioning Service API"
@@ -70,6 +76,9 @@ def _print_banner(console: Console, runtime: Runtime, endpoints: Endpoints) -> N
     console.print(f"  CA certificate     {runtime.tls.ca_certificate}")
     store = "PostgreSQL" if runtime.settings.database else runtime.settings.database_url
     console.print(f"  Store              {store}")
+    if workers is not None:
+        pids = ", ".join(str(pid) for pid in workers)
+        console.print(f"  Workers            {len(workers)} processes (pids {pids})")
     console.print("Stop with Ctrl+C.")
 
 
@@ -83,6 +92,23 @@ def _started(console: Console, runtime: Runtime, endpoints: Endpoints) -> None:
     if runtime.settings.database is not None:
         remember_database(runtime.settings.data_dir, runtime.settings.database)
     _print_banner(console, runtime, endpoints)
+
+
+def _workers_serving(console: Console) -> Callable[[Runtime, Endpoints, list[int]], None]:
+    """Every worker serves: the banner the first time, the endpoints file each time (with
+    the process ids of the workers, which change as workers are started again)."""
+    announced = False
+
+    def serving(runtime: Runtime, endpoints: Endpoints, workers: list[int]) -> None:
+        nonlocal announced
+        record_workers(runtime.settings, endpoints, workers)
+        if not announced:
+            announced = True
+            if runtime.settings.database is not None:
+                remember_database(runtime.settings.data_dir, runtime.settings.database)
+            _print_banner(console, runtime, endpoints, workers)
+
+    return serving
 
 
 def serve_command(
@@ -105,6 +131,7 @@ def serve_command(
     device_poll_rate: DevicePollRate = None,
     log_level: LogLevelOption = LogLevel.INFO,
     log_format: LogFormatOption = LogFormat.TEXT,
+    workers: Workers = "1",
 ) -> None:
     """Serve the DPS service API and device registration over HTTPS (optionally HTTP too)
     and device registration over MQTT and AMQP; health probes at /healthz and /readyz."""
@@ -126,9 +153,20 @@ def serve_command(
         max_registrations_in_flight=max_registrations_in_flight,
         registration_rate=registration_rate,
         device_poll_rate=device_poll_rate,
+        workers=worker_count(workers),
     )
     configure_logging(log_level, log_format)
     console = Console(highlight=False)
+    if settings.workers > 1:
+        serve_supervised(
+            settings,
+            database is not None,
+            (log_level, log_format),
+            lambda _runtime: _warn_of_loose_permissions(settings),
+            _workers_serving(console),
+        )
+        console.print("dpsd stopped.")
+        return
 
     async def run() -> None:
         async with build_runtime(settings) as runtime:

@@ -9,7 +9,8 @@ The message is formatted from the facts it names, and only when the line is emit
 text format appends the facts the message does not name as ``key=value`` (values with
 spaces or quotes quoted as JSON strings); the JSON format writes every fact as a key of
 its own. Facts that are None are left out. Either format adds the tracking id of the
-request being served (``dpsd.telemetry.tracking``).
+request being served (``dpsd.telemetry.tracking``) and, in a worker of
+``dpsd serve --workers N``, the worker's number (``worker``, 1 to N).
 
 Text lines cannot be forged: characters that are not printable (a newline in an MQTT
 client id, say) are written escaped.
@@ -54,13 +55,21 @@ class LogFormat(enum.StrEnum):
     JSON = "json"
 
 
-def configure_logging(level: LogLevel, log_format: LogFormat, stream: TextIO | None = None) -> None:
+def configure_logging(
+    level: LogLevel,
+    log_format: LogFormat,
+    stream: TextIO | None = None,
+    worker: int | None = None,
+) -> None:
     """Send every log line to ``stream`` (stderr) in ``log_format``: dpsd's own from
-    ``level`` up, other libraries' (uvicorn, SQLAlchemy, httpx) from warnings up."""
+    ``level`` up, other libraries' (uvicorn, SQLAlchemy, httpx) from warnings up; each line
+    names ``worker`` when this process is one of several serving together."""
     handler = logging.StreamHandler(stream or sys.stderr)
     json_lines = log_format is LogFormat.JSON
     handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     handler.addFilter(TrackingFilter())
+    if worker is not None:
+        handler.addFilter(WorkerFilter(worker))
     logging._srcfile = None  # no caller lookup: lines do not show it
     logging.logThreads = False
     logging.logProcesses = False
@@ -86,6 +95,18 @@ class TrackingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.tracking_id = TRACKING_ID.get()
+        return True
+
+
+class WorkerFilter(logging.Filter):
+    """Marks each record with the number of the worker process that logs it."""
+
+    def __init__(self, worker: int) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
         return True
 
 
@@ -121,6 +142,9 @@ class TextFormatter(logging.Formatter):
         tracking_id = getattr(record, "tracking_id", None)
         if tracking_id:
             facts.append(f"tracking_id={tracking_id}")
+        worker = getattr(record, "worker", None)
+        if worker is not None:
+            facts.append(f"worker={worker}")
         line = f"{timestamp(record.created)} {record.levelname:<7} {record.name}: "
         line += printable(record.getMessage())
         if facts:
@@ -132,7 +156,7 @@ class TextFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     """One JSON object a line: ``time``, ``level``, ``logger``, ``message``, the facts,
-    ``tracking_id`` and ``exception`` (a traceback) when there are."""
+    ``tracking_id``, ``worker`` and ``exception`` (a traceback) when there are."""
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -147,6 +171,9 @@ class JsonFormatter(logging.Formatter):
         tracking_id = getattr(record, "tracking_id", None)
         if tracking_id:
             entry.setdefault("tracking_id", tracking_id)
+        worker = getattr(record, "worker", None)
+        if worker is not None:
+            entry["worker"] = worker  # the process's own, whatever a fact says
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)

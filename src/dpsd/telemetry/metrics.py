@@ -1,6 +1,12 @@
 """dpsd's Prometheus metrics, and the ASGI app that serves them at ``GET /metrics``.
 
 Each dpsd process counts into a registry of its own (tests run many in one process). The
+workers of ``dpsd serve --workers N`` count together instead: prometheus-client's
+multiprocess mode, each worker writing its values into files of one directory the
+supervisor made, and any worker answering a scrape with the sum over all of them (a worker
+that died keeps its counts; its open connections are dropped). Their process's CPU, memory
+and garbage collector are then not served: a scrape would describe whichever worker
+answered it. The
 service API's hot path pays a dictionary lookup, a counter increment and a histogram
 observation per request: the labelled children are made once per label set and kept, since
 ``labels(...)`` itself costs several times as much. The README's table documents each
@@ -9,7 +15,9 @@ metric.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import (
@@ -21,6 +29,8 @@ from prometheus_client import (
     Gauge,
     Histogram,
     make_asgi_app,
+    multiprocess,
+    values,
 )
 
 from dpsd.version import dpsd_version
@@ -38,20 +48,40 @@ AsgiApp = Callable[
 ]
 
 
+def count_in_shared_files(directory: Path) -> None:
+    """From now on, every metric this process makes keeps its values in files of
+    ``directory``, which the other worker processes share (before any Metrics is made)."""
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+def forget_process(directory: Path, pid: int) -> None:
+    """A worker process has ended: its gauges of things open now no longer count."""
+    multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+
+
 class Metrics:
     """The metrics of one dpsd process. ``process``: also the process's CPU, memory and
     open files, the Python platform and garbage collector (what the default registry of
-    prometheus-client would have)."""
+    prometheus-client would have). ``shared``: the directory of the workers counting
+    together (count_in_shared_files), whose sum this registry serves."""
 
-    def __init__(self, *, process: bool = False) -> None:
+    def __init__(self, *, process: bool = False, shared: Path | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        if process:
+        registry = self.registry
+        if shared is not None:
+            registry = CollectorRegistry(auto_describe=True)  # counts, served from the files
+            multiprocess.MultiProcessCollector(self.registry, path=str(shared))  # type: ignore[no-untyped-call]
+        elif process:
             for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
                 self.registry.register(collector)
-        registry = self.registry
-        Gauge("dpsd_info", "The dpsd version serving", ["version"], registry=registry).labels(
-            dpsd_version()
-        ).set(1)
+        Gauge(
+            "dpsd_info",
+            "The dpsd version serving",
+            ["version"],
+            registry=registry,
+            multiprocess_mode="max",
+        ).labels(dpsd_version()).set(1)
         self._requests = Counter(
             "dpsd_http_requests",
             "HTTP requests answered, by API (dps: service and device API; hub: built-in IoT "
@@ -85,6 +115,7 @@ class Metrics:
             "Device connections open now, by protocol (TLS and WebSockets together)",
             ["protocol"],
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self._throttled = Counter(
             "dpsd_device_requests_throttled",
@@ -98,7 +129,10 @@ class Metrics:
             "dpsd_registrations_in_flight",
             "Registrations let in whose operation has not settled yet",
             registry=registry,
+            multiprocess_mode="livesum",
         )
+        self._shared = shared is not None
+        self._in_flight_count: Callable[[], int] | None = None
         self._store_errors = Counter(
             "dpsd_store_errors", "Store statements that failed", registry=registry
         )
@@ -132,8 +166,19 @@ class Metrics:
         self._throttled.labels(protocol, request, limit).inc()
 
     def watch_in_flight(self, count: Callable[[], int]) -> None:
-        """Where the gauge of registrations in flight reads its value (when scraped)."""
-        self._in_flight.set_function(count)
+        """Where the gauge of registrations in flight reads its value (when scraped; when
+        counting with other workers, at each ``refresh``)."""
+        if self._shared:
+            self._in_flight_count = count
+            self.refresh()
+        else:
+            self._in_flight.set_function(count)
+
+    def refresh(self) -> None:
+        """Write the values read from functions where the other workers' scrapes read them
+        (workers call this every second); nothing for a process counting alone."""
+        if self._in_flight_count is not None:
+            self._in_flight.set(self._in_flight_count())
 
     def connection_opened(self, protocol: str) -> None:
         self._connections.labels(protocol).inc()

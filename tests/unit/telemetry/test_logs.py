@@ -41,6 +41,19 @@ def test_a_json_line_has_every_fact_as_a_key() -> None:
     }
 
 
+def test_a_worker_s_lines_name_it_last() -> None:
+    with captured_logs(LogFormat.TEXT, worker=2) as stream, tracking("abc-123"):
+        logger.info("%(method)s %(status)d", FACTS)
+    assert stream.getvalue().rstrip("\n").endswith(" tracking_id=abc-123 worker=2")
+    with captured_logs(LogFormat.JSON, worker=3) as stream:
+        logger.info("%(method)s %(status)d", {**FACTS, "worker": "forged"})
+    (line,) = json_lines(stream)
+    assert line["worker"] == 3
+    with captured_logs(LogFormat.JSON) as stream:
+        logger.info("%(method)s %(status)d", FACTS)
+    assert "worker" not in json_lines(stream)[0]
+
+
 def test_facts_cannot_overwrite_the_line_s_own_keys() -> None:
     with captured_logs(LogFormat.JSON) as stream:
         logger.info("hello %(message)s", {"message": "x", "level": "forged"})
