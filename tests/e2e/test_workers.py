@@ -253,6 +253,9 @@ def test_metrics_are_counted_over_every_worker(server: DpsdProcess) -> None:
         assert device_request(server, "PUT", device_id(server, "m-2"), "/register").is_success
         after = registrations_counted(server)
     assert after - before == 2
+    scraped = httpx.get(recorded(server)["metrics"], timeout=10).text
+    assert re.search(r"^dpsd_registrations_in_flight 0\.0$", scraped, re.MULTILINE), scraped
+    assert "process_cpu_seconds_total" not in scraped
 
 
 def test_a_killed_worker_is_started_again_and_dpsd_keeps_serving(server: DpsdProcess) -> None:
