@@ -48,6 +48,7 @@ from dpsd.service.hubs import HubService
 from dpsd.service.ports import RegistrationStateStore, TrustedCertificates
 from dpsd.service.registration_states import RegistrationStateService
 from dpsd.service.throttling import Throttle
+from dpsd.service.tpm_attestation import TpmAttestor
 from dpsd.service.x509_trust import certificates_to_trust
 from dpsd.settings import Settings
 from dpsd.storage.engine import create_engine
@@ -63,6 +64,8 @@ from dpsd.storage.sql import (
     SqlInstanceRepository,
     SqlOperationRepository,
     SqlRegistrationStateRepository,
+    SqlTpmChallengeRepository,
+    SqlTpmHubKeyRepository,
 )
 from dpsd.telemetry.metrics import Metrics
 from dpsd.telemetry.registrations import ReportedRegistrations
@@ -239,6 +242,13 @@ async def build_runtime(
             operations=SqlOperationRepository(executor),
             clock=clock,
             entropy=entropy,
+            tpm=TpmAttestor(
+                enrollment_store,
+                SqlTpmChallengeRepository(executor),
+                SqlTpmHubKeyRepository(executor),
+                clock,
+                entropy,
+            ),
             allocator=WebhookCustomAllocator(
                 webhook_client,
                 lambda record: msgspec.to_builtins(enrollment_to_wire(record, Disclosure.PUBLIC)),

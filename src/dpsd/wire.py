@@ -36,6 +36,7 @@ from dpsd.domain.enrollment_group import EnrollmentGroup, EnrollmentGroupDraft
 from dpsd.domain.errors import ValidationError
 from dpsd.domain.registration import DeviceRegistrationState
 from dpsd.domain.timestamps import format_timestamp
+from dpsd.domain.tpm_public import TpmKeys
 from dpsd.domain.x509 import CertificateInfo
 
 JsonObject = dict[str, Any]
@@ -465,11 +466,26 @@ class GroupReferenceWire(_Wire):
     enrollment_group_id: str | None = None
 
 
+class TpmResultWire(_Wire):
+    authentication_key: str
+
+
 class DeviceRegistrationResultWire(RegistrationStateWire):
-    """What a device is told: its registration state, and the group that attested it."""
+    """What a device is told: its registration state, the group that attested it, and for
+    a TPM device assigned, its hub key in an activation blob."""
 
     symmetric_key: GroupReferenceWire | None = None
     x509: GroupReferenceWire | None = None
+    tpm: TpmResultWire | None = None
+
+
+class TpmChallengeWire(_Wire):
+    """The 401 answer to a TPM device's first registration request: no ``status``, which
+    the C SDK would read as a failure."""
+
+    authentication_key: str
+    key_name: str
+    message: str
 
 
 class RegistrationOperationStatusWire(_Wire):
@@ -478,8 +494,17 @@ class RegistrationOperationStatusWire(_Wire):
     registration_state: DeviceRegistrationResultWire | None = None
 
 
+def tpm_keys(body: DeviceRegistrationWire) -> TpmKeys | None:
+    """The TPM keys a registration body carries, if any."""
+    if body.tpm is None:
+        return None
+    return TpmKeys(body.tpm.endorsement_key, body.tpm.storage_root_key)
+
+
 def result_to_wire(
-    state: DeviceRegistrationState, attestation_type: str | None
+    state: DeviceRegistrationState,
+    attestation_type: str | None,
+    authentication_key: str | None = None,
 ) -> DeviceRegistrationResultWire:
     group = (
         None if state.enrollment_group_id is None else GroupReferenceWire(state.enrollment_group_id)
@@ -488,4 +513,5 @@ def result_to_wire(
         **msgspec.structs.asdict(registration_state_to_wire(state)),
         symmetric_key=group if attestation_type == AttestationType.SYMMETRIC_KEY.value else None,
         x509=group if attestation_type == AttestationType.X509.value else None,
+        tpm=None if authentication_key is None else TpmResultWire(authentication_key),
     )

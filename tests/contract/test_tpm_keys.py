@@ -105,7 +105,7 @@ async def test_a_challenge_deleted_at_its_etag_only(stores: TpmStores) -> None:
 
 
 async def test_hub_keys_are_kept_per_registration(stores: TpmStores) -> None:
-    key = TpmHubKey("Device-1", "e1", "ZmluZ2VycHJpbnQ=", "SFVC")
+    key = TpmHubKey("Device-1", "e1", "ZmluZ2VycHJpbnQ=", "SFVC", "U0VD")
     await stores.hub_keys.put(key)
     assert await stores.hub_keys.get("device-1") == key
     newer = replace(key, etag="e2", endorsement_key="b3RoZXI=", key="TkVX")

@@ -37,7 +37,8 @@ from dpsd.amqp.sasl import PlainCredentials
 from dpsd.devices.answers import Answer, ConnectedDevice, DeviceRequests
 from dpsd.domain.errors import DomainError
 from dpsd.domain.x509_attestation import read_chain
-from dpsd.service.device_registration import Credential, DeviceUnauthorized
+from dpsd.service.device_registration import Credential
+from dpsd.service.errors import DeviceUnauthorized
 
 logger = logging.getLogger("dpsd.amqp")
 

@@ -24,11 +24,15 @@ from dpsd.service.device_events import DeviceProtocol
 from dpsd.service.device_registration import (
     Credential,
     DeviceRegistrationService,
-    DeviceUnauthorized,
     OperationNotFound,
-    UnsupportedAttestation,
 )
-from dpsd.service.errors import ServiceError, StorageUnavailable, Throttled
+from dpsd.service.errors import (
+    DeviceUnauthorized,
+    EnrollmentNotFound,
+    ServiceError,
+    StorageUnavailable,
+    Throttled,
+)
 from dpsd.telemetry.tracking import current_tracking_id, tracking
 from dpsd.wire import (
     DeviceRegistrationResultWire,
@@ -36,6 +40,7 @@ from dpsd.wire import (
     ErrorDetailsWire,
     RegistrationOperationStatusWire,
     result_to_wire,
+    tpm_keys,
 )
 
 logger = logging.getLogger("dpsd.devices")
@@ -45,7 +50,7 @@ _encoder = msgspec.json.Encoder()
 _ERRORS: dict[type[Exception], tuple[int, int]] = {
     DeviceUnauthorized: (401, UNAUTHORIZED),
     OperationNotFound: (404, 404205),
-    UnsupportedAttestation: (400, 400004),
+    EnrollmentNotFound: (404, 404201),
     JsonTooDeep: (400, 400006),
     StorageUnavailable: (503, 503000),
     Throttled: (429, THROTTLED),
@@ -186,7 +191,7 @@ class DeviceRequests:
             device.credential,
             body_registration_id=body.registration_id,
             payload=body.payload,
-            tpm=body.tpm,
+            tpm=tpm_keys(body),
             protocol=self.protocol,
         )
         answer = RegistrationOperationStatusWire(operation.operation_id, "assigning")
@@ -202,7 +207,9 @@ class DeviceRequests:
             protocol=self.protocol,
         )
         if operation.finished and operation.state is not None:
-            result = result_to_wire(operation.state, operation.attestation_type)
+            result = result_to_wire(
+                operation.state, operation.attestation_type, operation.authentication_key
+            )
             status = RegistrationOperationStatusWire(
                 operation.operation_id, operation.status.value, result
             )

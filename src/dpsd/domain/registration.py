@@ -45,7 +45,9 @@ class RegistrationOperation:
     """One register call of a device: ``assigning`` until a hub is chosen, then terminal.
 
     ``state`` is what the device is told (its registration state, or the failure);
-    ``enrollment_group_id`` says which group attested it, if any.
+    ``enrollment_group_id`` says which group attested it, if any; ``authentication_key``:
+    for a TPM device assigned, the activation blob (base64) of its hub identity's key,
+    which only its TPM can open.
     """
 
     operation_id: str
@@ -56,6 +58,7 @@ class RegistrationOperation:
     state: DeviceRegistrationState | None = None
     enrollment_group_id: str | None = None
     attestation_type: str | None = None
+    authentication_key: str | None = None
 
     @property
     def etag(self) -> str:

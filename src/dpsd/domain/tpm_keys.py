@@ -38,10 +38,12 @@ class TpmChallenge:
 
 @dataclass(frozen=True, slots=True)
 class TpmHubKey:
-    """The symmetric key of a TPM device's hub identity (base64), and the fingerprint of
-    the EK it was given to: another TPM under the same registration id gets a new key."""
+    """The symmetric keys of a TPM device's hub identity (base64; the device is given the
+    primary), and the fingerprint of the EK they were given to: another TPM under the same
+    registration id gets new keys."""
 
     registration_id: str
     etag: str
     endorsement_key: str
     key: str
+    secondary_key: str

@@ -28,6 +28,8 @@ ATTRIBUTE_SIGN = 0x0004_0000
 RSA_BITS = 2048
 AES_BITS = 128
 DEFAULT_EXPONENT = 65537
+EK_FIELD = "tpm.endorsementKey"
+SRK_FIELD = "tpm.storageRootKey"
 MAX_PUBLIC_BYTES = 1024
 """More than any RSA-2048 public area takes (316 bytes for the SDKs' EK)."""
 
@@ -149,3 +151,21 @@ def key_fingerprint(key: TpmPublicKey) -> str:
     whether the same TPM asks again; not secret."""
     digest = hashlib.sha256(key.modulus + key.exponent.to_bytes(4, "big")).digest()
     return base64.b64encode(digest).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True)
+class TpmKeys:
+    """What a TPM device sends: its EK and SRK, base64 TPM2B_PUBLIC, as on the wire."""
+
+    endorsement_key: str | None = None
+    storage_root_key: str | None = None
+
+    def endorsement(self) -> TpmPublicKey:
+        if not self.endorsement_key:
+            raise InvalidAttestation(f"{EK_FIELD} is required")
+        return decode_public_key(self.endorsement_key, field=EK_FIELD)
+
+    def storage_root(self) -> TpmPublicKey:
+        if not self.storage_root_key:
+            raise InvalidAttestation(f"{SRK_FIELD} is required for TPM attestation")
+        return decode_public_key(self.storage_root_key, field=SRK_FIELD)

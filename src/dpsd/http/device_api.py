@@ -6,7 +6,11 @@ certificate the listener hands over in the ASGI TLS extension); the use cases ch
 
 from __future__ import annotations
 
+import base64
+
+from dpsd.domain.device_auth import DEVICE_KEY_NAME
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationOperation
+from dpsd.domain.tpm_public import TpmKeys
 from dpsd.http.bodies import read_optional_json
 from dpsd.http.exchange import HttpRequest, HttpResponse, json_response
 from dpsd.http.routing import Route
@@ -15,7 +19,14 @@ from dpsd.wire import (
     DeviceRegistrationResultWire,
     DeviceRegistrationWire,
     RegistrationOperationStatusWire,
+    TpmChallengeWire,
     result_to_wire,
+    tpm_keys,
+)
+
+TPM_CHALLENGE_MESSAGE = (
+    "Open the authenticationKey with the device's TPM and send the request again, signed "
+    "with the key it holds"
 )
 
 
@@ -44,16 +55,30 @@ class DeviceHandlers:
 
     async def register(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         body = await read_optional_json(request, DeviceRegistrationWire) or DeviceRegistrationWire()
+        credential = _credential(request)
+        keys = tpm_keys(body)
+        if keys is not None and credential == Credential():
+            return await self._challenge(params, keys)
         operation = await self._service.register(
             params["scope"],
             params["id"],
-            _credential(request),
+            credential,
             body_registration_id=body.registration_id,
             payload=body.payload,
-            tpm=body.tpm,
+            tpm=keys,
         )
         answer = RegistrationOperationStatusWire(operation.operation_id, "assigning")
         return json_response(answer, 202, {"retry-after": self._retry_after})
+
+    async def _challenge(self, params: dict[str, str], keys: TpmKeys) -> HttpResponse:
+        """A TPM device without a credential yet: 401 with the blob it must open."""
+        blob = await self._service.tpm_challenge(params["scope"], params["id"], keys)
+        answer = TpmChallengeWire(
+            authentication_key=base64.b64encode(blob).decode("ascii"),
+            key_name=DEVICE_KEY_NAME,
+            message=TPM_CHALLENGE_MESSAGE,
+        )
+        return json_response(answer, 401)
 
     async def operation(self, request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         operation = await self._service.operation(
@@ -83,5 +108,5 @@ class DeviceHandlers:
         return RegistrationOperationStatusWire(
             operation.operation_id,
             operation.status.value,
-            result_to_wire(state, operation.attestation_type),
+            result_to_wire(state, operation.attestation_type, operation.authentication_key),
         )

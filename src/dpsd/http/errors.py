@@ -22,14 +22,13 @@ from dpsd.domain.errors import (
 from dpsd.domain.json_depth import JsonTooDeep
 from dpsd.domain.timestamps import format_timestamp
 from dpsd.service.device_registration import (
-    DeviceUnauthorized,
     OperationNotFound,
     RegistrationNotFound,
-    UnsupportedAttestation,
 )
 from dpsd.service.errors import (
     AlreadyExists,
     BadRequest,
+    DeviceUnauthorized,
     EnrollmentAlreadyExists,
     EnrollmentGroupAlreadyExists,
     EnrollmentGroupNotFound,
@@ -100,7 +99,6 @@ class RequestHeadTimeout(HttpError):
 
 ERROR_TABLE: dict[type[Exception], tuple[int, int]] = {
     DeviceUnauthorized: (401, 401002),
-    UnsupportedAttestation: (400, 400004),
     OperationNotFound: (404, 404205),
     RegistrationNotFound: (404, 404202),
     InvalidApiVersion: (400, 400001),

@@ -37,6 +37,7 @@ from dpsd.domain.registration import (
     RegistrationOperation,
     RegistrationStatus,
 )
+from dpsd.domain.tpm_public import TpmKeys
 from dpsd.domain.x509_attestation import group_position, individual_matches, read_chain
 from dpsd.service.device_events import (
     DeviceProtocol,
@@ -47,7 +48,7 @@ from dpsd.service.device_events import (
     RegistrationFinished,
     RegistrationStarted,
 )
-from dpsd.service.errors import NotFound, ServiceError, Throttled
+from dpsd.service.errors import DeviceUnauthorized, NotFound, Throttled
 from dpsd.service.hub_landing import (
     Landing,
     choose_move,
@@ -73,6 +74,7 @@ from dpsd.service.ports import (
     RegistrationStateStore,
 )
 from dpsd.service.throttling import RegistrationSlot, Throttle
+from dpsd.service.tpm_attestation import TpmAttestor, TpmProof
 
 OPERATION_LIFETIME = timedelta(hours=1)
 # How long a register call waits for its operation to finish before answering ``assigning``
@@ -89,14 +91,6 @@ DISABLED_ERROR_CODE = 401008
 CUSTOM_ALLOCATION_ERROR_CODE = 400210
 _GRACE_SECONDS = 30
 T = TypeVar("T")
-
-
-class DeviceUnauthorized(ServiceError):
-    """The device did not prove who it is; the message says what was wrong."""
-
-
-class UnsupportedAttestation(ServiceError):
-    """An attestation dpsd does not serve (TPM)."""
 
 
 class OperationNotFound(NotFound):
@@ -130,10 +124,15 @@ class Attested:
     group_record: EnrollmentGroup | None = None
     certificate_thumbprint: str | None = None
     """SHA-256 of the certificate the device presented (X.509 attestation)."""
+    tpm: TpmProof | None = None
+    """The TPM keys the device proved it holds (TPM attestation)."""
 
     @classmethod
     def individual(
-        cls, enrollment: IndividualEnrollment, certificate_thumbprint: str | None = None
+        cls,
+        enrollment: IndividualEnrollment,
+        certificate_thumbprint: str | None = None,
+        tpm: TpmProof | None = None,
     ) -> Attested:
         settings = enrollment.settings
         return cls(
@@ -143,6 +142,7 @@ class Attested:
             None,
             enrollment=enrollment,
             certificate_thumbprint=certificate_thumbprint,
+            tpm=tpm,
         )
 
     @classmethod
@@ -175,6 +175,7 @@ class DeviceRegistrationService:
     clock: Clock
     entropy: Entropy
     allocator: CustomAllocator
+    tpm: TpmAttestor
     hub_registry: IotHubRegistry | None = None
     """Where device identities are written; None: assignments are only recorded."""
     service_location: str | None = None
@@ -195,25 +196,35 @@ class DeviceRegistrationService:
         credential: Credential,
         body_registration_id: str | None = None,
         payload: Any = None,
-        tpm: object | None = None,
+        tpm: TpmKeys | None = None,
         protocol: DeviceProtocol = DeviceProtocol.HTTPS,
     ) -> RegistrationOperation:
         """Attest the device and start its operation. The answer is always ``assigning``;
-        the outcome is in the operation the device then polls."""
-        if tpm is not None:
-            raise UnsupportedAttestation("TPM attestation is not supported by dpsd")
+        the outcome is in the operation the device then polls. ``tpm``: the keys a TPM
+        device sends along (checked, and the EK must be the one it attested with)."""
         validate_registration_id(registration_id)
         if body_registration_id and body_registration_id.lower() != registration_id.lower():
             raise ValidationError(
                 f"registrationId {body_registration_id!r} in the body does not match "
                 f"{registration_id!r} in the path"
             )
+        sent_key = tpm.endorsement() if tpm is not None and tpm.endorsement_key else None
+        if tpm is not None and tpm.storage_root_key:
+            tpm.storage_root()
         # Shed load before any work (attestation reads the store): the cheapest answer.
         slot = self._admitted(
             registration_id, protocol, "register", self.throttle.admit_registration
         )
         try:
             attested = await self.admit(id_scope, registration_id, credential, protocol)
+            if (
+                sent_key is not None
+                and attested.tpm is not None
+                and not sent_key.same_key(attested.tpm.endorsement_key)
+            ):
+                raise DeviceUnauthorized(
+                    "The endorsement key sent is not the one the token answers"
+                )
             now = self.clock.now()
             started = RegistrationOperation(
                 operation_id=self._operation_id(),
@@ -265,6 +276,31 @@ class DeviceRegistrationService:
             )
             self.events.throttled(event)
             raise
+
+    async def tpm_challenge(
+        self,
+        id_scope: str,
+        registration_id: str,
+        keys: TpmKeys,
+        protocol: DeviceProtocol = DeviceProtocol.HTTPS,
+    ) -> bytes:
+        """The activation blob a TPM device must open before it can sign its requests;
+        a device whose EK is not enrolled is reported refused."""
+        validate_registration_id(registration_id)
+        # The first step of a registration: counted against the same limits.
+        slot = self._admitted(
+            registration_id, protocol, "register", self.throttle.admit_registration
+        )
+        try:
+            if id_scope.lower() != self.id_scope.lower():
+                raise DeviceUnauthorized(f"ID scope {id_scope!r} is not this service's")
+            return await self.tpm.challenge(registration_id, keys)
+        except DeviceUnauthorized as error:
+            presented = AttestationType.TPM.value
+            self.events.refused(DeviceRefused(protocol, registration_id, presented, error.message))
+            raise
+        finally:
+            slot.release()
 
     async def drain(self) -> None:
         """Let assignments still talking to webhooks and hubs finish (at shutdown)."""
@@ -397,6 +433,8 @@ class DeviceRegistrationService:
         except InvalidToken as error:
             raise DeviceUnauthorized(error.message) from error
         enrollment = await self.enrollments.get(registration_id)
+        if enrollment is not None and enrollment.settings.attestation.type == AttestationType.TPM:
+            return Attested.individual(enrollment, tpm=await self.tpm.verify(enrollment, token))
         if enrollment is not None:
             keys = enrollment.settings.attestation.symmetric_key
             if keys is not None and signed_with_any(
@@ -450,6 +488,7 @@ class DeviceRegistrationService:
         now = self.clock.now()
         previous = await self.states.get(operation.registration_id)
         record = True
+        authentication_key = None
         if attested.settings.provisioning_status == ProvisioningStatus.DISABLED:
             state = self._failed_state(
                 operation,
@@ -462,8 +501,14 @@ class DeviceRegistrationService:
         else:
             try:
                 assignment = await self._assign(operation, attested, previous, now, payload)
-                await self._land(assignment, attested, previous)
+                hub_keys = None
+                if attested.tpm is not None:
+                    hub_keys = await self.tpm.hub_key(operation.registration_id, attested.tpm)
+                await self._land(assignment, attested, previous, hub_keys)
                 state = assignment.state
+                if attested.tpm is not None and hub_keys is not None:
+                    # The device's TPM takes in the key its hub identity authenticates with.
+                    authentication_key = self.tpm.activation(attested.tpm, hub_keys[0])
             except AllocationFailed as error:
                 state = self._failed(operation, previous, error.error_code, error.message, now)
             except HubRegistryError as error:
@@ -473,7 +518,13 @@ class DeviceRegistrationService:
                 record = _assigned_hub(previous) is None
         if record:
             await self.states.put(state)
-        finished = replace(operation, status=state.status, state=state, last_updated=now)
+        finished = replace(
+            operation,
+            status=state.status,
+            state=state,
+            last_updated=now,
+            authentication_key=authentication_key,
+        )
         await self.operations.save(finished)
         return finished
 
@@ -529,8 +580,10 @@ class DeviceRegistrationService:
         assignment: _Assignment,
         attested: Attested,
         previous: DeviceRegistrationState | None,
+        hub_keys: tuple[str, str] | None = None,
     ) -> None:
-        """Write the device into its hub, when dpsd can write there."""
+        """Write the device into its hub, when dpsd can write there. ``hub_keys``: the
+        keys of a TPM device's identity."""
         state = assignment.state
         assert state.assigned_hub is not None
         assert state.device_id is not None
@@ -560,6 +613,7 @@ class DeviceRegistrationService:
                     registration_id=state.registration_id,
                     from_group=attested.group_record is not None,
                     certificate_thumbprint=attested.certificate_thumbprint,
+                    device_keys=hub_keys,
                 ),
                 iot_edge=settings.capabilities.iot_edge,
             ),
@@ -657,6 +711,7 @@ class DeviceRegistrationService:
         self._registrations += 1
         if self._registrations % _CLEANUP_EVERY == 0:
             await self.operations.delete_older_than(now - OPERATION_LIFETIME)
+            await self.tpm.forget_expired()
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 ServiceError
 ├── Unauthorized             no valid credential, or a credential without the right
+├── DeviceUnauthorized       a device did not prove who it is
 ├── NotFound
 │   └── EnrollmentNotFound
 ├── EnrollmentAlreadyExists  create without If-Match on an existing record
@@ -26,6 +27,10 @@ class ServiceError(Exception):
 
 class Unauthorized(ServiceError):
     pass
+
+
+class DeviceUnauthorized(ServiceError):
+    """The device did not prove who it is; the message says what was wrong."""
 
 
 class NotFound(ServiceError):

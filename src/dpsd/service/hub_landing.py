@@ -123,9 +123,13 @@ def device_authentication(
     registration_id: str,
     from_group: bool,
     certificate_thumbprint: str | None,
+    device_keys: tuple[str, str] | None = None,
 ) -> HubAuthentication:
     """What the device authenticates to its hub with: the symmetric key it attested with
-    (derived from the group's for a group member), or the certificate it presented."""
+    (derived from the group's for a group member), the certificate it presented, or the
+    keys dpsd gave its TPM (``device_keys``)."""
+    if attestation_type == AttestationType.TPM and device_keys is not None:
+        return HubAuthentication(HubAuthenticationType.SAS, HubSymmetricKey(*device_keys))
     if attestation_type == AttestationType.X509 and certificate_thumbprint:
         thumbprint = certificate_thumbprint.upper()
         return HubAuthentication(
