@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import socket
 import ssl
 import time
 from collections.abc import Iterator
@@ -75,6 +76,8 @@ def server(
         started.stop()
         raise
     started.info["backend"] = request.param
+    if store:
+        started.info["database"] = store[1]
     yield started
     workers = recorded(started)["workers"]
     started.stop_cleanly()
@@ -277,3 +280,63 @@ def test_a_killed_worker_is_started_again_and_dpsd_keeps_serving(server: DpsdPro
         with only(server, 3 - number):
             polled = device_request(server, "GET", registration_id, f"/operations/{operation}")
         assert polled.json()["status"] == "assigned", polled.text
+
+
+def test_a_built_in_hub_linked_while_dpsd_runs_is_served_by_every_worker(
+    server: DpsdProcess,
+) -> None:
+    hub = f"{server.info['backend']}-live.hub.example"
+    store = ["--database", server.info["database"]] if "database" in server.info else []
+    linked = run_dpsd("hub", "add", hub, "--builtin", "--data-dir", str(server.data_dir), *store)
+    assert linked.returncode == 0, linked.stderr
+    context = ssl.create_default_context(cafile=server.info["caCertificatePath"])
+    port = int(recorded(server)["https"].rsplit(":", 1)[1])
+    for number in (1, 2):
+        with (
+            only(server, number),
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            context.wrap_socket(raw, server_hostname=hub) as tls,
+        ):
+            names = [value for kind, value in tls.getpeercert()["subjectAltName"] if kind == "DNS"]
+        assert names == [hub], number
+
+
+def test_sigint_stops_the_supervisor_and_every_worker(tmp_path: Path) -> None:
+    started = start_dpsd(tmp_path / "data", tmp_path / "serve.log", "--workers", "2")
+    workers = recorded(started)["workers"]
+    started.stop_cleanly(signal.SIGINT)
+    assert not any(alive(pid) for pid in workers)
+    assert started.output().count("stopped  pid=") == 2, started.output()
+
+
+def test_workers_end_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    started = start_dpsd(tmp_path / "data", tmp_path / "serve.log", "--workers", "2")
+    workers = recorded(started)["workers"]
+    assert started.stop(signal.SIGKILL) == -signal.SIGKILL
+    deadline = time.monotonic() + RESTART_TIMEOUT
+    while any(alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, started.output()
+        time.sleep(POLL_INTERVAL)  # poll interval, not a wait for readiness
+    info = run_dpsd("info", "--json", "--data-dir", str(tmp_path / "data"))
+    assert json.loads(info.stdout)["endpoints"]["https"] == "https://localhost:8443"
+
+
+def test_a_port_in_use_stops_dpsd_before_any_worker_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_dpsd(
+            "serve", "--data-dir", str(tmp_path / "data"), "--https-port", str(port),
+            "--mqtt-port", "-1", "--amqp-port", "-1", "--workers", "2",
+        )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "worker" not in result.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "none", "257"])
+def test_a_worker_count_that_is_no_count_is_a_usage_error(value: str, tmp_path: Path) -> None:
+    result = run_dpsd("serve", "--data-dir", str(tmp_path / "data"), "--workers", value)
+    assert result.returncode == 2, result.stderr
+    assert "workers" in result.stderr
