@@ -20,7 +20,13 @@ from dpsd.client_tls import ClientCertificateTrust
 from dpsd.data_dir import prepare_data_dir
 from dpsd.devices.listener import Admission, WebSocketDispatch
 from dpsd.domain.ids import format_id_scope
-from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
+from dpsd.domain.sas import (
+    ALL_RIGHTS,
+    OWNER_POLICY,
+    AccessRights,
+    SharedAccessPolicy,
+    service_connection_string,
+)
 from dpsd.http.access import AccessLog
 from dpsd.http.app import ServiceApiApp
 from dpsd.http.device_api import DeviceHandlers
@@ -69,10 +75,10 @@ from dpsd.storage.sql import (
 )
 from dpsd.telemetry.metrics import Metrics
 from dpsd.telemetry.registrations import ReportedRegistrations
-from dpsd.tls import TlsFiles, ensure_tls
+from dpsd.tls import ensure_tls
+from dpsd.tls_paths import TlsFiles
 from dpsd.wire import Disclosure, enrollment_to_wire, group_to_wire
 
-OWNER_POLICY = "provisioningserviceowner"
 _DEFAULT_POLICIES: dict[str, AccessRights] = {
     OWNER_POLICY: ALL_RIGHTS,
     "enrollmentread": AccessRights.ENROLLMENT_READ,
@@ -151,11 +157,6 @@ class Runtime:
         """``hostname``: the name the server was started with, when it differs from ours."""
         name = hostname or self.settings.hostname
         return service_connection_string(name, port, self.policies[policy_name])
-
-
-def service_connection_string(hostname: str, port: int, policy: SharedAccessPolicy) -> str:
-    host = hostname if port == 443 else f"{hostname}:{port}"
-    return f"HostName={host};SharedAccessKeyName={policy.name};SharedAccessKey={policy.primary_key}"
 
 
 def _hub_trust(tls: TlsFiles) -> ssl.SSLContext:

@@ -29,7 +29,8 @@ from cryptography import x509
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from dpsd.tls import HubCertificateFiles, TlsFiles, hub_certificate_files
+from dpsd.tls import HubCertificateFiles, hub_certificate_files
+from dpsd.tls_paths import TlsFiles
 
 MISS_SECONDS = 2.0
 MAX_MISSES = 1024

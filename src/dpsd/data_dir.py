@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from dpsd.settings import store_file
-from dpsd.tls import KEY_SUFFIX, tls_files
+from dpsd.tls_paths import KEY_SUFFIX, tls_files
 
 PRIVATE_FOLDER = 0o700
 PRIVATE_FILE = 0o600

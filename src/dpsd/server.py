@@ -7,20 +7,18 @@ import contextlib
 import ctypes
 import ctypes.util
 import ipaddress
-import json
 import logging
-import os
 import signal
 import socket
 import ssl
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from pathlib import Path
 
 import uvicorn
 
 from dpsd.app import Runtime
 from dpsd.client_tls import ClientCertificateWebSocketProtocol
+from dpsd.endpoints import Endpoints, endpoints_file, record_endpoints
 from dpsd.http.server_protocol import BoundedHeadProtocol
 from dpsd.settings import Settings
 from dpsd.telemetry.metrics import METRICS_PATH, metrics_app
@@ -40,62 +38,6 @@ class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoints:
-    https: str
-    http: str | None
-    mqtt: str | None = None
-    amqp: str | None = None
-    metrics: str | None = None
-
-    def as_json(self) -> dict[str, str | None]:
-        """The two endpoints ``dpsd info --json`` promises; MQTT's, AMQP's and the metrics'
-        are in the file."""
-        return {"https": self.https, "http": self.http}
-
-
-def endpoints_file(data_dir: Path) -> Path:
-    """Written while a server runs, so that ``dpsd info`` reports the ports it really bound."""
-    return data_dir / "endpoints.json"
-
-
-def record_endpoints(
-    data_dir: Path, endpoints: Endpoints, workers: list[int] | None = None
-) -> None:
-    """Written by the process that clients' tools should see as the server (the supervisor
-    of several workers, with their process ids)."""
-    path = endpoints_file(data_dir)
-    draft = path.with_suffix(".tmp")
-    recorded: dict[str, object] = {
-        **endpoints.as_json(),
-        "mqtt": endpoints.mqtt,
-        "amqp": endpoints.amqp,
-        "metrics": endpoints.metrics,
-        "pid": os.getpid(),
-    }
-    if workers is not None:
-        recorded["workers"] = workers
-    draft.write_text(json.dumps(recorded))
-    draft.replace(path)
-
-
-def running_endpoints(data_dir: Path) -> Endpoints | None:
-    """The endpoints of the dpsd process serving ``data_dir``, if one is alive."""
-    path = endpoints_file(data_dir)
-    try:
-        recorded = json.loads(path.read_text())
-        os.kill(int(recorded["pid"]), 0)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return Endpoints(
-        https=str(recorded["https"]),
-        http=recorded.get("http"),
-        mqtt=recorded.get("mqtt"),
-        amqp=recorded.get("amqp"),
-        metrics=recorded.get("metrics"),
-    )
 
 
 class ListenError(Exception):

@@ -27,35 +27,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from dpsd.domain.hub import LinkedHub
+from dpsd.tls_paths import KEY_SUFFIX, TlsFiles, tls_files
 
 CA_LIFETIME = timedelta(days=3650)
 SERVER_LIFETIME = timedelta(days=397)
 RENEW_BEFORE = timedelta(days=30)
-HUB_CERTIFICATES = "hubs"
 logger = logging.getLogger("dpsd.tls")
-
-
-@dataclass(frozen=True, slots=True)
-class TlsFiles:
-    ca_certificate: Path
-    ca_key: Path
-    server_certificate: Path
-    server_key: Path
-
-    @property
-    def hub_certificates(self) -> Path:
-        """The folder of the built-in hubs' certificates."""
-        return self.ca_certificate.parent / HUB_CERTIFICATES
-
-
-def tls_files(data_dir: Path) -> TlsFiles:
-    folder = data_dir / "tls"
-    return TlsFiles(
-        ca_certificate=folder / "ca.pem",
-        ca_key=folder / "ca-key.pem",
-        server_certificate=folder / "server.pem",
-        server_key=folder / "server-key.pem",
-    )
 
 
 class TlsFilesError(Exception):
@@ -199,7 +176,6 @@ def _sign_server_certificate(
 
 _UNSAFE_IN_FILE_NAMES = re.compile(r"[^a-z0-9.-]")
 _MAX_FILE_STEM = 200
-KEY_SUFFIX = "-key"
 
 
 @dataclass(frozen=True, slots=True)

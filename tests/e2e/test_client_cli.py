@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.certs import issue
+from tests.cli_imports import NEVER_FOR_A_CLIENT_COMMAND, run_dpsd_command
 from tests.e2e.cli_runner import error_line, invoke, output_json, succeeded, target
 from tests.e2e.process import COMMAND_TIMEOUT, DPSD, DpsdProcess, dpsd_env
 
@@ -413,6 +414,24 @@ def test_by_default_the_dpsd_serving_the_data_dir(
     assert dpsd_json(dpsd_info, "enrollment", "show", device)["etag"] == created["etag"]
     listed = output_json(invoke("enrollment", "list", "-o", "json", "--data-dir", data_dir))
     assert device in [record["registrationId"] for record in listed]
+
+
+@pytest.mark.parametrize("output", ["table", "json"])
+def test_a_command_on_the_local_dpsd_loads_no_server_store_or_rich(
+    dpsd_server: DpsdProcess, output: str
+) -> None:
+    """The owner policy comes from the SQLite store through sqlite3, the table is plain
+    text: what keeps a client command fast (bench/cli_start.py)."""
+    device = new_id("lean")
+    data_dir = {"DPSD_DATA_DIR": str(dpsd_server.data_dir)}
+    created = run_dpsd_command("enrollment", "create", device, "-o", output, env=data_dir)
+    assert created.exit_code == 0, created.stderr
+    listed = run_dpsd_command("enrollment", "list", "-o", output, env=data_dir)
+    assert listed.exit_code == 0, listed.stderr
+    assert device in listed.stdout
+    for run in (created, listed):
+        assert "httpx" in run.modules
+        assert run.loaded(NEVER_FOR_A_CLIENT_COMMAND) == []
 
 
 def test_a_data_dir_no_dpsd_serves(tmp_path: Path) -> None:

@@ -23,7 +23,6 @@ from dpsd.domain.hub import DEFAULT_HUB_POLICIES, HubPolicy, LinkedHub
 from dpsd.tls import (
     RENEW_BEFORE,
     SERVER_LIFETIME,
-    TlsFiles,
     certificate_host,
     ensure_hub_certificate,
     ensure_hub_certificates,
@@ -31,6 +30,7 @@ from dpsd.tls import (
     hub_certificate_files,
     remove_hub_certificate,
 )
+from dpsd.tls_paths import TlsFiles
 from tests.certs import Issued, issue
 
 NOW = datetime.now(UTC)

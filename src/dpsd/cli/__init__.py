@@ -1,22 +1,85 @@
-"""The ``dpsd`` command."""
+"""The ``dpsd`` command.
+
+Each command's module is imported when the command runs (``dpsd.cli.lazy``), and imports
+what only its work needs (the server, the store, httpx, Rich) inside its functions: a
+command starts in a small fraction of a second (bench/cli_start.py, docs/performance.md),
+and tests/unit/test_cli_imports.py keeps it so.
+"""
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 
-from dpsd.cli.certificates import certificate_app
-from dpsd.cli.enrollments import enrollment_app, group_app
-from dpsd.cli.fleet import export_command, import_command
-from dpsd.cli.hubs import hub_app
-from dpsd.cli.registrations import device_key_command, registration_app
-from dpsd.cli.serve import info_command, serve_command
+from dpsd.cli.lazy import LazyCommand, LazyGroup
+from dpsd.cli.options import HELP_OPTIONS
+
+COMMANDS = {
+    "serve": LazyCommand(
+        "dpsd.cli.serve",
+        "serve_command",
+        "Serve the DPS service API, and device registration over HTTPS, MQTT and AMQP.",
+    ),
+    "info": LazyCommand(
+        "dpsd.cli.serve",
+        "info_command",
+        "The ID scope, service connection string, CA certificate and endpoints.",
+    ),
+    "enrollment": LazyCommand(
+        "dpsd.cli.enrollments",
+        "enrollment_app",
+        "Manage individual enrollments (like az iot dps enrollment).",
+    ),
+    "group": LazyCommand(
+        "dpsd.cli.enrollments",
+        "group_app",
+        "Manage enrollment groups (like az iot dps enrollment-group).",
+    ),
+    "registration": LazyCommand(
+        "dpsd.cli.registrations",
+        "registration_app",
+        "Device registration states: which hub each device was assigned to.",
+    ),
+    "device-key": LazyCommand(
+        "dpsd.cli.registrations",
+        "device_key_command",
+        "The key a device of a symmetric-key enrollment group signs with.",
+    ),
+    "export": LazyCommand(
+        "dpsd.cli.fleet",
+        "export_command",
+        "Write every enrollment and group, with their keys, as JSON Lines.",
+    ),
+    "import": LazyCommand(
+        "dpsd.cli.fleet",
+        "import_command",
+        "Create the enrollments and groups of a dpsd export file.",
+    ),
+    "hub": LazyCommand(
+        "dpsd.cli.hubs", "hub_app", "Link the IoT hubs that devices are assigned to."
+    ),
+    "certificate": LazyCommand(
+        "dpsd.cli.certificates",
+        "certificate_app",
+        "Manage CA certificates for X.509 enrollment groups.",
+    ),
+}
+
+
+class _Commands(LazyGroup):
+    lazy_commands = COMMANDS
+    context_settings_of_commands = HELP_OPTIONS
+
 
 cli = typer.Typer(
+    cls=_Commands,
     help="dpsd: a self-hostable Azure IoT Hub Device Provisioning Service.",
     no_args_is_help=True,
     add_completion=False,
+    rich_markup_mode=None,
+    context_settings=HELP_OPTIONS,
 )
 
 
@@ -40,17 +103,9 @@ def _global_options(
     """dpsd: a self-hostable Azure IoT Hub Device Provisioning Service."""
 
 
-cli.command("serve")(serve_command)
-cli.command("info")(info_command)
-cli.add_typer(enrollment_app, name="enrollment")
-cli.add_typer(group_app, name="group")
-cli.add_typer(registration_app, name="registration")
-cli.command("device-key")(device_key_command)
-cli.command("export")(export_command)
-cli.command("import")(import_command)
-cli.add_typer(hub_app, name="hub")
-cli.add_typer(certificate_app, name="certificate")
-
-
 def main() -> None:
+    # httpx imports its own command line (click, pygments, Rich's progress and syntax
+    # modules) whenever they are installed, some 40 ms that the dpsd command never uses: a
+    # None entry makes that import fail, and httpx leaves its command line out.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     cli()

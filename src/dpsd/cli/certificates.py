@@ -9,25 +9,20 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from dpsd.cli.failures import warn
-from dpsd.cli.options import Database, DataDir
-from dpsd.cli.store import run_on_store
-from dpsd.domain.ca_certificate import CACertificate
-from dpsd.domain.timestamps import format_timestamp
-from dpsd.service.certificates import CertificateService
-from dpsd.service.references import describe
+from dpsd.cli.options import Database, DataDir, command_group
+
+if TYPE_CHECKING:
+    from dpsd.domain.ca_certificate import CACertificate
+    from dpsd.service.certificates import CertificateService
 
 T = TypeVar("T")
 
-certificate_app = typer.Typer(
-    help="Manage CA certificates for X.509 enrollment groups.", no_args_is_help=True
-)
+certificate_app = command_group("Manage CA certificates for X.509 enrollment groups.")
 
 Name = Annotated[str, typer.Argument(help="The certificate's name (caReferences use it).")]
 CertificateFile = Annotated[
@@ -44,10 +39,14 @@ def _run(
     database: str | None,
     action: Callable[[CertificateService], Awaitable[T]],
 ) -> T:
+    from dpsd.cli.store import run_on_store
+
     return run_on_store(data_dir, database, lambda runtime: action(runtime.certificates))
 
 
 def _as_dict(record: CACertificate) -> dict[str, object]:
+    from dpsd.domain.timestamps import format_timestamp
+
     info = record.info
     return {
         "name": record.name,
@@ -66,6 +65,8 @@ def _show(record: CACertificate, as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(_as_dict(record), indent=2))
         return
+    from rich.console import Console
+
     console = Console(highlight=False)
     for key, value in _as_dict(record).items():
         console.print(f"{key:18} {value if value is not None else '-'}")
@@ -93,6 +94,9 @@ def list_command(
     as_json: AsJson = False, data_dir: DataDir = None, database: Database = None
 ) -> None:
     """List the registered CA certificates."""
+    from rich.console import Console
+    from rich.table import Table
+
     records = _run(data_dir, database, lambda service: service.list())
     if as_json:
         typer.echo(json.dumps([_as_dict(record) for record in records], indent=2))
@@ -133,6 +137,8 @@ def delete_command(
     database: Database = None,
 ) -> None:
     """Delete a CA certificate that no enrollment group references."""
+    from dpsd.service.references import describe
+
     left = _run(data_dir, database, lambda service: service.delete(name, force=force))
     typer.echo(f"deleted {name}")
     if left:

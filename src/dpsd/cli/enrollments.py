@@ -7,10 +7,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dpsd.cli.options import command_group
 from dpsd.cli.output import Column, Record, print_json, print_record, print_records
 from dpsd.cli.records import (
     AllocationPolicy,
@@ -33,7 +34,9 @@ from dpsd.cli.target import (
     TargetOptions,
     reported_failures,
 )
-from dpsd.client import DpsServiceClient, EnrollmentOperations
+
+if TYPE_CHECKING:
+    from dpsd.client import DpsServiceClient, EnrollmentOperations
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,9 +312,7 @@ def show_keys(kind: RecordKind, identifier: str, target: TargetOptions, output: 
 
 # --- dpsd enrollment ------------------------------------------------------------------------
 
-enrollment_app = typer.Typer(
-    help="Manage individual enrollments (like `az iot dps enrollment`).", no_args_is_help=True
-)
+enrollment_app = command_group("Manage individual enrollments (like `az iot dps enrollment`).")
 RegistrationId = Annotated[str, typer.Argument(help="The enrollment's registration id.")]
 
 
@@ -481,9 +482,7 @@ def enrollment_keys(
 
 # --- dpsd group -----------------------------------------------------------------------------
 
-group_app = typer.Typer(
-    help="Manage enrollment groups (like `az iot dps enrollment-group`).", no_args_is_help=True
-)
+group_app = command_group("Manage enrollment groups (like `az iot dps enrollment-group`).")
 GroupId = Annotated[str, typer.Argument(help="The enrollment group's id.")]
 
 

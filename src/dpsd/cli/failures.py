@@ -6,18 +6,15 @@ from __future__ import annotations
 from typing import NoReturn
 
 import typer
-from rich.console import Console
-from rich.text import Text
 
 FAILED = 1
 USAGE = 2
 
 
 def _say(label: str, message: str) -> None:
-    """The message as it is (no markup: it quotes input), on one line however long."""
-    Console(stderr=True, highlight=False, soft_wrap=True).print(
-        Text.assemble((f"{label}:", "red" if label == "error" else "yellow"), " ", message)
-    )
+    """The message as it is, on one line however long (the label coloured on a terminal)."""
+    colour = "red" if label == "error" else "yellow"
+    typer.echo(f"{typer.style(label + ':', fg=colour)} {message}", err=True)
 
 
 def warn(message: str) -> None:

@@ -3,28 +3,14 @@ a progress bar on a terminal and a summary at the end."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
-from rich.text import Text
 
 from dpsd.cli.output import print_json
 from dpsd.cli.target import (
@@ -38,7 +24,9 @@ from dpsd.cli.target import (
     fail,
     reported_failures,
 )
-from dpsd.cli.transfer import ExportCounts, ImportSummary, Outcome, export_fleet, import_fleet
+
+if TYPE_CHECKING:
+    from dpsd.cli.transfer import ExportCounts, ImportSummary
 
 DEFAULT_CONCURRENCY = 8
 
@@ -48,18 +36,30 @@ Concurrency = Annotated[
 ]
 
 
-class RateColumn(ProgressColumn):
-    """Records per second."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:,.0f}/s", style="progress.data.speed")
-
-
 @contextmanager
 def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
     """A bar with rate and ETA on stderr when it is a terminal, silent otherwise; yields
     what to call with each number of records done."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        """Records per second."""
+
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("" if speed is None else f"{speed:,.0f}/s", style="progress.data.speed")
+
     console = Console(stderr=True)
     columns: list[ProgressColumn] = [
         TextColumn("{task.description}"),
@@ -74,7 +74,7 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
         yield lambda done: progress.advance(task, done)
 
 
-ExportRun = Callable[[TextIO], ExportCounts]
+ExportRun = Callable[[TextIO], "ExportCounts"]
 
 
 def _export_to(file: Path, export: ExportRun) -> ExportCounts:
@@ -113,6 +113,12 @@ def export_command(
 ) -> None:
     """Write every enrollment group and individual enrollment, with their keys and
     certificates, as JSON Lines."""
+    import asyncio
+
+    from rich.console import Console
+
+    from dpsd.cli.transfer import export_fleet
+
     target = TargetOptions(connection_string, ca_file, data_dir, database).resolve()
     with reported_failures(), progress_bar("exporting", None) as advance:
 
@@ -142,6 +148,11 @@ def _count_lines(path: Path) -> int:
 
 
 def _print_summary(summary: ImportSummary, dry_run: bool, output: Output) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from dpsd.cli.transfer import Outcome
+
     counts = {outcome.value: summary.counts[outcome] for outcome in Outcome}
     if output is Output.json:
         print_json(
@@ -189,6 +200,10 @@ def import_command(
 ) -> None:
     """Create the file's enrollments and groups in the target with bulk operations.
     Records already there are skipped, so an interrupted import resumes where it stopped."""
+    import asyncio
+
+    from dpsd.cli.transfer import ImportSummary, Outcome, import_fleet
+
     target = TargetOptions(connection_string, ca_file, data_dir, database).resolve()
     summary = ImportSummary()
     description = "checking" if dry_run else "importing"

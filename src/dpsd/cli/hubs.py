@@ -9,26 +9,20 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from dpsd.app import Runtime
 from dpsd.cli.failures import warn
-from dpsd.cli.options import Database, DataDir
-from dpsd.cli.store import run_on_store
+from dpsd.cli.options import Database, DataDir, command_group
 from dpsd.domain.hub import OWNER_HUB_POLICY, LinkedHub
-from dpsd.service.references import Referrers, describe
-from dpsd.tls import (
-    HubCertificateFiles,
-    certificate_host,
-    ensure_hub_certificate,
-    remove_hub_certificate,
-)
 
-hub_app = typer.Typer(help="Link IoT hubs that devices are assigned to.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from dpsd.app import Runtime
+    from dpsd.service.references import Referrers
+    from dpsd.tls import HubCertificateFiles
+
+hub_app = command_group("Link IoT hubs that devices are assigned to.")
 
 HostName = Annotated[
     str,
@@ -98,6 +92,9 @@ def add_command(
     devices into the hub; with neither it only records the assignments.
     """
 
+    from dpsd.cli.store import run_on_store
+    from dpsd.tls import HubCertificateFiles, ensure_hub_certificate
+
     async def link(runtime: Runtime) -> tuple[LinkedHub, HubCertificateFiles | str | None]:
         hub = await runtime.hubs.link(
             host_name,
@@ -151,6 +148,11 @@ def list_command(
     "devices": built-in (dpsd serves the hub and keeps its devices), written (into the hub
     the connection string names) or recorded only (the assignment alone).
     """
+    from rich.console import Console
+    from rich.table import Table
+
+    from dpsd.cli.store import run_on_store
+
     hubs = run_on_store(data_dir, database, lambda runtime: runtime.hubs.list())
     if as_json:
         typer.echo(json.dumps([_as_dict(hub) for hub in hubs], indent=2))
@@ -185,6 +187,8 @@ def connection_string_command(
 
     It holds the policy's key: for the IoT Hub service SDKs.
     """
+    from dpsd.cli.store import run_on_store
+
     text = run_on_store(
         data_dir, database, lambda runtime: runtime.hubs.connection_string(host_name, policy)
     )
@@ -210,6 +214,10 @@ def remove_command(
     Devices assigned to it stay recorded there; a built-in hub's devices, keys and
     certificate are gone.
     """
+
+    from dpsd.cli.store import run_on_store
+    from dpsd.service.references import describe
+    from dpsd.tls import certificate_host, remove_hub_certificate
 
     async def unlink(runtime: Runtime) -> tuple[Referrers, ...]:
         left = await runtime.hubs.unlink(host_name, force=force)

@@ -25,6 +25,21 @@ from dpsd.settings import (
 )
 from dpsd.telemetry.logs import LogFormat, LogLevel
 
+HELP_OPTIONS: dict[str, object] = {"help_option_names": ["-h", "--help"]}
+
+
+def command_group(help: str) -> typer.Typer:
+    """A group of commands, with help as plain text: Rich's help panels cut long option
+    names short, and loading them costs a tenth of a second at every ``--help``."""
+    return typer.Typer(
+        help=help,
+        no_args_is_help=True,
+        add_completion=False,
+        rich_markup_mode=None,
+        context_settings=HELP_OPTIONS,
+    )
+
+
 DataDir = Annotated[
     Path | None,
     typer.Option(

@@ -1,4 +1,8 @@
-"""How the client commands print records: Rich tables for people, JSON for scripts."""
+"""How the commands print records: plain text tables for people, JSON for scripts.
+
+Tables are columns padded to their widest cell, never wrapped or cut short, so that ids,
+keys and etags can be copied whole from any terminal (and Rich, which would fit them to
+the terminal's width, is not loaded: it costs a client command a sixth of its time)."""
 
 from __future__ import annotations
 
@@ -7,8 +11,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from dpsd.cli.target import Output
 
@@ -16,6 +18,9 @@ Record = dict[str, Any]
 
 Column = tuple[str, str]
 """(heading, dotted path into the record)"""
+
+_CONTROL = dict.fromkeys((*range(32), 127), "?")
+"""Control characters in a cell would move the cursor or colour the terminal."""
 
 
 def value_at(record: Record, path: str) -> Any:
@@ -27,20 +32,41 @@ def value_at(record: Record, path: str) -> Any:
     return value
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """A value as one line of text: ``-`` for nothing, yes/no, lists joined, objects as
+    compact JSON."""
     if value is None:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list):
-        return ", ".join(_cell(item) for item in value) or "-"
+        return ", ".join(cell(item) for item in value) or "-"
     if isinstance(value, dict):
         return json.dumps(value, separators=(",", ":"))
-    return str(value)
+    return str(value).translate(_CONTROL)
 
 
 def print_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2))
+
+
+def format_rows(rows: Sequence[Sequence[str]], *, header: bool) -> str:
+    """Rows of cells as aligned columns, two spaces apart; under a header, a rule."""
+    if not rows:
+        return ""
+    widths = [max(len(row[index]) for row in rows) for index in range(len(rows[0]))]
+    lines = [
+        "  ".join(text.ljust(width) for text, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+    if header:
+        lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def print_fields(pairs: Iterable[tuple[str, Any]]) -> None:
+    """Headings and values down the page."""
+    typer.echo(format_rows([(heading, cell(value)) for heading, value in pairs], header=False))
 
 
 def print_record(record: Record, output: Output, fields: Sequence[Column]) -> None:
@@ -48,24 +74,16 @@ def print_record(record: Record, output: Output, fields: Sequence[Column]) -> No
     if output is Output.json:
         print_json(record)
         return
-    table = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
-    table.add_column(no_wrap=True)
-    table.add_column(overflow="fold")  # keys and etags are copied whole, never cut short
-    for heading, path in fields:
-        table.add_row(heading, _cell(value_at(record, path)))
-    Console(highlight=False).print(table)
+    print_fields((heading, value_at(record, path)) for heading, path in fields)
 
 
 def print_records(records: Iterable[Record], output: Output, columns: Sequence[Column]) -> int:
     """Many records, a row each; JSON is one array. Returns how many were printed."""
+    listed = list(records)
     if output is Output.json:
-        listed = list(records)
         print_json(listed)
         return len(listed)
-    table = Table(*(heading for heading, _ in columns))
-    count = 0
-    for record in records:
-        table.add_row(*(_cell(value_at(record, path)) for _, path in columns))
-        count += 1
-    Console(highlight=False).print(table)
-    return count
+    rows = [tuple(heading for heading, _ in columns)]
+    rows.extend(tuple(cell(value_at(record, path)) for _, path in columns) for record in listed)
+    typer.echo(format_rows(rows, header=True))
+    return len(listed)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from dpsd.cli.options import command_group
 from dpsd.cli.output import Column, print_json, print_record, print_records
 from dpsd.cli.target import (
     CaFileOption,
@@ -19,7 +20,6 @@ from dpsd.cli.target import (
     fail,
     reported_failures,
 )
-from dpsd.domain.device_auth import derive_device_key
 
 FIELDS: tuple[Column, ...] = (
     ("registration id", "registrationId"),
@@ -41,9 +41,8 @@ COLUMNS: tuple[Column, ...] = (
     ("updated", "lastUpdatedDateTimeUtc"),
 )
 
-registration_app = typer.Typer(
-    help="Device registration states: which hub each device was assigned to.",
-    no_args_is_help=True,
+registration_app = command_group(
+    "Device registration states: which hub each device was assigned to."
 )
 RegistrationId = Annotated[str, typer.Argument(help="The device's registration id.")]
 
@@ -138,6 +137,8 @@ def device_key_command(
         if mechanism.get("type") != "symmetricKey" or not isinstance(key, str):
             fail(f"enrollment group {group} does not attest with symmetric keys")
     assert key is not None
+    from dpsd.domain.device_auth import derive_device_key
+
     try:
         device_key = derive_device_key(key, registration_id)
     except ValueError:  # binascii.Error

@@ -1,4 +1,5 @@
-"""``dpsd serve`` and ``dpsd info``."""
+"""``dpsd serve`` and ``dpsd info``: they build the whole server, so this module imports it
+at once (dpsd.cli.lazy imports it only for these two commands)."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ from dpsd.cli.options import (
 from dpsd.cli.store import opening_store
 from dpsd.cli.supervised import record_workers, serve_supervised
 from dpsd.data_dir import loose_permissions
-from dpsd.server import Endpoints, ListenError, running_endpoints, serve
+from dpsd.endpoints import Endpoints, running_endpoints
+from dpsd.server import ListenError, serve
 from dpsd.settings import (
     DEFAULT_AMQP_PORT,
     DEFAULT_HOST,

@@ -17,14 +17,12 @@ import typer
 from dpsd.app import Runtime, build_runtime
 from dpsd.cli.failures import USAGE, fail
 from dpsd.cli.store import opening_store
+from dpsd.endpoints import Endpoints, endpoints_file, record_endpoints
 from dpsd.server import (
-    Endpoints,
     ListenError,
     Listeners,
     bind_listeners,
-    endpoints_file,
     listener_endpoints,
-    record_endpoints,
     return_large_buffers_to_the_system,
 )
 from dpsd.settings import Settings

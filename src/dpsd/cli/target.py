@@ -7,26 +7,29 @@ commands talk to the dpsd serving the local data dir, with its owner policy and 
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit
 
-import httpx
 import typer
 
-from dpsd.app import OWNER_POLICY, read_policies, service_connection_string
 from dpsd.cli.failures import USAGE, fail
 from dpsd.cli.options import Database, DataDir, make_settings
-from dpsd.cli.store import opening_store
-from dpsd.client import AsyncDpsServiceClient, DpsError, DpsServiceClient
-from dpsd.server import running_endpoints
-from dpsd.tls import tls_files
+from dpsd.domain.sas import OWNER_POLICY, SharedAccessPolicy, service_connection_string
+from dpsd.endpoints import running_endpoints
+from dpsd.settings import Settings
+from dpsd.tls_paths import tls_files
+
+if TYPE_CHECKING:
+    import ssl
+
+    import httpx
+
+    from dpsd.client import AsyncDpsServiceClient, DpsServiceClient
 
 ConnectionStringOption = Annotated[
     str | None,
@@ -73,9 +76,13 @@ class Target:
     verify: bool | str
 
     def client(self) -> DpsServiceClient:
+        from dpsd.client import DpsServiceClient
+
         return DpsServiceClient.from_connection_string(self.connection_string, verify=self.verify)
 
     def async_client(self) -> AsyncDpsServiceClient:
+        from dpsd.client import AsyncDpsServiceClient
+
         return AsyncDpsServiceClient.from_connection_string(
             self.connection_string, verify=self.verify
         )
@@ -99,15 +106,39 @@ def resolve_target(
             " --connection-string (or set DPSD_CONNECTION_STRING)"
         )
     https = urlsplit(running.https)
-    with opening_store(settings, database is not None):
-        owner = asyncio.run(read_policies(settings))[OWNER_POLICY]
+    owner = _local_policies(settings, database is not None)[OWNER_POLICY]
     hostname = https.hostname or settings.hostname
     local = service_connection_string(hostname, https.port or 443, owner)
     return Target(local, str(ca_file or tls_files(settings.data_dir).ca_certificate))
 
 
+def _local_policies(settings: Settings, database_given: bool) -> dict[str, SharedAccessPolicy]:
+    """The policies of the store the local dpsd serves: a SQLite file read with ``sqlite3``
+    alone (in milliseconds), any other store, or a file that cannot be read so, through
+    SQLAlchemy, which says in one line what is wrong with it."""
+    from dpsd.storage.sqlite_instance import NotReadHere, plain_sqlite_file, read_sqlite_instance
+
+    file = plain_sqlite_file(settings.database_url)
+    if file is not None:
+        try:
+            _, policies = read_sqlite_instance(file)
+        except NotReadHere:
+            pass
+        else:
+            return {policy.name: policy for policy in policies}
+    import asyncio
+
+    from dpsd.app import read_policies
+    from dpsd.cli.store import opening_store
+
+    with opening_store(settings, database_given):
+        return asyncio.run(read_policies(settings))
+
+
 def _check_ca_file(path: Path) -> None:
     """A CA file TLS can load: read here, so that a bad one is one line, not a traceback."""
+    import ssl
+
     try:
         ssl.create_default_context(cafile=str(path))
     except (ssl.SSLError, OSError) as error:
@@ -118,6 +149,10 @@ def _check_ca_file(path: Path) -> None:
 @contextmanager
 def reported_failures() -> Iterator[None]:
     """Service errors and unreachable endpoints end the command with one line on stderr."""
+    import httpx
+
+    from dpsd.client import DpsError
+
     try:
         yield
     except DpsError as error:
@@ -150,6 +185,8 @@ def _transport_failure(error: httpx.TransportError) -> str:
 
 def _certificate_refusal(error: BaseException) -> ssl.SSLCertVerificationError | None:
     """The certificate verification failure behind a connection error, if it is one."""
+    import ssl
+
     cause: BaseException | None = error
     while cause is not None:
         if isinstance(cause, ssl.SSLCertVerificationError):

@@ -54,6 +54,10 @@ def parse_rights(text: str) -> AccessRights:
     return rights
 
 
+OWNER_POLICY = "provisioningserviceowner"
+"""The policy with every right, which dpsd creates with the others at its first start."""
+
+
 @dataclass(frozen=True, slots=True)
 class SharedAccessPolicy:
     name: str
@@ -63,6 +67,13 @@ class SharedAccessPolicy:
 
     def signing_keys(self) -> tuple[bytes, bytes]:
         return base64.b64decode(self.primary_key), base64.b64decode(self.secondary_key)
+
+
+def service_connection_string(hostname: str, port: int, policy: SharedAccessPolicy) -> str:
+    """The service connection string of a policy, for the endpoint at ``hostname:port``
+    (the port left out when it is HTTPS's own, 443)."""
+    host = hostname if port == 443 else f"{hostname}:{port}"
+    return f"HostName={host};SharedAccessKeyName={policy.name};SharedAccessKey={policy.primary_key}"
 
 
 @dataclass(frozen=True, slots=True)
