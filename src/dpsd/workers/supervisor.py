@@ -16,9 +16,9 @@ Each worker is told to end with SIGTERM when the supervisor does, even when it i
 - A worker that dies before every worker has once been ready ends the start: the others
   are stopped and the supervisor exits with the worker's exit status (the worker has said
   why, in one line).
-- Later, a worker that dies is started again, at once the first time; one that dies within
-  ``STEADY_SECONDS`` of its start waits twice as long as the last time (up to
-  ``MAX_BACKOFF_SECONDS``) before it is started again.
+- Later, a worker that dies is started again: at once when it had run for
+  ``STEADY_SECONDS`` at least; else after ``FIRST_BACKOFF_SECONDS``, then twice as long
+  each time it dies that soon again (up to ``MAX_BACKOFF_SECONDS``).
 - SIGTERM or SIGINT: every worker gets SIGTERM and finishes what it is doing (its requests
   in flight, its assignments talking to webhooks and hubs); one still running after
   ``stop_seconds`` is killed. The supervisor then exits with 0.
