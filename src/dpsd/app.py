@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import msgspec
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dpsd.amqp.server import AmqpServer
 from dpsd.client_tls import ClientCertificateTrust
@@ -99,12 +99,16 @@ class SystemEntropy:
         return os.urandom(count)
 
 
-class ListenerAddress:
-    """Where this process's HTTPS listener is bound (``host:port``), once it is: dpsd
-    writes into the hubs it serves itself through its own listener."""
+class _LateApp:
+    """An ASGI app that forwards to one set once the application is built: the hub
+    registry, built before the application, reaches the built-in hubs through it."""
 
     def __init__(self) -> None:
-        self.value: str | None = None
+        self.app: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.app is not None, "the application is not built yet"
+        await self.app(scope, receive, send)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +152,6 @@ class Runtime:
     hubs: HubService
     hub_registry: HubRegistryService
     registration_states: RegistrationStateStore
-    https_address: ListenerAddress
     metrics: Metrics
 
     def connection_string(
@@ -200,7 +203,11 @@ async def build_runtime(
     engine = create_engine(settings.database_url)
     webhook_client = httpx.AsyncClient(follow_redirects=False)
     hub_client = httpx.AsyncClient(verify=_hub_trust(tls), follow_redirects=False)
-    https_address = ListenerAddress()
+    own_app = _LateApp()
+    builtin_hub_client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=own_app, raise_app_exceptions=False),
+        follow_redirects=False,
+    )
     metrics = Metrics(process=True, shared=siblings.metrics if siblings else None)
     devices: DeviceRegistrationService | None = None
     executor: Executor | None = None
@@ -256,9 +263,7 @@ async def build_runtime(
                 lambda record: msgspec.to_builtins(group_to_wire(record, Disclosure.PUBLIC)),
                 settings.webhook_timeout,
             ),
-            hub_registry=IotHubRestRegistry(
-                hub_client, lambda: https_address.value, settings.hub_timeout
-            ),
+            hub_registry=IotHubRestRegistry(hub_client, builtin_hub_client, settings.hub_timeout),
             service_location=settings.location,
             webhook_timeout=settings.webhook_timeout,
             hub_timeout=settings.hub_timeout,
@@ -300,6 +305,7 @@ async def build_runtime(
         )
         store = executor
         app = HealthProbes(dispatch, lambda: store_answers(store))
+        own_app.app = app
         yield Runtime(
             settings=settings,
             asgi_app=app,
@@ -316,7 +322,6 @@ async def build_runtime(
             hubs=HubService(hubs, entropy, enrollment_store, group_store, hub_devices),
             hub_registry=hub_registry,
             registration_states=states,
-            https_address=https_address,
             metrics=metrics,
         )
     finally:
@@ -324,6 +329,7 @@ async def build_runtime(
             await devices.drain()
         await webhook_client.aclose()
         await hub_client.aclose()
+        await builtin_hub_client.aclose()
         if executor is not None:
             await executor.close()
         await engine.dispose()

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
-import ipaddress
 import logging
 import signal
 import socket
@@ -170,7 +169,6 @@ async def serve_on(
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _stop, servers)
     try:
-        runtime.https_address.value = client_address(listeners.https)
         if issue_hub_certificates:
             await _ensure_hub_certificates(runtime)
         endpoints = listener_endpoints(settings.hostname, listeners)
@@ -213,17 +211,6 @@ async def _ensure_hub_certificates(runtime: Runtime) -> None:
         await ensure_hub_certificates(runtime.tls, hubs, runtime.now())
     except Exception:
         logger.exception("issuing the certificates of the built-in IoT hubs failed")
-
-
-def client_address(listener: socket.socket) -> str:
-    """``host:port`` at which a client on this machine reaches ``listener``: a wildcard
-    address becomes the loopback address of its family; IPv6 goes in brackets."""
-    host, port = listener.getsockname()[:2]
-    address = ipaddress.ip_address(host)
-    if address.is_unspecified:
-        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
-    shown = f"[{address}]" if address.version == 6 else str(address)
-    return f"{shown}:{port}"
 
 
 def _listener(runtime: Runtime, *, tls: bool) -> _Server:

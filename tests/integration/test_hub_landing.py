@@ -62,7 +62,7 @@ async def writing_to(service_api: ServiceApi, remote_hub: RemoteHub) -> AsyncIte
 
     transport = httpx.ASGITransport(app=failing_or_remote)
     async with httpx.AsyncClient(transport=transport) as client:
-        service_api.runtime.devices.hub_registry = IotHubRestRegistry(client, lambda: None)
+        service_api.runtime.devices.hub_registry = IotHubRestRegistry(client, None)
         yield remote_hub
 
 

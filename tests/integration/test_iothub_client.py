@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from starlette.types import Receive, Scope, Send
 
 from dpsd.domain.hub import OWNER_HUB_POLICY
 from dpsd.domain.hub_device import (
@@ -36,7 +37,6 @@ from dpsd.integrations.iothub import IotHubRestRegistry
 from dpsd.service.ports import HubConnection, HubRegistryError
 from tests.integration.conftest import HUB_HOST, BuiltinHub
 
-OWN_ADDRESS = "127.0.0.1:8443"
 KEY = base64.b64encode(b"k" * 32).decode()
 DEVICE_KEY = base64.b64encode(b"d" * 32).decode()
 THUMBPRINT = "CD" * 32
@@ -69,11 +69,11 @@ def x509_identity(device_id: str) -> DeviceIdentity:
 async def hub_client(
     builtin: BuiltinHub, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[IotHubRestRegistry, HubConnection]]:
-    """The client on the built-in hub: reached on dpsd's own address with the hub's name in
-    Host, or (as an Azure hub would be) at the hub's name."""
+    """The client on the built-in hub: reached as dpsd reaches its own built-in hubs, or
+    as an Azure hub would be (the same requests, through the other client)."""
     transport = httpx.ASGITransport(app=builtin.app)
     async with httpx.AsyncClient(transport=transport) as client:
-        registry = IotHubRestRegistry(client, lambda: OWN_ADDRESS)
+        registry = IotHubRestRegistry(client, client)
         connection = HubConnection(
             HUB_HOST, OWNER_HUB_POLICY, builtin.key(), builtin=request.param == "builtin"
         )
@@ -154,7 +154,7 @@ async def test_ids_are_url_encoded(
 async def test_the_hub_refuses_a_wrong_key(builtin: BuiltinHub) -> None:
     transport = httpx.ASGITransport(app=builtin.app)
     async with httpx.AsyncClient(transport=transport) as client:
-        registry = IotHubRestRegistry(client, lambda: OWN_ADDRESS)
+        registry = IotHubRestRegistry(client, client)
         wrong = HubConnection(HUB_HOST, OWNER_HUB_POLICY, KEY, builtin=True)
         with pytest.raises(HubRegistryError) as caught:
             await registry.put_device(wrong, sas_identity("refused"))
@@ -166,7 +166,7 @@ async def test_the_hub_refuses_a_wrong_key(builtin: BuiltinHub) -> None:
 async def test_a_policy_that_may_not_write_is_refused(builtin: BuiltinHub) -> None:
     transport = httpx.ASGITransport(app=builtin.app)
     async with httpx.AsyncClient(transport=transport) as client:
-        registry = IotHubRestRegistry(client, lambda: OWN_ADDRESS)
+        registry = IotHubRestRegistry(client, client)
         reader = HubConnection(HUB_HOST, "registryRead", builtin.key("registryRead"), builtin=True)
         with pytest.raises(HubRegistryError) as caught:
             await registry.put_device(reader, sas_identity("refused"))
@@ -174,11 +174,11 @@ async def test_a_policy_that_may_not_write_is_refused(builtin: BuiltinHub) -> No
     assert "RegistryWrite" in caught.value.message
 
 
-async def test_a_builtin_hub_needs_dpsd_listening() -> None:
+async def test_a_builtin_hub_needs_a_dpsd_serving_builtin_hubs() -> None:
     async with httpx.AsyncClient(transport=httpx.MockTransport(unreachable)) as client:
-        registry = IotHubRestRegistry(client, lambda: None)
+        registry = IotHubRestRegistry(client, None)
         hub = HubConnection(HUB_HOST, OWNER_HUB_POLICY, KEY, builtin=True)
-        with pytest.raises(HubRegistryError, match="not serving its built-in") as caught:
+        with pytest.raises(HubRegistryError, match="serves no built-in hubs") as caught:
             await registry.get_twin(hub, "any")
     assert caught.value.status is None
 
@@ -209,7 +209,7 @@ def registry_on(
     clock: Callable[[], float] = time.time,
 ) -> tuple[IotHubRestRegistry, httpx.AsyncClient]:
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return IotHubRestRegistry(client, lambda: OWN_ADDRESS, timeout, clock=clock), client
+    return IotHubRestRegistry(client, client, timeout, clock=clock), client
 
 
 def token_fields(request: httpx.Request) -> dict[str, str]:
@@ -307,17 +307,34 @@ async def test_get_twin_reads_an_azure_twin_without_what_the_hub_owns() -> None:
         )
 
 
-async def test_a_builtin_hub_is_reached_on_dpsd_own_listener_under_its_name() -> None:
+async def test_a_builtin_hub_is_reached_through_its_own_client_under_its_name() -> None:
     recorder = Recorder(lambda request: httpx.Response(404, json={}))
-    registry, client = registry_on(recorder)
+    azure = httpx.AsyncClient(transport=httpx.MockTransport(unreachable))
+    builtin = httpx.AsyncClient(transport=httpx.MockTransport(recorder))
+    registry = IotHubRestRegistry(azure, builtin)
     hub = HubConnection("hub.example:8443", OWNER_HUB_POLICY, KEY, builtin=True)
-    async with client:
+    async with azure, builtin:
         assert await registry.get_twin(hub, "d") is None
     request = recorder.requests[0]
-    assert str(request.url) == f"https://{OWN_ADDRESS}/twins/d?api-version=2021-04-12"
+    assert str(request.url) == "https://hub.example:8443/twins/d?api-version=2021-04-12"
     assert request.headers["host"] == "hub.example:8443"
-    assert request.extensions["sni_hostname"] == "hub.example"
     assert token_fields(request)["sr"] == "hub.example%3A8443"
+
+
+async def test_a_hub_that_never_answers_times_out_in_process_too() -> None:
+    """The in-process transport has no timeouts of its own: the registry bounds each call."""
+    never = asyncio.Event()
+
+    async def silent(scope: Scope, receive: Receive, send: Send) -> None:
+        await never.wait()
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=silent)) as builtin:
+        registry = IotHubRestRegistry(builtin, builtin, timeout=0.05)
+        hub = HubConnection(HUB_HOST, OWNER_HUB_POLICY, KEY, builtin=True)
+        with pytest.raises(HubRegistryError, match=r"did not answer within 0\.05 s") as caught:
+            await registry.put_device(hub, sas_identity("d"))
+    assert caught.value.status is None
+    assert KEY not in caught.value.message
 
 
 # --- what an Azure hub does that ours cannot be made to -------------------------------------
@@ -404,8 +421,8 @@ async def test_a_refused_connection_is_a_failure_without_status() -> None:
 
 async def test_a_real_refused_connection() -> None:
     async with httpx.AsyncClient() as client:
-        registry = IotHubRestRegistry(client, lambda: "127.0.0.1:9", timeout=5)
-        hub = HubConnection("hub.example", OWNER_HUB_POLICY, KEY, builtin=True)
+        registry = IotHubRestRegistry(client, None, timeout=5)
+        hub = HubConnection("127.0.0.1:9", OWNER_HUB_POLICY, KEY)
         with pytest.raises(HubRegistryError, match="could not be reached") as caught:
             await registry.delete_device(hub, "d")
     assert caught.value.status is None
@@ -429,7 +446,7 @@ async def test_a_key_that_is_not_base64() -> None:
     assert caught.value.status is None
 
 
-# --- over TLS: the hub's name in SNI, its certificate checked against it ---------------------
+# --- over TLS: the hub's name in SNI, its certificate checked against it -------------------
 
 
 def certificate_for(host: str, directory: Path) -> tuple[Path, Path]:
@@ -490,36 +507,36 @@ class TlsListener:
 
 
 @pytest.fixture
-async def tls_listener(tmp_path: Path) -> AsyncIterator[tuple[TlsListener, str, Path]]:
-    certificate, key = certificate_for(HUB_HOST, tmp_path)
+async def tls_listener(tmp_path: Path) -> AsyncIterator[tuple[TlsListener, int, Path]]:
+    certificate, key = certificate_for("localhost", tmp_path)
     listener = TlsListener(certificate, key)
     server = await asyncio.start_server(listener.serve, "127.0.0.1", 0, ssl=listener.context)
     port = server.sockets[0].getsockname()[1]
     async with server:
-        yield listener, f"127.0.0.1:{port}", certificate
+        yield listener, port, certificate
 
 
-async def test_a_builtin_hub_is_reached_over_tls_under_its_name(
-    tls_listener: tuple[TlsListener, str, Path],
+async def test_a_hub_is_reached_over_tls_under_its_name(
+    tls_listener: tuple[TlsListener, int, Path],
 ) -> None:
-    listener, address, certificate = tls_listener
+    listener, port, certificate = tls_listener
     trust = ssl.create_default_context(cafile=str(certificate))
     async with httpx.AsyncClient(verify=trust) as client:
-        registry = IotHubRestRegistry(client, lambda: address, timeout=5)
-        hub = HubConnection(HUB_HOST, OWNER_HUB_POLICY, KEY, builtin=True)
+        registry = IotHubRestRegistry(client, None, timeout=5)
+        hub = HubConnection(f"localhost:{port}", OWNER_HUB_POLICY, KEY)
         assert await registry.get_twin(hub, "d") is None
-    assert listener.server_names == [HUB_HOST]
-    assert listener.hosts == [HUB_HOST]
+    assert listener.server_names == ["localhost"]
+    assert listener.hosts == [f"localhost:{port}"]
 
 
 async def test_a_certificate_for_another_name_is_refused(
-    tls_listener: tuple[TlsListener, str, Path],
+    tls_listener: tuple[TlsListener, int, Path],
 ) -> None:
-    listener, address, certificate = tls_listener
+    listener, port, certificate = tls_listener
     trust = ssl.create_default_context(cafile=str(certificate))
     async with httpx.AsyncClient(verify=trust) as client:
-        registry = IotHubRestRegistry(client, lambda: address, timeout=5)
-        other = HubConnection("other.example", OWNER_HUB_POLICY, KEY, builtin=True)
+        registry = IotHubRestRegistry(client, None, timeout=5)
+        other = HubConnection(f"127.0.0.1:{port}", OWNER_HUB_POLICY, KEY)
         with pytest.raises(HubRegistryError, match="could not be reached") as caught:
             await registry.get_twin(other, "d")
     assert caught.value.status is None
