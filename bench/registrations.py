@@ -1,35 +1,54 @@
-"""Complete device registrations over HTTPS per second, next to a bare TLS request loop.
+"""Complete device registrations over HTTPS per second, with and without writing the device
+into a built-in IoT hub, next to a bare TLS request loop.
 
     .venv/bin/python bench/registrations.py [--devices 2000] [--concurrency 32] [--rounds 1]
 
 Starts ``dpsd serve`` on a fresh data dir (SQLite store, HTTPS on 127.0.0.1, port 0,
-``--retry-after 1``), links one IoT hub (``dpsd hub add``) and creates a symmetric-key
-enrollment group with a known key through the service API. Then client processes
-(--clients, asyncio, HTTP/1.1; --client raw: hand-written HTTP over asyncio TLS streams, the
-default and the cheapest client; --client httpx: a new httpx.AsyncClient per device) drive
-two phases against that server:
+``--retry-after 1``) with two linked IoT hubs: one that only records assignments
+(``dpsd hub add``) and one that dpsd serves itself (``dpsd hub add --builtin``). Through the
+service API it creates two symmetric-key enrollment groups of the same shape (static
+allocation, the same ``initialTwin`` with tags and desired properties), each with a known key
+of its own: one assigns its devices to the record-only hub, the other to the built-in hub.
+Then client processes (--clients, asyncio, HTTP/1.1; --client raw: hand-written HTTP over
+asyncio TLS streams, the default and the cheapest client; --client httpx: a new
+httpx.AsyncClient per device) drive up to three phases (--phases) against that server:
 
-    registrations  each simulated device opens a new TLS connection, sends
-                   PUT /{idScope}/registrations/{id}/register (202, assigning), polls
-                   GET .../operations/{operationId} once on the same connection, checks
-                   that the status is "assigned", and closes the connection.
+    registrations  each simulated device of the record-only group opens a new TLS
+                   connection, sends PUT /{idScope}/registrations/{id}/register (202,
+                   assigning), polls GET .../operations/{operationId} on the same
+                   connection, checks that the status is "assigned" to the record-only hub,
+                   and closes the connection.
+    hub            the same for a device of the built-in hub's group: before it reports
+                   "assigned", dpsd writes the device (identity, then initial twin) into the
+                   built-in hub through its IoT Hub REST client (in process).
     bare TLS       the same client opens a new TLS connection, sends
                    GET /?api-version=2021-10-01 (dpsd answers 404 JSON without touching
                    the store), checks the 404, and closes the connection.
 
-Every device has its own registration id and signs with the key derived from the group
+Every device has its own registration id and signs with the key derived from its group's
 key. The poll does not wait for the retry-after: the operation of a symmetric-key device is
-assigned by the time register answers, and the benchmark measures the server's capacity, not
-a device's pace (a real device would wait the retry-after first).
+assigned by the time register answers (dpsd waits up to 2 s for the assignment before it
+answers; should the operation still be assigning, the client waits --retry-after seconds and
+polls again, at most --max-polls polls in all, and counts the extra polls), and the benchmark
+measures the server's capacity, not a device's pace (a real device would wait the retry-after
+first).
+
+After each hub phase (outside the timed window) the benchmark checks that the devices landed:
+it counts the built-in hub's devices (POST /devices/query, SELECT COUNT() AS n FROM devices,
+with a SAS of the hub's iothubowner policy) against the registrations that completed, and
+reads a sample of the phase's devices back (GET /devices/{id}: the key derived from the group
+key; GET /twins/{id}: the group's initial twin).
 
 Each phase handles --devices requests (registrations or bare requests) with --concurrency
 in flight, split over the client processes, and stops early after --timeout seconds. The
 output gives per phase the rate, p50/p99 latency of one complete registration (or bare
-request), server CPU (from /proc) and client CPU, and the ratio registrations / bare requests.
+request), server CPU (from /proc) and client CPU, the ratio registrations / bare requests,
+and the ratio built-in hub registrations / recorded-only registrations with the server CPU
+per registration of each.
 
-Exit status: 0 when every registration was assigned and every bare request got its 404,
-1 when some failed or a phase hit --timeout, 2 when the server did not start or the set-up
-failed.
+Exit status: 0 when every registration was assigned, every bare request got its 404 and the
+devices were found in the built-in hub; 1 when some failed, a phase hit --timeout or the
+landing check failed; 2 when the server did not start or the set-up failed.
 """
 
 from __future__ import annotations
@@ -42,6 +61,7 @@ import hashlib
 import hmac
 import json
 import os
+import random
 import resource
 import selectors
 import shutil
@@ -51,7 +71,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -64,6 +84,7 @@ from service_api import (
     SERVICE_HOST,
     BenchError,
     ServerProcess,
+    _environment,
     _spawn,
     describe_code,
     describe_machine,
@@ -75,21 +96,50 @@ from service_api import (
 
 DEVICE_API_VERSION = "2019-03-31"
 SERVICE_API_VERSION = "2021-10-01"
-HUB = "bench-hub-1.azure-devices.net"
+HUB = "bench-hub-1.azure-devices.net"  # records assignments only
+BUILTIN_HUB = "bench-builtin-hub.dpsd.test"  # served by dpsd itself
 GROUP_ID = "bench-fleet"
 GROUP_KEY = base64.b64encode(hashlib.sha512(b"bench group key").digest()).decode()
-PHASES = ("registrations", "bare")
-PHASE_TITLES = {"registrations": "registration", "bare": "bare TLS"}
+HUB_GROUP_ID = "bench-fleet-builtin"
+HUB_GROUP_KEY = base64.b64encode(hashlib.sha512(b"bench builtin hub group key").digest()).decode()
+HUB_OWNER_POLICY = "iothubowner"
+PHASES = ("registrations", "hub", "bare")
+PHASE_TITLES = {"registrations": "registration", "hub": "built-in hub", "bare": "bare TLS"}
+# What each group of devices is: its enrollment group, its key, the hub it is assigned to.
+FLEETS = {
+    "registrations": (GROUP_ID, GROUP_KEY, HUB),
+    "hub": (HUB_GROUP_ID, HUB_GROUP_KEY, BUILTIN_HUB),
+}
+# Both groups carry it (so both phases read groups of the same size); only the built-in
+# hub's devices get it written into their twin.
+INITIAL_TWIN: dict[str, Any] = {
+    "tags": {
+        "environment": "production",
+        "site": {"name": "plant-north-07", "building": "b12", "floor": 3},
+        "owner": {"team": "line-automation"},
+        "labels": ["edge", "modbus", "telemetry"],
+    },
+    "properties": {
+        "desired": {
+            "telemetryIntervalSeconds": 30,
+            "firmware": {"version": "4.12.3", "channel": "stable"},
+            "thresholds": {"temperatureCelsius": {"warning": 70.5, "critical": 85.0}},
+            "logging": {"level": "information"},
+        }
+    },
+}
 WORKER_READY_TIMEOUT = 60.0
 ERROR_SAMPLES = 5
+LANDED_SAMPLES = 8  # registration ids per client process read back from the built-in hub
+CHECK_TIMEOUT = 30.0  # seconds per request of the landing check
 
 
 # --- the client (runs in each worker process) -------------------------------------------
 
 
-def device_key(registration_id: str) -> str:
+def device_key(registration_id: str, group_key: str = GROUP_KEY) -> str:
     """The key a device of the group signs with (as ``az iot dps compute-device-key``)."""
-    digest = hmac.new(base64.b64decode(GROUP_KEY), registration_id.encode(), hashlib.sha256)
+    digest = hmac.new(base64.b64decode(group_key), registration_id.encode(), hashlib.sha256)
     return base64.b64encode(digest.digest()).decode()
 
 
@@ -116,6 +166,10 @@ class WorkerPlan:
     count: int
     concurrency: int
     timeout: float
+    group_key: str = GROUP_KEY
+    hub: str = HUB
+    max_polls: int = 5
+    retry_after: float = 1.0
 
 
 class Failure(Exception):
@@ -204,10 +258,11 @@ CONNECTIONS: dict[str, type[HttpxConnection] | type[RawConnection]] = {
 }
 
 
-async def register_device(connection: Connection, plan: WorkerPlan, registration_id: str) -> None:
-    """Register, poll once (no wait: the operation is already assigned), check assigned."""
-    token = device_token(plan.id_scope, registration_id, device_key(registration_id))
-    headers = {"Authorization": token}
+async def register_device(connection: Connection, plan: WorkerPlan, registration_id: str) -> int:
+    """Register, poll (no wait: the operation is already assigned), check that the device is
+    assigned to the plan's hub; the number of polls beyond the first."""
+    key = device_key(registration_id, plan.group_key)
+    headers = {"Authorization": device_token(plan.id_scope, registration_id, key)}
     base = f"/{plan.id_scope}/registrations/{registration_id}"
     query = f"?api-version={DEVICE_API_VERSION}"
     started = await connection.request(
@@ -216,9 +271,20 @@ async def register_device(connection: Connection, plan: WorkerPlan, registration
     if started.status != 202 or started.body.get("status") != "assigning":
         raise Failure(f"register {registration_id}: {started.status} {started.body}")
     operation_id = started.body["operationId"]
-    polled = await connection.request("GET", f"{base}/operations/{operation_id}{query}", headers)
-    if polled.status != 200 or polled.body.get("status") != "assigned":
-        raise Failure(f"poll {registration_id}: {polled.status} {polled.body}")
+    for poll in range(plan.max_polls):
+        if poll:
+            await asyncio.sleep(plan.retry_after)  # as a device would, before polling again
+        polled = await connection.request(
+            "GET", f"{base}/operations/{operation_id}{query}", headers
+        )
+        if polled.status != 200 or polled.body.get("status") not in ("assigning", "assigned"):
+            break
+        if polled.body["status"] == "assigned":
+            hub = polled.body.get("registrationState", {}).get("assignedHub")
+            if hub != plan.hub:
+                raise Failure(f"poll {registration_id}: assigned to {hub}, not {plan.hub}")
+            return poll
+    raise Failure(f"poll {registration_id}: {polled.status} {polled.body}")
 
 
 async def bare_request(connection: Connection) -> None:
@@ -233,22 +299,26 @@ async def run_plan(plan: WorkerPlan) -> dict[str, Any]:
     open_connection = CONNECTIONS[plan.client]
     latencies: list[float] = []
     errors: list[str] = []
+    registered: list[str] = []
     failed = 0
+    extra_polls = 0
     next_index = 0
     deadline = time.monotonic() + plan.timeout
 
     async def one(index: int) -> None:
-        nonlocal failed
+        nonlocal failed, extra_polls
         began = time.perf_counter()
         # A new connection per device: TCP and a full TLS handshake (no session
         # resumption); HTTP/1.1 keep-alive between register and poll only.
         connection = open_connection(plan, context)
+        registration_id = f"{plan.prefix}-{index}"
         try:
             async with asyncio.timeout(30):
-                if plan.phase == "registrations":
-                    await register_device(connection, plan, f"{plan.prefix}-{index}")
-                else:
+                if plan.phase == "bare":
                     await bare_request(connection)
+                else:
+                    extra_polls += await register_device(connection, plan, registration_id)
+                    registered.append(registration_id)
                 await connection.close()
         except (Failure, httpx.HTTPError, OSError, ValueError, KeyError, TimeoutError) as error:
             failed += 1
@@ -278,6 +348,8 @@ async def run_plan(plan: WorkerPlan) -> dict[str, Any]:
         "errors": errors,
         "timed_out": next_index < plan.count,
         "cpu": _own_cpu_seconds() - cpu_before,
+        "extra_polls": extra_polls,
+        "sample": random.sample(registered, min(LANDED_SAMPLES, len(registered))),
     }
 
 
@@ -320,6 +392,8 @@ class PhaseResult:
     client_cpu_seconds: float
     machine_cpu_seconds: float
     timed_out: bool
+    extra_polls: int = 0
+    in_hub: int | None = None  # devices the built-in hub counted after the phase
 
     @property
     def rate(self) -> float:
@@ -354,20 +428,31 @@ def start_dpsd(data_dir: Path, logs: Path, retry_after: int) -> ServerProcess:
     return _spawn("dpsd", command, data_dir / "endpoints.json", logs / "dpsd.log")
 
 
-def create_group(server: ServerProcess, key: str, ca: Path) -> None:
-    """The symmetric-key enrollment group every simulated device belongs to."""
+def create_group(
+    server: ServerProcess,
+    key: str,
+    ca: Path,
+    group: tuple[str, str, str] | None = None,
+    initial_twin: dict[str, Any] | None = None,
+) -> None:
+    """A symmetric-key enrollment group: ``group`` (id, key, hub; default the record-only
+    fleet's) with static allocation to its hub and ``initial_twin``; without ``group``, the
+    record-only fleet's group with hashed allocation (what bench/mqtt.py uses)."""
     token = sas_token(SERVICE_HOST, POLICY, key, ttl=24 * 3600)
-    body = {
-        "enrollmentGroupId": GROUP_ID,
+    group_id, group_key, hub = group or FLEETS["registrations"]
+    body: dict[str, Any] = {
+        "enrollmentGroupId": group_id,
         "attestation": {
             "type": "symmetricKey",
-            "symmetricKey": {"primaryKey": GROUP_KEY, "secondaryKey": GROUP_KEY},
+            "symmetricKey": {"primaryKey": group_key, "secondaryKey": group_key},
         },
-        "iotHubs": [HUB],
-        "allocationPolicy": "hashed",
+        "iotHubs": [hub],
+        "allocationPolicy": "hashed" if group is None else "static",
     }
+    if initial_twin is not None:
+        body["initialTwin"] = initial_twin
     response = httpx.put(
-        f"https://{HOST}:{server.port}/enrollmentGroups/{GROUP_ID}",
+        f"https://{HOST}:{server.port}/enrollmentGroups/{group_id}",
         params={"api-version": SERVICE_API_VERSION},
         headers={"Authorization": token, "Host": f"{SERVICE_HOST}:{server.port}"},
         json=body,
@@ -380,24 +465,151 @@ def create_group(server: ServerProcess, key: str, ca: Path) -> None:
         )
 
 
+def link_builtin_hub(data_dir: Path, host_name: str) -> str:
+    """``dpsd hub add --builtin``; the key of the hub's owner policy (from
+    ``dpsd hub connection-string``)."""
+    base = [sys.executable, "-m", "dpsd", "hub"]
+    for command in (
+        [*base, "add", host_name, "--builtin", "--data-dir", str(data_dir)],
+        [*base, "connection-string", host_name, "--data-dir", str(data_dir)],
+    ):
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=_environment(),
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise BenchError(f"{' '.join(command[2:5])} failed:\n{result.stdout}{result.stderr}")
+    fields = shared_access_fields(result.stdout.strip())
+    if fields.get("SharedAccessKeyName") != HUB_OWNER_POLICY:
+        raise BenchError(f"unexpected connection string of {host_name}: {result.stdout!r}")
+    return fields["SharedAccessKey"]
+
+
+def shared_access_fields(connection_string: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in connection_string.split(";") if "=" in part)
+
+
 @dataclass(frozen=True)
 class Setup:
     server: ServerProcess
     id_scope: str
     ca: Path
     arguments: argparse.Namespace
+    hub_key: str = ""  # the built-in hub's owner key
+
+
+class BuiltinHub:
+    """The built-in hub's REST API as a service client reaches it: dpsd's listener, the
+    hub's name in Host and TLS SNI, a SAS of its owner policy."""
+
+    def __init__(self, setup: Setup) -> None:
+        self._client = httpx.Client(
+            base_url=f"https://{HOST}:{setup.server.port}",
+            verify=ssl.create_default_context(cafile=str(setup.ca)),
+            timeout=CHECK_TIMEOUT,
+            headers={
+                "Host": BUILTIN_HUB,
+                "Authorization": sas_token(BUILTIN_HUB, HUB_OWNER_POLICY, setup.hub_key, 3600),
+            },
+        )
+
+    def __enter__(self) -> BuiltinHub:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._client.close()
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        response = self._client.request(
+            method,
+            path,
+            params={"api-version": "2021-04-12"},
+            json=body,
+            extensions={"sni_hostname": BUILTIN_HUB},
+        )
+        if response.status_code != 200:
+            raise BenchError(
+                f"{method} {path} on {BUILTIN_HUB}: {response.status_code} {response.text[:300]}"
+            )
+        return response.json()
+
+    def count(self) -> int:
+        rows = self.request("POST", "/devices/query", {"query": "SELECT COUNT() AS n FROM devices"})
+        return int(rows[0]["n"])
+
+
+def check_landed(setup: Setup, sample: list[str], completed: int, attempted: int) -> int:
+    """That the built-in hub holds between ``completed`` and ``attempted`` devices (the hub
+    registrations so far), and that the sampled devices are there as their group makes
+    them: SAS keys derived from the group key, the group's initial twin. Its device count."""
+    wanted_tags = INITIAL_TWIN["tags"]
+    wanted_desired = INITIAL_TWIN["properties"]["desired"]
+    with BuiltinHub(setup) as hub:
+        counted = hub.count()
+        if not completed <= counted <= attempted:
+            raise BenchError(
+                f"{BUILTIN_HUB} holds {counted} devices after {completed} completed hub "
+                f"registrations ({attempted} attempted)"
+            )
+        for registration_id in sample:
+            path = quote(registration_id, safe="")
+            device = hub.request("GET", f"/devices/{path}")
+            key = device_key(registration_id, HUB_GROUP_KEY)
+            keys = device.get("authentication", {}).get("symmetricKey", {})
+            if device.get("deviceId") != registration_id or keys.get("primaryKey") != key:
+                raise BenchError(f"{registration_id} in {BUILTIN_HUB} is not as written: {device}")
+            twin = hub.request("GET", f"/twins/{path}")
+            desired = twin.get("properties", {}).get("desired", {})
+            desired = {name: value for name, value in desired.items() if not name.startswith("$")}
+            if twin.get("tags") != wanted_tags or desired != wanted_desired:
+                raise BenchError(f"the twin of {registration_id} is not the initial twin: {twin}")
+    return counted
+
+
+@dataclass
+class Landing:
+    """The landing checks of a run, over the hub registrations so far: completed, and
+    attempted (a registration the client gave up on may still have landed)."""
+
+    setup: Setup
+    completed: int = 0
+    attempted: int = 0
+    failed: bool = False
+
+    def check(self, result: PhaseResult, sample: list[str]) -> PhaseResult:
+        """``result`` with the hub's device count, after checking that the devices landed;
+        a failed check is reported and remembered (``failed``)."""
+        self.completed += result.completed
+        self.attempted += result.completed + result.failed
+        try:
+            counted = check_landed(self.setup, sample, self.completed, self.attempted)
+        except BenchError as error:
+            print(f"    landing check: {error}", file=sys.stderr)
+            self.failed = True
+            return result
+        return replace(result, in_hub=counted)
 
 
 def _spread(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if index < total % parts else 0) for index in range(parts)]
 
 
-def run_phase(setup: Setup, phase: str, round_number: int, count: int) -> PhaseResult:
-    """Start the client processes, release them together, collect and merge their outcomes."""
+def run_phase(
+    setup: Setup, phase: str, round_number: int, count: int
+) -> tuple[PhaseResult, list[str]]:
+    """Start the client processes, release them together, collect and merge their outcomes;
+    with a sample of the registration ids that completed."""
     arguments = setup.arguments
     clients = min(arguments.clients, count)
     workers: list[subprocess.Popen[str]] = []
     try:
+        _, group_key, hub = FLEETS.get(phase, FLEETS["registrations"])
+        name = "bench" if phase != "hub" else "bench-hub"
         for index, (share, lanes) in enumerate(
             zip(_spread(count, clients), _spread(arguments.concurrency, clients), strict=True)
         ):
@@ -408,10 +620,14 @@ def run_phase(setup: Setup, phase: str, round_number: int, count: int) -> PhaseR
                 port=setup.server.port,
                 ca=str(setup.ca),
                 id_scope=setup.id_scope,
-                prefix=f"bench-r{round_number}-c{index}",
+                prefix=f"{name}-r{round_number}-c{index}",
                 count=share,
                 concurrency=max(1, lanes),
                 timeout=arguments.timeout,
+                group_key=group_key,
+                hub=hub,
+                max_polls=arguments.max_polls,
+                retry_after=arguments.retry_after,
             )
             workers.append(
                 subprocess.Popen(
@@ -448,7 +664,7 @@ def run_phase(setup: Setup, phase: str, round_number: int, count: int) -> PhaseR
     for outcome in outcomes:
         for error in outcome["errors"]:
             print(f"    {phase} error: {error}", file=sys.stderr)
-    return PhaseResult(
+    result = PhaseResult(
         phase=phase,
         round=round_number,
         completed=len(latencies),
@@ -460,7 +676,9 @@ def run_phase(setup: Setup, phase: str, round_number: int, count: int) -> PhaseR
         client_cpu_seconds=sum(outcome["cpu"] for outcome in outcomes),
         machine_cpu_seconds=machine_cpu,
         timed_out=any(outcome["timed_out"] for outcome in outcomes),
+        extra_polls=sum(outcome["extra_polls"] for outcome in outcomes),
     )
+    return result, [registration_id for o in outcomes for registration_id in o["sample"]]
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -487,10 +705,11 @@ def _expect_line(worker: subprocess.Popen[str], timeout: float, expected: str | 
 
 
 def report(results: list[PhaseResult], rounds: int, bare: str = "bare TLS requests") -> list[str]:
+    phases = [phase for phase in PHASES if any(result.phase == phase for result in results)]
     lines = []
     if rounds > 1:
         lines.append("per round (per second):")
-        for phase in PHASES:
+        for phase in phases:
             rates = " ".join(f"{r.rate:8.0f}" for r in results if r.phase == phase)
             lines.append(f"  {PHASE_TITLES[phase]:<13} {rates}")
         lines += ["", f"medians of {rounds} rounds:"]
@@ -500,23 +719,52 @@ def report(results: list[PhaseResult], rounds: int, bare: str = "bare TLS reques
     )
     lines += [header, "-" * len(header)]
     medians: dict[str, float] = {}
-    for phase in PHASES:
+    cpu_per_op: dict[str, float] = {}
+    for phase in phases:
         mine = [result for result in results if result.phase == phase]
         medians[phase] = statistics.median(result.rate for result in mine)
+        cpu_per_op[phase] = statistics.median(r.server_ms_per_op for r in mine)
         lines.append(
             f"{PHASE_TITLES[phase]:<13} {medians[phase]:7.0f} "
             f"{statistics.median(r.p50_ms for r in mine):8.1f} "
             f"{statistics.median(r.p99_ms for r in mine):8.1f} "
             f"{statistics.median(r.server_cores for r in mine):8.2f} "
-            f"{statistics.median(r.server_ms_per_op for r in mine):9.2f} "
+            f"{cpu_per_op[phase]:9.2f} "
             f"{statistics.median(r.client_cores for r in mine):8.2f} "
             f"{statistics.median(r.client_ms_per_op for r in mine):9.2f} "
             f"{statistics.median(r.other_cores for r in mine):6.2f} "
             f"{sum(r.failed for r in mine):7d}"
             + ("  (hit --timeout)" if any(r.timed_out for r in mine) else "")
+            + (f"  ({extra} extra polls)" if (extra := sum(r.extra_polls for r in mine)) else "")
         )
-    ratio = medians["registrations"] / medians["bare"] if medians["bare"] else 0.0
-    lines += ["", f"registrations / {bare} = {ratio:.3f}"]
+    lines.append("")
+    if "registrations" in medians and "bare" in medians:
+        ratio = medians["registrations"] / medians["bare"] if medians["bare"] else 0.0
+        lines.append(f"registrations / {bare} = {ratio:.3f}")
+    if "registrations" in medians and "hub" in medians:
+        recorded, landed = medians["registrations"], medians["hub"]
+        ratio = landed / recorded if recorded else 0.0
+        hub_cost = cpu_per_op["hub"] - cpu_per_op["registrations"]
+        lines += [
+            f"built-in hub registrations / recorded-only registrations = {ratio:.3f}",
+            f"server CPU per registration: recorded only {cpu_per_op['registrations']:.2f} ms, "
+            f"built-in hub {cpu_per_op['hub']:.2f} ms (+{hub_cost:.2f} ms for the hub write)",
+        ]
+        if rounds > 1:
+            by_round = {(r.phase, r.round): r.rate for r in results}
+            per_round = [
+                by_round[("hub", n)] / by_round[("registrations", n)]
+                for n in sorted({r.round for r in results})
+                if by_round.get(("registrations", n)) and ("hub", n) in by_round
+            ]
+            lines.append("  per round: " + " ".join(f"{value:.3f}" for value in per_round))
+    counted = [r.in_hub for r in results if r.in_hub is not None]
+    if counted:
+        lines.append(
+            f"landing check passed after every hub phase: {BUILTIN_HUB} counted {counted[-1]} "
+            "devices at the end, as many as hub registrations completed; sampled devices read "
+            "back with their keys and initial twin"
+        )
     return lines
 
 
@@ -532,7 +780,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=32, help="in flight, all clients")
     parser.add_argument("--clients", type=int, default=1, help="client processes")
     parser.add_argument("--client", choices=sorted(CONNECTIONS), default="raw", help="HTTP client")
-    parser.add_argument("--rounds", type=int, default=1, help="runs of both phases")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every phase")
+    parser.add_argument(
+        "--phases", default=",".join(PHASES), help="which phases to run, comma-separated"
+    )
+    parser.add_argument("--max-polls", type=int, default=5, help="polls per registration")
     parser.add_argument("--warmup", type=int, default=200, help="operations before round 1")
     parser.add_argument("--timeout", type=float, default=60, help="seconds at most per phase")
     parser.add_argument("--retry-after", type=int, default=1, help="dpsd serve --retry-after")
@@ -545,6 +797,12 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
         parser.error("at most 1000000 --devices, 1000 --concurrency and 8 --clients")
     if arguments.warmup < 0 or not 0 < arguments.timeout <= 3600:
         parser.error("--warmup must not be negative and --timeout within (0, 3600]")
+    if not 1 <= arguments.max_polls <= 10:
+        parser.error("--max-polls must be within [1, 10]")
+    phases = [phase.strip() for phase in arguments.phases.split(",") if phase.strip()]
+    if not phases or any(phase not in PHASES for phase in phases):
+        parser.error(f"--phases takes some of {', '.join(PHASES)}")
+    arguments.phases = tuple(phase for phase in PHASES if phase in phases)
     return arguments
 
 
@@ -566,12 +824,41 @@ def run(arguments: argparse.Namespace) -> int:
     return status
 
 
+def run_rounds(landing: Landing) -> list[PhaseResult]:
+    """The warm-up, then every round of the phases, taking turns going first."""
+    setup, arguments = landing.setup, landing.setup.arguments
+    if arguments.warmup:
+        for phase in arguments.phases:
+            warm, sample = run_phase(setup, phase, 0, arguments.warmup)
+            if phase == "hub":
+                landing.check(warm, sample)
+    results = []
+    for round_number in range(1, arguments.rounds + 1):
+        phases = arguments.phases
+        for phase in phases if round_number % 2 else tuple(reversed(phases)):
+            result, sample = run_phase(setup, phase, round_number, arguments.devices)
+            if phase == "hub":
+                result = landing.check(result, sample)
+            print(
+                f"  round {round_number} {PHASE_TITLES[phase]:<13} {result.rate:7.0f}/s  "
+                f"p50 {result.p50_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  "
+                f"srv {result.server_cores:.2f} cli {result.client_cores:.2f} "
+                f"other {result.other_cores:.2f} cores  "
+                f"srv {result.server_ms_per_op:.2f} ms/op  failed {result.failed}"
+                + (f"  in hub {result.in_hub}" if result.in_hub is not None else ""),
+                flush=True,
+            )
+            results.append(result)
+    return results
+
+
 def _run_in(work: Path, arguments: argparse.Namespace) -> int:
     data_dir = work / "dpsd-data"
     if data_dir.exists():
         raise BenchError(f"{data_dir} exists; the benchmark needs a fresh data dir")
     info = dpsd_info(data_dir)
     link_hubs(data_dir, [HUB])
+    hub_key = link_builtin_hub(data_dir, BUILTIN_HUB) if "hub" in arguments.phases else ""
     ca = Path(info["caCertificatePath"])
     client = f"httpx {httpx.__version__}" if arguments.client == "httpx" else "raw streams"
     print(f"code: {describe_code()}")
@@ -579,31 +866,22 @@ def _run_in(work: Path, arguments: argparse.Namespace) -> int:
     print(
         f"load: {arguments.clients} client process(es) (asyncio + {client}, HTTP/1.1), "
         f"{arguments.concurrency} in flight, {arguments.devices} operations per phase, "
+        f"phases {', '.join(arguments.phases)}, "
         f"{arguments.rounds} round(s), {arguments.warmup} warm-up operations; "
         f"work dir {work}",
         flush=True,
     )
     server = start_dpsd(data_dir, work, arguments.retry_after)
     results: list[PhaseResult] = []
+    landing_failed = False
     try:
-        create_group(server, shared_access_key(info["serviceConnectionString"]), ca)
-        setup = Setup(server, info["idScope"], ca, arguments)
-        if arguments.warmup:
-            for phase in PHASES:
-                run_phase(setup, phase, 0, arguments.warmup)
-        for round_number in range(1, arguments.rounds + 1):
-            order = PHASES if round_number % 2 else tuple(reversed(PHASES))
-            for phase in order:
-                result = run_phase(setup, phase, round_number, arguments.devices)
-                print(
-                    f"  round {round_number} {PHASE_TITLES[phase]:<13} {result.rate:7.0f}/s  "
-                    f"p50 {result.p50_ms:7.1f} ms  p99 {result.p99_ms:7.1f} ms  "
-                    f"srv {result.server_cores:.2f} cli {result.client_cores:.2f} "
-                    f"other {result.other_cores:.2f} cores  "
-                    f"failed {result.failed}",
-                    flush=True,
-                )
-                results.append(result)
+        service_key = shared_access_key(info["serviceConnectionString"])
+        for fleet in ("registrations", "hub"):
+            if fleet in arguments.phases:
+                create_group(server, service_key, ca, FLEETS[fleet], INITIAL_TWIN)
+        landing = Landing(Setup(server, info["idScope"], ca, arguments, hub_key))
+        results = run_rounds(landing)
+        landing_failed = landing.failed
     finally:
         server.stop()
     print()
@@ -621,6 +899,9 @@ def _run_in(work: Path, arguments: argparse.Namespace) -> int:
         arguments.json.write_text(json.dumps(document, indent=2))
     if any(result.failed or result.timed_out for result in results):
         print("some operations failed or a phase hit --timeout", file=sys.stderr)
+        return 1
+    if landing_failed:
+        print("devices were missing from the built-in hub or not as written", file=sys.stderr)
         return 1
     return 0
 
