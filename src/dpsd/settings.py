@@ -114,6 +114,31 @@ class Settings:
         return tuple(dict.fromkeys(names))
 
 
+LOCALHOST_REACHES = ("localhost", "127.0.0.1", "::1", "0.0.0.0", "::", "")  # noqa: S104
+"""Listening addresses that ``localhost`` reaches: the loopback ones it names, and every
+address at once."""
+
+
+def default_hostname(host: str) -> str:
+    """The name clients are told when ``--hostname`` is not given: ``localhost`` when it
+    reaches the listening address, else that address (or name) itself; an IPv6 address,
+    which a connection string cannot carry with a port, leaves ``localhost`` (and
+    ``hostname_warning`` says so)."""
+    if host in LOCALHOST_REACHES or ":" in host:
+        return DEFAULT_HOSTNAME
+    return host
+
+
+def hostname_warning(host: str, hostname: str) -> str | None:
+    """Why the name clients are told does not reach the listening address, if it does not."""
+    if hostname != DEFAULT_HOSTNAME or host in LOCALHOST_REACHES:
+        return None
+    return (
+        f"dpsd listens on {host} only, which localhost does not reach: the connection string"
+        " names localhost; pass --hostname with a name or address clients reach it by"
+    )
+
+
 def _is_specific_address(host: str) -> bool:
     try:
         address = ipaddress.ip_address(host)

@@ -25,6 +25,7 @@ from tests.e2e.process import (
     recorded_endpoints,
     run_dpsd,
     sdk_client,
+    start_dpsd_listening,
 )
 
 pytestmark = pytest.mark.e2e
@@ -296,3 +297,36 @@ def test_serve_reports_a_port_in_use(tmp_path: Path, listener: str) -> None:
     # on ...: is the port in use?").
     assert "Traceback" not in output, f"dpsd crashed instead of reporting the error:\n{output}"
     assert not endpoints_path(tmp_path / "data").exists()
+
+
+PRIVATE_LOOPBACK = "127.0.0.110"  # localhost does not reach it
+
+
+def test_a_host_localhost_does_not_reach_is_named_in_the_connection_string(
+    tmp_path: Path,
+) -> None:
+    """Without --hostname the connection string, endpoints and certificate name the address
+    dpsd listens on, and every client (the SDK, dpsd's own commands) reaches it so."""
+    data_dir = tmp_path / "data"
+    server = start_dpsd_listening(
+        data_dir,
+        tmp_path / "serve.log",
+        ["--host", PRIVATE_LOOPBACK, "--https-port", "0", "--mqtt-port", "-1", "--amqp-port", "-1"],
+        ["--host", PRIVATE_LOOPBACK],
+    )
+    try:
+        connection = server.info["serviceConnectionString"]
+        assert connection.startswith(f"HostName={PRIVATE_LOOPBACK}:"), connection
+        assert urlsplit(server.info["endpoints"]["https"]).hostname == PRIVATE_LOOPBACK
+        assert "localhost does not reach" not in server.output()
+        device = f"named-{uuid.uuid4().hex[:8]}"
+        created = sdk_client(server.info).enrollment.create_or_update(
+            id=device,
+            enrollment={"registrationId": device, "attestation": {"type": "symmetricKey"}},
+        )
+        assert created["registrationId"] == device
+        listed = run_dpsd("enrollment", "list", "-o", "json", "--data-dir", str(data_dir))
+        assert listed.returncode == 0, listed.stderr
+        assert device in [record["registrationId"] for record in json.loads(listed.stdout)]
+    finally:
+        server.stop_cleanly(signal.SIGTERM)

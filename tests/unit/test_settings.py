@@ -10,7 +10,12 @@ import typer
 
 from dpsd.cli.options import make_settings
 from dpsd.service.throttling import Rate, ThrottleLimits
-from dpsd.settings import DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT, Settings
+from dpsd.settings import (
+    DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT,
+    Settings,
+    default_hostname,
+    hostname_warning,
+)
 
 
 @pytest.mark.parametrize("field", ["webhook_timeout", "hub_timeout"])
@@ -57,3 +62,41 @@ def test_serve_options_refuse_limits_dpsd_cannot_apply(
 ) -> None:
     with pytest.raises(typer.BadParameter):
         make_settings(tmp_path, None, **limits)
+
+
+@pytest.mark.parametrize(
+    ("host", "hostname"),
+    [
+        ("127.0.0.1", "localhost"),
+        ("::1", "localhost"),
+        ("0.0.0.0", "localhost"),  # noqa: S104
+        ("::", "localhost"),
+        ("localhost", "localhost"),
+        ("127.0.0.110", "127.0.0.110"),  # loopback, but not where localhost goes
+        ("192.0.2.7", "192.0.2.7"),
+        ("dps.example.net", "dps.example.net"),
+        ("fd00::7", "localhost"),  # a connection string cannot carry it with a port: warned
+    ],
+)
+def test_without_a_hostname_clients_are_told_what_reaches_the_listener(
+    host: str, hostname: str
+) -> None:
+    assert default_hostname(host) == hostname
+
+
+def test_a_listener_localhost_does_not_reach_is_warned_of_unless_named() -> None:
+    warning = hostname_warning("fd00::7", default_hostname("fd00::7"))
+    assert warning is not None
+    assert "fd00::7" in warning
+    assert "--hostname" in warning
+    assert hostname_warning("fd00::7", "dps.example.net") is None
+    assert hostname_warning("127.0.0.110", default_hostname("127.0.0.110")) is None
+    assert hostname_warning("0.0.0.0", "localhost") is None  # noqa: S104
+
+
+def test_a_hostname_given_is_kept_whatever_the_host(tmp_path: Path) -> None:
+    named = make_settings(tmp_path, None, host="127.0.0.110", hostname="dps.example.net")
+    assert named.hostname == "dps.example.net"
+    unnamed = make_settings(tmp_path, None, host="127.0.0.110")
+    assert unnamed.hostname == "127.0.0.110"
+    assert "127.0.0.110" in unnamed.certificate_names

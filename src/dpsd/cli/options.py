@@ -12,7 +12,6 @@ from dpsd.service.throttling import Rate
 from dpsd.settings import (
     DEFAULT_AMQP_PORT,
     DEFAULT_HOST,
-    DEFAULT_HOSTNAME,
     DEFAULT_HTTPS_PORT,
     DEFAULT_HUB_TIMEOUT,
     DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT,
@@ -21,6 +20,7 @@ from dpsd.settings import (
     DEFAULT_WEBHOOK_TIMEOUT,
     Settings,
     default_data_dir,
+    default_hostname,
     remembered_database,
 )
 from dpsd.telemetry.logs import LogFormat, LogLevel
@@ -68,11 +68,14 @@ HttpPort = Annotated[
     ),
 ]
 Hostname = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--hostname",
         envvar="DPSD_HOSTNAME",
-        help="Name clients use to reach dpsd (connection string, certificate).",
+        metavar="NAME",
+        help="Name clients use to reach dpsd: in the connection string and the certificate"
+        " (default: localhost, or the --host address when localhost does not reach it).",
+        show_default=False,
     ),
 ]
 MqttPort = Annotated[
@@ -200,7 +203,7 @@ def make_settings(
     host: str = DEFAULT_HOST,
     https_port: int = DEFAULT_HTTPS_PORT,
     http_port: int | None = None,
-    hostname: str = DEFAULT_HOSTNAME,
+    hostname: str | None = None,
     tls_names: list[str] | None = None,
     location: str | None = None,
     retry_after: int = DEFAULT_RETRY_AFTER,
@@ -228,7 +231,7 @@ def make_settings(
             https_port=https_port,
             http_port=http_port,
             database=database,
-            hostname=hostname,
+            hostname=hostname or default_hostname(host),
             tls_names=names,
             location=location,
             retry_after=retry_after,

@@ -46,7 +46,6 @@ from dpsd.server import ListenError, serve
 from dpsd.settings import (
     DEFAULT_AMQP_PORT,
     DEFAULT_HOST,
-    DEFAULT_HOSTNAME,
     DEFAULT_HTTPS_PORT,
     DEFAULT_HUB_TIMEOUT,
     DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT,
@@ -54,6 +53,7 @@ from dpsd.settings import (
     DEFAULT_RETRY_AFTER,
     DEFAULT_WEBHOOK_TIMEOUT,
     Settings,
+    hostname_warning,
     remember_database,
 )
 from dpsd.storage.engine import sqlite_file
@@ -84,7 +84,10 @@ def _print_banner(
     console.print("Stop with Ctrl+C.")
 
 
-def _warn_of_loose_permissions(settings: Settings) -> None:
+def _warn_at_start(settings: Settings) -> None:
+    unreachable = hostname_warning(settings.host, settings.hostname)
+    if unreachable is not None:
+        warn(unreachable)
     for line in loose_permissions(settings.data_dir, sqlite_file(settings.database_url)):
         warn(line)
 
@@ -119,7 +122,7 @@ def serve_command(
     host: Host = DEFAULT_HOST,
     https_port: HttpsPort = DEFAULT_HTTPS_PORT,
     http_port: HttpPort = None,
-    hostname: Hostname = DEFAULT_HOSTNAME,
+    hostname: Hostname = None,
     tls_name: TlsNames = None,
     location: Location = None,
     retry_after: RetryAfter = DEFAULT_RETRY_AFTER,
@@ -164,7 +167,7 @@ def serve_command(
             settings,
             database is not None,
             (log_level, log_format),
-            lambda _runtime: _warn_of_loose_permissions(settings),
+            lambda _runtime: _warn_at_start(settings),
             _workers_serving(console),
         )
         console.print("dpsd stopped.")
@@ -172,7 +175,7 @@ def serve_command(
 
     async def run() -> None:
         async with build_runtime(settings) as runtime:
-            _warn_of_loose_permissions(settings)
+            _warn_at_start(settings)
             await serve(runtime, lambda endpoints: _started(console, runtime, endpoints))
 
     try:
@@ -190,7 +193,7 @@ def info_command(
     host: Host = DEFAULT_HOST,
     https_port: HttpsPort = DEFAULT_HTTPS_PORT,
     http_port: HttpPort = None,
-    hostname: Hostname = DEFAULT_HOSTNAME,
+    hostname: Hostname = None,
     tls_name: TlsNames = None,
 ) -> None:
     """Print the ID scope, service connection string, CA path and endpoints.
