@@ -69,7 +69,7 @@ def test_serve_options_refuse_limits_dpsd_cannot_apply(
     [
         ("127.0.0.1", "localhost"),
         ("::1", "localhost"),
-        ("0.0.0.0", "localhost"),  # noqa: S104
+        ("0.0.0.0", "localhost"),
         ("::", "localhost"),
         ("localhost", "localhost"),
         ("127.0.0.110", "127.0.0.110"),  # loopback, but not where localhost goes
@@ -91,7 +91,7 @@ def test_a_listener_localhost_does_not_reach_is_warned_of_unless_named() -> None
     assert "--hostname" in warning
     assert hostname_warning("fd00::7", "dps.example.net") is None
     assert hostname_warning("127.0.0.110", default_hostname("127.0.0.110")) is None
-    assert hostname_warning("0.0.0.0", "localhost") is None  # noqa: S104
+    assert hostname_warning("0.0.0.0", "localhost") is None
 
 
 def test_a_hostname_given_is_kept_whatever_the_host(tmp_path: Path) -> None:

@@ -83,7 +83,10 @@ def add_command(
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
-    """Register a CA certificate (verify it next, unless --verified)."""
+    """Register a CA certificate (verify it next).
+
+    With --verified it is trusted at once, without proof of possession.
+    """
     text = _read_certificate(file)
     record = _run(data_dir, database, lambda service: service.add(name, text, verified=verified))
     _show(record, as_json)
@@ -136,7 +139,7 @@ def delete_command(
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
-    """Delete a CA certificate that no enrollment group references."""
+    """Delete a CA certificate no group references."""
     from dpsd.service.references import describe
 
     left = _run(data_dir, database, lambda service: service.delete(name, force=force))
@@ -152,7 +155,11 @@ def delete_command(
 def verification_code_command(
     name: Name, as_json: AsJson = False, data_dir: DataDir = None, database: Database = None
 ) -> None:
-    """Make a verification code: sign a certificate with subject CN=<code> with the CA's key."""
+    """Make a code to prove possession of the CA's key.
+
+    Sign a certificate whose subject is CN=CODE with the CA's key, then pass it to
+    dpsd certificate verify.
+    """
     record = _run(data_dir, database, lambda service: service.generate_verification_code(name))
     if as_json:
         typer.echo(json.dumps({"name": record.name, "verificationCode": record.verification_code}))
@@ -168,7 +175,7 @@ def verify_command(
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
-    """Prove possession of the CA's key with a certificate signed for the verification code."""
+    """Verify a CA certificate with a signed verification code."""
     text = _read_certificate(file)
     _show(_run(data_dir, database, lambda service: service.verify(name, text)), as_json)
 

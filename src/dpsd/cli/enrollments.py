@@ -152,11 +152,21 @@ DeviceId = Annotated[
 ]
 Status = Annotated[
     ProvisioningStatus | None,
-    typer.Option("--provisioning-status", case_sensitive=False, show_default=False),
+    typer.Option(
+        "--provisioning-status",
+        case_sensitive=False,
+        show_default=False,
+        help="Whether devices may register (default on create: enabled).",
+    ),
 ]
 Allocation = Annotated[
     AllocationPolicy | None,
-    typer.Option("--allocation-policy", case_sensitive=False, show_default=False),
+    typer.Option(
+        "--allocation-policy",
+        case_sensitive=False,
+        show_default=False,
+        help="How a hub is chosen among --iot-hubs (default: the service's, hashed).",
+    ),
 ]
 IotHubs = Annotated[
     list[str] | None,
@@ -176,7 +186,13 @@ InitialTwin = Annotated[
 ]
 Reprovision = Annotated[
     ReprovisionPolicy | None,
-    typer.Option("--reprovision-policy", case_sensitive=False, show_default=False),
+    typer.Option(
+        "--reprovision-policy",
+        case_sensitive=False,
+        show_default=False,
+        help="What a device registering again gets: a new hub with its twin migrated or"
+        " reset to the initial twin, or never a new hub (default: migrate).",
+    ),
 ]
 EdgeEnabled = Annotated[
     bool | None,
@@ -393,7 +409,9 @@ def enrollment_update(
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
-    """Change an individual enrollment: what no flag names stays as it is."""
+    """Change an individual enrollment.
+
+    What no flag names stays as it is."""
     update_record(
         ENROLLMENTS,
         registration_id,
@@ -432,7 +450,7 @@ def enrollment_show(
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
-    """Show an individual enrollment (and its registration state, when it has one)."""
+    """Show an individual enrollment and its registration state."""
     target = TargetOptions(connection_string, ca_file, data_dir, database)
     show_record(ENROLLMENTS, registration_id, keys, target, output)
 
@@ -461,7 +479,7 @@ def enrollment_delete(
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
-    """Delete an individual enrollment (and its device's registration state)."""
+    """Delete an individual enrollment and its registration state."""
     target = TargetOptions(connection_string, ca_file, data_dir, database)
     delete_record(ENROLLMENTS, registration_id, etag, target)
 
@@ -475,7 +493,7 @@ def enrollment_keys(
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
-    """Show the attestation mechanism: the keys or certificates the device proves itself with."""
+    """Show the keys or certificates the device proves itself with."""
     target = TargetOptions(connection_string, ca_file, data_dir, database)
     show_keys(ENROLLMENTS, registration_id, target, output)
 
@@ -510,7 +528,10 @@ def group_create(
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
-    """Create an enrollment group (symmetric key, or X.509 by signing certificate or CA)."""
+    """Create an enrollment group.
+
+    Symmetric keys (generated unless given), or X.509 by signing certificate or CA.
+    """
     create_record(
         GROUPS,
         group_id,
@@ -564,7 +585,9 @@ def group_update(
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
-    """Change an enrollment group: what no flag names stays as it is."""
+    """Change an enrollment group.
+
+    What no flag names stays as it is."""
     update_record(
         GROUPS,
         group_id,
@@ -633,7 +656,9 @@ def group_delete(
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
-    """Delete an enrollment group (its devices' registration states stay)."""
+    """Delete an enrollment group.
+
+    Its devices' registration states stay."""
     target = TargetOptions(connection_string, ca_file, data_dir, database)
     delete_record(GROUPS, group_id, etag, target)
 
@@ -647,6 +672,6 @@ def group_keys(
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
-    """Show the group's attestation mechanism: its keys, certificates or CA references."""
+    """Show the group's keys, certificates or CA references."""
     target = TargetOptions(connection_string, ca_file, data_dir, database)
     show_keys(GROUPS, group_id, target, output)

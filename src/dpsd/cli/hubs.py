@@ -143,7 +143,7 @@ def _is_address(host: str) -> bool:
 def list_command(
     as_json: AsJson = False, data_dir: DataDir = None, database: Database = None
 ) -> None:
-    """List the linked IoT hubs and what dpsd does with their devices.
+    """List the linked IoT hubs.
 
     "devices": built-in (dpsd serves the hub and keeps its devices), written (into the hub
     the connection string names) or recorded only (the assignment alone).
@@ -183,7 +183,7 @@ def connection_string_command(
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
-    """Print a built-in hub's connection string, and nothing else.
+    """Print a built-in hub's connection string.
 
     It holds the policy's key: for the IoT Hub service SDKs.
     """
@@ -209,7 +209,7 @@ def remove_command(
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
-    """Unlink an IoT hub that no enrollment or enrollment group names.
+    """Unlink an IoT hub no enrollment or group names.
 
     Devices assigned to it stay recorded there; a built-in hub's devices, keys and
     certificate are gone.

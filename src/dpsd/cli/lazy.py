@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 from typer.main import get_command
 
 if TYPE_CHECKING:
-    from typer._click import Command, Context, HelpFormatter
+    from typer._click import Command, Context, HelpFormatter, Parameter
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,11 +33,32 @@ class LazyCommand:
             app.command(name, context_settings=context_settings)(target)
             target = app
         command = get_command(target)
+        name_the_values(command)
         command.name = name
         command.short_help = self.summary
         if not command.help:
             command.help = self.summary
         return command
+
+
+def name_the_values(command: Command) -> None:
+    """Metavars that say what to give, for the options and arguments that name none: the
+    option's name in capitals (``--data-dir DATA_DIR``, as argparse writes it), the choices
+    of an enumeration as they are spelt (``[symmetricKey|x509|tpm|none]``), instead of
+    Typer's Python types (``<str>``, ``<path>``, ``<list[str]>``)."""
+    for param in command.params:
+        if param.metavar is None and not getattr(param, "is_flag", False):
+            param.metavar = _metavar(param)
+    for subcommand in getattr(command, "commands", {}).values():
+        name_the_values(subcommand)
+
+
+def _metavar(param: Parameter) -> str:
+    choices = getattr(param.type, "choices", None)
+    if choices:
+        return "[" + "|".join(str(choice) for choice in choices) + "]"
+    longest = max(param.opts, key=len).lstrip("-")
+    return longest.replace("-", "_").upper()
 
 
 class LazyGroup(TyperGroup):

@@ -75,8 +75,10 @@ def registration_list(
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
-    """List the registration states of an enrollment group's devices (the service API lists
-    them by group; an individual enrollment's state is in `dpsd enrollment show`)."""
+    """List the registration states of a group's devices.
+
+    The service API lists them by group; an individual enrollment's state is in
+    dpsd enrollment show."""
     target = TargetOptions(connection_string, ca_file, data_dir, database)
     with reported_failures(), target.resolve().client() as client:
         page_size = min(top, 1000) if top is not None else None
@@ -95,7 +97,9 @@ def registration_delete(
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
-    """Delete a device's registration state (its next registration allocates it afresh)."""
+    """Delete a device's registration state.
+
+    Its next registration allocates it afresh."""
     target = TargetOptions(connection_string, ca_file, data_dir, database)
     with reported_failures(), target.resolve().client() as client:
         client.registrations.delete(registration_id, if_match=etag)
