@@ -93,9 +93,11 @@ class BareMqttDevice:
         return self._pending.pop(0)
 
     async def close(self) -> None:
-        """Disconnect as a device does, and wait until the server has closed."""
-        self._send(Disconnect())
-        await self._writer.drain()
+        """Disconnect as a device does, and wait until the server has closed (after a
+        refused CONNECT the server closes first: the DISCONNECT may find the connection gone)."""
+        with contextlib.suppress(ConnectionError):
+            self._send(Disconnect())
+            await self._writer.drain()
         with contextlib.suppress(ConnectionError, ssl.SSLError):
             await asyncio.wait_for(self._reader.read(), WAIT)
         self._writer.close()

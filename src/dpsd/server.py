@@ -12,6 +12,7 @@ import socket
 import ssl
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
@@ -22,10 +23,12 @@ from dpsd.http.server_protocol import BoundedHeadProtocol
 from dpsd.settings import Settings
 from dpsd.telemetry.metrics import METRICS_PATH, metrics_app
 from dpsd.tls import ensure_hub_certificates
+from dpsd.tls_transport import SharedReadBuffer, TlsServerProtocol, start_tls_server
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
 TRUST_REFRESH_SECONDS = 30
 DEVICE_TLS_HANDSHAKE_SECONDS = 10.0
+HTTPS_TLS_HANDSHAKE_SECONDS = 60.0
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc's malloc.h)
 LARGE_ALLOCATION_BYTES = 128 * 1024
 logger = logging.getLogger("dpsd.server")
@@ -65,12 +68,13 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def return_large_buffers_to_the_system() -> None:
-    """Every TLS connection gets a 256 KB read buffer (asyncio's SSL protocol). glibc takes
-    allocations that large from mmap, and gives them back to the system when they are freed,
-    until a free raises its threshold for doing so; from then on they come from the heap,
-    which keeps the peak of many connections long after they closed (160 hostile TLS
-    connections at once: 52 MB kept, 10 MB with the threshold fixed at glibc's default,
-    which this does). Nothing elsewhere than glibc."""
+    """Large buffers come from mmap and go back to the system when freed (glibc's default),
+    instead of from the heap once a free has raised glibc's threshold for that, which keeps
+    the peak of many connections long after they closed. dpsd's listeners no longer hold a
+    large buffer per connection (``dpsd.tls_transport``), but asyncio's TLS still gives each
+    of dpsd's own outgoing TLS connections (a linked IoT hub, a custom allocation webhook) a
+    256 KB read buffer; 160 hostile TLS connections at once kept 52 MB with asyncio's TLS on
+    the listeners, 10 MB with the threshold fixed. Nothing elsewhere than glibc."""
     name = ctypes.util.find_library("c")
     try:
         mallopt = ctypes.CDLL(name).mallopt if name else None
@@ -131,15 +135,16 @@ async def serve(runtime: Runtime, on_ready: Callable[[Endpoints], None]) -> None
 
 
 async def _device_servers(runtime: Runtime, listeners: Listeners) -> list[asyncio.Server]:
-    """TLS servers on the device sockets (client certificates asked for, as on HTTPS). A
-    TLS handshake gets as long as a protocol's handshake: it happens before admission."""
+    """TLS servers on the device sockets (client certificates asked for, as on HTTPS), on
+    dpsd's own TLS (``dpsd.tls_transport``). A TLS handshake gets as long as a protocol's
+    handshake: it happens before admission."""
     handlers = ((listeners.mqtt, runtime.mqtt.handle), (listeners.amqp, runtime.amqp.handle))
     return [
-        await asyncio.start_server(
+        await start_tls_server(
             handle,
+            runtime.client_trust.context,
+            handshake_timeout=DEVICE_TLS_HANDSHAKE_SECONDS,
             sock=listener,
-            ssl=runtime.client_trust.context,
-            ssl_handshake_timeout=DEVICE_TLS_HANDSHAKE_SECONDS,
         )
         for listener, handle in handlers
         if listener is not None
@@ -214,16 +219,13 @@ async def _ensure_hub_certificates(runtime: Runtime) -> None:
 
 
 def _listener(runtime: Runtime, *, tls: bool) -> _Server:
-    def client_certificate_context(
-        _config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]
-    ) -> ssl.SSLContext:
-        return runtime.client_trust.context
-
+    """The HTTPS listener (``tls``) or the plain HTTP one. uvicorn itself serves plain HTTP
+    on both: on HTTPS, dpsd's own TLS (``dpsd.tls_transport``) wraps each of its protocols,
+    with client certificates asked for (``dpsd.client_tls``)."""
     config = uvicorn.Config(
         runtime.asgi_app,
-        http=BoundedHeadProtocol,
+        http=_tls_http(runtime.client_trust.context) if tls else BoundedHeadProtocol,  # type: ignore[arg-type]
         ws=ClientCertificateWebSocketProtocol,
-        ssl_context_factory=client_certificate_context if tls else None,
         log_level="warning",
         log_config=None,  # uvicorn's lines go through dpsd's log format
         lifespan="off",
@@ -233,6 +235,23 @@ def _listener(runtime: Runtime, *, tls: bool) -> _Server:
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
     )
     return _Server(config)
+
+
+def _tls_http(context: ssl.SSLContext) -> Callable[..., TlsServerProtocol]:
+    """What uvicorn makes each HTTPS connection's protocol with (as with a protocol class):
+    TLS, with uvicorn's HTTP protocol on top once the handshake is done. A handshake gets as
+    long as asyncio gives one (60 s); the request head's own deadline starts after it."""
+    read_buffer = SharedReadBuffer()
+
+    def http(**uvicorn_arguments: Any) -> TlsServerProtocol:
+        return TlsServerProtocol(
+            context,
+            lambda: BoundedHeadProtocol(**uvicorn_arguments),
+            handshake_timeout=HTTPS_TLS_HANDSHAKE_SECONDS,
+            read_buffer=read_buffer,
+        )
+
+    return http
 
 
 def _metrics_listener(runtime: Runtime) -> _Server:

@@ -26,6 +26,7 @@ from dpsd.mqtt.codec import (
     encode,
 )
 from dpsd.mqtt.server import MqttLimits, MqttServer
+from dpsd.tls_transport import start_tls_server
 from tests.conftest import ServiceApi
 from tests.integration.test_device_registration_api import KEY, device_token, enroll
 
@@ -48,8 +49,12 @@ class Listener:
 async def listener(service_api: ServiceApi) -> AsyncIterator[Listener]:
     runtime = service_api.runtime
     handler = MqttServer(runtime.devices, 1, runtime.now, LIMITS)
-    server = await asyncio.start_server(
-        handler.handle, "127.0.0.1", 0, ssl=runtime.client_trust.context
+    server = await start_tls_server(
+        handler.handle,
+        runtime.client_trust.context,
+        handshake_timeout=10.0,
+        host="127.0.0.1",
+        port=0,
     )
     context = ssl.create_default_context(cafile=str(runtime.tls.ca_certificate))
     try:

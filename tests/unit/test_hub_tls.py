@@ -31,6 +31,7 @@ from dpsd.tls import (
     remove_hub_certificate,
 )
 from dpsd.tls_paths import TlsFiles
+from dpsd.tls_transport import start_tls_server
 from tests.certs import Issued, issue
 
 NOW = datetime.now(UTC)
@@ -230,7 +231,9 @@ async def listener(tls: TlsFiles) -> AsyncIterator[Listener]:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=trust.context)
+    server = await start_tls_server(
+        answer, trust.context, handshake_timeout=10.0, host="127.0.0.1", port=0
+    )
     async with server:
         yield Listener(server.sockets[0].getsockname()[1], trust)
 

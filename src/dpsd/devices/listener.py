@@ -1,7 +1,7 @@
-"""The I/O shell every device protocol runs in: TLS connections (``asyncio.start_server``)
-and WebSocket sessions on the HTTPS port (ASGI) carry bytes to and from one sans-I/O
-``DeviceConnection`` per device, under limits and deadlines no protocol can talk its way
-past.
+"""The I/O shell every device protocol runs in: TLS connections (asyncio streams on dpsd's
+own TLS, ``dpsd.tls_transport.start_tls_server``) and WebSocket sessions on the HTTPS port
+(ASGI) carry bytes to and from one sans-I/O ``DeviceConnection`` per device, under limits
+and deadlines no protocol can talk its way past.
 
 - Admission: at most so many open device connections in all and per client address,
   counted together for every protocol, so a flood on one port also fills its quota on the
@@ -147,7 +147,7 @@ class DeviceListener:
             writer.close()
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """A device connection over TLS (``asyncio.start_server``)."""
+        """A device connection over TLS (``start_tls_server``)."""
         address = str((writer.get_extra_info("peername") or ("?",))[0])
         if not self._admit(address, "tls"):
             writer.close()
@@ -265,7 +265,8 @@ class DeviceListener:
             else:
                 timeout = max(0.0, handshake_ends - loop.time())
             try:
-                data = await asyncio.wait_for(read(), timeout)
+                async with asyncio.timeout(timeout):  # a timer, no task of its own
+                    data = await read()
             except TimeoutError:
                 if not connection.established:
                     return f"no handshake within {self._handshake_timeout:g} s"
@@ -275,7 +276,8 @@ class DeviceListener:
                     return "the device closed the connection"
                 outgoing = await connection.receive(data)
             if outgoing:
-                await asyncio.wait_for(write(outgoing), self._write_timeout)
+                async with asyncio.timeout(self._write_timeout):
+                    await write(outgoing)
         return None
 
 

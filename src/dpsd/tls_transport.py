@@ -1,0 +1,387 @@
+"""Server-side TLS for dpsd's listeners in dpsd's own asyncio protocol, so that an idle
+connection holds no buffer.
+
+Why hand-written: asyncio's TLS (``asyncio.sslproto``, what ``loop.create_server(ssl=...)``,
+``asyncio.start_server(ssl=...)`` and so uvicorn use) gives every connection a 256 KB read
+buffer for its whole life (``SSLProtocol.max_size``, which no parameter changes): an idle
+connected device cost about 285 KB of dpsd's memory, 10,000 of them 2.8 GB. Here the
+standard library's ``ssl.SSLObject`` runs over two ``ssl.MemoryBIO`` in a plain protocol
+on the TCP transport:
+
+- bytes read from the socket land in one buffer shared by every connection of a listener
+  (``SharedReadBuffer``: asyncio fills it, and it is emptied into the connection's incoming
+  BIO before anything else runs), plaintext comes out of ``SSLObject.read`` in a bytes
+  object made for that read and handed on at once, and whatever OpenSSL writes goes
+  straight to the socket: between reads a connection keeps nothing but OpenSSL's state;
+- OpenSSL's own record buffers are released whenever they are empty (CPython sets
+  ``SSL_MODE_RELEASE_BUFFERS`` on every context), and both BIOs are empty between reads.
+
+The protocol above (uvicorn's HTTP and WebSocket protocols, asyncio streams for MQTT and
+AMQP) sees an ``asyncio.Transport`` with the extra information asyncio's TLS transport gives
+(``sslcontext``, ``ssl_object``, ``peercert``, ``cipher``, ``compression``; the rest is the
+socket's), once the handshake is done. Behaviour:
+
+- the handshake must be done within ``handshake_timeout`` seconds of the connection, and
+  bytes that are not TLS end it at once (both unlogged, as asyncio does);
+- ``pause_reading`` stops reading the socket and decrypting, so a protocol that pauses
+  holds at most one socket read of ciphertext; the socket's write flow control passes up;
+- ``close`` sends close_notify after what is written and ends the stream, without waiting
+  for the peer's close_notify (idle clients often never send one); the socket closes when
+  the peer ends its stream too, or ``LINGER_SECONDS`` later (what it sends meanwhile is
+  dropped: a reset could destroy an answer it has not read yet);
+- the peer's close_notify or end of stream is the protocol's ``eof_received``, after which
+  the connection closes (TLS has no half-close).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+READ_CHUNK = 16 * 1024  # one TLS record's plaintext at most
+SOCKET_READ = 64 * 1024
+LINGER_SECONDS = 5.0
+STREAM_LIMIT = 64 * 1024  # asyncio.start_server's default
+logger = logging.getLogger("dpsd.tls")
+
+AppProtocolFactory = Callable[[], asyncio.BaseProtocol]
+
+
+class SharedReadBuffer:
+    """The one buffer a listener's socket reads land in (see the module docstring)."""
+
+    def __init__(self, size: int = SOCKET_READ) -> None:
+        self.buffer = bytearray(size)
+        self.view = memoryview(self.buffer)
+
+
+class TlsServerProtocol(asyncio.BufferedProtocol):
+    """TLS on one accepted TCP connection; the protocol ``app_factory`` makes runs on it
+    once the handshake is done."""
+
+    __slots__ = (
+        "_app",
+        "_app_factory",
+        "_closing",
+        "_context",
+        "_handshake_timeout",
+        "_incoming",
+        "_outgoing",
+        "_paused",
+        "_read_buffer",
+        "_socket",
+        "_timer",
+        "_tls",
+    )
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        app_factory: AppProtocolFactory,
+        *,
+        handshake_timeout: float,
+        read_buffer: SharedReadBuffer,
+    ) -> None:
+        self._context = context
+        self._app_factory = app_factory
+        self._handshake_timeout = handshake_timeout
+        self._read_buffer = read_buffer
+        self._socket: asyncio.Transport | None = None
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls: ssl.SSLObject | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._app: asyncio.BaseProtocol | None = None
+        self._paused = False
+        self._closing = False
+
+    # --- from the socket -------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._socket = transport
+        self._tls = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._handshake_timeout, self._handshake_overdue)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_buffer.view
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._closing:
+            return  # lingering (see close): what the peer still sends is dropped
+        self._incoming.write(self._read_buffer.view[:nbytes])
+        self._advance()
+
+    def eof_received(self) -> bool:
+        if self._closing:
+            return False  # the end a lingering close waited for
+        self._advance()  # what is left
+        if not self._closing:
+            self._ended()  # the end of stream without close_notify: taken as an end
+        return False
+
+    def pause_writing(self) -> None:
+        if self._app is not None:
+            self._app.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._app is not None:
+            self._app.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        app, self._app = self._app, None
+        self._tls = None
+        if app is not None:
+            app.connection_lost(exc)
+
+    # --- TLS ---------------------------------------------------------------------------
+
+    def _advance(self) -> None:
+        """Take what the incoming BIO holds as far as it goes, and send what OpenSSL wrote."""
+        tls = self._tls
+        if tls is None or self._closing:
+            return
+        try:
+            if self._app is None:
+                tls.do_handshake()
+                self._flush()
+                self._established()
+            self._read_plaintext()
+        except ssl.SSLWantReadError:
+            pass  # more bytes needed
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            self._ended()  # the peer's close_notify, or its end of stream without one
+        except ssl.SSLError:
+            self._flush()  # the alert that says why, then the end
+            self._closing = True
+            self._linger()
+        self._flush()  # what the handshake or a key update wrote
+
+    def _ended(self) -> None:
+        """The peer will send nothing more: the protocol hears it, and the connection
+        closes (TLS has no half-close)."""
+        app = self._app
+        if app is not None and not self._closing:
+            app.eof_received()  # type: ignore[attr-defined]
+        self.close()
+
+    def _established(self) -> None:
+        self._cancel_timer()
+        self._app = self._app_factory()
+        self._app.connection_made(TlsTransport(self))
+
+    def _read_plaintext(self) -> None:
+        while not self._paused and self._tls is not None and not self._closing:
+            data = self._tls.read(READ_CHUNK)  # raises SSLWantReadError when no record is left
+            if not data:
+                self._ended()  # the peer's close_notify
+                return
+            app = self._app
+            if app is not None:
+                app.data_received(data)  # type: ignore[attr-defined]
+
+    def _flush(self) -> None:
+        socket = self._socket
+        if self._outgoing.pending and socket is not None and not socket.is_closing():
+            socket.write(self._outgoing.read())
+
+    def _handshake_overdue(self) -> None:
+        self._timer = None
+        if self._app is None:
+            self._abort()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _abort(self) -> None:
+        self._closing = True
+        if self._socket is not None:
+            self._socket.abort()
+
+    # --- for the transport ----------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._tls is None or self._closing or not data:
+            return
+        try:
+            self._tls.write(data)
+        except ssl.SSLError:
+            self._abort()  # the TLS connection failed earlier: nothing can be sent
+            return
+        self._flush()
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._cancel_timer()
+        if self._tls is not None:
+            with contextlib.suppress(ssl.SSLError, ValueError):
+                self._tls.unwrap()  # close_notify; the peer's is not awaited
+            self._flush()
+        self._linger()
+
+    def _linger(self) -> None:
+        """End the stream (FIN after what is written) but keep reading, dropping what comes,
+        until the peer closes too or LINGER_SECONDS pass. Closing at once would answer
+        bytes still on their way with a reset, which can destroy, at the peer, the last
+        answer it has not read yet (a CONNACK refusal, a 431)."""
+        socket = self._socket
+        if socket is None or socket.is_closing():
+            return
+        if not socket.can_write_eof():
+            socket.close()
+            return
+        socket.write_eof()
+        if self._paused:
+            self._paused = False
+            socket.resume_reading()
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, socket.close)
+
+    def abort(self) -> None:
+        self._abort()
+
+    def is_closing(self) -> bool:
+        return self._closing or self._socket is None or self._socket.is_closing()
+
+    def pause_reading(self) -> None:
+        if not self._paused:
+            self._paused = True
+            if self._socket is not None:
+                self._socket.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self._socket is not None:
+                self._socket.resume_reading()
+            # what was read before the pause, after the caller's turn (as asyncio does)
+            asyncio.get_running_loop().call_soon(self._advance)
+
+    def is_reading(self) -> bool:
+        return not self._paused and not self.is_closing()
+
+    def extra_info(self, name: str, default: Any = None) -> Any:
+        tls = self._tls
+        if name == "sslcontext":
+            return self._context
+        if tls is not None and name in ("ssl_object", "peercert", "cipher", "compression"):
+            if name == "ssl_object":
+                return tls
+            return getattr(tls, "getpeercert" if name == "peercert" else name)()
+        return self._socket.get_extra_info(name, default) if self._socket else default
+
+    def set_app(self, protocol: asyncio.BaseProtocol) -> None:
+        self._app = protocol
+
+    def get_app(self) -> asyncio.BaseProtocol:
+        assert self._app is not None
+        return self._app
+
+    @property
+    def socket(self) -> asyncio.Transport | None:
+        return self._socket
+
+
+class TlsTransport(asyncio.Transport):
+    """What the protocol above sees: plaintext in and out of ``TlsServerProtocol``."""
+
+    __slots__ = ("_tls",)
+
+    def __init__(self, tls: TlsServerProtocol) -> None:
+        super().__init__()
+        self._tls = tls
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._tls.extra_info(name, default)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._tls.write(data)
+
+    def writelines(self, list_of_data: Any) -> None:
+        self._tls.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self._tls.close()
+
+    def abort(self) -> None:
+        self._tls.abort()
+
+    def is_closing(self) -> bool:
+        return self._tls.is_closing()
+
+    def pause_reading(self) -> None:
+        self._tls.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._tls.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._tls.is_reading()
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._tls.set_app(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._tls.get_app()
+
+    def get_write_buffer_size(self) -> int:
+        socket = self._tls.socket
+        return socket.get_write_buffer_size() if socket is not None else 0
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        socket = self._tls.socket
+        return socket.get_write_buffer_limits() if socket is not None else (0, 0)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        socket = self._tls.socket
+        if socket is not None:
+            socket.set_write_buffer_limits(high, low)
+
+
+def tls_protocol_factory(
+    context: ssl.SSLContext, app_factory: AppProtocolFactory, *, handshake_timeout: float
+) -> Callable[[], TlsServerProtocol]:
+    """For ``loop.create_server``: TLS with ``context`` on every accepted connection, the
+    protocol ``app_factory`` makes above it; one read buffer for all of them."""
+    read_buffer = SharedReadBuffer()
+
+    def make() -> TlsServerProtocol:
+        return TlsServerProtocol(
+            context, app_factory, handshake_timeout=handshake_timeout, read_buffer=read_buffer
+        )
+
+    return make
+
+
+async def start_tls_server(
+    client_connected: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    context: ssl.SSLContext,
+    *,
+    handshake_timeout: float,
+    limit: int = STREAM_LIMIT,
+    **listen: Any,
+) -> asyncio.Server:
+    """``asyncio.start_server(client_connected, ssl=context, ...)`` on this module's TLS:
+    ``client_connected`` gets the streams of each connection once its handshake is done;
+    ``listen``: ``loop.create_server``'s (``sock``, or ``host`` and ``port``)."""
+    loop = asyncio.get_running_loop()
+
+    def streams() -> asyncio.StreamReaderProtocol:
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        return asyncio.StreamReaderProtocol(reader, client_connected, loop=loop)
+
+    factory = tls_protocol_factory(context, streams, handshake_timeout=handshake_timeout)
+    return await loop.create_server(factory, **listen)

@@ -1,0 +1,193 @@
+"""dpsd's own server-side TLS (``dpsd.tls_transport``), in real TLS handshakes on a loopback
+socket with asyncio's TLS as the client: bytes both ways, large transfers under flow
+control, the extra information protocols read, client certificates, both ways of closing,
+the handshake deadline and bytes that are not TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from dpsd.client_tls import ClientCertificateTrust, verified_chain
+from dpsd.tls import TlsFiles, ensure_tls
+from dpsd.tls_transport import start_tls_server
+from tests.certs import issue
+
+HOST = "127.0.0.105"
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@dataclass
+class Server:
+    port: int
+    trust: ClientCertificateTrust
+    tls: TlsFiles
+    seen: list[dict[str, object]] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.tls.ca_certificate))
+
+    async def connect(
+        self, context: ssl.SSLContext | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(
+            HOST, self.port, ssl=context or self.client_context(), server_hostname="localhost"
+        )
+
+
+@pytest.fixture
+def tls(tmp_path: Path) -> TlsFiles:
+    return ensure_tls(tmp_path / "data", ("localhost",), datetime.now(UTC))
+
+
+async def serving(
+    tls: TlsFiles, handler: Handler, handshake_timeout: float = 10.0
+) -> AsyncIterator[Server]:
+    trust = ClientCertificateTrust(tls)
+    server = await start_tls_server(
+        handler, trust.context, handshake_timeout=handshake_timeout, host=HOST, port=0
+    )
+    async with server:
+        yield Server(server.sockets[0].getsockname()[1], trust, tls)
+
+
+@pytest.fixture
+async def echo(tls: TlsFiles) -> AsyncIterator[Server]:
+    """Echoes every byte until the client's end of stream, then closes; records what the
+    transport told about the connection."""
+    seen: list[dict[str, object]] = []
+    ended = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        ssl_object = writer.get_extra_info("ssl_object")
+        seen.append(
+            {
+                "sslcontext": writer.get_extra_info("sslcontext"),
+                "version": ssl_object.version(),
+                "cipher": writer.get_extra_info("cipher"),
+                "sockname": writer.get_extra_info("sockname"),
+                "chain": verified_chain(ssl_object),
+            }
+        )
+        while data := await reader.read(64 * 1024):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        ended.set()
+
+    async for server in serving(tls, handle):
+        server.seen = seen
+        server.ended = ended
+        yield server
+
+
+async def test_bytes_go_both_ways_with_the_connection_facts_asyncio_gives(echo: Server) -> None:
+    reader, writer = await echo.connect()
+    writer.write(b"hello")
+    assert await reader.readexactly(5) == b"hello"
+    writer.close()
+    await writer.wait_closed()
+    (seen,) = echo.seen
+    assert seen["sslcontext"] is echo.trust.context
+    assert seen["version"] == "TLSv1.3"
+    assert seen["cipher"]
+    assert seen["sockname"][0] == HOST  # type: ignore[index]
+    assert seen["chain"] == ()
+
+
+async def test_large_transfers_pass_under_flow_control(echo: Server) -> None:
+    """4 MB each way, written before anything is read: the server's writes back up and
+    pause, its reads pause with them, and every byte arrives once, in order."""
+    payload = bytes(range(256)) * (4 * 4096)
+    reader, writer = await echo.connect()
+    writer.write(payload)
+    received = await reader.readexactly(len(payload))
+    assert received == payload
+    writer.close()
+    await writer.wait_closed()
+
+
+async def test_the_client_close_notify_is_the_end_of_stream_and_is_answered(
+    echo: Server,
+) -> None:
+    _, writer = await echo.connect()
+    writer.close()
+    await writer.wait_closed()  # asyncio waits for the server's close_notify
+    await echo.ended.wait()
+
+
+async def test_a_server_close_reaches_the_client_as_the_end_of_stream(tls: TlsFiles) -> None:
+    async def greet_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"bye")
+        writer.close()
+
+    async for server in serving(tls, greet_and_close):
+        reader, writer = await server.connect()
+        assert await reader.read() == b"bye"
+        writer.close()
+
+
+async def test_a_client_certificate_chain_is_verified_and_shown(echo: Server) -> None:
+    ca = issue("fleet-ca", ca=True)
+    device = issue("device-1", ca)
+    echo.trust.trust([ca.pem])
+    folder = echo.tls.ca_certificate.parent
+    certificate, key = folder / "device.pem", folder / "device.key"
+    certificate.write_text(device.pem)
+    key.write_bytes(
+        device.key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = echo.client_context()
+    context.load_cert_chain(str(certificate), str(key))
+    reader, writer = await echo.connect(context)
+    writer.write(b"x")
+    assert await reader.readexactly(1) == b"x"
+    writer.close()
+    await writer.wait_closed()
+    assert echo.seen[0]["chain"] == (device.pem, ca.pem)
+
+
+async def test_no_handshake_within_the_deadline_closes_the_connection(tls: TlsFiles) -> None:
+    handled: list[object] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handled.append(writer)
+
+    async for server in serving(tls, handle, handshake_timeout=0.2):
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        assert await reader.read() == b""  # closed by the server, with nothing said
+        writer.close()
+    assert handled == []
+
+
+async def test_bytes_that_are_not_tls_end_the_connection_with_an_alert(echo: Server) -> None:
+    reader, writer = await asyncio.open_connection(HOST, echo.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    answer = await reader.read()
+    assert answer[:1] in (b"", b"\x15")  # nothing, or a TLS alert record
+    writer.close()
+    assert echo.seen == []
+
+
+async def test_a_client_that_leaves_without_close_notify_ends_the_stream(echo: Server) -> None:
+    reader, writer = await echo.connect()
+    writer.write(b"ping")
+    assert await reader.readexactly(4) == b"ping"
+    writer.get_extra_info("socket").shutdown(socket.SHUT_WR)  # a FIN, no close_notify
+    await echo.ended.wait()  # the server's stream ended: the handler finished
+    assert await reader.read() == b""
+    writer.close()
