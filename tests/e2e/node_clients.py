@@ -230,15 +230,19 @@ class Scenario:
     device_id: str | None = None
     group_id: str | None = None
     retry_throttled: bool = False  # register again, as told, when the SDK rejects with a 429
+    tpm: Mapping[str, Any] | None = None  # a TPM device: its swtpm and bridge (devices.js)
+    sdk_derives_id: bool = False  # a TPM device whose SDK derives its id from the EK
 
     def to_json(self) -> dict[str, Any]:
         line: dict[str, Any] = {
             "name": self.name,
-            "registrationId": self.registration_id,
+            "registrationId": None if self.sdk_derives_id else self.registration_id,
             "transport": self.transport,
         }
         if self.identity is not None:
             line["certFile"], line["keyFile"] = self.identity
+        elif self.tpm is not None:
+            line["tpm"] = dict(self.tpm)
         else:
             line["key"] = self.key
         if self.payload is not None:
@@ -330,6 +334,7 @@ def run_devices(
     scenarios: Sequence[Scenario],
     provisioning_host: str,
     timeout: float,
+    scenario_timeout_ms: int = SCENARIO_TIMEOUT_MS,
 ) -> dict[str, Result]:
     """Every scenario's JSON line from one run of devices.js (bounded by ``timeout`` seconds),
     by name; fails with the script's and dpsd's output when the run does not end well."""
@@ -338,7 +343,7 @@ def run_devices(
         DPS_PROVISIONING_HOST=provisioning_host,
         DPS_ID_SCOPE=server.info["idScope"],
         DPS_DEVICE_SCENARIOS=json.dumps([scenario.to_json() for scenario in scenarios]),
-        DPS_SCENARIO_TIMEOUT_MS=str(SCENARIO_TIMEOUT_MS),
+        DPS_SCENARIO_TIMEOUT_MS=str(scenario_timeout_ms),
     )
     run = run_node_script(node, server, DEVICES_SCRIPT.name, env, timeout)
     results = run.by_scenario()

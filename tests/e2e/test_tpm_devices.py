@@ -9,8 +9,14 @@ signed by the TPM with the key the 401 carried, then polls. The key of the devic
 identity, delivered in the final answer, must then sign in the TPM what the hub verifies
 (checked against the key IoTHubRegistryManager reads from the hub).
 
-One dpsd on 127.0.0.90 serves HTTPS on 443 (the hub client insists on it), with a built-in
-hub whose name resolves there for this process only.
+The official Node device SDK (azure-iot-provisioning-device with azure-iot-security-tpm on
+tss.js) provisions TPM devices too, over HTTPS and AMQP (SASL ``TPM``): tss.js speaks the
+Microsoft simulator's protocol, which tests/node/tpm_bridge.js relays to a swtpm of each
+device's own. The EK each SDK presents is the one tpm2-pytss creates from the same template,
+so the enrollments are made from it first.
+
+One dpsd on 127.0.0.90 serves HTTPS on 443 (the hub client and the Node HTTP transport insist
+on it) and AMQP on 5671, with a built-in hub whose name resolves there for this process only.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
+import socket
 import ssl
 import time
 import uuid
@@ -29,7 +37,19 @@ import httpx
 import pytest
 from azure.iot.hub import IoTHubRegistryManager
 
+from dpsd.amqp.codec import (
+    SASL_HEADER,
+    SaslChallenge,
+    SaslCode,
+    SaslInit,
+    SaslMechanisms,
+    SaslOutcome,
+    SaslResponse,
+    encode_frame,
+    read_frame,
+)
 from tests.e2e.hub_registry import hub_names_resolving_to, hub_registries
+from tests.e2e.node_clients import Scenario, failed, registered, require_node, run_devices
 from tests.e2e.process import (
     DpsdProcess,
     bind_problem,
@@ -38,6 +58,7 @@ from tests.e2e.process import (
     skip_or_fail,
     start_dpsd_listening,
 )
+from tests.tpm.soft_tpm import SoftTpm
 from tests.tpm.swtpm import DeviceTpm, SwTpm
 
 pytestmark = pytest.mark.e2e
@@ -50,13 +71,14 @@ INITIAL_TWIN = {"tags": {"kind": "gateway"}, "properties": {"desired": {"interva
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DpsdProcess]:
-    problem = bind_problem(ADDRESS, 443)
-    if problem:
-        skip_or_fail(problem)
+    for port in (443, 5671):
+        problem = bind_problem(ADDRESS, port)
+        if problem:
+            skip_or_fail(problem)
     base = tmp_path_factory.mktemp("dpsd-tpm")
     listen = [
         *("--host", ADDRESS, "--hostname", ADDRESS),
-        *("--https-port", "443", "--mqtt-port", "-1", "--amqp-port", "-1"),
+        *("--https-port", "443", "--mqtt-port", "-1", "--amqp-port", "5671"),
         *("--retry-after", "1"),
     ]
     started = start_dpsd_listening(base / "data", base / "serve.log", serve_args=listen)
@@ -100,6 +122,12 @@ def http(server: DpsdProcess) -> Iterator[httpx.Client]:
         timeout=30,
     ) as client:
         yield client
+
+
+def registration_id_of(endorsement_key: str) -> str:
+    """The id the C and Node SDKs derive from the EK."""
+    digest = hashlib.sha256(base64.b64decode(endorsement_key)).digest()
+    return base64.b32encode(digest).decode().rstrip("=").lower()
 
 
 def enroll(server: DpsdProcess, registration_id: str, endorsement_key: str) -> None:
@@ -170,8 +198,7 @@ def test_a_device_with_a_tpm_provisions_and_signs_with_its_hub_key(
 ) -> None:
     id_scope = server.info["idScope"]
     keys = device.keys()
-    ek = base64.b64decode(keys[0])
-    registration_id = base64.b32encode(hashlib.sha256(ek).digest()).decode().rstrip("=").lower()
+    registration_id = registration_id_of(keys[0])
     enroll(server, registration_id, keys[0])
 
     outcome = provision(http, id_scope, registration_id, device, keys)
@@ -234,3 +261,104 @@ def test_a_token_the_tpm_signed_for_an_earlier_challenge_is_refused(
     device.activate(second.json()["authenticationKey"])
     fresh = tpm_token(device, resource, int(time.time()) + 600)
     assert register(http, id_scope, registration_id, keys, Authorization=fresh).status_code == 202
+
+
+NODE_PACKAGES = ("azure-iot-security-tpm", "tss.js", "azure-iot-provisioning-device-amqp")
+BRIDGE_ADDRESS = "127.0.0.91"
+
+
+def test_the_node_sdk_provisions_tpm_devices_over_https_and_amqp(
+    server: DpsdProcess,
+    registry: IoTHubRegistryManager,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Each SDK derives its id from the EK (but the AMQP one, given its id), is assigned,
+    and its TPM signs with the hub key the hub holds."""
+    node = require_node(*NODE_PACKAGES)
+    names = ("http", "amqp", "http-other-ek")
+    tpms = {name: SwTpm(ADDRESS, tmp_path_factory.mktemp(f"swtpm-{name}")) for name in names}
+    try:
+        endorsement_keys = {}
+        for name, tpm in tpms.items():
+            device = DeviceTpm(tpm)
+            endorsement_keys[name] = device.keys()[0]
+            device.close()
+        ids = {name: registration_id_of(key) for name, key in endorsement_keys.items()}
+        ids["amqp"] = f"node-tpm-{uuid.uuid4().hex[:8]}"
+        for name in ("http", "amqp"):
+            enroll(server, ids[name], endorsement_keys[name])
+        enroll(server, ids["http-other-ek"], SoftTpm.make(0).ek_b64)
+        scenarios = [
+            Scenario(
+                name,
+                ids[name],
+                transport=name.split("-")[0],
+                tpm={"host": ADDRESS, "port": tpms[name].port, "bridgeHost": BRIDGE_ADDRESS},
+                sdk_derives_id=name != "amqp",
+            )
+            for name in names
+        ]
+        results = run_devices(node, server, scenarios, ADDRESS, 120, scenario_timeout_ms=30_000)
+    finally:
+        for tpm in tpms.values():
+            tpm.stop()
+
+    for name in ("http", "amqp"):
+        outcome = registered(results, name)  # for TPM, the whole operation status
+        state = outcome["registrationState"]
+        assert (state["assignedHub"], state["deviceId"]) == (HUB, ids[name]), state
+        hub_key = registry.get_device(ids[name]).authentication.symmetric_key.primary_key
+        expected = hmac.new(base64.b64decode(hub_key), b"dpsd-probe", hashlib.sha256).digest()
+        assert base64.b64decode(outcome["signedProbe"]) == expected, name
+    # An EK that is not the enrollment's: 401 without a blob, which the SDK reports so.
+    assert failed(results, "http-other-ek")["name"] == "FormatError"
+
+
+def sasl_exchange(server: DpsdProcess, frames: list[bytes]) -> list[object]:
+    """Speak SASL to dpsd's AMQP port over TLS: the header, then ``frames`` one by one, each
+    once the last answer came; every frame dpsd sent, decoded."""
+    context = ssl.create_default_context(cafile=server.info["caCertificatePath"])
+    received: list[object] = []
+    with (
+        socket.create_connection((ADDRESS, 5671), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname=ADDRESS) as tls,
+    ):
+        tls.sendall(SASL_HEADER)
+        buffer = b""
+        for frame in [b"", *frames]:
+            tls.sendall(frame)
+            expected = len(received) + 1
+            while len(received) < expected:
+                chunk = tls.recv(4096)
+                assert chunk, f"dpsd closed the connection after {received}"
+                buffer += chunk
+                if buffer.startswith(SASL_HEADER):
+                    buffer = buffer[len(SASL_HEADER) :]
+                while len(buffer) >= 8 and len(buffer) >= int.from_bytes(buffer[:4], "big"):
+                    decoded, used = read_frame(buffer, 4096)
+                    buffer = buffer[used:]
+                    received.append(decoded)
+            if isinstance(received[-1], SaslOutcome):
+                break
+    return received
+
+
+def test_an_unknown_tpm_over_amqp_gets_the_dps_error_in_the_sasl_outcome(
+    server: DpsdProcess, device: DeviceTpm
+) -> None:
+    """The SDKs wait for the blob after sending the SRK, so a refusal cannot wait for OPEN
+    (Node's SDK does not report it at all: it never hears of the failed connection)."""
+    keys = device.keys()
+    ek, srk = base64.b64decode(keys[0]), base64.b64decode(keys[1])
+    init = b"\x00" + server.info["idScope"].encode() + b"\x00nobody-tpm\x00" + ek
+    frames = sasl_exchange(
+        server,
+        [encode_frame(SaslInit("TPM", init)), encode_frame(SaslResponse(b"\x00" + srk))],
+    )
+    assert frames[0] == SaslMechanisms(("PLAIN", "TPM"))
+    assert frames[1] == SaslChallenge(b"\x00")
+    outcome = frames[2]
+    assert isinstance(outcome, SaslOutcome)
+    assert outcome.code == SaslCode.AUTH
+    assert outcome.additional_data is not None
+    assert json.loads(outcome.additional_data)["errorCode"] == 404201

@@ -2,7 +2,8 @@
 // Provisions devices through a running dpsd with the official Node device SDK
 // (azure-iot-provisioning-device over azure-iot-provisioning-device-http, -mqtt's `Mqtt` and
 // `MqttWs`, or -amqp's `Amqp` and `AmqpWs`; symmetric keys from azure-iot-security-symmetric-key, X.509 client certificates from
-// azure-iot-security-x509) and prints one JSON line per scenario:
+// azure-iot-security-x509, TPM from azure-iot-security-tpm on tss.js, through tpm_bridge.js to
+// a swtpm) and prints one JSON line per scenario:
 //   {"scenario": NAME, "transport": T, "ok": true, "ms": N, "result": {...registrationState...},
 //    "calls": [...]}
 //   {"scenario": NAME, "transport": T, "ok": false, "ms": N, "error": {...the error...},
@@ -26,9 +27,13 @@
 //                            "provisioningHost"? (instead of DPS_PROVISIONING_HOST),
 //                            "retryThrottled"? (register again, after the retry-after it was
 //                            told, when the SDK rejects with a 429: see registerAsTold)} with
-//                            either "key" (symmetric key) or "certFile" and "keyFile" (X.509: the
+//                            either "key" (symmetric key), "certFile" and "keyFile" (X.509: the
 //                            PEM certificate file, leaf first then any chain it sends, and the
-//                            leaf's PEM private key)
+//                            leaf's PEM private key), or "tpm": {"host", "port", "bridgeHost"}
+//                            (the device's swtpm, and where its bridge listens; a TPM scenario
+//                            without "registrationId" lets the SDK derive it from the EK, and
+//                            once assigned its result carries "signedProbe": base64 of what
+//                            the TPM signs for the text "dpsd-probe" with the key it was given)
 //   DPS_SCENARIO_TIMEOUT_MS  bound on each scenario (default 10000)
 //   NODE_EXTRA_CA_CERTS      the dpsd CA (read by Node itself at start)
 //
@@ -156,6 +161,35 @@ function withTimeout(promise, ms, name) {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
+/** The scenario's security client: a TPM one talks to swtpm through a bridge of its own
+ * (which ends with this process). */
+async function securityClient(scenario) {
+  if (scenario.tpm) {
+    const { TpmSecurityClient } = require('azure-iot-security-tpm');
+    const { Tpm } = require('tss.js');
+    const { startBridge } = require('./tpm_bridge');
+    const bridge = await startBridge(scenario.tpm, scenario.tpm.bridgeHost);
+    const tpm = new Tpm(true, bridge.host, bridge.port);
+    return new TpmSecurityClient(scenario.registrationId || undefined, tpm);
+  }
+  if (scenario.certFile) {
+    return new X509Security(scenario.registrationId, {
+      cert: fs.readFileSync(scenario.certFile, 'utf8'),
+      key: fs.readFileSync(scenario.keyFile, 'utf8'),
+    });
+  }
+  return new SymmetricKeySecurityClient(scenario.registrationId, scenario.key);
+}
+
+/** What the TPM signs with the key the final answer gave it. */
+function signProbe(security) {
+  return new Promise((resolve, reject) =>
+    security.signWithIdentity(Buffer.from('dpsd-probe'), (err, signature) =>
+      err ? reject(err) : resolve(signature.toString('base64'))
+    )
+  );
+}
+
 function emit(line) {
   process.stdout.write(JSON.stringify(line) + '\n');
 }
@@ -167,12 +201,7 @@ async function run(scenario) {
   if (!TRANSPORTS[kind]) throw new Error(`scenario ${scenario.name}: unknown transport ${kind}`);
   const transport = TRANSPORTS[kind]();
   recordCalls(transport, calls, started);
-  const security = scenario.certFile
-    ? new X509Security(scenario.registrationId, {
-        cert: fs.readFileSync(scenario.certFile, 'utf8'),
-        key: fs.readFileSync(scenario.keyFile, 'utf8'),
-      })
-    : new SymmetricKeySecurityClient(scenario.registrationId, scenario.key);
+  const security = await securityClient(scenario);
   const client = ProvisioningDeviceClient.create(
     scenario.provisioningHost || provisioningHost,
     scenario.idScope || idScope,
@@ -182,6 +211,7 @@ async function run(scenario) {
   if (scenario.payload !== undefined) client.setProvisioningPayload(scenario.payload);
   try {
     const result = await withTimeout(registerAsTold(client, scenario), scenarioTimeoutMs, scenario.name);
+    if (scenario.tpm) result.signedProbe = await signProbe(security);
     return { scenario: scenario.name, transport: kind, ok: true, ms: Date.now() - started, result, calls };
   } catch (err) {
     return {

@@ -162,8 +162,8 @@ class AmqpConnection:
         self._advance(events)
         return events
 
-    def refuse_sasl(self) -> Closed:
-        self._outbound += self._sasl.refuse()
+    def refuse_sasl(self, additional_data: bytes | None = None) -> Closed:
+        self._outbound += self._sasl.refuse(additional_data)
         return self._close("SASL authentication refused")
 
     def challenge_sasl(self, data: bytes) -> None:

@@ -2,8 +2,10 @@
 and how the answers and errors travel back.
 
 - The device proves who it is once, when its connection opens: a SAS token as the SASL
-  PLAIN password (user name ``{idScope}/registrations/{registrationId}``), or, without SASL,
-  its TLS client certificate (the registration id is the certificate's CN). Polls then read
+  PLAIN password (user name ``{idScope}/registrations/{registrationId}``), a SAS token signed
+  by its TPM at the end of the SASL ``TPM`` exchange (its EK and SRK, then the activation
+  blob in two challenges), or, without SASL, its TLS client certificate (the registration id
+  is the certificate's CN). Polls then read
   without proving it again, as over MQTT. A device that proves no enrollment is refused at
   OPEN as the real service refuses an unknown certificate: ``com.microsoft:open-error``
   ``amqp:unauthorized-access`` with the DPS error body, then CLOSE with the same error.
@@ -21,6 +23,7 @@ and how the answers and errors travel back.
 
 from __future__ import annotations
 
+import base64
 import logging
 
 from dpsd.amqp.connection import (
@@ -33,9 +36,16 @@ from dpsd.amqp.connection import (
 from dpsd.amqp.engine import AmqpError, DeliveryId
 from dpsd.amqp.links import LinkRequested, RequestReceived
 from dpsd.amqp.messages import RequestMessage, ResponseMessage
-from dpsd.amqp.sasl import PlainCredentials
+from dpsd.amqp.sasl import (
+    PlainCredentials,
+    TpmKeysReceived,
+    TpmSegmentTaken,
+    TpmToken,
+    tpm_segments,
+)
 from dpsd.devices.answers import Answer, ConnectedDevice, DeviceRequests
 from dpsd.domain.errors import DomainError
+from dpsd.domain.tpm_public import TpmKeys
 from dpsd.domain.x509_attestation import read_chain
 from dpsd.service.device_registration import Credential
 from dpsd.service.errors import DeviceUnauthorized
@@ -84,6 +94,8 @@ class AmqpDeviceSession:
         self._retry_after = retry_after
         self._client_chain = client_chain
         self._sasl_credentials: PlainCredentials | None = None
+        self._tpm_claim: ConnectedDevice | None = None
+        self._tpm_segment = b""
         self._device: ConnectedDevice | None = None
 
     @property
@@ -96,6 +108,16 @@ class AmqpDeviceSession:
         match event:
             case SaslEvidenceReceived(evidence=PlainCredentials() as credentials):
                 return self._authenticate(credentials)
+            case SaslEvidenceReceived(evidence=TpmKeysReceived() as keys):
+                return await self._challenge_tpm(keys)
+            case SaslEvidenceReceived(evidence=TpmSegmentTaken()):
+                self._connection.challenge_sasl(self._tpm_segment)
+            case SaslEvidenceReceived(evidence=TpmToken() as signed):
+                credential = Credential(authorization=signed.token)
+                self._tpm_claim = ConnectedDevice(
+                    signed.id_scope, signed.registration_id, credential
+                )
+                return self._connection.accept_sasl()
             case SaslEvidenceReceived():
                 self._connection.refuse_sasl()
             case OpenRequested():
@@ -118,6 +140,23 @@ class AmqpDeviceSession:
         outcome carries nothing, and Node then reports a bare NotConnectedError)."""
         self._sasl_credentials = credentials
         return self._connection.accept_sasl()
+
+    async def _challenge_tpm(self, keys: TpmKeysReceived) -> list[Event]:
+        """The activation blob in two challenges. A device the service refuses (unknown,
+        another EK) gets the SASL outcome ``auth`` with the DPS error body as its
+        additional data: the SDKs wait for the blob, so SASL cannot succeed and leave the
+        refusal to OPEN as for PLAIN."""
+        encoded = TpmKeys(
+            base64.b64encode(keys.endorsement_key).decode("ascii"),
+            base64.b64encode(keys.storage_root_key).decode("ascii"),
+        )
+        blob = await self._requests.tpm_challenge(keys.id_scope, keys.registration_id, encoded)
+        if isinstance(blob, Answer):
+            self._connection.refuse_sasl(blob.body)
+            return []
+        first, self._tpm_segment = tpm_segments(blob)
+        self._connection.challenge_sasl(first)
+        return []
 
     async def _open(self) -> None:
         refusal = await self._attest()
@@ -145,6 +184,8 @@ class AmqpDeviceSession:
         return refusal
 
     def _claimed_device(self) -> ConnectedDevice | Answer:
+        if self._tpm_claim is not None:
+            return self._tpm_claim
         credentials = self._sasl_credentials
         if credentials is not None:
             named = registration_address(credentials.authcid)

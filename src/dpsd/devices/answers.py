@@ -19,6 +19,7 @@ import msgspec
 from dpsd.domain.errors import DomainError
 from dpsd.domain.json_depth import JsonTooDeep
 from dpsd.domain.timestamps import format_timestamp
+from dpsd.domain.tpm_public import TpmKeys
 from dpsd.json_decoding import decode_json
 from dpsd.service.device_events import DeviceProtocol
 from dpsd.service.device_registration import (
@@ -106,6 +107,21 @@ class DeviceRequests:
                     self._log_refused(device.registration_id, error.message)
                 return self.error(error)
         return None
+
+    async def tpm_challenge(
+        self, id_scope: str, registration_id: str, keys: TpmKeys
+    ) -> bytes | Answer:
+        """The activation blob for a TPM device, or the error answer (logged as for
+        ``attest``)."""
+        with tracking():
+            try:
+                return await self.service.tpm_challenge(
+                    id_scope, registration_id, keys, self.protocol
+                )
+            except (DomainError, ServiceError) as error:
+                if not isinstance(error, DeviceUnauthorized):
+                    self._log_refused(registration_id, error.message)
+                return self.error(error)
 
     def refuse(self, reason: str, registration_id: str | None = None) -> Answer:
         """Refuse a connection that does not name a device as the protocol asks (before

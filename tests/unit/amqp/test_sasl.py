@@ -25,6 +25,11 @@ from dpsd.amqp.sasl import (
     SaslFailed,
     SaslState,
     Step,
+    TpmKeysReceived,
+    TpmMechanism,
+    TpmSegmentTaken,
+    TpmToken,
+    tpm_segments,
 )
 
 
@@ -60,7 +65,7 @@ def test_an_exchange_offers_its_mechanisms_and_waits_for_the_decision() -> None:
     exchange = SaslExchange()
     start = exchange.start()
     assert start.startswith(SASL_HEADER)
-    assert decoded(start[8:]) == SaslMechanisms(("PLAIN",))
+    assert decoded(start[8:]) == SaslMechanisms(("PLAIN", "TPM"))
     evidence, sent = exchange.receive(SaslInit("PLAIN", b"\x00user\x00pw"))
     assert evidence == PlainCredentials("", "user", "pw")
     assert sent == b""
@@ -121,3 +126,72 @@ def test_a_server_driven_mechanism_fits() -> None:
     evidence, _ = exchange.receive(SaslResponse(b"\x00sas"))
     assert evidence == Token(b"\x00sas")
     assert decoded(exchange.refuse()) == SaslOutcome(SaslCode.AUTH)
+
+
+EK = bytes(range(256)) + b"\x00\x00" * 30  # binary, with zero bytes in it
+
+
+def test_the_tpm_exchange_byte_by_byte() -> None:
+    """amqp.md section 4: init, 0x00, SRK, the blob in 0x80 and 0xC1 segments, the token."""
+    exchange = SaslExchange()
+    evidence, sent = exchange.receive(SaslInit("TPM", b"\x000ne00000001\x00dev-1\x00" + EK))
+    assert evidence is None
+    assert decoded(sent) == SaslChallenge(b"\x00")
+    evidence, sent = exchange.receive(SaslResponse(b"\x00srk-bytes"))
+    assert evidence == TpmKeysReceived("0ne00000001", "dev-1", EK, b"srk-bytes")
+    assert sent == b""
+    first, last = tpm_segments(bytes(766))
+    assert (first[0], last[0], len(first), len(last)) == (0x80, 0xC1, 384, 384)
+    frame = exchange.challenge(first)
+    assert len(frame) <= 512
+    assert decoded(frame) == SaslChallenge(first)
+    evidence, _ = exchange.receive(SaslResponse(b"\x00"))
+    assert evidence == TpmSegmentTaken()
+    assert decoded(exchange.challenge(last)) == SaslChallenge(last)
+    evidence, _ = exchange.receive(SaslResponse(b"\x00SharedAccessSignature sr=x"))
+    assert evidence == TpmToken("0ne00000001", "dev-1", "SharedAccessSignature sr=x")
+    assert decoded(exchange.accept()) == SaslOutcome(SaslCode.OK)
+
+
+def test_the_largest_blob_fits_two_512_byte_frames() -> None:
+    exchange = SaslExchange()
+    for segment in tpm_segments(bytes(972)):
+        assert len(exchange.challenge(segment)) <= 512
+    with pytest.raises(ValueError, match="more than 2"):
+        tpm_segments(bytes(973))
+
+
+@pytest.mark.parametrize(
+    "init",
+    [
+        None,
+        b"",
+        b"\x00scope\x00dev",
+        b"x\x00scope\x00dev\x00ek",
+        b"\x00\x00dev\x00ek",
+        b"\x00scope\x00\xff\x00ek",
+        b"\x00scope\x00dev\x00",
+    ],
+)
+def test_a_tpm_init_that_is_not_dps_is_refused(init: bytes | None) -> None:
+    with pytest.raises(SaslFailed):
+        TpmMechanism().start(SaslInit("TPM", init))
+
+
+@pytest.mark.parametrize(
+    "responses",
+    [
+        [b"srk"],
+        [b"\x00"],
+        [b"\x00srk", b"\x01"],
+        [b"\x00srk", b"\x00", b"\x00\xff"],
+        [b"\x00srk", b"\x00", b"\x00t", b"\x00"],
+    ],
+)
+def test_tpm_responses_out_of_shape_are_refused(responses: list[bytes]) -> None:
+    mechanism = TpmMechanism()
+    mechanism.start(SaslInit("TPM", b"\x00scope\x00dev\x00ek"))
+    for response in responses[:-1]:
+        mechanism.step(response)
+    with pytest.raises(SaslFailed):
+        mechanism.step(responses[-1])
