@@ -19,6 +19,7 @@ import socket
 import ssl
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,8 @@ DEVICE_API = "?api-version=2019-03-31"
 GROUP_KEY = base64.b64encode(b"w" * 64).decode()
 HUB = "workers-hub.example"
 RESTART_TIMEOUT = 30.0
+BURST_DEVICES = 160
+BURST_IN_FLIGHT = 16
 POLL_INTERVAL = 0.05
 
 
@@ -216,6 +219,27 @@ def test_a_device_registers_on_one_worker_and_polls_the_other_over_mqtt(
     assert served_by(server, rf"mqtt device {registration_id} assigned") == {2}
     closed = rf"event=disconnected .*registration_id={registration_id} "
     assert served_by(server, closed) == {1, 2}
+
+
+def test_workers_writing_at_once_answer_every_device(server: DpsdProcess) -> None:
+    """Both workers write the store at the same time (SQLite: one file, one write lock):
+    every device is assigned, none meets a store fault."""
+
+    def provision_one(index: int) -> str:
+        registration_id = device_id(server, f"burst-{index}")
+        started = device_request(server, "PUT", registration_id, "/register")
+        assert started.status_code == 202, started.text
+        operation = started.json()["operationId"]
+        polled = device_request(server, "GET", registration_id, f"/operations/{operation}")
+        assert polled.status_code == 200, polled.text
+        return str(polled.json()["status"])
+
+    with ThreadPoolExecutor(max_workers=BURST_IN_FLIGHT) as pool:
+        statuses = list(pool.map(provision_one, range(BURST_DEVICES)))
+    assert statuses == ["assigned"] * BURST_DEVICES
+    assert served_by(server, r"PUT /\S+/registrations/\S+-burst-\d+/register") == {1, 2}
+    assert "store_unavailable" not in server.output()
+    assert "database is locked" not in server.output()
 
 
 def test_a_certificate_enrolled_through_one_worker_is_trusted_by_the_other(
