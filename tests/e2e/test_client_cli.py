@@ -20,6 +20,7 @@ from tests.certs import issue
 from tests.cli_imports import NEVER_FOR_A_CLIENT_COMMAND, run_dpsd_command
 from tests.e2e.cli_runner import error_line, invoke, output_json, succeeded, target
 from tests.e2e.process import COMMAND_TIMEOUT, DPSD, DpsdProcess, dpsd_env
+from tests.tpm.soft_tpm import SoftTpm
 
 pytestmark = pytest.mark.e2e
 
@@ -111,6 +112,28 @@ def test_create_with_given_keys_and_settings(dpsd_info: dict[str, Any], tmp_path
     assert created["initialTwin"]["tags"] == {"site": "oslo"}
     assert created["reprovisionPolicy"] == {"updateHubAssignment": True, "migrateDeviceData": False}
     assert created["capabilities"] == {"iotEdge": True}
+
+
+def test_a_tpm_device_enrolled_from_what_tpm_device_provision_printed(
+    dpsd_info: dict[str, Any], tmp_path: Path
+) -> None:
+    device = SoftTpm.make(3)
+    printed = tmp_path / "device.txt"
+    printed.write_text(
+        "Gathering the registration information...\r\n"
+        f"\r\nRegistration Id:\r\n{device.registration_id()}\r\n"
+        f"\r\nEndorsement Key:\r\n{device.ek_b64}\r\n\r\nPress any key to continue:\r\n"
+    )
+    created = dpsd_json(dpsd_info, "enrollment", "create", "--tpm-provision-output", str(printed))
+    assert created["registrationId"] == device.registration_id()
+    assert created["attestation"] == {"type": "tpm", "tpm": {"endorsementKey": device.ek_b64}}
+
+    # An endorsement key alone: the id the SDKs derive from it.
+    other = SoftTpm.make(4)
+    derived = dpsd_json(dpsd_info, "enrollment", "create", "--endorsement-key", other.ek_b64)
+    assert derived["registrationId"] == other.registration_id()
+    line = error_line(invoke("enrollment", "create", *target(dpsd_info)), 2)
+    assert "registration id" in line
 
 
 def test_creating_twice_is_a_409(dpsd_info: dict[str, Any]) -> None:

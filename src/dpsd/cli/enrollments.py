@@ -330,17 +330,35 @@ def show_keys(kind: RecordKind, identifier: str, target: TargetOptions, output: 
 
 enrollment_app = command_group("Manage individual enrollments (like `az iot dps enrollment`).")
 RegistrationId = Annotated[str, typer.Argument(help="The enrollment's registration id.")]
+NewRegistrationId = Annotated[
+    str | None,
+    typer.Argument(
+        help="The enrollment's registration id (for a TPM device, by default the one its SDK "
+        "derives from the endorsement key).",
+        show_default=False,
+    ),
+]
+TpmProvisionOutput = Annotated[
+    Path | None,
+    typer.Option(
+        "--tpm-provision-output",
+        help="A file with what the C SDK's tpm_device_provision printed (the device's "
+        "registration id and endorsement key).",
+        **_File,
+    ),
+]
 
 
 @enrollment_app.command("create")
 def enrollment_create(
-    registration_id: RegistrationId,
+    registration_id: NewRegistrationId = None,
     attestation_type: AttestationTypeOption = None,
     primary_key: PrimaryKey = None,
     secondary_key: SecondaryKey = None,
     certificate_path: CertificatePath = None,
     secondary_certificate_path: SecondaryCertificatePath = None,
     endorsement_key: EndorsementKey = None,
+    tpm_provision_output: TpmProvisionOutput = None,
     device_id: DeviceId = None,
     provisioning_status: Status = None,
     allocation_policy: Allocation = None,
@@ -357,6 +375,11 @@ def enrollment_create(
     database: Database = None,
 ) -> None:
     """Create an individual enrollment."""
+    from dpsd.cli.tpm import tpm_identity
+
+    registration_id, endorsement_key = tpm_identity(
+        registration_id, endorsement_key, tpm_provision_output
+    )
     create_record(
         ENROLLMENTS,
         registration_id,
