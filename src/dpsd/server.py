@@ -28,6 +28,7 @@ from dpsd.tls_transport import SharedReadBuffer, TlsServerProtocol, start_tls_se
 GRACEFUL_SHUTDOWN_SECONDS = 5
 TRUST_REFRESH_SECONDS = 30
 DEVICE_TLS_HANDSHAKE_SECONDS = 10.0
+LISTEN_BACKLOG = 2048  # connections the kernel holds for dpsd to accept (a reconnect storm)
 HTTPS_TLS_HANDSHAKE_SECONDS = 60.0
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc's malloc.h)
 LARGE_ALLOCATION_BYTES = 128 * 1024
@@ -59,7 +60,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(address)
-        listener.listen(2048)
+        listener.listen(LISTEN_BACKLOG)
     except OSError as error:
         listener.close()
         reason = error.strerror or str(error)
@@ -145,6 +146,7 @@ async def _device_servers(runtime: Runtime, listeners: Listeners) -> list[asynci
             runtime.client_trust.context,
             handshake_timeout=DEVICE_TLS_HANDSHAKE_SECONDS,
             sock=listener,
+            backlog=LISTEN_BACKLOG,  # asyncio listens again, with 100 unless told
         )
         for listener, handle in handlers
         if listener is not None
