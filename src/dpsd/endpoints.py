@@ -1,7 +1,7 @@
 """The endpoints a running ``dpsd serve`` records in its data dir (``endpoints.json``), so
 that ``dpsd info`` and the client commands reach the ports it really bound.
 
-Only the standard library: the client commands read this on every start.
+Only the standard library (and the settings): the client commands read this on every start.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from dpsd.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +68,15 @@ def running_endpoints(data_dir: Path) -> Endpoints | None:
         amqp=recorded.get("amqp"),
         metrics=recorded.get("metrics"),
     )
+
+
+def serving_endpoints(settings: Settings) -> Endpoints:
+    """The endpoints of the server running on the settings' data dir, else those the
+    settings name."""
+    running = running_endpoints(settings.data_dir)
+    if running is not None:
+        return running
+    http = (
+        None if settings.http_port is None else f"http://{settings.hostname}:{settings.http_port}"
+    )
+    return Endpoints(https=f"https://{settings.hostname}:{settings.https_port}", http=http)

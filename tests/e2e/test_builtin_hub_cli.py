@@ -38,15 +38,23 @@ def hub_certificate(data_dir: Path, name: str) -> Path:
 
 def test_builtin_hub_lifecycle(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    added = succeeded(hub(data_dir, "add", f"{HUB}:8443", "--builtin", "--json"))
-    assert json.loads(added.stdout) == {
+    added = json.loads(
+        succeeded(hub(data_dir, "add", f"{HUB}:8443", "--builtin", "-o", "json")).stdout
+    )
+    owner = added.pop("connectionString")  # a built-in hub's keys are shown when it is made
+    assert re.fullmatch(
+        rf"HostName={HUB}:8443;SharedAccessKeyName=iothubowner;SharedAccessKey=\S{{44}}", owner
+    )
+    assert added == {
         "hostName": f"{HUB}:8443",
+        "devices": "built-in",
         "allocationWeight": 1,
         "applyAllocationPolicy": True,
         "location": None,
         "hasConnectionString": False,
         "builtin": True,
         "writesDevices": True,
+        "tlsCertificate": str(hub_certificate(data_dir, HUB)),
     }
     certificate = hub_certificate(data_dir, HUB)  # the host part: no port
     names = x509.load_pem_x509_certificate(certificate.read_bytes()).extensions
@@ -56,10 +64,11 @@ def test_builtin_hub_lifecycle(tmp_path: Path) -> None:
     key = certificate.with_name(f"{HUB}-key.pem")
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     succeeded(hub(data_dir, "add", "az.example.net", "--connection-string", AZURE_HUB))
-    plain = succeeded(hub(data_dir, "add", "plain.example.net"))
-    assert plain.stdout == "linked plain.example.net\n"
+    plain = succeeded(hub(data_dir, "add", "plain.example.net")).stdout
+    assert re.search(r"^host name +plain\.example\.net$", plain, re.MULTILINE), plain
+    assert re.search(r"^devices +recorded only$", plain, re.MULTILINE), plain
 
-    listed = json.loads(succeeded(hub(data_dir, "list", "--json")).stdout)
+    listed = json.loads(succeeded(hub(data_dir, "list", "--json")).stdout)  # the older name
     assert [(entry["hostName"], entry["builtin"], entry["writesDevices"]) for entry in listed] == [
         ("az.example.net", False, True),
         (f"{HUB}:8443", True, True),
@@ -70,6 +79,27 @@ def test_builtin_hub_lifecycle(tmp_path: Path) -> None:
     assert re.search(r"az\.example\.net .* written \(connection string\)", table), table
     assert re.search(r"plain\.example\.net .* recorded only", table), table
     assert "SharedAccessKey" not in table + json.dumps(listed)
+    assert json.loads(succeeded(hub(data_dir, "list", "-o", "json")).stdout) == listed
+
+    shown = succeeded(hub(data_dir, "show", f"{HUB}:8443")).stdout
+    assert re.search(
+        r"^policies +iothubowner, service, device, registryRead, registryReadWrite$",
+        shown,
+        re.MULTILINE,
+    ), shown
+    assert "SharedAccessKey" not in shown
+    with_keys = succeeded(hub(data_dir, "show", f"{HUB}:8443", "--show-keys")).stdout
+    assert re.search(rf"^connection string +{re.escape(owner)}$", with_keys, re.MULTILINE)
+    azure = json.loads(
+        succeeded(hub(data_dir, "show", "az.example.net", "--show-keys", "-o", "json")).stdout
+    )
+    assert (azure["devices"], azure["connectionString"]) == (
+        "written (connection string)",
+        AZURE_HUB,
+    )
+    assert "connectionString" not in json.loads(
+        succeeded(hub(data_dir, "show", "az.example.net", "-o", "json")).stdout
+    )
 
     # A subprocess, to see all that reaches stdout: the connection string and nothing else.
     printed = run_dpsd("hub", "connection-string", f"{HUB}:8443", "--data-dir", str(data_dir))
@@ -107,6 +137,7 @@ def test_builtin_hub_errors(tmp_path: Path) -> None:
         ("connection-string", "nothere.example.net"): (
             "error: IoT hub 'nothere.example.net' is not linked"
         ),
+        ("show", "nothere.example.net"): "error: IoT hub 'nothere.example.net' is not linked",
         ("add", "az.example.net", "--builtin", "--connection-string", AZURE_HUB): (
             "error: a built-in IoT hub takes no connection string: dpsd serves it and makes "
             "its keys"

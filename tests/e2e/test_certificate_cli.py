@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def test_certificate_lifecycle(tmp_path: Path) -> None:
     assert "already exists" in again.stderr
 
     code = json.loads(
-        run_dpsd("certificate", "verification-code", "contoso", "--json", *data).stdout
+        run_dpsd("certificate", "verification-code", "contoso", "-o", "json", *data).stdout
     )
     verification_code = code["verificationCode"]
     impostor = issue(verification_code)  # self-signed: not signed by the CA's key
@@ -51,8 +52,19 @@ def test_certificate_lifecycle(tmp_path: Path) -> None:
     listed = json.loads(run_dpsd("certificate", "list", "--json", *data).stdout)
     assert [entry["name"] for entry in listed] == ["contoso"]
     assert listed[0]["subject"] == "CN=contoso-root, O=Contoso, C=US"
-    table = run_dpsd("certificate", "list", *data)
-    assert "contoso" in table.stdout
+    assert json.loads(run_dpsd("certificate", "list", "-o", "json", *data).stdout) == listed
+    table = run_dpsd("certificate", "list", *data).stdout
+    assert re.search(r"^name +verified +subject +SHA-256 thumbprint +expires$", table, re.M)
+    assert re.search(
+        rf"^contoso +yes +CN=contoso-root, O=Contoso, C=US +{listed[0]['thumbprint']} ", table, re.M
+    ), table
+    shown = run_dpsd("certificate", "show", "contoso", *data).stdout
+    assert re.search(r"^verified +yes$", shown, re.M), shown
+    assert re.search(rf"^SHA-1 thumbprint +{listed[0]['sha1Thumbprint']}$", shown, re.M), shown
+    assert (
+        json.loads(run_dpsd("certificate", "show", "contoso", "-o", "json", *data).stdout)
+        == listed[0]
+    )
 
     assert run_dpsd("certificate", "delete", "contoso", *data).returncode == 0
     missing = run_dpsd("certificate", "show", "contoso", *data)

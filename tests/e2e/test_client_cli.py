@@ -79,6 +79,45 @@ def test_create_generates_keys_that_show_leaves_out(dpsd_info: dict[str, Any]) -
     assert keys["secondaryKey"] in table
 
 
+def test_tables_show_keys_on_create_and_when_asked(dpsd_info: dict[str, Any]) -> None:
+    device = new_id("tab")
+    created = succeeded(invoke("enrollment", "create", device, *target(dpsd_info))).stdout
+    assert re.search(rf"^registration id +{device}$", created, re.MULTILINE), created
+    primary = re.search(r"^primary key +(\S+)$", created, re.MULTILINE)
+    assert primary is not None, created
+    assert re.search(r"^secondary key +\S+$", created, re.MULTILINE), created
+    assert "endorsement key" not in created  # only what the attestation holds
+
+    shown = succeeded(invoke("enrollment", "show", device, *target(dpsd_info))).stdout
+    assert re.search(rf"^registration id +{device}$", shown, re.MULTILINE), shown
+    assert primary.group(1) not in shown
+    assert "primary key" not in shown
+    with_keys = succeeded(
+        invoke("enrollment", "show", device, "--show-keys", *target(dpsd_info))
+    ).stdout
+    assert re.search(rf"^primary key +{re.escape(primary.group(1))}$", with_keys, re.MULTILINE)
+
+    updated = succeeded(
+        invoke("enrollment", "update", device, "--device-id", "tab-device", *target(dpsd_info))
+    ).stdout
+    assert re.search(r"^device id +tab-device$", updated, re.MULTILINE), updated
+    assert primary.group(1) not in updated
+    updated_keys = succeeded(
+        invoke("enrollment", "update", device, "--show-keys", *target(dpsd_info))
+    ).stdout
+    assert primary.group(1) in updated_keys
+
+    listed = succeeded(invoke("enrollment", "list", *target(dpsd_info))).stdout
+    header, rule, *rows = listed.splitlines()
+    assert header.split() == [
+        "registration", "id", "device", "id", "attestation", "status", "allocation",
+        "registration", "updated",
+    ]  # fmt: skip
+    assert set(rule.replace(" ", "")) == {"-"}
+    assert any(row.startswith(f"{device} ") for row in rows), listed
+    assert primary.group(1) not in listed
+
+
 def test_create_with_given_keys_and_settings(dpsd_info: dict[str, Any], tmp_path: Path) -> None:
     device = new_id("dev")
     primary, secondary = new_key(f"{device}/1"), new_key(f"{device}/2")
@@ -152,7 +191,7 @@ def test_iot_hubs_must_be_linked(dpsd_server: DpsdProcess, dpsd_info: dict[str, 
     assert hub in line
 
     linked = invoke("hub", "add", hub, "--data-dir", str(dpsd_server.data_dir))
-    assert succeeded(linked).stdout.strip() == f"linked {hub}"
+    assert re.search(rf"^host name +{re.escape(hub)}$", succeeded(linked).stdout, re.MULTILINE)
     created = dpsd_json(
         dpsd_info,
         "enrollment",

@@ -82,6 +82,31 @@ def test_info_json_has_exactly_the_documented_keys(
     assert parts["SharedAccessKey"]
 
 
+def test_info_is_a_table_for_people_and_json_for_scripts(
+    dpsd_info: dict[str, Any], dpsd_server: DpsdProcess
+) -> None:
+    data = ("--data-dir", str(dpsd_server.data_dir))
+    as_json = run_dpsd("info", "-o", "json", *data)
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == dpsd_info  # as --json (the older name) gave it
+    human = run_dpsd("info", *data)
+    assert human.returncode == 0, human.stderr
+    recorded = json.loads(endpoints_path(dpsd_server.data_dir).read_text())
+    expected = {
+        "ID scope": dpsd_info["idScope"],
+        "connection string": dpsd_info["serviceConnectionString"],
+        "CA certificate": dpsd_info["caCertificatePath"],
+        "HTTPS endpoint": recorded["https"],
+        "HTTP endpoint": recorded["http"],
+        "MQTT endpoint": recorded["mqtt"],
+        "AMQP endpoint": recorded["amqp"],
+        "server": "running",
+    }
+    for heading, value in expected.items():
+        line = rf"^{re.escape(heading)} +{re.escape(value)}$"
+        assert re.search(line, human.stdout, re.MULTILINE), (heading, human.stdout)
+
+
 def test_banner_names_the_endpoints(dpsd_info: dict[str, Any], dpsd_server: DpsdProcess) -> None:
     output = dpsd_server.output()
     assert dpsd_info["endpoints"]["https"] in output

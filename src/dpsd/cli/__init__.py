@@ -60,6 +60,11 @@ COMMANDS = {
     "hub": LazyCommand(
         "dpsd.cli.hubs", "hub_app", "Link the IoT hubs that devices are assigned to."
     ),
+    "policy": LazyCommand(
+        "dpsd.cli.policies",
+        "policy_app",
+        "Shared access policies of the service API and their connection strings.",
+    ),
     "certificate": LazyCommand(
         "dpsd.cli.certificates",
         "certificate_app",

@@ -6,15 +6,24 @@ service): a running dpsd sees the changes at once.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from dpsd.cli.failures import warn
 from dpsd.cli.options import Database, DataDir, command_group
+from dpsd.cli.output import (
+    Column,
+    JsonOption,
+    Output,
+    OutputOption,
+    chosen,
+    print_json,
+    print_record,
+    print_records,
+)
 
 if TYPE_CHECKING:
     from dpsd.domain.ca_certificate import CACertificate
@@ -31,7 +40,24 @@ CertificateFile = Annotated[
         "--file", "-f", exists=True, dir_okay=False, readable=True, help="PEM or DER file."
     ),
 ]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+FIELDS: tuple[Column, ...] = (
+    ("name", "name"),
+    ("verified", "isVerified"),
+    ("subject", "subject"),
+    ("SHA-256 thumbprint", "thumbprint"),
+    ("SHA-1 thumbprint", "sha1Thumbprint"),
+    ("expires", "notAfterUtc"),
+    ("created", "created"),
+    ("updated", "updated"),
+    ("verification code", "verificationCode"),
+)
+COLUMNS: tuple[Column, ...] = (
+    ("name", "name"),
+    ("verified", "isVerified"),
+    ("subject", "subject"),
+    ("SHA-256 thumbprint", "thumbprint"),
+    ("expires", "notAfterUtc"),
+)
 
 
 def _run(
@@ -44,7 +70,7 @@ def _run(
     return run_on_store(data_dir, database, lambda runtime: action(runtime.certificates))
 
 
-def _as_dict(record: CACertificate) -> dict[str, object]:
+def _as_dict(record: CACertificate) -> dict[str, Any]:
     from dpsd.domain.timestamps import format_timestamp
 
     info = record.info
@@ -61,15 +87,8 @@ def _as_dict(record: CACertificate) -> dict[str, object]:
     }
 
 
-def _show(record: CACertificate, as_json: bool) -> None:
-    if as_json:
-        typer.echo(json.dumps(_as_dict(record), indent=2))
-        return
-    from rich.console import Console
-
-    console = Console(highlight=False)
-    for key, value in _as_dict(record).items():
-        console.print(f"{key:18} {value if value is not None else '-'}")
+def _show(record: CACertificate, output: Output) -> None:
+    print_record(_as_dict(record), output, FIELDS)
 
 
 @certificate_app.command("add")
@@ -79,7 +98,8 @@ def add_command(
     verified: Annotated[
         bool, typer.Option("--verified", help="Trust it without proof of possession.")
     ] = False,
-    as_json: AsJson = False,
+    output: OutputOption = Output.table,
+    as_json: JsonOption = False,
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
@@ -89,40 +109,31 @@ def add_command(
     """
     text = _read_certificate(file)
     record = _run(data_dir, database, lambda service: service.add(name, text, verified=verified))
-    _show(record, as_json)
+    _show(record, chosen(output, as_json))
 
 
 @certificate_app.command("list")
 def list_command(
-    as_json: AsJson = False, data_dir: DataDir = None, database: Database = None
+    output: OutputOption = Output.table,
+    as_json: JsonOption = False,
+    data_dir: DataDir = None,
+    database: Database = None,
 ) -> None:
     """List the registered CA certificates."""
-    from rich.console import Console
-    from rich.table import Table
-
     records = _run(data_dir, database, lambda service: service.list())
-    if as_json:
-        typer.echo(json.dumps([_as_dict(record) for record in records], indent=2))
-        return
-    table = Table("name", "verified", "subject", "SHA-256 thumbprint", "expires")
-    for record in records:
-        info = record.info
-        table.add_row(
-            record.name,
-            "yes" if record.is_verified else "no",
-            info.subject_name,
-            info.sha256_thumbprint,
-            info.not_after_utc,
-        )
-    Console().print(table)
+    print_records([_as_dict(record) for record in records], chosen(output, as_json), COLUMNS)
 
 
 @certificate_app.command("show")
 def show_command(
-    name: Name, as_json: AsJson = False, data_dir: DataDir = None, database: Database = None
+    name: Name,
+    output: OutputOption = Output.table,
+    as_json: JsonOption = False,
+    data_dir: DataDir = None,
+    database: Database = None,
 ) -> None:
     """Show one CA certificate."""
-    _show(_run(data_dir, database, lambda service: service.get(name)), as_json)
+    _show(_run(data_dir, database, lambda service: service.get(name)), chosen(output, as_json))
 
 
 @certificate_app.command("delete")
@@ -153,7 +164,11 @@ def delete_command(
 
 @certificate_app.command("verification-code")
 def verification_code_command(
-    name: Name, as_json: AsJson = False, data_dir: DataDir = None, database: Database = None
+    name: Name,
+    output: OutputOption = Output.table,
+    as_json: JsonOption = False,
+    data_dir: DataDir = None,
+    database: Database = None,
 ) -> None:
     """Make a code to prove possession of the CA's key.
 
@@ -161,8 +176,8 @@ def verification_code_command(
     dpsd certificate verify.
     """
     record = _run(data_dir, database, lambda service: service.generate_verification_code(name))
-    if as_json:
-        typer.echo(json.dumps({"name": record.name, "verificationCode": record.verification_code}))
+    if chosen(output, as_json) is Output.json:
+        print_json({"name": record.name, "verificationCode": record.verification_code})
         return
     typer.echo(record.verification_code)
 
@@ -171,13 +186,17 @@ def verification_code_command(
 def verify_command(
     name: Name,
     file: CertificateFile,
-    as_json: AsJson = False,
+    output: OutputOption = Output.table,
+    as_json: JsonOption = False,
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
     """Verify a CA certificate with a signed verification code."""
     text = _read_certificate(file)
-    _show(_run(data_dir, database, lambda service: service.verify(name, text)), as_json)
+    _show(
+        _run(data_dir, database, lambda service: service.verify(name, text)),
+        chosen(output, as_json),
+    )
 
 
 def _read_certificate(path: Path) -> str:

@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from dpsd.cli.options import command_group
-from dpsd.cli.output import Column, Record, print_json, print_record, print_records
+from dpsd.cli.output import (
+    Column,
+    Output,
+    OutputOption,
+    Record,
+    ShowKeys,
+    print_record,
+    print_records,
+    value_at,
+)
 from dpsd.cli.records import (
     AllocationPolicy,
     AttestationFlags,
@@ -29,8 +38,6 @@ from dpsd.cli.target import (
     ConnectionStringOption,
     Database,
     DataDir,
-    Output,
-    OutputOption,
     TargetOptions,
     reported_failures,
 )
@@ -209,7 +216,6 @@ Etag = Annotated[
     str | None,
     typer.Option("--etag", help="Act only if the record is at this etag ('*': any)."),
 ]
-ShowKeys = Annotated[bool, typer.Option("--show-keys", help="Include the keys and certificates.")]
 QueryOption = Annotated[
     str, typer.Option("--query", "-q", help='A query such as "SELECT * WHERE ...".')
 ]
@@ -217,6 +223,31 @@ Top = Annotated[
     int | None,
     typer.Option("--top", min=1, help="List at most this many.", show_default=False),
 ]
+
+
+def key_fields(kind: RecordKind, prefix: str = "attestation.") -> tuple[Column, ...]:
+    """What a device proves itself with, in a record (or, without prefix, a mechanism)."""
+    certificates = f"{prefix}x509.{kind.certificate_field}"
+    return (
+        ("primary key", f"{prefix}symmetricKey.primaryKey"),
+        ("secondary key", f"{prefix}symmetricKey.secondaryKey"),
+        ("endorsement key", f"{prefix}tpm.endorsementKey"),
+        ("primary certificate", f"{certificates}.primary.info.subjectName"),
+        ("  thumbprint", f"{certificates}.primary.info.sha256Thumbprint"),
+        ("secondary certificate", f"{certificates}.secondary.info.subjectName"),
+        ("  thumbprint", f"{certificates}.secondary.info.sha256Thumbprint"),
+        ("primary CA", f"{prefix}x509.caReferences.primary"),
+        ("secondary CA", f"{prefix}x509.caReferences.secondary"),
+    )
+
+
+def print_enrollment(kind: RecordKind, record: Record, output: Output, *, keys: bool) -> None:
+    """The record; in a table, its keys or certificates too when ``keys`` (those it has)."""
+    fields = kind.fields
+    if keys:
+        held = [field for field in key_fields(kind) if value_at(record, field[1]) is not None]
+        fields = (*fields, *held)
+    print_record(record, output, fields)
 
 
 def _hubs(values: list[str] | None) -> tuple[str, ...] | None:
@@ -244,7 +275,7 @@ def create_record(
         record = apply_settings(record, settings)
         with target.resolve().client() as client:
             created = kind.operations(client).create_or_update(record)
-    print_record(created, output, kind.fields)
+    print_enrollment(kind, created, output, keys=True)
 
 
 def update_record(
@@ -255,6 +286,7 @@ def update_record(
     etag: str | None,
     target: TargetOptions,
     output: Output,
+    keys: bool = False,
 ) -> None:
     """Reads the record and its keys, lays the flags over them and writes it back at the
     etag read (or ``--etag``), so a change made meanwhile by someone else is not lost."""
@@ -270,7 +302,7 @@ def update_record(
         )
         record = apply_settings(record, settings)
         updated = operations.create_or_update(record, if_match=etag or current.get("etag"))
-    print_record(updated, output, kind.fields)
+    print_enrollment(kind, updated, output, keys=keys)
 
 
 def show_record(
@@ -281,7 +313,7 @@ def show_record(
         record = operations.get(identifier)
         if show_keys:
             record["attestation"] = operations.attestation_mechanism(identifier)
-    print_record(record, output, kind.fields)
+    print_enrollment(kind, record, output, keys=show_keys)
 
 
 def list_records(
@@ -304,26 +336,8 @@ def delete_record(
 def show_keys(kind: RecordKind, identifier: str, target: TargetOptions, output: Output) -> None:
     with reported_failures(), target.resolve().client() as client:
         mechanism = kind.operations(client).attestation_mechanism(identifier)
-    if output is Output.json:
-        print_json(mechanism)
-        return
-    certificates = f"x509.{kind.certificate_field}"
-    print_record(
-        mechanism,
-        output,
-        (
-            ("type", "type"),
-            ("primary key", "symmetricKey.primaryKey"),
-            ("secondary key", "symmetricKey.secondaryKey"),
-            ("endorsement key", "tpm.endorsementKey"),
-            ("primary certificate", f"{certificates}.primary.info.subjectName"),
-            ("  thumbprint", f"{certificates}.primary.info.sha256Thumbprint"),
-            ("secondary certificate", f"{certificates}.secondary.info.subjectName"),
-            ("  thumbprint", f"{certificates}.secondary.info.sha256Thumbprint"),
-            ("primary CA", "x509.caReferences.primary"),
-            ("secondary CA", "x509.caReferences.secondary"),
-        ),
-    )
+    fields = [field for field in key_fields(kind, "") if value_at(mechanism, field[1]) is not None]
+    print_record(mechanism, output, (("type", "type"), *fields))
 
 
 # --- dpsd enrollment ------------------------------------------------------------------------
@@ -426,6 +440,7 @@ def enrollment_update(
     webhook_url: WebhookUrl = None,
     webhook_api_version: WebhookApiVersion = None,
     etag: Etag = None,
+    keys: ShowKeys = False,
     output: OutputOption = Output.table,
     connection_string: ConnectionStringOption = None,
     ca_file: CaFileOption = None,
@@ -460,6 +475,7 @@ def enrollment_update(
         etag,
         TargetOptions(connection_string, ca_file, data_dir, database),
         output,
+        keys,
     )
 
 
@@ -602,6 +618,7 @@ def group_update(
     webhook_url: WebhookUrl = None,
     webhook_api_version: WebhookApiVersion = None,
     etag: Etag = None,
+    keys: ShowKeys = False,
     output: OutputOption = Output.table,
     connection_string: ConnectionStringOption = None,
     ca_file: CaFileOption = None,
@@ -637,6 +654,7 @@ def group_update(
         etag,
         TargetOptions(connection_string, ca_file, data_dir, database),
         output,
+        keys,
     )
 
 

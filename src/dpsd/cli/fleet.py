@@ -12,14 +12,12 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
-from dpsd.cli.output import print_json
+from dpsd.cli.output import Output, OutputOption, print_json
 from dpsd.cli.target import (
     CaFileOption,
     ConnectionStringOption,
     Database,
     DataDir,
-    Output,
-    OutputOption,
     TargetOptions,
     fail,
     reported_failures,

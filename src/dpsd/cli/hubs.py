@@ -8,14 +8,23 @@ data dir, where a server on that data dir finds it at the next handshake.
 from __future__ import annotations
 
 import ipaddress
-import json
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from dpsd.cli.failures import warn
 from dpsd.cli.options import Database, DataDir, command_group
-from dpsd.domain.hub import OWNER_HUB_POLICY, LinkedHub
+from dpsd.cli.output import (
+    Column,
+    JsonOption,
+    Output,
+    OutputOption,
+    ShowKeys,
+    chosen,
+    print_record,
+    print_records,
+)
+from dpsd.domain.hub import OWNER_HUB_POLICY, LinkedHub, hub_connection_string
 
 if TYPE_CHECKING:
     from dpsd.app import Runtime
@@ -28,7 +37,14 @@ HostName = Annotated[
     str,
     typer.Argument(help="The IoT hub's host name, e.g. hub1.example.net (or host:port)."),
 ]
-AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+FIELDS: tuple[Column, ...] = (
+    ("host name", "hostName"),
+    ("devices", "devices"),
+    ("weight", "allocationWeight"),
+    ("applies policy", "applyAllocationPolicy"),
+    ("location", "location"),
+)
+COLUMNS = FIELDS
 
 
 def _devices(hub: LinkedHub) -> str:
@@ -40,10 +56,11 @@ def _devices(hub: LinkedHub) -> str:
     return "recorded only"
 
 
-def _as_dict(hub: LinkedHub) -> dict[str, object]:
-    """Connection strings and policy keys are never printed, only whether there are any."""
+def _as_dict(hub: LinkedHub) -> dict[str, Any]:
+    """Connection strings and policy keys are left out, only whether there are any said."""
     return {
         "hostName": hub.host_name,
+        "devices": _devices(hub),
         "allocationWeight": hub.allocation_weight,
         "applyAllocationPolicy": hub.apply_allocation_policy,
         "location": hub.location,
@@ -82,7 +99,8 @@ def add_command(
     location: Annotated[
         str | None, typer.Option("--location", help="Where the hub is, for geoLatency.")
     ] = None,
-    as_json: AsJson = False,
+    output: OutputOption = Output.table,
+    as_json: JsonOption = False,
     data_dir: DataDir = None,
     database: Database = None,
 ) -> None:
@@ -117,18 +135,21 @@ def add_command(
             f"the TLS certificate of {hub.host_name} could not be made ({certificate}); "
             "dpsd serve tries again when it starts"
         )
-    if as_json:
-        typer.echo(json.dumps(_as_dict(hub)))
-        return
-    typer.echo(f"linked {hub.host_name}" + (" (built-in)" if hub.builtin else ""))
+    record = _as_dict(hub)
+    fields = FIELDS
+    owner = hub.policy(OWNER_HUB_POLICY)
+    if owner is not None:  # a built-in hub's keys, made now, are shown once
+        record["connectionString"] = hub_connection_string(hub.host_name, owner)
+        fields = (*fields, ("connection string", "connectionString"))
     if isinstance(certificate, HubCertificateFiles):
-        typer.echo(f"  TLS certificate    {certificate.certificate}")
-        typer.echo(f"  connection string  dpsd hub connection-string {hub.host_name}")
-        if _is_address(certificate.host):
-            typer.echo(
-                f"  clients name no server when they connect to an address: serve with "
-                f"--tls-name {certificate.host} so that dpsd's own certificate covers it"
-            )
+        record["tlsCertificate"] = str(certificate.certificate)
+        fields = (*fields, ("TLS certificate", "tlsCertificate"))
+    print_record(record, chosen(output, as_json), fields)
+    if isinstance(certificate, HubCertificateFiles) and _is_address(certificate.host):
+        warn(
+            f"clients name no server when they connect to an address: serve with "
+            f"--tls-name {certificate.host} so that dpsd's own certificate covers it"
+        )
 
 
 def _is_address(host: str) -> bool:
@@ -141,32 +162,61 @@ def _is_address(host: str) -> bool:
 
 @hub_app.command("list")
 def list_command(
-    as_json: AsJson = False, data_dir: DataDir = None, database: Database = None
+    output: OutputOption = Output.table,
+    as_json: JsonOption = False,
+    data_dir: DataDir = None,
+    database: Database = None,
 ) -> None:
     """List the linked IoT hubs.
 
     "devices": built-in (dpsd serves the hub and keeps its devices), written (into the hub
     the connection string names) or recorded only (the assignment alone).
     """
-    from rich.console import Console
-    from rich.table import Table
-
     from dpsd.cli.store import run_on_store
 
     hubs = run_on_store(data_dir, database, lambda runtime: runtime.hubs.list())
-    if as_json:
-        typer.echo(json.dumps([_as_dict(hub) for hub in hubs], indent=2))
-        return
-    table = Table("host name", "weight", "applies policy", "location", "devices")
-    for hub in hubs:
-        table.add_row(
-            hub.host_name,
-            str(hub.allocation_weight),
-            "yes" if hub.apply_allocation_policy else "no",
-            hub.location or "-",
-            _devices(hub),
-        )
-    Console().print(table)
+    print_records([_as_dict(hub) for hub in hubs], chosen(output, as_json), COLUMNS)
+
+
+@hub_app.command("show")
+def show_command(
+    host_name: HostName,
+    keys: ShowKeys = False,
+    output: OutputOption = Output.table,
+    data_dir: DataDir = None,
+    database: Database = None,
+) -> None:
+    """Show a linked IoT hub.
+
+    A built-in hub's policies and TLS certificate too; with --show-keys, the connection
+    string dpsd writes devices with (a built-in hub's owner policy's).
+    """
+    from dpsd.cli.store import run_on_store
+    from dpsd.tls import hub_certificate_files
+
+    async def read(runtime: Runtime) -> dict[str, Any]:
+        hub = await runtime.hubs.get(host_name)
+        record = _as_dict(hub)
+        if hub.builtin:
+            record["policies"] = [policy.name for policy in hub.builtin_policies]
+            files = hub_certificate_files(runtime.tls, hub.host_name)
+            record["tlsCertificate"] = str(files.certificate)
+        if keys:
+            record["connectionString"] = (
+                await runtime.hubs.connection_string(hub.host_name)
+                if hub.builtin
+                else hub.connection_string
+            )
+        return record
+
+    record = run_on_store(data_dir, database, read)
+    fields = (
+        *FIELDS,
+        ("policies", "policies"),
+        ("TLS certificate", "tlsCertificate"),
+        ("connection string", "connectionString"),
+    )
+    print_record(record, output, [field for field in fields if field[1] in record])
 
 
 @hub_app.command("connection-string")

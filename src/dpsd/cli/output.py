@@ -6,15 +6,40 @@ the terminal's width, is not loaded: it costs a client command a sixth of its ti
 
 from __future__ import annotations
 
+import enum
 import json
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from dpsd.cli.target import Output
-
 Record = dict[str, Any]
+
+
+class Output(enum.StrEnum):
+    table = "table"
+    json = "json"
+
+
+OutputOption = Annotated[
+    Output,
+    typer.Option(
+        "--output", "-o", envvar="DPSD_OUTPUT", help="Tables for people, JSON for scripts."
+    ),
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", hidden=True, help="The same as --output json (older name).")
+]
+ShowKeys = Annotated[
+    bool,
+    typer.Option("--show-keys", help="Include the keys (and connection strings holding them)."),
+]
+
+
+def chosen(output: Output, as_json: bool) -> Output:
+    """--output, or JSON when the older --json was given."""
+    return Output.json if as_json else output
+
 
 Column = tuple[str, str]
 """(heading, dotted path into the record)"""

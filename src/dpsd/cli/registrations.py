@@ -8,14 +8,12 @@ from typing import Annotated
 import typer
 
 from dpsd.cli.options import command_group
-from dpsd.cli.output import Column, print_json, print_record, print_records
+from dpsd.cli.output import Column, Output, OutputOption, print_json, print_record, print_records
 from dpsd.cli.target import (
     CaFileOption,
     ConnectionStringOption,
     Database,
     DataDir,
-    Output,
-    OutputOption,
     TargetOptions,
     fail,
     reported_failures,

@@ -4,12 +4,9 @@ at once (dpsd.cli.lazy imports it only for these two commands)."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
-from typing import Annotated
 from urllib.parse import urlsplit
 
-import typer
 from rich.console import Console
 
 from dpsd.app import Runtime, build_runtime
@@ -38,10 +35,11 @@ from dpsd.cli.options import (
     make_settings,
     worker_count,
 )
+from dpsd.cli.output import JsonOption, Output, OutputOption, chosen, print_fields, print_json
 from dpsd.cli.store import opening_store
 from dpsd.cli.supervised import record_workers, serve_supervised
 from dpsd.data_dir import loose_permissions
-from dpsd.endpoints import Endpoints, running_endpoints
+from dpsd.endpoints import Endpoints, running_endpoints, serving_endpoints
 from dpsd.server import ListenError, serve
 from dpsd.settings import (
     DEFAULT_AMQP_PORT,
@@ -187,7 +185,8 @@ def serve_command(
 
 
 def info_command(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")] = False,
+    output: OutputOption = Output.table,
+    as_json: JsonOption = False,
     data_dir: DataDir = None,
     database: Database = None,
     host: Host = DEFAULT_HOST,
@@ -196,15 +195,16 @@ def info_command(
     hostname: Hostname = None,
     tls_name: TlsNames = None,
 ) -> None:
-    """Print the ID scope, service connection string, CA path and endpoints.
+    """Print the ID scope, connection string, CA certificate and endpoints.
 
-    Initialises the data dir when it is new, exactly as the first ``dpsd serve`` would.
+    The endpoints are those of the server running on the data dir, if one is. Initialises
+    the data dir when it is new, exactly as the first dpsd serve would.
     """
     settings = make_settings(data_dir, database, host, https_port, http_port, hostname, tls_name)
 
     async def read() -> tuple[Runtime, Endpoints]:
         async with build_runtime(settings) as runtime:
-            return runtime, _endpoints_of(settings)
+            return runtime, serving_endpoints(settings)
 
     with opening_store(settings, database is not None):
         runtime, endpoints = asyncio.run(read())
@@ -216,20 +216,24 @@ def info_command(
         "caCertificatePath": str(runtime.tls.ca_certificate),
         "endpoints": endpoints.as_json(),
     }
-    if as_json:
-        typer.echo(json.dumps(info, indent=2))
+    if chosen(output, as_json) is Output.json:
+        print_json(info)
         return
-    console = Console(highlight=False)
-    for key, value in info.items():
-        console.print(f"{key:26} {value}", soft_wrap=True)
-
-
-def _endpoints_of(settings: Settings) -> Endpoints:
-    """The endpoints of the server running on this data dir, else those the settings name."""
     running = running_endpoints(settings.data_dir)
-    if running is not None:
-        return running
-    http = (
-        None if settings.http_port is None else f"http://{settings.hostname}:{settings.http_port}"
+    print_fields(
+        [
+            ("version", info["version"]),
+            ("ID scope", info["idScope"]),
+            ("connection string", info["serviceConnectionString"]),
+            ("CA certificate", info["caCertificatePath"]),
+            ("HTTPS endpoint", endpoints.https),
+            ("HTTP endpoint", endpoints.http or "off"),
+            ("MQTT endpoint", endpoints.mqtt or "off"),
+            ("AMQP endpoint", endpoints.amqp or "off"),
+            ("metrics endpoint", endpoints.metrics or "off"),
+            (
+                "server",
+                "running" if running is not None else "not running (the ports it would use)",
+            ),
+        ]
     )
-    return Endpoints(https=f"https://{settings.hostname}:{settings.https_port}", http=http)

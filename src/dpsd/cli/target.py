@@ -7,7 +7,6 @@ commands talk to the dpsd serving the local data dir, with its owner policy and 
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -51,19 +50,6 @@ CaFileOption = Annotated[
         help="CA certificate (PEM) to trust for the endpoint (default: the system's CAs, or the"
         " data dir's CA for a local dpsd).",
         show_default=False,
-    ),
-]
-
-
-class Output(enum.StrEnum):
-    table = "table"
-    json = "json"
-
-
-OutputOption = Annotated[
-    Output,
-    typer.Option(
-        "--output", "-o", envvar="DPSD_OUTPUT", help="Tables for people, JSON for scripts."
     ),
 ]
 
@@ -216,8 +202,6 @@ __all__ = [
     "ConnectionStringOption",
     "DataDir",
     "Database",
-    "Output",
-    "OutputOption",
     "Target",
     "TargetOptions",
     "fail",
