@@ -93,11 +93,15 @@ class Target:
     port: int
     context: ssl.SSLContext
     id_scope: str
+    source: str | None = None  # the client's own address (bench/idle_devices.py)
 
 
 async def open_tls(target: Target) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A new TCP and TLS connection (full handshake, no session resumption)."""
-    return await asyncio.open_connection(target.host, target.port, ssl=target.context)
+    local = (target.source, 0) if target.source else None
+    return await asyncio.open_connection(
+        target.host, target.port, ssl=target.context, local_addr=local
+    )
 
 
 async def close_tls(writer: asyncio.StreamWriter) -> None:

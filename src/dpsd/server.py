@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import logging
+import resource
 import signal
 import socket
 import ssl
@@ -32,6 +33,7 @@ LISTEN_BACKLOG = 2048  # connections the kernel holds for dpsd to accept (a reco
 HTTPS_TLS_HANDSHAKE_SECONDS = 60.0
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc's malloc.h)
 LARGE_ALLOCATION_BYTES = 128 * 1024
+OPEN_FILES_WANTED = 16_384  # 10,000 device connections (Admission), HTTPS clients, the store
 logger = logging.getLogger("dpsd.server")
 
 
@@ -125,9 +127,29 @@ def bind_listeners(settings: Settings) -> Listeners:
     return listeners
 
 
+def raise_open_file_limit(wanted: int = OPEN_FILES_WANTED) -> None:
+    """Every connection is a file descriptor: raise the soft RLIMIT_NOFILE (often 1,024) to
+    what 10,000 device connections and the HTTPS clients need, as far as the hard limit
+    allows, and say so when it does not (``ulimit -Hn``; systemd's ``LimitNOFILE``)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    allowed = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if allowed > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (allowed, hard))
+    if allowed < wanted:
+        logger.warning(
+            "dpsd may open only %d files (the hard RLIMIT_NOFILE): fewer connections than "
+            "its limits admit will be served; raise it to %d (ulimit -Hn, LimitNOFILE)",
+            allowed,
+            wanted,
+        )
+
+
 async def serve(runtime: Runtime, on_ready: Callable[[Endpoints], None]) -> None:
     """Serve until SIGINT or SIGTERM. Raises ListenError when a port cannot be bound."""
     return_large_buffers_to_the_system()
+    raise_open_file_limit()
     listeners = bind_listeners(runtime.settings)
     try:
         await serve_on(runtime, listeners, on_ready)
@@ -228,6 +250,9 @@ def _listener(runtime: Runtime, *, tls: bool) -> _Server:
         runtime.asgi_app,
         http=_tls_http(runtime.client_trust.context) if tls else BoundedHeadProtocol,  # type: ignore[arg-type]
         ws=ClientCertificateWebSocketProtocol,
+        # Device protocols' packets are small; a compressing WebSocket keeps zlib's state,
+        # hundreds of KB, for as long as it is open (a Node device offers it by default).
+        ws_per_message_deflate=False,
         log_level="warning",
         log_config=None,  # uvicorn's lines go through dpsd's log format
         lifespan="off",

@@ -23,6 +23,7 @@ from dpsd.server import (
     Listeners,
     bind_listeners,
     listener_endpoints,
+    raise_open_file_limit,
     return_large_buffers_to_the_system,
 )
 from dpsd.settings import Settings
@@ -59,6 +60,7 @@ def serve_supervised(
     except ListenError as error:
         fail(str(error), USAGE)
     return_large_buffers_to_the_system()  # the workers inherit it
+    raise_open_file_limit()  # and this
     endpoints = listener_endpoints(settings.hostname, listeners)
     with _metrics_directory(settings) as metrics:
         supervisor = Supervisor(
