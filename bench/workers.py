@@ -14,7 +14,8 @@ Starts, each on a fresh data dir (HTTPS on 127.0.0.1, port 0; MQTT and AMQP off;
     N servers    N independent ``dpsd serve`` processes, each with a data dir (and, on
                  SQLite, a store) of its own, each taking 1/N of the client processes: the
                  best N processes can do here, with nothing shared (with --database, all
-                 share that PostgreSQL database, as dpsd instances sharing a store do).
+                 share one scratch database on that PostgreSQL server, made for the run
+                 and dropped after it, as dpsd instances sharing a store do).
 
 All of them run throughout; each round measures the three in turn (the order rotating from
 round to round), with the client processes of bench/registrations.py (``--worker``): each
@@ -34,6 +35,8 @@ Exit status: 0 when every registration was assigned, 1 when some failed or hit -
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -41,8 +44,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 from registrations import (
     HUB,
@@ -67,6 +74,7 @@ from service_api import (
 )
 
 CLIENT = Path(__file__).with_name("registrations.py")
+_group_created = False
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,10 @@ def start_server(
         folder / "dpsd.log",
     )
     ca = Path(info["caCertificatePath"])
-    create_group(server, key or shared_access_key(info["serviceConnectionString"]), ca)
+    global _group_created  # one group per store: a shared PostgreSQL store has it already
+    if not store or not _group_created:
+        create_group(server, key or shared_access_key(info["serviceConnectionString"]), ca)
+        _group_created = True
     return Target(server, info["idScope"], ca)
 
 
@@ -282,7 +293,11 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="measures of each configuration")
     parser.add_argument("--warmup", type=int, default=300, help="registrations before round 1")
     parser.add_argument("--timeout", type=float, default=120, help="seconds at most per measure")
-    parser.add_argument("--database", help="a PostgreSQL URL every server shares (else SQLite)")
+    parser.add_argument(
+        "--database",
+        help="a PostgreSQL server (URL) on which a scratch database every server shares is "
+        "made and dropped (else SQLite)",
+    )
     parser.add_argument("--log-level", default="warning", help="dpsd serve --log-level")
     parser.add_argument("--server-cpus", help="taskset -c CPU list for the servers")
     parser.add_argument("--client-cpus", help="taskset -c CPU list for the clients")
@@ -298,13 +313,40 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     return arguments
 
 
+@contextlib.contextmanager
+def scratch_database(url: str | None) -> Iterator[str | None]:
+    """A new database on the PostgreSQL server ``url`` names, dropped afterwards (the
+    servers create dpsd's tables in it); None without a URL."""
+    if url is None:
+        yield None
+        return
+    import asyncpg
+
+    name = f"dpsd_bench_{uuid.uuid4().hex[:12]}"
+
+    async def admin(statement: str) -> None:
+        connection = await asyncpg.connect(url, timeout=10)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield str(make_url(url).set(database=name).render_as_string(hide_password=False))
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 def run(arguments: argparse.Namespace) -> int:
     temporary = arguments.work_dir is None
     work = Path(tempfile.mkdtemp(prefix="dpsd-bench-workers-")) if temporary else arguments.work_dir
     work.mkdir(parents=True, exist_ok=True)
     status = 2
     try:
-        status = _run_in(work.resolve(), arguments)
+        with scratch_database(arguments.database) as database:
+            arguments.database = database
+            status = _run_in(work.resolve(), arguments)
     finally:
         if temporary and status == 0:
             shutil.rmtree(work, ignore_errors=True)
