@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import socket
 import uuid
 from collections import Counter
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 from typer.testing import Result
 
-from dpsd.cli.transfer import CERTIFICATES_NOT_IN_FILE, lacks_certificates
+from dpsd.cli.transfer import ALREADY_THERE, CERTIFICATES_NOT_IN_FILE, lacks_certificates
 from dpsd.client import DpsServiceClient, EnrollmentOperations, NotFoundError
 from tests.certs import issue
 from tests.e2e.cli_runner import error_line, invoke, output_json, succeeded, target
@@ -312,7 +313,7 @@ def test_a_dry_run_writes_nothing(
     }
     if lacking:  # what the import would do with them
         assert reasons(summary)["failed", CERTIFICATES_NOT_IN_FILE] == lacking
-        assert error_line(result) == "error: 1 record failed (reasons above)"
+        assert error_line(result) == "error: 1 record would fail (reasons above)"
     else:
         succeeded(result)
     assert held_ids(third) == ([], [])
@@ -353,12 +354,12 @@ def test_records_without_their_certificates(
         (("--update-existing",), "updated"),
     ):
         result, summary = run_import(dpsd_info, file, *flags)
-        assert error_line(result) == "error: 1 record failed (reasons above)", flags
+        fails = "would fail" if "--dry-run" in flags else "failed"
+        assert error_line(result) == f"error: 1 record {fails} (reasons above)", flags
         assert summary[outcome] == 1, (flags, summary)
         assert summary["created"] == 0
-        assert reasons(summary) == {
-            ("failed", CERTIFICATES_NOT_IN_FILE): [unknown["registrationId"]]
-        }
+        failed = {key: ids for key, ids in reasons(summary).items() if key[0] == "failed"}
+        assert failed == {("failed", CERTIFICATES_NOT_IN_FILE): [unknown["registrationId"]]}
     with client_of(dpsd_info) as client:
         assert client.enrollments.attestation_mechanism(fleet.x509) == mechanism
         with pytest.raises(NotFoundError):
@@ -487,3 +488,81 @@ def test_an_unreachable_target(fleet: Fleet, dpsd_info: dict[str, Any], tmp_path
     exported = invoke("export", str(file), *options)
     assert error_line(exported).startswith("error: cannot reach the service")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dry_run_predicts_what_the_import_does_record_by_record(
+    dpsd_info: dict[str, Any], launch_dpsd: Launch, tmp_path: Path
+) -> None:
+    """Records the service refuses for what they hold (keys that are no base64, an id it
+    does not take, X.509 with both certificate kinds, a group with a CA reference and a
+    signing certificate, a field of the wrong type) beside good ones and one the target
+    holds: the dry run names each refusal with the code and message the import then meets,
+    and its counts are the import's."""
+    target_info = launch_dpsd(tmp_path / "target").info
+    tag = uuid.uuid4().hex[:8]
+    keys = {"primaryKey": new_key(f"{tag}/1"), "secondaryKey": new_key(f"{tag}/2")}
+    signer = issue(f"signer-{tag}", ca=True).pem
+
+    def symmetric(registration_id: str, **more: Any) -> Record:
+        attestation = {"type": "symmetricKey", "symmetricKey": keys}
+        return {"registrationId": registration_id, "attestation": attestation, **more}
+
+    held = symmetric(f"held-{tag}")
+    key_flags = ("--primary-key", keys["primaryKey"], "--secondary-key", keys["secondaryKey"])
+    cli_json(target_info, "enrollment", "create", held["registrationId"], *key_flags)
+    certificate = {"primary": {"certificate": signer}}
+    not_base64 = {"type": "symmetricKey", "symmetricKey": {"primaryKey": "not base64!"}}
+    both_kinds = {"clientCertificates": certificate, "signingCertificates": certificate}
+    reference_and_signer = {
+        "caReferences": {"primary": "some-ca"},
+        "signingCertificates": certificate,
+    }
+    records = [
+        ("enrollment", symmetric(f"good-{tag}")),
+        ("enrollment", held),
+        ("enrollment", symmetric(f"badkey-{tag}") | {"attestation": not_base64}),
+        ("enrollment", symmetric(f"bad id {tag}")),
+        ("enrollment", symmetric(f"typed-{tag}", provisioningStatus=7)),
+        (
+            "enrollment",
+            symmetric(f"both-{tag}") | {"attestation": {"type": "x509", "x509": both_kinds}},
+        ),
+        (
+            "enrollmentGroup",
+            {
+                "enrollmentGroupId": f"mixed-{tag}",
+                "attestation": {"type": "x509", "x509": reference_and_signer},
+            },
+        ),
+        (
+            "enrollmentGroup",
+            {
+                "enrollmentGroupId": f"group-{tag}",
+                "attestation": {"type": "symmetricKey", "symmetricKey": keys},
+            },
+        ),
+    ]
+    file = tmp_path / "fleet.jsonl"
+    file.write_text("".join(json.dumps({"kind": k, "record": r}) + "\n" for k, r in records))
+
+    planned, plan = run_import(target_info, file, "--dry-run")
+    assert error_line(planned) == "error: 5 records would fail (reasons above)"
+    assert counts(plan) == {"created": 2, "updated": 0, "skipped": 1, "failed": 5}
+    assert held_ids(target_info) == ([held["registrationId"]], [])  # nothing written
+    predicted = {key: ids for key, ids in reasons(plan).items() if key[0] == "failed"}
+    assert sorted(ids[0] for ids in predicted.values()) == sorted(
+        [f"badkey-{tag}", f"bad id {tag}", f"typed-{tag}", f"both-{tag}", f"mixed-{tag}"]
+    )
+    assert all(re.fullmatch(r"4\d\d\d\d\d \S.*", reason) for _, reason in predicted), predicted
+    assert reasons(plan)["skipped", ALREADY_THERE] == [held["registrationId"]]
+
+    imported, done = run_import(target_info, file)
+    assert error_line(imported) == "error: 5 records failed (reasons above)"
+    assert counts(done) == counts(plan)
+    assert {key: ids for key, ids in reasons(done).items() if key[0] == "failed"} == predicted
+
+    human = invoke("import", str(file), "--dry-run", *target(target_info))
+    assert error_line(human) == "error: 5 records would fail (reasons above)"
+    assert "0 created, 0 updated, 3 skipped, 5 failed" in human.stdout
+    for _, reason in predicted:
+        assert reason in human.stdout

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, TextIO
 
 import typer
 
-from dpsd.cli.output import Output, OutputOption, print_json
+from dpsd.cli.output import Output, OutputOption, format_rows, print_json
 from dpsd.cli.target import (
     CaFileOption,
     ConnectionStringOption,
@@ -146,9 +146,6 @@ def _count_lines(path: Path) -> int:
 
 
 def _print_summary(summary: ImportSummary, dry_run: bool, output: Output) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     from dpsd.cli.transfer import Outcome
 
     counts = {outcome.value: summary.counts[outcome] for outcome in Outcome}
@@ -164,14 +161,15 @@ def _print_summary(summary: ImportSummary, dry_run: bool, output: Output) -> Non
             }
         )
         return
-    console = Console(highlight=False)
     prefix = "dry run, nothing written; the import would end with: " if dry_run else ""
-    console.print(prefix + ", ".join(f"{n} {name}" for name, n in counts.items()))
+    typer.echo(prefix + ", ".join(f"{n} {name}" for name, n in counts.items()))
     if summary.reasons:
-        table = Table("outcome", "reason", "count", "for example")
-        for outcome, reason, n, where in summary.reason_counts():
-            table.add_row(str(outcome), reason, str(n), ", ".join(where))
-        console.print(table)
+        rows = [("outcome", "reason", "count", "for example")]
+        rows.extend(
+            (str(outcome), reason, str(n), ", ".join(where))
+            for outcome, reason, n, where in summary.reason_counts()
+        )
+        typer.echo(format_rows(rows, header=True))
 
 
 def import_command(
@@ -180,7 +178,12 @@ def import_command(
         typer.Argument(exists=True, dir_okay=False, readable=True, help="A `dpsd export` file."),
     ],
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Only read the target: say what would be done.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Only read the target: say what would be created, updated, skipped or refused,"
+            " and why (each record checked as the service checks it).",
+        ),
     ] = False,
     update_existing: Annotated[
         bool,
@@ -200,6 +203,7 @@ def import_command(
     Records already there are skipped, so an interrupted import resumes where it stopped."""
     import asyncio
 
+    from dpsd.cli.dry_run import refusal
     from dpsd.cli.transfer import ImportSummary, Outcome, import_fleet
 
     target = TargetOptions(connection_string, ca_file, data_dir, database).resolve()
@@ -222,6 +226,7 @@ def import_command(
                         dry_run=dry_run,
                         concurrency=concurrency,
                         progress=advance,
+                        check=refusal if dry_run else None,
                     )
 
             asyncio.run(run())
@@ -229,4 +234,9 @@ def import_command(
         _print_summary(summary, dry_run, output)
     if summary.counts[Outcome.failed]:
         failed = summary.counts[Outcome.failed]
-        fail(f"{failed} record{'s' if failed != 1 else ''} failed (reasons above)")
+        records = f"{failed} record{'s' if failed != 1 else ''}"
+        fail(
+            f"{records} would fail (reasons above)"
+            if dry_run
+            else f"{records} failed (reasons above)"
+        )

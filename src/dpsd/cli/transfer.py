@@ -65,6 +65,10 @@ def _operations(client: AsyncDpsServiceClient, kind: Kind) -> AsyncEnrollmentOpe
 Progress = Callable[[int], None]
 """Told how many more records are done."""
 
+Check = Callable[["Kind", Record, bool], str | None]
+"""Why the target would refuse a record (``CODE message``), found without sending it; None
+when it would take it. Its last argument: whether the target holds the record."""
+
 
 # --- export ---------------------------------------------------------------------------------
 
@@ -271,6 +275,11 @@ CERTIFICATES_NOT_IN_FILE = (
 )
 
 
+ALREADY_THERE = "the target holds it already (--update-existing writes over it)"
+WRITTEN_OVER = "the target holds it: --update-existing writes over it"
+NEW_THERE = "the target does not hold it"
+
+
 def lacks_certificates(record: Record) -> bool:
     """Whether an X.509 certificate of the record is there only as its info, as exported."""
     attestation = record.get("attestation")
@@ -294,6 +303,8 @@ class Importer:
     summary: ImportSummary
     update_existing: bool
     dry_run: bool
+    check: Check | None = None
+    """Used by a dry run: the checks the service makes of a record before it writes it."""
 
     async def run(self, batch: list[Entry]) -> None:
         kind = batch[0].kind
@@ -360,7 +371,7 @@ class Importer:
         async def held(entry: Entry) -> bool:
             try:
                 await operations.get(entry.identifier)
-            except NotFoundError:
+            except (NotFoundError, BadRequestError):  # an id the target refuses it cannot hold
                 return False
             return True
 
@@ -383,16 +394,23 @@ class Importer:
         return held
 
     async def _plan(self, kind: Kind, batch: list[Entry]) -> None:
-        """What the import would do: reads only."""
+        """What the import would do, and why, for each record: reads only."""
         for entry, is_held in zip(batch, await self._held(kind, batch), strict=True):
-            if is_held:
-                self.summary.add(Outcome.updated if self.update_existing else Outcome.skipped)
-            elif lacks_certificates(entry.record):
+            if is_held and not self.update_existing:
+                self.summary.add_with_reason(Outcome.skipped, ALREADY_THERE, entry.identifier)
+                continue
+            if not is_held and lacks_certificates(entry.record):
                 self.summary.add_with_reason(
                     Outcome.failed, CERTIFICATES_NOT_IN_FILE, entry.identifier
                 )
+                continue
+            refused = self.check(kind, entry.record, is_held) if self.check else None
+            if refused is not None:
+                self.summary.add_with_reason(Outcome.failed, refused, entry.identifier)
+            elif is_held:
+                self.summary.add_with_reason(Outcome.updated, WRITTEN_OVER, entry.identifier)
             else:
-                self.summary.add(Outcome.created)
+                self.summary.add_with_reason(Outcome.created, NEW_THERE, entry.identifier)
 
 
 async def run_bounded(
@@ -423,9 +441,11 @@ async def import_fleet(
     dry_run: bool,
     concurrency: int,
     progress: Progress,
+    check: Check | None = None,
 ) -> None:
-    """Import every line into ``summary``, which holds what was done even if this raises."""
-    importer = Importer(client, summary, update_existing, dry_run)
+    """Import every line into ``summary``, which holds what was done even if this raises.
+    A dry run reads the target only, and refuses what ``check`` refuses."""
+    importer = Importer(client, summary, update_existing, dry_run, check)
 
     async def step(batch: list[Entry] | BadLine) -> None:
         if isinstance(batch, BadLine):

@@ -101,7 +101,9 @@ def _bulk_items(mode: str | None, items: list[W] | None, what: str) -> tuple[Bul
     return parsed, items
 
 
-def _drafts(items: list[W], to_draft: Callable[[W], D], what: str) -> list[D]:
+def bulk_drafts(items: list[W], to_draft: Callable[[W], D], what: str) -> list[D]:
+    """The items of a bulk operation as drafts; an item that is none refuses the whole
+    request, naming it (``dpsd import --dry-run`` reads records so too)."""
     drafts = []
     for index, item in enumerate(items):
         try:
@@ -242,7 +244,7 @@ class ProvisioningRecords(Generic[W, D, Rec, F]):
         shape = self._kind.bulk
         operation = await read_json(request, shape.operation)
         mode, items = _bulk_items(operation.mode, shape.items(operation), shape.field)
-        drafts = _drafts(items, self._kind.to_draft, shape.field)
+        drafts = bulk_drafts(items, self._kind.to_draft, shape.field)
         failures = await self._service.run_bulk_operation(mode, drafts, [i.etag for i in items])
         return json_response(shape.result(failures))
 

@@ -64,7 +64,7 @@ class EnrollmentGroupService:
         self, path_id: str, draft: EnrollmentGroupDraft, if_match: str | None
     ) -> EnrollmentGroup:
         """PUT /enrollmentGroups/{id}: the same etag rules as individual enrollments."""
-        _check_draft(path_id, draft)
+        check_draft(path_id, draft)
         referenced, dangling = await self._ca_references(draft.settings.attestation)
 
         def build(stored: EnrollmentGroup | None) -> EnrollmentGroup:
@@ -237,7 +237,9 @@ def _already_exists(group: EnrollmentGroup) -> EnrollmentGroupAlreadyExists:
     return EnrollmentGroupAlreadyExists(group.enrollment_group_id)
 
 
-def _check_draft(path_id: str, draft: EnrollmentGroupDraft) -> None:
+def check_draft(path_id: str, draft: EnrollmentGroupDraft) -> None:
+    """What the service checks of an enrollment group before it reads the store (also what
+    ``dpsd import --dry-run`` checks of each record)."""
     validate_registration_id(path_id, what="id in the path")
     validate_registration_id(draft.enrollment_group_id, what="enrollmentGroupId")
     if id_key(path_id) != id_key(draft.enrollment_group_id):

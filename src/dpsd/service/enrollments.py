@@ -69,7 +69,7 @@ class EnrollmentService:
         self, path_id: str, draft: IndividualEnrollmentDraft, if_match: str | None
     ) -> IndividualEnrollment:
         """PUT /enrollments/{id}: create without If-Match, otherwise update at that etag."""
-        _check_draft(path_id, draft)
+        check_draft(path_id, draft)
 
         def build(stored: IndividualEnrollment | None) -> IndividualEnrollment:
             now = self.clock.now()
@@ -189,7 +189,9 @@ def _already_exists(enrollment: IndividualEnrollment) -> EnrollmentAlreadyExists
     return EnrollmentAlreadyExists(enrollment.registration_id)
 
 
-def _check_draft(path_id: str, draft: IndividualEnrollmentDraft) -> None:
+def check_draft(path_id: str, draft: IndividualEnrollmentDraft) -> None:
+    """What the service checks of an individual enrollment before it reads the store (also what
+    ``dpsd import --dry-run`` checks of each record)."""
     validate_registration_id(path_id, what="id in the path")
     validate_registration_id(draft.registration_id)
     if id_key(path_id) != id_key(draft.registration_id):
