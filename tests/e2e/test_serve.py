@@ -89,8 +89,11 @@ def test_info_is_a_table_for_people_and_json_for_scripts(
     as_json = run_dpsd("info", "-o", "json", *data)
     assert as_json.returncode == 0, as_json.stderr
     assert json.loads(as_json.stdout) == dpsd_info  # as --json (the older name) gave it
-    human = run_dpsd("info", *data)
+    human = run_dpsd("info", "--show-keys", *data)
     assert human.returncode == 0, human.stderr
+    plain = run_dpsd("info", *data).stdout
+    assert "SharedAccessKey" not in plain
+    assert re.search(r"^connection string +hidden \(it holds a key\): --show-keys$", plain, re.M)
     recorded = json.loads(endpoints_path(dpsd_server.data_dir).read_text())
     expected = {
         "ID scope": dpsd_info["idScope"],

@@ -35,7 +35,15 @@ from dpsd.cli.options import (
     make_settings,
     worker_count,
 )
-from dpsd.cli.output import JsonOption, Output, OutputOption, chosen, print_fields, print_json
+from dpsd.cli.output import (
+    JsonOption,
+    Output,
+    OutputOption,
+    ShowKeys,
+    chosen,
+    print_fields,
+    print_json,
+)
 from dpsd.cli.store import opening_store
 from dpsd.cli.supervised import record_workers, serve_supervised
 from dpsd.data_dir import loose_permissions
@@ -185,6 +193,7 @@ def serve_command(
 
 
 def info_command(
+    keys: ShowKeys = False,
     output: OutputOption = Output.table,
     as_json: JsonOption = False,
     data_dir: DataDir = None,
@@ -197,7 +206,8 @@ def info_command(
 ) -> None:
     """Print the ID scope, connection string, CA certificate and endpoints.
 
-    The endpoints are those of the server running on the data dir, if one is. Initialises
+    The endpoints are those of the server running on the data dir, if one is; the owner
+    policy's connection string is shown with --show-keys (JSON always has it). Initialises
     the data dir when it is new, exactly as the first dpsd serve would.
     """
     settings = make_settings(data_dir, database, host, https_port, http_port, hostname, tls_name)
@@ -224,7 +234,10 @@ def info_command(
         [
             ("version", info["version"]),
             ("ID scope", info["idScope"]),
-            ("connection string", info["serviceConnectionString"]),
+            (
+                "connection string",
+                info["serviceConnectionString"] if keys else "hidden (it holds a key): --show-keys",
+            ),
             ("CA certificate", info["caCertificatePath"]),
             ("HTTPS endpoint", endpoints.https),
             ("HTTP endpoint", endpoints.http or "off"),
