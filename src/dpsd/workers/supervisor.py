@@ -110,7 +110,10 @@ class Supervisor:
         self._selector.register(wake_read, selectors.EVENT_READ)
         try:
             for number in range(1, self._count + 1):
-                self._start(number)
+                if not self._start(number):
+                    self._exit_code = 1
+                    self.stop()
+                    break
             while self._workers or (self._due and not self._stopping):
                 for key, _ in self._selector.select(self._wait_time()):
                     if key.fileobj is wake_read:
@@ -129,9 +132,18 @@ class Supervisor:
             for end in self._wakeup:
                 end.close()
 
-    def _start(self, number: int) -> None:
-        parent_end, child_end = socket.socketpair()
-        pid = os.fork()
+    def _start(self, number: int) -> bool:
+        """Fork worker ``number``; False when the system would not (said in the log)."""
+        try:
+            parent_end, child_end = socket.socketpair()
+        except OSError as error:
+            return _cannot_start(number, error)
+        try:
+            pid = os.fork()
+        except OSError as error:
+            parent_end.close()
+            child_end.close()
+            return _cannot_start(number, error)
         if pid == 0:  # the worker: never returns
             self._become_worker(number, parent_end, child_end)
         child_end.close()
@@ -140,6 +152,7 @@ class Supervisor:
         self._workers[pid] = worker
         self._selector.register(parent_end, selectors.EVENT_READ, worker)
         logger.info("worker %(worker)d started", {"worker": number, "pid": pid, "event": "started"})
+        return True
 
     def _become_worker(
         self, number: int, parent_end: socket.socket, child_end: socket.socket
@@ -286,7 +299,8 @@ class Supervisor:
         for number, due in list(self._due.items()):
             if due <= now and not self._stopping:
                 del self._due[number]
-                self._start(number)
+                if not self._start(number):
+                    self._due[number] = now + MAX_BACKOFF_SECONDS
 
     def _kill_late(self) -> None:
         if self._kill_at is None or self._clock() < self._kill_at:
@@ -299,6 +313,13 @@ class Supervisor:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, signal.SIGKILL)
         self._kill_at = None
+
+
+def _cannot_start(number: int, error: OSError) -> bool:
+    logger.error(
+        "cannot start worker %(worker)d: %(error)s", {"worker": number, "error": str(error)}
+    )
+    return False
 
 
 def _note(_signum: int, _frame: object) -> None:

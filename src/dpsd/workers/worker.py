@@ -2,8 +2,9 @@
 the listening sockets its supervisor bound, beside N - 1 others.
 
 What a worker keeps in memory that the others need is the certificates its device
-handshakes trust: a certificate an enrollment written through this worker adds is passed
-to the others through the supervisor, before the write is answered. The rest lives in the
+handshakes trust: a certificate an enrollment written through this worker adds is sent to
+the others through the supervisor before the write is answered, and each takes it as soon
+as its event loop reads it. The rest lives in the
 store (registration operations, so any worker answers any poll; built-in hubs and their
 devices; linked hubs, read at each assignment) or in the data dir (the built-in hubs'
 certificates, which every worker reads when a client first asks for a hub's name and again
