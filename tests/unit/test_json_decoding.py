@@ -23,23 +23,23 @@ BEYOND_THE_DECODER = 5000
 """Deeper than Python's recursion limit lets msgspec follow."""
 SYMMETRIC_KEY = {"type": "symmetricKey"}
 
-# (model, body with a slot, levels of objects and arrays around the slot, whether the model
-# keeps what is in the slot)
+# (model, body with a slot, levels of objects and arrays around the slot (the body's own
+# object counts; the slot's key does not add one), whether the model keeps what is in it)
 SLOTS: list[tuple[type[Any], Any, int, bool]] = [
     (
         wire.IndividualEnrollmentWire,
         {"registrationId": "a", "initialTwin": {"tags": DEEP}},
-        3,
+        2,
         True,
     ),
     (wire.IndividualEnrollmentWire, {"optionalDeviceInformation": {"x": DEEP}}, 2, True),
     (wire.IndividualEnrollmentWire, {"registrationState": {"payload": DEEP}}, 2, True),
     (wire.IndividualEnrollmentWire, {"attestation": SYMMETRIC_KEY, "unknown": DEEP}, 1, False),
-    (wire.EnrollmentGroupWire, {"initialTwin": {"properties": {"desired": DEEP}}}, 4, True),
+    (wire.EnrollmentGroupWire, {"initialTwin": {"properties": {"desired": DEEP}}}, 3, True),
     (
         wire.BulkEnrollmentOperationWire,
         {"mode": "create", "enrollments": [{"initialTwin": {"tags": DEEP}}]},
-        5,
+        4,
         True,
     ),
     (
@@ -93,6 +93,24 @@ def test_refused_exactly_beyond_the_limit(
         return  # the slot takes an object, not an array: the schema refuses it
     assert total <= MAX_JSON_DEPTH or not kept
     assert decoded == msgspec.json.decode(body, type=model)
+
+
+@pytest.mark.parametrize(("model", "template", "around", "kept"), SLOTS)
+def test_the_limit_falls_between_64_and_65_levels(
+    model: type[Any], template: Any, around: int, kept: bool
+) -> None:
+    """The boundary itself, which random counts reach only now and then."""
+    at_the_limit = MAX_JSON_DEPTH - around - 1  # arrays around an empty object
+    within = fill(template, nested({}, at_the_limit))
+    beyond = fill(template, nested({}, at_the_limit + 1))
+    with contextlib.suppress(msgspec.ValidationError):
+        decode_json(within, model)
+    if kept:
+        with pytest.raises((JsonTooDeep, msgspec.ValidationError)):
+            decode_json(beyond, model)
+    else:
+        with contextlib.suppress(msgspec.ValidationError):
+            decode_json(beyond, model)
 
 
 @pytest.mark.parametrize(("model", "template", "around", "kept"), SLOTS)
