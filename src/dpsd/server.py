@@ -19,6 +19,7 @@ import uvicorn
 
 from dpsd.app import Runtime
 from dpsd.client_tls import ClientCertificateWebSocketProtocol
+from dpsd.devices.shedding import LoopDelay, Shedding
 from dpsd.endpoints import Endpoints, endpoints_file, record_endpoints
 from dpsd.http.server_protocol import BoundedHeadProtocol
 from dpsd.settings import Settings
@@ -157,20 +158,28 @@ async def serve(runtime: Runtime, on_ready: Callable[[Endpoints], None]) -> None
         listeners.close()
 
 
-async def _device_servers(runtime: Runtime, listeners: Listeners) -> list[asyncio.Server]:
+async def _device_servers(
+    runtime: Runtime, listeners: Listeners, delay: LoopDelay
+) -> list[asyncio.Server]:
     """TLS servers on the device sockets (client certificates asked for, as on HTTPS), on
     dpsd's own TLS (``dpsd.tls_transport``). A TLS handshake gets as long as a protocol's
-    handshake: it happens before admission."""
-    handlers = ((listeners.mqtt, runtime.mqtt.handle), (listeners.amqp, runtime.amqp.handle))
+    handshake: it happens before admission. While the loop runs ``delay`` late beyond the
+    settings' bound, new connections are closed before TLS (``dpsd.devices.shedding``)."""
+    handlers = (
+        ("mqtt", listeners.mqtt, runtime.mqtt.handle),
+        ("amqp", listeners.amqp, runtime.amqp.handle),
+    )
+    bound = runtime.settings.max_loop_delay
     return [
         await start_tls_server(
             handle,
             runtime.client_trust.context,
             handshake_timeout=DEVICE_TLS_HANDSHAKE_SECONDS,
+            gate=Shedding(delay, bound, protocol, runtime.metrics).wrap,
             sock=listener,
             backlog=LISTEN_BACKLOG,  # asyncio listens again, with 100 unless told
         )
-        for listener, handle in handlers
+        for protocol, listener, handle in handlers
         if listener is not None
     ]
 
@@ -193,7 +202,8 @@ async def serve_on(
     if listeners.metrics is not None:
         served.append((_metrics_listener(runtime), listeners.metrics))
     servers = [server for server, _ in served]
-    device_servers = await _device_servers(runtime, listeners)
+    delay = LoopDelay()
+    device_servers = await _device_servers(runtime, listeners, delay)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _stop, servers)
@@ -205,10 +215,12 @@ async def serve_on(
             record_endpoints(settings.data_dir, endpoints)
         on_ready(endpoints)
         refresher = asyncio.create_task(_refresh_trust(runtime, issue_hub_certificates))
+        watcher = asyncio.create_task(delay.watch())
         try:
             await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in served))
         finally:
             refresher.cancel()
+            watcher.cancel()
             for device_server in device_servers:
                 device_server.close()
             runtime.mqtt.close_all()

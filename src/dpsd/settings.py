@@ -20,6 +20,7 @@ DEFAULT_WEBHOOK_TIMEOUT = 10.0
 DEFAULT_HUB_TIMEOUT = 10.0
 MIN_TIMEOUT = 0.1
 DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT = 1000
+DEFAULT_MAX_LOOP_DELAY = 2.0
 MAX_TIMEOUT = 120.0
 MAX_WORKERS = 256
 
@@ -59,6 +60,9 @@ class Settings:
     """Register requests allowed per instance (None: no limit)."""
     device_poll_rate: Rate | None = None
     """Polls and status lookups allowed per device (None: no limit)."""
+    max_loop_delay: float | None = DEFAULT_MAX_LOOP_DELAY
+    """Seconds the event loop may run late before new device connections are refused
+    (None: never)."""
     workers: int = 1
 
     def __post_init__(self) -> None:
@@ -83,6 +87,11 @@ class Settings:
                     f"not {seconds:g}"
                 )
         _ = self.throttle_limits  # refuses limits the policy cannot work with
+        if self.max_loop_delay is not None and not 0 < self.max_loop_delay <= MAX_TIMEOUT:
+            raise ValueError(
+                f"the loop delay bound must be more than 0 and at most {MAX_TIMEOUT:g} seconds, "
+                f"not {self.max_loop_delay:g}"
+            )
         if not 1 <= self.workers <= MAX_WORKERS:
             raise ValueError(f"workers must be 1 to {MAX_WORKERS}, not {self.workers}")
         if not self.hostname:

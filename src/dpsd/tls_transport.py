@@ -372,10 +372,12 @@ async def start_tls_server(
     *,
     handshake_timeout: float,
     limit: int = STREAM_LIMIT,
+    gate: Callable[[AppProtocolFactory], AppProtocolFactory] | None = None,
     **listen: Any,
 ) -> asyncio.Server:
     """``asyncio.start_server(client_connected, ssl=context, ...)`` on this module's TLS:
     ``client_connected`` gets the streams of each connection once its handshake is done;
+    ``gate``: what decides, at accept, whether a connection gets TLS at all;
     ``listen``: ``loop.create_server``'s (``sock``, or ``host`` and ``port``)."""
     loop = asyncio.get_running_loop()
 
@@ -383,5 +385,7 @@ async def start_tls_server(
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         return asyncio.StreamReaderProtocol(reader, client_connected, loop=loop)
 
-    factory = tls_protocol_factory(context, streams, handshake_timeout=handshake_timeout)
-    return await loop.create_server(factory, **listen)
+    factory: AppProtocolFactory = tls_protocol_factory(
+        context, streams, handshake_timeout=handshake_timeout
+    )
+    return await loop.create_server(gate(factory) if gate else factory, **listen)

@@ -100,3 +100,13 @@ def test_a_hostname_given_is_kept_whatever_the_host(tmp_path: Path) -> None:
     unnamed = make_settings(tmp_path, None, host="127.0.0.110")
     assert unnamed.hostname == "127.0.0.110"
     assert "127.0.0.110" in unnamed.certificate_names
+
+
+def test_the_loop_delay_bound_defaults_to_two_seconds_and_zero_turns_it_off(
+    tmp_path: Path,
+) -> None:
+    assert Settings(data_dir=tmp_path).max_loop_delay == 2.0
+    assert make_settings(tmp_path, None, max_loop_delay=0).max_loop_delay is None
+    assert make_settings(tmp_path, None, max_loop_delay=0.5).max_loop_delay == 0.5
+    with pytest.raises(typer.BadParameter, match="loop delay"):
+        make_settings(tmp_path, None, max_loop_delay=-1)

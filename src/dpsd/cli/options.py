@@ -14,6 +14,7 @@ from dpsd.settings import (
     DEFAULT_HOST,
     DEFAULT_HTTPS_PORT,
     DEFAULT_HUB_TIMEOUT,
+    DEFAULT_MAX_LOOP_DELAY,
     DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT,
     DEFAULT_MQTT_PORT,
     DEFAULT_RETRY_AFTER,
@@ -179,6 +180,16 @@ DevicePollRate = Annotated[
         "are answered 429 (off by default).",
     ),
 ]
+MaxLoopDelay = Annotated[
+    float,
+    typer.Option(
+        "--max-loop-delay",
+        envvar="DPSD_MAX_LOOP_DELAY",
+        metavar="SECONDS",
+        help="While dpsd runs this many seconds behind, new device connections are closed "
+        "before TLS so that connected devices are served in time (0: never).",
+    ),
+]
 Workers = Annotated[
     str,
     typer.Option(
@@ -216,6 +227,7 @@ def make_settings(
     max_registrations_in_flight: int = DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT,
     registration_rate: str | None = None,
     device_poll_rate: str | None = None,
+    max_loop_delay: float = DEFAULT_MAX_LOOP_DELAY,
     workers: int = 1,
 ) -> Settings:
     """Without ``--database``, a data dir keeps the store it was first served with."""
@@ -243,6 +255,7 @@ def make_settings(
             max_registrations_in_flight=max_registrations_in_flight or None,
             registration_rate=_rate_or_off(registration_rate),
             device_poll_rate=_rate_or_off(device_poll_rate),
+            max_loop_delay=max_loop_delay or None,
             workers=workers,
         )
     except ValueError as error:

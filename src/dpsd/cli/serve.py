@@ -24,6 +24,7 @@ from dpsd.cli.options import (
     Location,
     LogFormatOption,
     LogLevelOption,
+    MaxLoopDelay,
     MaxRegistrationsInFlight,
     MetricsPort,
     MqttPort,
@@ -54,6 +55,7 @@ from dpsd.settings import (
     DEFAULT_HOST,
     DEFAULT_HTTPS_PORT,
     DEFAULT_HUB_TIMEOUT,
+    DEFAULT_MAX_LOOP_DELAY,
     DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT,
     DEFAULT_MQTT_PORT,
     DEFAULT_RETRY_AFTER,
@@ -140,6 +142,7 @@ def serve_command(
     max_registrations_in_flight: MaxRegistrationsInFlight = DEFAULT_MAX_REGISTRATIONS_IN_FLIGHT,
     registration_rate: RegistrationRate = None,
     device_poll_rate: DevicePollRate = None,
+    max_loop_delay: MaxLoopDelay = DEFAULT_MAX_LOOP_DELAY,
     log_level: LogLevelOption = LogLevel.INFO,
     log_format: LogFormatOption = LogFormat.TEXT,
     workers: Workers = "1",
@@ -164,6 +167,7 @@ def serve_command(
         max_registrations_in_flight=max_registrations_in_flight,
         registration_rate=registration_rate,
         device_poll_rate=device_poll_rate,
+        max_loop_delay=max_loop_delay,
         workers=worker_count(workers),
     )
     configure_logging(log_level, log_format)

@@ -133,6 +133,13 @@ class Metrics:
         )
         self._shared = shared is not None
         self._in_flight_count: Callable[[], int] | None = None
+        self._shed = Counter(
+            "dpsd_device_connections_shed",
+            "Device connections closed before TLS because dpsd ran late (--max-loop-delay), "
+            "by protocol",
+            ["protocol"],
+            registry=registry,
+        )
         self._store_errors = Counter(
             "dpsd_store_errors", "Store statements that failed", registry=registry
         )
@@ -179,6 +186,9 @@ class Metrics:
         (workers call this every second); nothing for a process counting alone."""
         if self._in_flight_count is not None:
             self._in_flight.set(self._in_flight_count())
+
+    def connection_shed(self, protocol: str) -> None:
+        self._shed.labels(protocol).inc()
 
     def connection_opened(self, protocol: str) -> None:
         self._connections.labels(protocol).inc()
