@@ -271,13 +271,18 @@ def report(results: list[Result], names: list[str], workers: int) -> list[str]:
     lines.append(f"workers {workers} / workers 1:   {rates[many] / rates[one]:.2f}")
     lines.append(f"workers {workers} / {separate}:   {rates[many] / rates[separate]:.2f}")
     lines.append(f"{separate} / workers 1:   {rates[separate] / rates[one]:.2f}")
+    per_round = []
     for round_number in sorted({result.round for result in results}):
         by_name = {r.configuration: r.rate for r in results if r.round == round_number}
+        per_round.append(by_name[many] / by_name[separate])
         lines.append(
             f"round {round_number}: workers {workers} / {separate} "
             f"{by_name[many] / by_name[separate]:.2f}, workers {workers} / workers 1 "
             f"{by_name[many] / by_name[one]:.2f}"
         )
+    lines.append(
+        f"median of the rounds' workers {workers} / {separate}: {statistics.median(per_round):.2f}"
+    )
     return lines
 
 

@@ -281,7 +281,10 @@ def test_metrics_are_counted_over_every_worker(server: DpsdProcess) -> None:
         after = registrations_counted(server)
     assert after - before == 2
     scraped = httpx.get(recorded(server)["metrics"], timeout=10).text
-    assert re.search(r"^dpsd_registrations_in_flight 0\.0$", scraped, re.MULTILINE), scraped
+    # one sample summed over the workers (each writes its own count every second)
+    in_flight = re.findall(r"^dpsd_registrations_in_flight\S* .*$", scraped, re.MULTILINE)
+    assert len(in_flight) == 1, scraped
+    assert re.fullmatch(r"dpsd_registrations_in_flight \d+\.0", in_flight[0]), in_flight
     assert "process_cpu_seconds_total" not in scraped
 
 

@@ -50,6 +50,7 @@ SEND_TIMEOUT_SECONDS = 2.0
 READ_SIZE = 256 * 1024
 PR_SET_PDEATHSIG = 1
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+HANDLED_SIGNALS = (*STOP_SIGNALS, signal.SIGCHLD)
 logger = logging.getLogger("dpsd.supervisor")
 
 Work = Callable[[int, socket.socket], int]
@@ -96,6 +97,7 @@ class Supervisor:
         self._kill_at: float | None = None
         self._exit_code = 0
         self._wakeup: tuple[socket.socket, socket.socket] | None = None
+        self._pid = os.getpid()
 
     def run(self) -> int:
         """Start the workers and supervise them until they have all ended: the exit code."""
@@ -104,9 +106,7 @@ class Supervisor:
         for end in self._wakeup:
             end.setblocking(False)
         previous = signal.set_wakeup_fd(wake_write.fileno(), warn_on_full_buffer=False)
-        handlers = {
-            signum: signal.signal(signum, _note) for signum in (*STOP_SIGNALS, signal.SIGCHLD)
-        }
+        handlers = {signum: signal.signal(signum, _note) for signum in HANDLED_SIGNALS}
         self._selector.register(wake_read, selectors.EVENT_READ)
         try:
             for number in range(1, self._count + 1):
@@ -138,12 +138,18 @@ class Supervisor:
             parent_end, child_end = socket.socketpair()
         except OSError as error:
             return _cannot_start(number, error)
+        # Signals wait until the worker has its own handlers: the supervisor's would take a
+        # signal meant for the worker as its own.
+        signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
         try:
             pid = os.fork()
         except OSError as error:
             parent_end.close()
             child_end.close()
             return _cannot_start(number, error)
+        finally:
+            if os.getpid() == self._pid:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
         if pid == 0:  # the worker: never returns
             self._become_worker(number, parent_end, child_end)
         child_end.close()
@@ -164,6 +170,7 @@ class Supervisor:
             for signum in STOP_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, HANDLED_SIGNALS)
             parent_end.close()
             for other in self._workers.values():
                 other.channel.close()
