@@ -17,9 +17,11 @@ import re
 import signal
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +132,13 @@ def device_token(server: DpsdProcess, registration_id: str) -> str:
 
 
 def device_request(
-    server: DpsdProcess, method: str, registration_id: str, path: str
+    server: DpsdProcess, method: str, registration_id: str, path: str, token: str | None = None
 ) -> httpx.Response:
-    """One request over a new HTTPS connection (so that it goes to a worker accepting now)."""
+    """One request over a new HTTPS connection (so that it goes to a worker accepting now),
+    signed with ``token`` (default: the group's derived key)."""
     scope = server.info["idScope"]
     url = f"{server.info['endpoints']['https']}/{scope}/registrations/{registration_id}{path}"
-    headers = {"Authorization": device_token(server, registration_id)}
+    headers = {"Authorization": token or device_token(server, registration_id)}
     body = {"registrationId": registration_id} if method == "PUT" else None
     context = ssl.create_default_context(cafile=server.info["caCertificatePath"])
     with httpx.Client(verify=context, timeout=10) as client:
@@ -164,6 +167,12 @@ def test_the_banner_and_endpoints_name_the_supervisor_and_its_workers(
     assert all(alive(pid) for pid in workers)
     assert f"Workers            2 processes (pids {workers[0]}, {workers[1]})" in server.output()
     assert re.search(r"dpsd\.supervisor: worker 1 started  pid=\d+", server.output())
+    context = ssl.create_default_context(cafile=server.info["caCertificatePath"])
+    for number in (1, 2):
+        with only(server, number), httpx.Client(verify=context, timeout=10) as client:
+            for probe, answer in (("/healthz", "ok"), ("/readyz", "ready")):
+                response = client.get(f"{server.info['endpoints']['https']}{probe}")
+                assert response.json() == {"status": answer}, (number, probe, response.text)
 
 
 def test_a_device_registers_on_one_worker_and_polls_the_other_over_https(
@@ -240,6 +249,81 @@ def test_workers_writing_at_once_answer_every_device(server: DpsdProcess) -> Non
     assert served_by(server, r"PUT /\S+/registrations/\S+-burst-\d+/register") == {1, 2}
     assert "store_unavailable" not in server.output()
     assert "database is locked" not in server.output()
+
+
+@contextlib.contextmanager
+def held_webhook(hub: str, release: threading.Event) -> Iterator[str]:
+    """A custom allocation webhook that picks ``hub`` once ``release`` is set; its URL."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            release.wait(RESTART_TIMEOUT)
+            data = json.dumps({"iotHubHostName": hub}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    webhook = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=webhook.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{webhook.server_address[1]}/allocate"
+    finally:
+        release.set()
+        webhook.shutdown()
+        webhook.server_close()
+        thread.join(timeout=10)
+
+
+def test_an_assignment_one_worker_finishes_in_the_background_is_polled_on_the_other(
+    server: DpsdProcess,
+) -> None:
+    """A custom allocation runs after register answered: the worker that took the register
+    finishes it, and the other worker's polls see it assigning, then assigned."""
+    registration_id = device_id(server, "custom-1")
+    key = base64.b64encode(b"c" * 32).decode()
+    scope = server.info["idScope"]
+    token = sas_token(f"{scope}/registrations/{registration_id}", "registration", key)
+    release = threading.Event()
+    with held_webhook(HUB, release) as url:
+        sdk_client(server.info).enrollment.create_or_update(
+            id=registration_id,
+            enrollment={
+                "registrationId": registration_id,
+                "attestation": {
+                    "type": "symmetricKey",
+                    "symmetricKey": {"primaryKey": key, "secondaryKey": key},
+                },
+                "allocationPolicy": "custom",
+                "customAllocationDefinition": {"webhookUrl": url, "apiVersion": "2021-10-01"},
+            },
+        )
+        with only(server, 1):
+            started = device_request(server, "PUT", registration_id, "/register", token)
+        assert started.status_code == 202, started.text
+        operation = f"/operations/{started.json()['operationId']}"
+        with only(server, 2):
+            waiting = device_request(server, "GET", registration_id, operation, token)
+        assert waiting.json()["status"] == "assigning", waiting.text
+        release.set()
+        deadline = time.monotonic() + RESTART_TIMEOUT
+        while True:
+            with only(server, 2):
+                polled = device_request(server, "GET", registration_id, operation, token)
+            if polled.json()["status"] != "assigning":
+                break
+            assert time.monotonic() < deadline, polled.text
+            time.sleep(POLL_INTERVAL)  # worker 1 runs meanwhile: it finishes the assignment
+    assert polled.json()["status"] == "assigned", polled.text
+    assert polled.json()["registrationState"]["assignedHub"] == HUB
+    assert served_by(server, rf"https device {registration_id} assigned") == {1}
+    assert served_by(server, rf"GET /\S+/registrations/{registration_id}/operations/") == {2}
 
 
 def test_a_certificate_enrolled_through_one_worker_is_trusted_by_the_other(
