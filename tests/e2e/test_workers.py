@@ -34,9 +34,11 @@ from tests.conftest import sas_token
 from tests.e2e.process import DpsdProcess, endpoints_path, run_dpsd, sdk_client, start_dpsd
 from tests.e2e.test_x509_devices import provision, write_identity, x509_enrollment
 from tests.mqtt_device import BareMqttDevice
+from tests.tpm.soft_tpm import SoftTpm
 
 pytestmark = pytest.mark.e2e
 DEVICE_API = "?api-version=2019-03-31"
+TPM_API = "?api-version=2021-06-01"
 GROUP_KEY = base64.b64encode(b"w" * 64).decode()
 HUB = "workers-hub.example"
 RESTART_TIMEOUT = 30.0
@@ -324,6 +326,40 @@ def test_an_assignment_one_worker_finishes_in_the_background_is_polled_on_the_ot
     assert polled.json()["registrationState"]["assignedHub"] == HUB
     assert served_by(server, rf"https device {registration_id} assigned") == {1}
     assert served_by(server, rf"GET /\S+/registrations/{registration_id}/operations/") == {2}
+
+
+def test_a_tpm_challenge_from_one_worker_is_answered_on_the_other(server: DpsdProcess) -> None:
+    """The key a TPM device is challenged with lives in the store: the device may prove
+    it holds it to another worker than the one that challenged it."""
+    device = SoftTpm.make(7 if server.info["backend"] == "sqlite" else 8)
+    registration_id = device.registration_id()
+    sdk_client(server.info).enrollment.create_or_update(
+        id=registration_id,
+        enrollment={
+            "registrationId": registration_id,
+            "attestation": {"type": "tpm", "tpm": {"endorsementKey": device.ek_b64}},
+        },
+    )
+    scope = server.info["idScope"]
+    url = f"{server.info['endpoints']['https']}/{scope}/registrations/{registration_id}"
+    body = {
+        "registrationId": registration_id,
+        "tpm": {"endorsementKey": device.ek_b64, "storageRootKey": device.srk_b64},
+    }
+    context = ssl.create_default_context(cafile=server.info["caCertificatePath"])
+    with only(server, 1), httpx.Client(verify=context, timeout=10) as client:
+        challenged = client.put(f"{url}/register{TPM_API}", json=body)
+    assert challenged.status_code == 401, challenged.text
+    device.activate(base64.b64decode(challenged.json()["authenticationKey"]))
+    signed = {"Authorization": device.token(scope, registration_id)}
+    with only(server, 2), httpx.Client(verify=context, timeout=10, headers=signed) as client:
+        started = client.put(f"{url}/register{TPM_API}", json=body)
+        assert started.status_code == 202, started.text
+        operation = started.json()["operationId"]
+        polled = client.get(f"{url}/operations/{operation}{TPM_API}")
+    assert polled.json()["status"] == "assigned", polled.text
+    assert served_by(server, rf"PUT /\S+/registrations/{registration_id}/register\S* 401") == {1}
+    assert served_by(server, rf"PUT /\S+/registrations/{registration_id}/register\S* 202") == {2}
 
 
 def test_a_certificate_enrolled_through_one_worker_is_trusted_by_the_other(
