@@ -57,10 +57,18 @@ class DuplicateKey(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A statement compiled once, with the column names its parameters may set."""
+    """A statement compiled once, with the column names its parameters may set.
+    ``defaults``: the values the statement itself binds (a comparison with a constant, a
+    LIMIT), which the parameters of each execution complete."""
 
     statement: sa.Executable
     sql: str | None = None
+    defaults: Mapping[str, Any] | None = None
+
+    def bound(self, params: Params) -> dict[str, Any]:
+        if self.defaults is None:
+            return dict(params or {})
+        return {**self.defaults, **(params or {})}
 
 
 class Executor(Protocol):
@@ -224,8 +232,13 @@ class InlineSqliteExecutor:
     def prepare(self, statement: sa.Executable, columns: Sequence[str] = ()) -> Prepared:
         """Compiled to SQLite's own named-parameter SQL: executing it skips SQLAlchemy."""
         element = cast(ClauseElement, statement)
-        compiled = element.compile(dialect=_NAMED_SQLITE, column_keys=list(columns) or None)
-        return Prepared(statement, str(compiled))
+        compiled = element.compile(
+            dialect=_NAMED_SQLITE,
+            column_keys=list(columns) or None,
+            compile_kwargs={"render_postcompile": True},
+        )
+        defaults = {name: value for name, value in compiled.params.items() if value is not None}
+        return Prepared(statement, str(compiled), defaults or None)
 
     async def scalar(self, statement: Prepared | sa.Executable, params: Params = None) -> Any:
         try:
@@ -261,19 +274,19 @@ class InlineSqliteExecutor:
 
     def _scalar(self, statement: Prepared | sa.Executable, params: Params) -> Any:
         if isinstance(statement, Prepared) and statement.sql is not None:
-            row = self._raw.execute(statement.sql, dict(params or {})).fetchone()
+            row = self._raw.execute(statement.sql, statement.bound(params)).fetchone()
             return None if row is None else row[0]
         return self._connection.execute(_statement(statement), params).scalar_one_or_none()
 
     def _scalars(self, statement: Prepared | sa.Executable, params: Params) -> list[Any]:
         if isinstance(statement, Prepared) and statement.sql is not None:
-            return [row[0] for row in self._raw.execute(statement.sql, dict(params or {}))]
+            return [row[0] for row in self._raw.execute(statement.sql, statement.bound(params))]
         return list(self._connection.execute(_statement(statement), params).scalars().all())
 
     def _write(self, statement: Prepared | sa.Executable, params: Params) -> int:
         try:
             if isinstance(statement, Prepared) and statement.sql is not None:
-                return self._raw.execute(statement.sql, dict(params or {})).rowcount
+                return self._raw.execute(statement.sql, statement.bound(params)).rowcount
             return int(self._connection.execute(_statement(statement), params).rowcount)
         except (sqlite3.IntegrityError, IntegrityError) as error:
             raise DuplicateKey(str(error)) from error
@@ -282,7 +295,7 @@ class InlineSqliteExecutor:
         try:
             if isinstance(statement, Prepared) and statement.sql is not None:
                 # fetchall: the statement (and so its transaction) ends with its last row.
-                rows = self._raw.execute(statement.sql, dict(params or {})).fetchall()
+                rows = self._raw.execute(statement.sql, statement.bound(params)).fetchall()
             else:
                 rows = list(self._connection.execute(_statement(statement), params).all())
         except (sqlite3.IntegrityError, IntegrityError) as error:

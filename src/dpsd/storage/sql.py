@@ -105,8 +105,14 @@ def compile_condition(
             return sa.or_(*(compile_condition(operand, columns) for operand in operands))
 
 
+_QUERIES_KEPT = 64  # prepared queries kept per repository (the service's own, mostly)
+
+
 class SqlDocumentRepository(Generic[R]):
-    """The point statements are built once; SQLAlchemy caches their compiled form."""
+    """The point statements are built once, and so are the queries the service repeats
+    (its attestation's lookup of the groups, the list of linked hubs): a query is prepared
+    the first time its condition and limit are asked for, and kept (up to
+    ``_QUERIES_KEPT`` of them), so that running it again skips building and compiling it."""
 
     def __init__(self, executor: Executor, kind: DocumentKind[R]) -> None:
         self._executor = executor
@@ -134,6 +140,7 @@ class SqlDocumentRepository(Generic[R]):
             ),
             columns,
         )
+        self._queries: dict[tuple[Condition | None, bool, int], Prepared] = {}
 
     async def get(self, record_id: str) -> R | None:
         document = await self._executor.scalar(self._get, {"key": id_key(record_id)})
@@ -164,18 +171,35 @@ class SqlDocumentRepository(Generic[R]):
         await self._executor.write(self._upsert, self._kind.row(record))
 
     async def query(self, where: Condition | None, *, after: str | None, limit: int) -> list[R]:
-        filters = [] if where is None else [compile_condition(where, self._kind.query_columns)]
-        return await self._select(filters, after=after, limit=limit)
+        key = (where, after is not None, limit)
+        prepared = self._queries.get(key)
+        if prepared is None:
+            filters = [] if where is None else [compile_condition(where, self._kind.query_columns)]
+            prepared = self._executor.prepare(
+                self._statement(
+                    filters, sa.bindparam("after") if after is not None else None, limit
+                )
+            )
+            if len(self._queries) < _QUERIES_KEPT:
+                self._queries[key] = prepared
+        params = None if after is None else {"after": after}
+        documents = await self._executor.scalars(prepared, params)
+        return [self._kind.decode(document) for document in documents]
 
-    async def _select(
-        self, filters: list[sa.ColumnElement[bool]], *, after: str | None, limit: int
-    ) -> list[R]:
+    def _statement(
+        self, filters: list[sa.ColumnElement[bool]], after: Any, limit: int
+    ) -> sa.Select[tuple[str]]:
         statement = sa.select(self._table.c.document).order_by(self._table.c.id_key).limit(limit)
         for condition in filters:
             statement = statement.where(condition)
         if after is not None:
             statement = statement.where(self._table.c.id_key > after)
-        documents = await self._executor.scalars(statement)
+        return statement
+
+    async def _select(
+        self, filters: list[sa.ColumnElement[bool]], *, after: str | None, limit: int
+    ) -> list[R]:
+        documents = await self._executor.scalars(self._statement(filters, after, limit))
         return [self._kind.decode(document) for document in documents]
 
 
@@ -444,7 +468,7 @@ class SqlCertificateRepository(SqlDocumentRepository[CACertificate]):
         super().__init__(executor, CA_CERTIFICATES)
 
     async def list(self) -> list[CACertificate]:
-        return await self._select([], after=None, limit=1_000_000)
+        return await self.query(None, after=None, limit=1_000_000)
 
 
 class SqlRegistrationStateRepository(SqlDocumentRepository[DeviceRegistrationState]):
@@ -485,7 +509,7 @@ class SqlHubRepository(SqlDocumentRepository[LinkedHub]):
         return [name for name, key in zip(host_names, keys, strict=True) if key not in found]
 
     async def list(self) -> list[LinkedHub]:
-        return await self._select([], after=None, limit=1_000_000)
+        return await self.query(None, after=None, limit=1_000_000)
 
 
 class SqlOperationRepository(SqlDocumentRepository[RegistrationOperation]):
