@@ -235,7 +235,8 @@ class DeviceRegistrationService:
                 enrollment_group_id=attested.enrollment_group_id,
                 attestation_type=attested.attestation_type.value,
             )
-            await self.operations.save(started)
+            if attested.custom:  # answered before it finishes: the device polls it
+                await self.operations.save(started)
         except BaseException:
             slot.release()
             raise
@@ -246,6 +247,10 @@ class DeviceRegistrationService:
             done, _ = await asyncio.wait({task}, timeout=self.inline_completion)
             if task in done:
                 task.result()  # a store failure reaches the caller
+            else:
+                # Answered before it finished: the operation is stored as started, unless
+                # it finished meanwhile (an operation's status only moves forward).
+                await self.operations.add(started)
         await self._clean_up(now)
         return started
 

@@ -187,6 +187,11 @@ class OperationRepository(Protocol):
 
     async def save(self, operation: RegistrationOperation) -> None: ...
 
+    async def add(self, record: RegistrationOperation) -> bool:
+        """Store a new operation; False (nothing written) when one with its id is stored
+        already (its later status, say)."""
+        ...
+
     async def delete_older_than(self, moment: datetime) -> None: ...
 
 
