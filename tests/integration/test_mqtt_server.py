@@ -4,6 +4,7 @@ own, and the others are served throughout. Real TLS sockets on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import ssl
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from dpsd.domain.device_auth import derive_device_key
 from dpsd.mqtt.codec import (
     ConnAck,
     Connect,
@@ -28,8 +30,15 @@ from dpsd.mqtt.codec import (
 from dpsd.mqtt.server import MqttLimits, MqttServer
 from dpsd.tls_transport import start_tls_server
 from tests.conftest import ServiceApi
-from tests.integration.test_device_registration_api import KEY, device_token, enroll
+from tests.integration.test_device_registration_api import (
+    GROUP_KEY,
+    KEY,
+    device_token,
+    enroll,
+    enroll_group,
+)
 
+OTHER_GROUP_KEY = base64.b64encode(b"o" * 64).decode()
 LIMITS = MqttLimits(connect_timeout=0.5, max_packet_size=4096, max_connections_per_address=3)
 
 
@@ -216,4 +225,101 @@ async def test_a_connect_trickled_byte_by_byte_is_dropped_at_the_deadline(
         trickling.cancel()
     assert answered == b""
     assert LIMITS.connect_timeout <= time.monotonic() - started < 5
+    writer.close()
+
+
+def enrollment_body(registration_id: str, **extra: object) -> dict[str, object]:
+    keys = {"primaryKey": KEY, "secondaryKey": KEY}
+    attestation = {"type": "symmetricKey", "symmetricKey": keys}
+    return {"registrationId": registration_id, "attestation": attestation, **extra}
+
+
+def group_body(group_id: str, key: str) -> dict[str, object]:
+    keys = {"primaryKey": key, "secondaryKey": key}
+    return {
+        "enrollmentGroupId": group_id,
+        "attestation": {"type": "symmetricKey", "symmetricKey": keys},
+    }
+
+
+async def overwrite(api: ServiceApi, path: str, body: dict[str, object]) -> None:
+    response = await api.put(path, body, **{"If-Match": "*"})
+    assert response.status_code == 200, response.text
+
+
+async def connected_device(
+    listener: Listener, registration_id: str, key: str = KEY
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A device connected (its CONNECT accepted) and subscribed to its answers."""
+    reader, writer = await listener.open()
+    connect = device_connect(listener.api, registration_id)
+    if key != KEY:
+        scope = listener.api.runtime.id_scope
+        password = device_token(scope, registration_id, key).encode()
+        connect = Connect(registration_id, 60, True, connect.username, password)
+    writer.write(encode(connect) + encode(Subscribe(1, (("$dps/registrations/res/#", 1),))))
+    await writer.drain()
+    connack, suback = await packets_until(reader, 2)
+    assert connack == ConnAck(False, ConnectReturnCode.ACCEPTED)
+    assert suback == SubAck(1, (1,))
+    return reader, writer
+
+
+async def registered(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, registration_id: str
+) -> tuple[str, dict[str, object]]:
+    """Register on the connection and poll once: the answer's status topic part and body
+    (the poll's, when the register was accepted)."""
+    body = json.dumps({"registrationId": registration_id}).encode()
+    writer.write(encode(Publish(REGISTER_TOPIC, body, qos=0)))
+    await writer.drain()
+    (answer,) = await packets_until(reader, 1)
+    assert isinstance(answer, Publish)
+    status = answer.topic.split("/")[3]
+    if status != "202":
+        return status, json.loads(answer.payload)
+    operation_id = json.loads(answer.payload)["operationId"]
+    topic = f"$dps/registrations/GET/iotdps-get-operationstatus/?$rid=8&operationId={operation_id}"
+    writer.write(encode(Publish(topic, b"", qos=0)))
+    await writer.drain()
+    (polled,) = await packets_until(reader, 1)
+    assert isinstance(polled, Publish)
+    return polled.topic.split("/")[3], json.loads(polled.payload)
+
+
+async def test_a_register_reads_the_enrollment_as_it_is_now_not_as_it_was_at_connect(
+    listener: Listener,
+) -> None:
+    """A device is attested at CONNECT; its register uses that attestation only while the
+    enrollment that vouched for it is unchanged: disabled since, the device is disabled.
+    (No hub is linked here: an enabled device's registration fails for want of one.)"""
+    api = listener.api
+    await enroll(api, "dev-3")
+    reader, writer = await connected_device(listener, "dev-3")
+    assert (await registered(reader, writer, "dev-3"))[1]["status"] == "failed"
+    await overwrite(
+        api, "/enrollments/dev-3", enrollment_body("dev-3", provisioningStatus="disabled")
+    )
+    status, body = await registered(reader, writer, "dev-3")
+    assert (status, body["status"]) == ("200", "disabled")
+    writer.close()
+
+
+async def test_a_group_device_meets_an_enrollment_of_its_own_made_after_connect(
+    listener: Listener,
+) -> None:
+    """A group device attested at CONNECT, then given an enrollment of its own with other
+    keys (which takes precedence): its register is refused, as a new connection's would be;
+    a group whose keys changed since CONNECT refuses it too."""
+    api = listener.api
+    await enroll_group(api, "fleet")
+    key = derive_device_key(GROUP_KEY, "dev-4")
+    reader, writer = await connected_device(listener, "dev-4", key)
+    await enroll(api, "dev-4")  # signed with KEY, not the derived key
+    assert (await registered(reader, writer, "dev-4"))[0] == "401"
+    writer.close()
+    key = derive_device_key(GROUP_KEY, "dev-5")
+    reader, writer = await connected_device(listener, "dev-5", key)
+    await overwrite(api, "/enrollmentGroups/fleet", group_body("fleet", OTHER_GROUP_KEY))
+    assert (await registered(reader, writer, "dev-5"))[0] == "401"
     writer.close()

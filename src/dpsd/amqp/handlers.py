@@ -178,10 +178,11 @@ class AmqpDeviceSession:
         device = self._claimed_device()
         if isinstance(device, Answer):
             return device
-        refusal = await self._requests.attest(device)
-        if refusal is None:
-            self._device = device
-        return refusal
+        attested = await self._requests.attest(device)
+        if isinstance(attested, Answer):
+            return attested
+        self._device = attested
+        return None
 
     def _claimed_device(self) -> ConnectedDevice | Answer:
         if self._tpm_claim is not None:

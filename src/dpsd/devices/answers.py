@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import msgspec
@@ -23,6 +23,7 @@ from dpsd.domain.tpm_public import TpmKeys
 from dpsd.json_decoding import decode_json
 from dpsd.service.device_events import DeviceProtocol
 from dpsd.service.device_registration import (
+    Attested,
     Credential,
     DeviceRegistrationService,
     OperationNotFound,
@@ -71,11 +72,13 @@ class Answer:
 
 @dataclass(frozen=True, slots=True)
 class ConnectedDevice:
-    """Who a connection's device proved to be when it connected."""
+    """Who a connection's device proved to be when it connected, and how (``attested``,
+    once it did)."""
 
     id_scope: str
     registration_id: str
     credential: Credential
+    attested: Attested | None = None
 
 
 class DeviceRequests:
@@ -94,19 +97,20 @@ class DeviceRequests:
         self._retry_after = retry_after
         self._now = now
 
-    async def attest(self, device: ConnectedDevice) -> Answer | None:
-        """None when the credential proves an enrollment, else the error answer, logged
-        under the tracking id it carries (by the use case when the credential failed)."""
+    async def attest(self, device: ConnectedDevice) -> ConnectedDevice | Answer:
+        """The device with the enrollment its credential proves (its register requests
+        start from it), else the error answer, logged under the tracking id it carries (by
+        the use case when the credential failed)."""
         with tracking():
             try:
-                await self.service.admit(
+                attested = await self.service.admit(
                     device.id_scope, device.registration_id, device.credential, self.protocol
                 )
             except (DomainError, ServiceError) as error:
                 if not isinstance(error, DeviceUnauthorized):
                     self._log_refused(device.registration_id, error.message)
                 return self.error(error)
-        return None
+        return replace(device, attested=attested)
 
     async def tpm_challenge(
         self, id_scope: str, registration_id: str, keys: TpmKeys
@@ -209,6 +213,7 @@ class DeviceRequests:
             payload=body.payload,
             tpm=tpm_keys(body),
             protocol=self.protocol,
+            connection=device.attested,
         )
         answer = RegistrationOperationStatusWire(operation.operation_id, "assigning")
         return Answer(202, _encoder.encode(answer), self._retry_after)

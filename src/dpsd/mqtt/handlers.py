@@ -47,7 +47,8 @@ class DeviceSession:
         credential = Credential(authorization=password, client_chain=self._client_chain)
         self._device = ConnectedDevice(scope, registration_id, credential)
         refused = await self._requests.attest(self._device)
-        if refused is None:
+        if isinstance(refused, ConnectedDevice):
+            self._device = refused
             self._attested = True
             return None
         if refused.status == 401:

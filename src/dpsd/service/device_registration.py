@@ -126,6 +126,8 @@ class Attested:
     """SHA-256 of the certificate the device presented (X.509 attestation)."""
     tpm: TpmProof | None = None
     """The TPM keys the device proved it holds (TPM attestation)."""
+    token_expiry: int | None = None
+    """When the SAS token the device signed with a symmetric key expires (epoch seconds)."""
 
     @classmethod
     def individual(
@@ -133,6 +135,7 @@ class Attested:
         enrollment: IndividualEnrollment,
         certificate_thumbprint: str | None = None,
         tpm: TpmProof | None = None,
+        token_expiry: int | None = None,
     ) -> Attested:
         settings = enrollment.settings
         return cls(
@@ -143,10 +146,16 @@ class Attested:
             enrollment=enrollment,
             certificate_thumbprint=certificate_thumbprint,
             tpm=tpm,
+            token_expiry=token_expiry,
         )
 
     @classmethod
-    def group(cls, group: EnrollmentGroup, certificate_thumbprint: str | None = None) -> Attested:
+    def group(
+        cls,
+        group: EnrollmentGroup,
+        certificate_thumbprint: str | None = None,
+        token_expiry: int | None = None,
+    ) -> Attested:
         settings = group.settings
         return cls(
             settings,
@@ -155,6 +164,7 @@ class Attested:
             group.enrollment_group_id,
             group_record=group,
             certificate_thumbprint=certificate_thumbprint,
+            token_expiry=token_expiry,
         )
 
     @property
@@ -198,10 +208,14 @@ class DeviceRegistrationService:
         payload: Any = None,
         tpm: TpmKeys | None = None,
         protocol: DeviceProtocol = DeviceProtocol.HTTPS,
+        connection: Attested | None = None,
     ) -> RegistrationOperation:
         """Attest the device and start its operation. The answer is always ``assigning``;
         the outcome is in the operation the device then polls. ``tpm``: the keys a TPM
-        device sends along (checked, and the EK must be the one it attested with)."""
+        device sends along (checked, and the EK must be the one it attested with).
+        ``connection``: how the device attested when its connection opened (MQTT CONNECT,
+        AMQP OPEN) with the same credential; it stands while what it rests on is unchanged
+        (see ``_still_attested``), else the device is attested again."""
         validate_registration_id(registration_id)
         if body_registration_id and body_registration_id.lower() != registration_id.lower():
             raise ValidationError(
@@ -216,7 +230,11 @@ class DeviceRegistrationService:
             registration_id, protocol, "register", self.throttle.admit_registration
         )
         try:
-            attested = await self.admit(id_scope, registration_id, credential, protocol)
+            attested = None
+            if connection is not None:
+                attested = await self._still_attested(registration_id, connection)
+            if attested is None:
+                attested = await self.admit(id_scope, registration_id, credential, protocol)
             if (
                 sent_key is not None
                 and attested.tpm is not None
@@ -385,6 +403,26 @@ class DeviceRegistrationService:
             self.events.refused(DeviceRefused(protocol, registration_id, presented, error.message))
             raise
 
+    async def _still_attested(self, registration_id: str, connection: Attested) -> Attested | None:
+        """``connection`` when it still proves the device, read back without checking its
+        credential again: a SAS token (the only kind this applies to) that has not expired,
+        signed for an enrollment, or a group with no enrollment of the device's own come
+        since, whose etag is unchanged (so are its keys and settings). None: attest again.
+        Two point reads, instead of a query of the groups and the keys derived again."""
+        expiry = connection.token_expiry
+        now = int(self.clock.now().timestamp())
+        if expiry is None or connection.tpm is not None or expiry <= now:
+            return None
+        enrollment = await self.enrollments.get(registration_id)
+        if connection.enrollment is not None:
+            same = enrollment is not None and enrollment.etag == connection.enrollment.etag
+            return connection if same else None
+        group = connection.group_record
+        if enrollment is not None or group is None:
+            return None
+        stored = await self.groups.get(group.enrollment_group_id)
+        return connection if stored is not None and stored.etag == group.etag else None
+
     async def attest(self, id_scope: str, registration_id: str, credential: Credential) -> Attested:
         if id_scope.lower() != self.id_scope.lower():
             raise DeviceUnauthorized(f"ID scope {id_scope!r} is not this service's")
@@ -445,7 +483,7 @@ class DeviceRegistrationService:
             if keys is not None and signed_with_any(
                 token, [k for k in (keys.primary_key, keys.secondary_key) if k]
             ):
-                return Attested.individual(enrollment)
+                return Attested.individual(enrollment, token_expiry=token.expiry)
             raise DeviceUnauthorized("The token is not signed with this device's enrollment keys")
         for group in await self.groups.query(_SYMMETRIC_GROUPS, after=None, limit=1000):
             keys = group.settings.attestation.symmetric_key
@@ -457,7 +495,7 @@ class DeviceRegistrationService:
                 if k
             ]
             if signed_with_any(token, derived):
-                return Attested.group(group)
+                return Attested.group(group, token_expiry=token.expiry)
         raise DeviceUnauthorized("No enrollment of this service vouches for the device")
 
     async def _complete(
