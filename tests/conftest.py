@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -44,6 +45,15 @@ def sas_token(
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[str]:
     """A fresh PostgreSQL database for this test session (dropped at the end)."""
+    with scratch_postgres_database() as url:
+        yield url
+
+
+@contextmanager
+def scratch_postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database of its own (dropped at the end), for tests whose records
+    would get in the way of others' on the session's database; skips when PostgreSQL is not
+    reachable, unless CI is set."""
     import asyncpg
 
     name = f"dpsd_test_{uuid.uuid4().hex[:12]}"

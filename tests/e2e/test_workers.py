@@ -30,7 +30,7 @@ import pytest
 
 from dpsd.domain.device_auth import derive_device_key
 from tests.certs import issue
-from tests.conftest import sas_token
+from tests.conftest import sas_token, scratch_postgres_database
 from tests.e2e.process import DpsdProcess, endpoints_path, run_dpsd, sdk_client, start_dpsd
 from tests.e2e.test_x509_devices import provision, write_identity, x509_enrollment
 from tests.mqtt_device import BareMqttDevice
@@ -52,9 +52,16 @@ def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DpsdProcess]:
     base = tmp_path_factory.mktemp(f"dpsd-workers-{request.param}")
-    store = []
-    if request.param == "postgresql":
-        store = ["--database", request.getfixturevalue("postgres_server")]
+    store: list[str] = []
+    with contextlib.ExitStack() as stack:
+        if request.param == "postgresql":
+            # a database of its own: the hubs linked here would be offered to other tests'
+            # devices on the session's database
+            store = ["--database", stack.enter_context(scratch_postgres_database())]
+        yield from _serve_with_workers(request.param, base, store)
+
+
+def _serve_with_workers(backend: str, base: Path, store: list[str]) -> Iterator[DpsdProcess]:
     started = start_dpsd(
         base / "data",
         base / "serve.log",
@@ -70,9 +77,9 @@ def server(
         linked = run_dpsd("hub", "add", HUB, "--data-dir", str(base / "data"), *store)
         assert linked.returncode == 0, linked.stderr
         sdk_client(started.info).enrollment_group.create_or_update(
-            id=f"{request.param}-fleet",
+            id=f"{backend}-fleet",
             enrollment_group={
-                "enrollmentGroupId": f"{request.param}-fleet",
+                "enrollmentGroupId": f"{backend}-fleet",
                 "attestation": {
                     "type": "symmetricKey",
                     "symmetricKey": {"primaryKey": GROUP_KEY, "secondaryKey": GROUP_KEY},
@@ -82,7 +89,7 @@ def server(
     except BaseException:
         started.stop()
         raise
-    started.info["backend"] = request.param
+    started.info["backend"] = backend
     if store:
         started.info["database"] = store[1]
     yield started
