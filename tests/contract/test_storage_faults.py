@@ -246,3 +246,26 @@ async def test_a_read_only_postgres_database(postgres: tuple[Executor, Killer]) 
     assert raised.value.fault is StorageFault.READ_ONLY
     assert await executor.scalar(killer.sql("SELECT count(*) FROM probe")) == 0
     await read_only.dispose()
+
+
+@pytest.mark.postgres
+async def test_a_pool_whose_connections_stay_busy_is_out_of_resources(
+    postgres: tuple[Executor, Killer], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, killer = postgres
+    url = async_url(f"{POSTGRES_URL.rsplit('/', 1)[0]}/{killer.database}")
+    engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    executor = AsyncEngineExecutor(engine)
+    try:
+        async with engine.connect():  # the pool's only connection, busy
+            for statement in (
+                executor.scalar(killer.sql("SELECT count(*) FROM probe")),
+                executor.write(killer.sql("INSERT INTO probe VALUES ('a', 'b')")),
+            ):
+                with pytest.raises(StorageUnavailable) as raised:
+                    await statement
+                assert raised.value.fault is StorageFault.OUT_OF_RESOURCES
+        assert_logged(caplog, StorageFault.OUT_OF_RESOURCES)
+        assert await executor.scalar(killer.sql("SELECT count(*) FROM probe")) == 0
+    finally:
+        await engine.dispose()

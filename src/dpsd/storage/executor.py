@@ -33,6 +33,7 @@ from sqlalchemy import event
 from sqlalchemy.dialects.sqlite import dialect as sqlite_dialect
 from sqlalchemy.engine import CursorResult, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import ClauseElement
@@ -46,7 +47,7 @@ _FIRST_PAUSE = 0.001
 _LONGEST_PAUSE = 0.05
 _NAMED_SQLITE = sqlite_dialect(paramstyle="named")
 _SQLITE_ERRORS = (sqlite3.DatabaseError, DBAPIError)
-_POSTGRES_ERRORS = (DBAPIError, OSError)
+_POSTGRES_ERRORS = (DBAPIError, OSError, PoolTimeout)
 Params = Mapping[str, Any] | None
 T = TypeVar("T")
 
@@ -181,7 +182,7 @@ class AsyncEngineExecutor:
 class _BeforeCommit(Exception):
     """A statement failed before its transaction committed (or had anything to commit)."""
 
-    def __init__(self, error: DBAPIError | OSError) -> None:
+    def __init__(self, error: DBAPIError | OSError | PoolTimeout) -> None:
         super().__init__(str(error))
         self.error = error
 

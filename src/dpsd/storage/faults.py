@@ -11,6 +11,7 @@ import logging
 import sqlite3
 
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from dpsd.service.errors import StorageFault, StorageUnavailable
 
@@ -47,7 +48,10 @@ def sqlite_fault(error: BaseException) -> StorageFault | None:
 
 def postgres_fault(error: BaseException) -> StorageFault | None:
     """The fault a PostgreSQL error reports: a connection lost or refused (retry it), a full
-    disk, a read-only database, a lock not granted, a server out of resources."""
+    disk, a read-only database, a lock not granted, a server out of resources, or every
+    connection of dpsd's pool busy for longer than a statement may wait for one."""
+    if isinstance(error, PoolTimeout):
+        return StorageFault.OUT_OF_RESOURCES
     if connection_lost(error):
         return StorageFault.CONNECTION_LOST
     if not isinstance(error, DBAPIError):
