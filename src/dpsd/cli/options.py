@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dpsd.service.throttling import Rate
 from dpsd.settings import (
     DEFAULT_AMQP_PORT,
     DEFAULT_HOST,
@@ -24,7 +23,9 @@ from dpsd.settings import (
     default_hostname,
     remembered_database,
 )
-from dpsd.telemetry.logs import LogFormat, LogLevel
+
+if TYPE_CHECKING:
+    from dpsd.service.throttling import Rate
 
 HELP_OPTIONS: dict[str, object] = {"help_option_names": ["-h", "--help"]}
 
@@ -102,24 +103,6 @@ MetricsPort = Annotated[
         envvar="DPSD_METRICS_PORT",
         help="Serve Prometheus metrics at /metrics over plain HTTP on this port (0: any free "
         "port; off by default).",
-    ),
-]
-LogLevelOption = Annotated[
-    LogLevel,
-    typer.Option(
-        "--log-level",
-        envvar="DPSD_LOG_LEVEL",
-        case_sensitive=False,
-        help="The least severe log lines dpsd writes (other libraries' from warning up).",
-    ),
-]
-LogFormatOption = Annotated[
-    LogFormat,
-    typer.Option(
-        "--log-format",
-        envvar="DPSD_LOG_FORMAT",
-        case_sensitive=False,
-        help="Log lines as text for a terminal, or as JSON objects, one a line.",
     ),
 ]
 Location = Annotated[
@@ -271,6 +254,8 @@ def _rate_or_off(text: str | None) -> Rate | None:
     """``COUNT/SECONDS``; nothing, ``off`` or ``0``: no limit."""
     if text is None or text.strip().lower() in ("", "off", "0"):
         return None
+    from dpsd.service.throttling import Rate
+
     return Rate.parse(text)
 
 

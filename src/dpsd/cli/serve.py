@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Annotated
 from urllib.parse import urlsplit
 
+import typer
 from rich.console import Console
 
 from dpsd.app import Runtime, build_runtime
@@ -22,8 +24,6 @@ from dpsd.cli.options import (
     HttpsPort,
     HubTimeout,
     Location,
-    LogFormatOption,
-    LogLevelOption,
     MaxLoopDelay,
     MaxRegistrationsInFlight,
     MetricsPort,
@@ -67,6 +67,25 @@ from dpsd.settings import (
 from dpsd.storage.engine import sqlite_file
 from dpsd.telemetry.logs import LogFormat, LogLevel, configure_logging
 from dpsd.version import dpsd_version
+
+LogLevelOption = Annotated[
+    LogLevel,
+    typer.Option(
+        "--log-level",
+        envvar="DPSD_LOG_LEVEL",
+        case_sensitive=False,
+        help="The least severe log lines dpsd writes (other libraries' from warning up).",
+    ),
+]
+LogFormatOption = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        envvar="DPSD_LOG_FORMAT",
+        case_sensitive=False,
+        help="Log lines as text for a terminal, or as JSON objects, one a line.",
+    ),
+]
 
 
 def _print_banner(
