@@ -288,3 +288,10 @@ class ClientCertificateWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if self._tls is not None and scope is not None:
             scope["extensions"]["tls"] = self._tls
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept" and self.handshake_complete:
+            # The upgrade's request and response (their headers parsed twice over, about
+            # 5 KB) are not used once the response is sent; a device stays for hours.
+            self.request = self.response = None  # type: ignore[assignment]
