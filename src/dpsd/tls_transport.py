@@ -15,6 +15,11 @@ on the TCP transport:
   straight to the socket: between reads a connection keeps nothing but OpenSSL's state;
 - OpenSSL's own record buffers are released whenever they are empty (CPython sets
   ``SSL_MODE_RELEASE_BUFFERS`` on every context), and both BIOs are empty between reads.
+  A memory BIO keeps the capacity of the most it ever held, so bytes go in by slices:
+  a socket read into the incoming BIO 4 KB at a time, each taken before the next, and
+  plaintext into the outgoing one record (16 KB) at a time, each sent before the next.
+  What a connection keeps is then bounded (its handshake's flight, a few KB, or one
+  record) however large the bodies it carried.
 
 The protocol above (uvicorn's HTTP and WebSocket protocols, asyncio streams for MQTT and
 AMQP) sees an ``asyncio.Transport`` with the extra information asyncio's TLS transport gives
@@ -43,6 +48,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 READ_CHUNK = 16 * 1024  # one TLS record's plaintext at most
+BIO_SLICE = 4 * 1024  # what goes into the incoming BIO at once (see the module docstring)
+RECORD_SLICE = 16 * 1024  # plaintext encrypted into the outgoing BIO at once: one record
 SOCKET_READ = 64 * 1024
 LINGER_SECONDS = 5.0
 STREAM_LIMIT = 64 * 1024  # asyncio.start_server's default
@@ -112,10 +119,13 @@ class TlsServerProtocol(asyncio.BufferedProtocol):
         return self._read_buffer.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        if self._closing:
-            return  # lingering (see close): what the peer still sends is dropped
-        self._incoming.write(self._read_buffer.view[:nbytes])
-        self._advance()
+        view = self._read_buffer.view
+        for start in range(0, nbytes, BIO_SLICE):
+            if self._closing:
+                return  # lingering (see close): what the peer still sends is dropped
+            self._incoming.write(view[start : min(start + BIO_SLICE, nbytes)])
+            if not self._paused:
+                self._advance()  # paused: the rest waits in the BIO (one socket read)
 
     def eof_received(self) -> bool:
         if self._closing:
@@ -211,12 +221,13 @@ class TlsServerProtocol(asyncio.BufferedProtocol):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._tls is None or self._closing or not data:
             return
+        view = memoryview(data)
         try:
-            self._tls.write(data)
+            for start in range(0, len(view), RECORD_SLICE):
+                self._tls.write(view[start : start + RECORD_SLICE])
+                self._flush()
         except ssl.SSLError:
             self._abort()  # the TLS connection failed earlier: nothing can be sent
-            return
-        self._flush()
 
     def close(self) -> None:
         if self._closing:
