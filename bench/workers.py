@@ -154,9 +154,13 @@ def start_server(
     )
     ca = Path(info["caCertificatePath"])
     global _group_created  # one group per store: a shared PostgreSQL store has it already
-    if not store or not _group_created:
-        create_group(server, key or shared_access_key(info["serviceConnectionString"]), ca)
-        _group_created = True
+    try:
+        if not store or not _group_created:
+            create_group(server, key or shared_access_key(info["serviceConnectionString"]), ca)
+            _group_created = True
+    except BaseException:
+        server.stop()
+        raise
     return Target(server, info["idScope"], ca)
 
 
