@@ -116,6 +116,26 @@ async def test_a_group_provisions_devices_with_derived_keys(service_api: Service
     assert_dps_error(refused, 401, 401002)
 
 
+async def test_a_group_device_may_sign_with_either_derived_key(service_api: ServiceApi) -> None:
+    """The key derived from the group's primary key, or from its secondary key (the
+    secondary's derivation is tried only when the primary's did not sign)."""
+    await service_api.runtime.hubs.link("hub-a.example")
+    secondary = base64.b64encode(b"s" * 64).decode()
+    group = {
+        "enrollmentGroupId": "pair",
+        "attestation": {
+            "type": "symmetricKey",
+            "symmetricKey": {"primaryKey": GROUP_KEY, "secondaryKey": secondary},
+        },
+    }
+    assert (await service_api.put("/enrollmentGroups/pair", group)).status_code == 200
+    for device, key in (("by-primary", GROUP_KEY), ("by-secondary", secondary)):
+        outcome = await provision(service_api, device, derive_device_key(key, device))
+        assert outcome["status"] == "assigned"
+    refused = await register(service_api, "by-neither", derive_device_key(KEY, "by-neither"))
+    assert_dps_error(refused, 401, 401002)
+
+
 async def test_allocation_follows_the_enrollment(service_api: ServiceApi) -> None:
     for name in ("hub-a.example", "hub-b.example", "hub-c.example"):
         await service_api.runtime.hubs.link(name)

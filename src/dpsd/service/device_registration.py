@@ -489,12 +489,12 @@ class DeviceRegistrationService:
             keys = group.settings.attestation.symmetric_key
             if keys is None:
                 continue
-            derived = [
-                derive_device_key(k, registration_id)
+            # The secondary key's derivation only when the primary one did not sign.
+            if any(
+                signed_with_any(token, [derive_device_key(k, registration_id)])
                 for k in (keys.primary_key, keys.secondary_key)
                 if k
-            ]
-            if signed_with_any(token, derived):
+            ):
                 return Attested.group(group, token_expiry=token.expiry)
         raise DeviceUnauthorized("No enrollment of this service vouches for the device")
 
