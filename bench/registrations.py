@@ -425,6 +425,7 @@ class PhaseResult:
 def start_dpsd(data_dir: Path, logs: Path, retry_after: int) -> ServerProcess:
     command = [sys.executable, "-m", "dpsd", "serve", "--data-dir", str(data_dir)]
     command += ["--host", HOST, "--https-port", "0", "--retry-after", str(retry_after)]
+    command += ["--mqtt-port", "-1", "--amqp-port", "-1"]  # HTTPS only: no fixed ports taken
     return _spawn("dpsd", command, data_dir / "endpoints.json", logs / "dpsd.log")
 
 
