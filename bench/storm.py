@@ -15,7 +15,8 @@ address) and an equal share of the devices, split evenly over the instances, run
     moments for every run: --seed), and does what a device does: a new TLS connection,
     CONNECT (a SAS token from its key derived from the group key), SUBSCRIBE, register;
     an answer 429 (throttled) makes it wait the retry-after it was told and register again
-    on the same connection; 202 makes it wait that retry-after and poll, until assigned.
+    on the same connection (a 5xx too, as the SDKs do); 202 makes it wait that retry-after
+    and poll, until assigned.
     A connection dpsd refuses or that breaks, or a request unanswered within 30 s (the
     SDKs' timeout), makes it reconnect after a pause that doubles from 1 s up to 60 s, with
     jitter. A device not assigned by --deadline seconds after the window is lost.
@@ -106,6 +107,7 @@ class DeviceRecord:
     began: float  # seconds since the storm began
     assigned: float | None = None
     throttled: int = 0
+    server_errors: int = 0  # 5xx answers, retried as the SDKs do
     reconnects: int = 0
     polls: int = 0
     registers: int = 0
@@ -153,9 +155,10 @@ async def provision(device: Device, record: DeviceRecord, registration_id: str) 
         status, wait, started = await answer(device, rid)
         if status == 202:
             break
-        if status != 429:
+        if status < 429:  # the SDKs retry 429 and server errors, and give up on the rest
             raise Refused(f"register answered {status}: {started}")
-        record.throttled += 1
+        record.throttled += status == 429
+        record.server_errors += status != 429
         await asyncio.sleep(wait)
     while True:
         await asyncio.sleep(wait)
@@ -165,8 +168,9 @@ async def provision(device: Device, record: DeviceRecord, registration_id: str) 
         status, wait, polled = await answer(device, rid)
         if status == 200 and polled.get("status") == "assigned":
             return time.time()
-        if status == 429:
-            record.throttled += 1
+        if status >= 429:
+            record.throttled += status == 429
+            record.server_errors += status != 429
         elif status != 202:
             raise Refused(f"poll answered {status}: {polled}")
 
@@ -530,6 +534,7 @@ class Result:
     p99_s: float
     max_s: float
     throttled_seen: int
+    server_errors: int
     throttled_counted: float
     reconnects: int
     registers: int
@@ -573,6 +578,7 @@ def summarise(records: list[DeviceRecord]) -> dict[str, Any]:
         "p99_s": _percentile(times, 0.99),
         "max_s": times[-1] if times else 0.0,
         "throttled_seen": sum(record.throttled for record in records),
+        "server_errors": sum(record.server_errors for record in records),
         "reconnects": sum(record.reconnects for record in records),
         "registers": sum(record.registers for record in records),
         "polls": sum(record.polls for record in records),
@@ -606,7 +612,8 @@ def report(result: Result, arguments: argparse.Namespace, store: str) -> list[st
         f"time to assignment: p50 {result.p50_s:.2f} s, p99 {result.p99_s:.2f} s, "
         f"max {result.max_s:.2f} s",
         f"429s answered: {result.throttled_counted:.0f} (dpsd's metrics), "
-        f"{result.throttled_seen} seen by devices; reconnects {result.reconnects}; "
+        f"{result.throttled_seen} seen by devices; 5xx {result.server_errors}; "
+        f"reconnects {result.reconnects}; "
         f"registers sent {result.registers}, polls {result.polls}",
         "why connections failed: "
         + (", ".join(f"{kind} ({count})" for kind, count in result.failures.items()) or "-"),
