@@ -143,7 +143,9 @@ async def answer(device: Device, rid: int) -> tuple[int, int, dict[str, Any]]:
     return int(status), retry_after, json.loads(packet.payload)
 
 
-async def provision(device: Device, record: DeviceRecord, registration_id: str) -> float:
+async def provision(
+    device: Device, record: DeviceRecord, registration_id: str, give_up: float
+) -> float:
     """Register (again after each 429, as told), then poll as told until assigned: when
     (time.time()) it was."""
     rid = 0
@@ -159,8 +161,12 @@ async def provision(device: Device, record: DeviceRecord, registration_id: str) 
             raise Refused(f"register answered {status}: {started}")
         record.throttled += status == 429
         record.server_errors += status != 429
+        if time.time() + wait > give_up:
+            raise Lost("the deadline passed while the device was told to wait")
         await asyncio.sleep(wait)
     while True:
+        if time.time() + wait > give_up:
+            raise Lost("the deadline passed while the device was told to wait")
         await asyncio.sleep(wait)
         rid += 1
         record.polls += 1
@@ -201,7 +207,8 @@ async def attempt(
     try:
         connect = device.connect(Scope(plan.id_scope), registration_id)  # type: ignore[arg-type]
         await asyncio.wait_for(connect, REQUEST_TIMEOUT)
-        assigned = await provision(device, record, registration_id)
+        give_up = plan.start_at + plan.give_up_at
+        assigned = await provision(device, record, registration_id, give_up)
     except BaseException:
         device.abort()
         raise
