@@ -13,15 +13,44 @@ import hashlib
 import socket
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from azure.iot.hub import IoTHubRegistryManager
 
 from tests.certs import Issued
-from tests.e2e.process import DpsdProcess, run_dpsd
+from tests.e2e.process import (
+    DpsdProcess,
+    bind_problem,
+    run_dpsd,
+    skip_or_fail,
+    start_dpsd_listening,
+)
 
 HUB_DOMAIN = ".dpsd.test"
+
+
+@contextmanager
+def serving_builtin_hubs(
+    base: Path, address: str, ports: Sequence[tuple[str, int]], hubs: Sequence[str]
+) -> Iterator[DpsdProcess]:
+    """``dpsd serve`` on ``address`` with each listener of ``ports`` (``("https", 443)``; -1
+    turns one off) and the built-in ``hubs`` linked, stopped cleanly after. Skips (or fails
+    under CI) when a port cannot be bound there."""
+    for _, port in ports:
+        problem = bind_problem(address, port) if port > 0 else None
+        if problem:
+            skip_or_fail(problem)
+    listen = [*("--host", address, "--hostname", address), *("--retry-after", "1")]
+    for listener, port in ports:
+        listen += [f"--{listener}-port", str(port)]
+    started = start_dpsd_listening(base / "data", base / "serve.log", serve_args=listen)
+    for hub in hubs:
+        added = run_dpsd("hub", "add", hub, "--builtin", "--data-dir", str(base / "data"))
+        assert added.returncode == 0, added.stderr
+    yield started
+    started.stop_cleanly()
 
 
 @contextmanager

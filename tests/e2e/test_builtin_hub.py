@@ -35,14 +35,12 @@ from tests.e2e.hub_registry import (
     assert_x509_device,
     hub_names_resolving_to,
     hub_registries,
+    serving_builtin_hubs,
 )
 from tests.e2e.process import (
     DpsdProcess,
-    bind_problem,
     run_dpsd,
     sdk_client,
-    skip_or_fail,
-    start_dpsd_listening,
 )
 from tests.e2e.test_node_device_sdk import device_token
 from tests.e2e.test_x509_devices import provision as provision_x509_over_https
@@ -67,21 +65,10 @@ def random_key() -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DpsdProcess]:
-    for port in (443, 8883):
-        problem = bind_problem(ADDRESS, port)
-        if problem:
-            skip_or_fail(problem)
     base = tmp_path_factory.mktemp("dpsd-hub")
-    listen = [
-        *("--host", ADDRESS, "--hostname", ADDRESS),
-        *("--https-port", "443", "--mqtt-port", "8883", "--retry-after", "1"),
-    ]
-    started = start_dpsd_listening(base / "data", base / "serve.log", serve_args=listen)
-    for hub in (HUB_A, HUB_B):
-        added = run_dpsd("hub", "add", hub, "--builtin", "--data-dir", str(base / "data"))
-        assert added.returncode == 0, added.stderr
-    yield started
-    started.stop_cleanly()
+    ports = [("https", 443), ("mqtt", 8883)]
+    with serving_builtin_hubs(base, ADDRESS, ports, [HUB_A, HUB_B]) as started:
+        yield started
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -23,14 +23,13 @@ import pytest
 
 from dpsd.domain.device_auth import derive_device_key
 from tests.certs import issue
+from tests.e2e.hub_registry import serving_builtin_hubs
 from tests.e2e.node_clients import node_env, random_key, run_node_script
 from tests.e2e.process import (
     DpsdProcess,
-    bind_problem,
     run_dpsd,
     sdk_client,
     skip_or_fail,
-    start_dpsd_listening,
 )
 from tests.e2e.test_x509_devices import write_identity
 
@@ -57,20 +56,10 @@ def node_binary() -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DpsdProcess]:
-    for port in (443, 8883):
-        problem = bind_problem(ADDRESS, port)
-        if problem:
-            skip_or_fail(problem)
     base = tmp_path_factory.mktemp("dpsd-node-hub")
-    listen = [
-        *("--host", ADDRESS, "--hostname", ADDRESS),
-        *("--https-port", "443", "--mqtt-port", "8883", "--retry-after", "1"),
-    ]
-    started = start_dpsd_listening(base / "data", base / "serve.log", serve_args=listen)
-    added = run_dpsd("hub", "add", HUB, "--builtin", "--data-dir", str(base / "data"))
-    assert added.returncode == 0, added.stderr
-    yield started
-    started.stop_cleanly()
+    ports = [("https", 443), ("mqtt", 8883)]
+    with serving_builtin_hubs(base, ADDRESS, ports, [HUB]) as started:
+        yield started
 
 
 def hub_node_env(server: DpsdProcess) -> dict[str, str]:

@@ -48,15 +48,11 @@ from dpsd.amqp.codec import (
     encode_frame,
     read_frame,
 )
-from tests.e2e.hub_registry import hub_names_resolving_to, hub_registries
+from tests.e2e.hub_registry import hub_names_resolving_to, hub_registries, serving_builtin_hubs
 from tests.e2e.node_clients import Scenario, failed, registered, require_node, run_devices
 from tests.e2e.process import (
     DpsdProcess,
-    bind_problem,
-    run_dpsd,
     sdk_client,
-    skip_or_fail,
-    start_dpsd_listening,
 )
 from tests.tpm.soft_tpm import SoftTpm
 from tests.tpm.swtpm import DeviceTpm, SwTpm
@@ -71,21 +67,10 @@ INITIAL_TWIN = {"tags": {"kind": "gateway"}, "properties": {"desired": {"interva
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DpsdProcess]:
-    for port in (443, 5671):
-        problem = bind_problem(ADDRESS, port)
-        if problem:
-            skip_or_fail(problem)
+    ports = [("https", 443), ("mqtt", -1), ("amqp", 5671)]
     base = tmp_path_factory.mktemp("dpsd-tpm")
-    listen = [
-        *("--host", ADDRESS, "--hostname", ADDRESS),
-        *("--https-port", "443", "--mqtt-port", "-1", "--amqp-port", "5671"),
-        *("--retry-after", "1"),
-    ]
-    started = start_dpsd_listening(base / "data", base / "serve.log", serve_args=listen)
-    added = run_dpsd("hub", "add", HUB, "--builtin", "--data-dir", str(base / "data"))
-    assert added.returncode == 0, added.stderr
-    yield started
-    started.stop_cleanly()
+    with serving_builtin_hubs(base, ADDRESS, ports, [HUB]) as started:
+        yield started
 
 
 @pytest.fixture(scope="module", autouse=True)
