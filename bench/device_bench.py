@@ -62,6 +62,7 @@ from service_api import (
     dpsd_info,
     link_hubs,
     shared_access_key,
+    write_report,
 )
 
 PHASES = ("registrations", "bare")
@@ -505,18 +506,13 @@ def write_json(
     results: list[PhaseResult],
     idle: list[IdleResult],
 ) -> None:
-    document = {
-        "protocol": protocol.name,
-        "code": describe_code(),
-        "machine": describe_machine(),
-        "arguments": {
-            name: str(value) if isinstance(value, Path) else value
-            for name, value in vars(arguments).items()
-        },
-        "results": [asdict(result) | {"rate": result.rate} for result in results],
-        "idle": [asdict(cycle) | {"kbPerDevice": cycle.kb_per_device} for cycle in idle],
-    }
-    arguments.json.write_text(json.dumps(document, indent=2))
+    write_report(
+        arguments.json,
+        arguments,
+        results,
+        protocol=protocol.name,
+        idle=[asdict(cycle) | {"kbPerDevice": cycle.kb_per_device} for cycle in idle],
+    )
 
 
 async def _phases(setup: Setup, results: list[PhaseResult], idle: list[IdleResult]) -> None:

@@ -92,6 +92,7 @@ from service_api import (
     link_hubs,
     sas_token,
     shared_access_key,
+    write_report,
 )
 
 DEVICE_API_VERSION = "2019-03-31"
@@ -888,16 +889,7 @@ def _run_in(work: Path, arguments: argparse.Namespace) -> int:
     print()
     print("\n".join(report(results, arguments.rounds)))
     if arguments.json is not None:
-        document = {
-            "code": describe_code(),
-            "machine": describe_machine(),
-            "arguments": {
-                name: str(value) if isinstance(value, Path) else value
-                for name, value in vars(arguments).items()
-            },
-            "results": [asdict(result) | {"rate": result.rate} for result in results],
-        }
-        arguments.json.write_text(json.dumps(document, indent=2))
+        write_report(arguments.json, arguments, results)
     if any(result.failed or result.timed_out for result in results):
         print("some operations failed or a phase hit --timeout", file=sys.stderr)
         return 1

@@ -572,6 +572,23 @@ def describe_machine() -> str:
     )
 
 
+def write_report(
+    path: Path, arguments: argparse.Namespace, results: list[Any], **extra: Any
+) -> None:
+    """The run as JSON: code, machine, arguments, each result with its rate, and ``extra``."""
+    document = {
+        "code": describe_code(),
+        "machine": describe_machine(),
+        "arguments": {
+            name: str(value) if isinstance(value, Path) else value
+            for name, value in vars(arguments).items()
+        },
+        **extra,
+        "results": [asdict(result) | {"rate": result.rate} for result in results],
+    }
+    path.write_text(json.dumps(document, indent=2))
+
+
 # --- main ------------------------------------------------------------------------------
 
 
@@ -676,21 +693,7 @@ def _run_in(work: Path, wrk: str, arguments: argparse.Namespace) -> int:
     print()
     print("\n".join(report(results, arguments.phases, arguments.rounds)))
     if arguments.json is not None:
-        arguments.json.write_text(
-            json.dumps(
-                {
-                    "code": describe_code(),
-                    "machine": describe_machine(),
-                    "arguments": {
-                        name: str(value) if isinstance(value, Path) else value
-                        for name, value in vars(arguments).items()
-                    },
-                    "bodyBytes": body_size,
-                    "results": [asdict(result) | {"rate": result.rate} for result in results],
-                },
-                indent=2,
-            )
-        )
+        write_report(arguments.json, arguments, results, bodyBytes=body_size)
     if any(result.errors for result in results):
         print("some requests failed: see the errors column and the server logs", file=sys.stderr)
         return 1

@@ -71,6 +71,7 @@ from service_api import (
     dpsd_info,
     link_hubs,
     shared_access_key,
+    write_report,
 )
 
 CLIENT = Path(__file__).with_name("registrations.py")
@@ -411,16 +412,7 @@ def _run_in(work: Path, arguments: argparse.Namespace) -> int:
     print()
     print("\n".join(report(results, names, workers)))
     if arguments.json is not None:
-        document = {
-            "code": describe_code(),
-            "machine": describe_machine(),
-            "arguments": {
-                key: str(value) if isinstance(value, Path) else value
-                for key, value in vars(arguments).items()
-            },
-            "results": [asdict(result) | {"rate": result.rate} for result in results],
-        }
-        arguments.json.write_text(json.dumps(document, indent=2))
+        write_report(arguments.json, arguments, results)
     if any(result.failed or result.timed_out for result in results):
         print("some registrations failed or a measure hit --timeout", file=sys.stderr)
         return 1
