@@ -432,7 +432,7 @@ def raise_open_files(needed: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:
         if hard != resource.RLIM_INFINITY and hard < needed:
-            raise BenchError(f"--idle needs {needed} open files; the hard limit is {hard}")
+            raise BenchError(f"{needed} open files needed; the hard limit is {hard} (ulimit -Hn)")
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 

@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import json
 import os
-import resource
 import shutil
 import ssl
 import sys
@@ -53,7 +52,7 @@ from websockets.exceptions import WebSocketException
 
 import amqp
 import mqtt
-from device_bench import IdleDevice, Target, start_dpsd, vm_rss_kb
+from device_bench import IdleDevice, Target, raise_open_files, start_dpsd, vm_rss_kb
 from registrations import HUB, create_group
 from service_api import BenchError, describe_code, describe_machine, dpsd_info, link_hubs
 from service_api import shared_access_key as policy_key
@@ -380,14 +379,6 @@ def report(results: list[Measured], transport: Transport) -> list[str]:
         ratio = results[0].kb_per_device / results[1].kb_per_device
         lines.append(f"memory per idle {transport.name} device, before / after = {ratio:.1f}")
     return lines
-
-
-def raise_open_files(needed: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        if hard != resource.RLIM_INFINITY and hard < needed:
-            raise BenchError(f"{needed} open files needed; the hard limit is {hard} (ulimit -Hn)")
-        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 def parse_arguments(argv: list[str]) -> argparse.Namespace:
