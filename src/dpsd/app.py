@@ -27,7 +27,7 @@ from dpsd.domain.sas import (
     SharedAccessPolicy,
     service_connection_string,
 )
-from dpsd.http.access import AccessLog
+from dpsd.http.access import IN_PROCESS, AccessLog
 from dpsd.http.app import ServiceApiApp
 from dpsd.http.device_api import DeviceHandlers
 from dpsd.http.errors import ERROR_CODE_HEADER
@@ -101,13 +101,15 @@ class SystemEntropy:
 
 class _LateApp:
     """An ASGI app that forwards to one set once the application is built: the hub
-    registry, built before the application, reaches the built-in hubs through it."""
+    registry, built before the application, reaches the built-in hubs through it. The
+    requests it forwards are marked as sent in process (for the access log)."""
 
     def __init__(self) -> None:
         self.app: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         assert self.app is not None, "the application is not built yet"
+        scope[IN_PROCESS] = True
         await self.app(scope, receive, send)
 
 
@@ -202,12 +204,9 @@ async def build_runtime(
     tls = ensure_tls(settings.data_dir, settings.certificate_names, clock.now())
     engine = create_engine(settings.database_url)
     webhook_client = httpx.AsyncClient(follow_redirects=False)
-    hub_client = httpx.AsyncClient(verify=_hub_trust(tls), follow_redirects=False)
+    hub_transport = httpx.AsyncHTTPTransport(verify=_hub_trust(tls))
     own_app = _LateApp()
-    builtin_hub_client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=own_app, raise_app_exceptions=False),
-        follow_redirects=False,
-    )
+    builtin_hub_transport = httpx.ASGITransport(app=own_app, raise_app_exceptions=False)
     metrics = Metrics(process=True, shared=siblings.metrics if siblings else None)
     devices: DeviceRegistrationService | None = None
     executor: Executor | None = None
@@ -263,7 +262,9 @@ async def build_runtime(
                 lambda record: msgspec.to_builtins(group_to_wire(record, Disclosure.PUBLIC)),
                 settings.webhook_timeout,
             ),
-            hub_registry=IotHubRestRegistry(hub_client, builtin_hub_client, settings.hub_timeout),
+            hub_registry=IotHubRestRegistry(
+                hub_transport, builtin_hub_transport, settings.hub_timeout
+            ),
             service_location=settings.location,
             webhook_timeout=settings.webhook_timeout,
             hub_timeout=settings.hub_timeout,
@@ -328,8 +329,8 @@ async def build_runtime(
         if devices is not None:
             await devices.drain()
         await webhook_client.aclose()
-        await hub_client.aclose()
-        await builtin_hub_client.aclose()
+        await hub_transport.aclose()
+        await builtin_hub_transport.aclose()
         if executor is not None:
             await executor.close()
         await engine.dispose()

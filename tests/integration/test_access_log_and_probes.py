@@ -18,7 +18,8 @@ from dpsd.storage.executor import create_executor
 from dpsd.storage.health import store_answers
 from dpsd.storage.migrate import migrate
 from tests.conftest import API, ServiceApi, sas_token
-from tests.log_capture import captured_logs, json_lines
+from tests.integration.test_device_registration_api import KEY, enroll, provision
+from tests.log_capture import LogLevel, captured_logs, json_lines
 
 HUB = "hub1.dpsd.test"
 
@@ -95,6 +96,25 @@ async def test_built_in_hub_requests_are_logged_too(service_api: ServiceApi) -> 
     )
     assert f"Tracking ID:{line['tracking_id']}-" in found.json()["ExceptionMessage"]
     assert requests_counted(service_api, "hub", "GET /devices/{id}", 404) == 1
+
+
+async def test_hub_writes_of_a_registration_are_counted_and_logged_at_debug(
+    service_api: ServiceApi,
+) -> None:
+    """dpsd's own requests into its built-in hub: below the registration's line at INFO."""
+    await service_api.runtime.hubs.link(HUB, builtin=True)
+    await enroll(service_api, "landed-1", allocationPolicy="static", iotHubs=[HUB])
+    with captured_logs(level=LogLevel.DEBUG) as debug:
+        assert (await provision(service_api, "landed-1", KEY))["status"] == "assigned"
+    hub_lines = [line for line in access_lines(json_lines(debug)) if line["api"] == "hub"]
+    assert [(line["level"], line["operation"]) for line in hub_lines] == [
+        ("DEBUG", "PUT /devices/{id}")
+    ]
+    assert requests_counted(service_api, "hub", "PUT /devices/{id}", 200) == 1
+    with captured_logs(level=LogLevel.INFO) as info:
+        assert (await provision(service_api, "landed-1", KEY))["status"] == "assigned"
+    assert [line for line in access_lines(json_lines(info)) if line["api"] == "hub"] == []
+    assert [line["api"] for line in access_lines(json_lines(info))] == ["dps", "dps"]
 
 
 async def test_probes_need_no_credentials_and_are_not_logged(service_api: ServiceApi) -> None:

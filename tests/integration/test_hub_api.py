@@ -20,7 +20,7 @@ from dpsd.domain.hub import LinkedHub
 from dpsd.http.exchange import HttpRequest, HttpResponse
 from dpsd.http.host_dispatch import HostDispatch, HubLookup, LookupRation
 from dpsd.http.hub_app import HubApiApp
-from dpsd.http.routing import Route, Router
+from dpsd.http.routing import Route
 from tests.conftest import sas_token
 from tests.integration.conftest import (
     API_VERSION,
@@ -640,7 +640,7 @@ async def test_a_failure_says_nothing_of_its_cause(caplog: pytest.LogCaptureFixt
     async def broken(request: HttpRequest, params: dict[str, str]) -> HttpResponse:
         raise RuntimeError("connection string with SharedAccessKey=secret")
 
-    app = HubApiApp(Router([Route("GET", ("boom",), broken, None)]), lambda: datetime.now(UTC))
+    app = HubApiApp(lambda hub: [Route("GET", ("boom",), broken, None)], lambda: datetime.now(UTC))
     hub = builtin_hub(HUB_HOST)
     policy = hub.policy("iothubowner")
     assert policy is not None

@@ -61,8 +61,8 @@ async def writing_to(service_api: ServiceApi, remote_hub: RemoteHub) -> AsyncIte
         await send({"type": "http.response.body", "body": body})
 
     transport = httpx.ASGITransport(app=failing_or_remote)
-    async with httpx.AsyncClient(transport=transport) as client:
-        service_api.runtime.devices.hub_registry = IotHubRestRegistry(client, None)
+    async with transport:
+        service_api.runtime.devices.hub_registry = IotHubRestRegistry(transport, None)
         yield remote_hub
 
 
@@ -89,8 +89,8 @@ async def test_a_device_lands_in_a_hub_reached_by_connection_string(
     await enroll(service_api, "thermo-1")
     outcome = await provision(service_api, "thermo-1", KEY)
     assert outcome["status"] == "assigned", outcome
-    devices = writing_to.runtime.hub_registry
-    device = await devices.get_device(HUB, "thermo-1")
+    device = await writing_to.runtime.hub_registry.devices.get(HUB, "thermo-1")
+    assert device is not None
     assert device.identity.authentication.symmetric_key is not None
     assert device.identity.authentication.symmetric_key.primary_key == KEY
     assert device.tags == {"floor": 3}

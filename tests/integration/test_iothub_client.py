@@ -70,10 +70,10 @@ async def hub_client(
     builtin: BuiltinHub, request: pytest.FixtureRequest
 ) -> AsyncIterator[tuple[IotHubRestRegistry, HubConnection]]:
     """The client on the built-in hub: reached as dpsd reaches its own built-in hubs, or
-    as an Azure hub would be (the same requests, through the other client)."""
+    as an Azure hub would be (the same requests, through the other transport)."""
     transport = httpx.ASGITransport(app=builtin.app)
-    async with httpx.AsyncClient(transport=transport) as client:
-        registry = IotHubRestRegistry(client, client)
+    async with transport:
+        registry = IotHubRestRegistry(transport, transport)
         connection = HubConnection(
             HUB_HOST, OWNER_HUB_POLICY, builtin.key(), builtin=request.param == "builtin"
         )
@@ -153,8 +153,8 @@ async def test_ids_are_url_encoded(
 
 async def test_the_hub_refuses_a_wrong_key(builtin: BuiltinHub) -> None:
     transport = httpx.ASGITransport(app=builtin.app)
-    async with httpx.AsyncClient(transport=transport) as client:
-        registry = IotHubRestRegistry(client, client)
+    async with transport:
+        registry = IotHubRestRegistry(transport, transport)
         wrong = HubConnection(HUB_HOST, OWNER_HUB_POLICY, KEY, builtin=True)
         with pytest.raises(HubRegistryError) as caught:
             await registry.put_device(wrong, sas_identity("refused"))
@@ -165,8 +165,8 @@ async def test_the_hub_refuses_a_wrong_key(builtin: BuiltinHub) -> None:
 
 async def test_a_policy_that_may_not_write_is_refused(builtin: BuiltinHub) -> None:
     transport = httpx.ASGITransport(app=builtin.app)
-    async with httpx.AsyncClient(transport=transport) as client:
-        registry = IotHubRestRegistry(client, client)
+    async with transport:
+        registry = IotHubRestRegistry(transport, transport)
         reader = HubConnection(HUB_HOST, "registryRead", builtin.key("registryRead"), builtin=True)
         with pytest.raises(HubRegistryError) as caught:
             await registry.put_device(reader, sas_identity("refused"))
@@ -175,8 +175,8 @@ async def test_a_policy_that_may_not_write_is_refused(builtin: BuiltinHub) -> No
 
 
 async def test_a_builtin_hub_needs_a_dpsd_serving_builtin_hubs() -> None:
-    async with httpx.AsyncClient(transport=httpx.MockTransport(unreachable)) as client:
-        registry = IotHubRestRegistry(client, None)
+    async with httpx.MockTransport(unreachable) as transport:
+        registry = IotHubRestRegistry(transport, None)
         hub = HubConnection(HUB_HOST, OWNER_HUB_POLICY, KEY, builtin=True)
         with pytest.raises(HubRegistryError, match="serves no built-in hubs") as caught:
             await registry.get_twin(hub, "any")
@@ -207,9 +207,9 @@ def registry_on(
     *,
     timeout: float = 10.0,
     clock: Callable[[], float] = time.time,
-) -> tuple[IotHubRestRegistry, httpx.AsyncClient]:
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return IotHubRestRegistry(client, client, timeout, clock=clock), client
+) -> tuple[IotHubRestRegistry, httpx.MockTransport]:
+    transport = httpx.MockTransport(handler)
+    return IotHubRestRegistry(transport, transport, timeout, clock=clock), transport
 
 
 def token_fields(request: httpx.Request) -> dict[str, str]:
@@ -221,8 +221,8 @@ def token_fields(request: httpx.Request) -> dict[str, str]:
 async def test_requests_carry_a_sas_token_as_the_python_client_signs_it() -> None:
     recorder = Recorder(lambda request: httpx.Response(200, json={}))
     hub = HubConnection("myhub.example:8443", "iothubowner", KEY)
-    registry, client = registry_on(recorder, clock=lambda: 1_700_000_000.5)
-    async with client:
+    registry, transport = registry_on(recorder, clock=lambda: 1_700_000_000.5)
+    async with transport:
         await registry.put_device(hub, sas_identity("d1"))
     request = recorder.requests[0]
     fields = token_fields(request)
@@ -241,8 +241,8 @@ async def test_requests_carry_a_sas_token_as_the_python_client_signs_it() -> Non
 async def test_put_device_creates_then_updates_on_conflict() -> None:
     statuses = iter([409, 200])
     recorder = Recorder(lambda request: httpx.Response(next(statuses), json={}))
-    registry, client = registry_on(recorder)
-    async with client:
+    registry, transport = registry_on(recorder)
+    async with transport:
         await registry.put_device(AZURE, x509_identity("dev/1"))
     create, update = recorder.requests
     for request in (create, update):
@@ -268,8 +268,8 @@ async def test_twin_writes_and_deletes_match_anything() -> None:
     recorder = Recorder(
         lambda request: httpx.Response(204 if request.method == "DELETE" else 200, json={})
     )
-    registry, client = registry_on(recorder)
-    async with client:
+    registry, transport = registry_on(recorder)
+    async with transport:
         await registry.replace_twin(AZURE, "d", TwinContent(tags={}, desired={"x": 1}))
         await registry.delete_device(AZURE, "d")
     replace, delete = recorder.requests
@@ -300,8 +300,8 @@ async def test_get_twin_reads_an_azure_twin_without_what_the_hub_owns() -> None:
             "reported": {"battery": 80, "$version": 9},
         },
     }
-    registry, client = registry_on(lambda request: httpx.Response(200, json=twin))
-    async with client:
+    registry, transport = registry_on(lambda request: httpx.Response(200, json=twin))
+    async with transport:
         assert await registry.get_twin(AZURE, "d") == TwinContent(
             tags={"site": "north"}, desired={"rate": 5}
         )
@@ -309,8 +309,8 @@ async def test_get_twin_reads_an_azure_twin_without_what_the_hub_owns() -> None:
 
 async def test_a_builtin_hub_is_reached_through_its_own_client_under_its_name() -> None:
     recorder = Recorder(lambda request: httpx.Response(404, json={}))
-    azure = httpx.AsyncClient(transport=httpx.MockTransport(unreachable))
-    builtin = httpx.AsyncClient(transport=httpx.MockTransport(recorder))
+    azure = httpx.MockTransport(unreachable)
+    builtin = httpx.MockTransport(recorder)
     registry = IotHubRestRegistry(azure, builtin)
     hub = HubConnection("hub.example:8443", OWNER_HUB_POLICY, KEY, builtin=True)
     async with azure, builtin:
@@ -328,7 +328,7 @@ async def test_a_hub_that_never_answers_times_out_in_process_too() -> None:
     async def silent(scope: Scope, receive: Receive, send: Send) -> None:
         await never.wait()
 
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=silent)) as builtin:
+    async with httpx.ASGITransport(app=silent) as builtin:
         registry = IotHubRestRegistry(builtin, builtin, timeout=0.05)
         hub = HubConnection(HUB_HOST, OWNER_HUB_POLICY, KEY, builtin=True)
         with pytest.raises(HubRegistryError, match=r"did not answer within 0\.05 s") as caught:
@@ -341,10 +341,10 @@ async def test_a_hub_that_never_answers_times_out_in_process_too() -> None:
 
 
 async def test_a_refusal_carries_the_hub_body_and_status() -> None:
-    registry, client = registry_on(
+    registry, transport = registry_on(
         lambda request: httpx.Response(401, content=UNAUTHORIZED_BODY.encode())
     )
-    async with client:
+    async with transport:
         with pytest.raises(HubRegistryError) as caught:
             await registry.put_device(AZURE, sas_identity("d"))
     assert caught.value.status == 401
@@ -352,8 +352,8 @@ async def test_a_refusal_carries_the_hub_body_and_status() -> None:
 
 
 async def test_a_server_error_carries_its_status() -> None:
-    registry, client = registry_on(lambda request: httpx.Response(500, content=b""))
-    async with client:
+    registry, transport = registry_on(lambda request: httpx.Response(500, content=b""))
+    async with transport:
         for call in (
             registry.put_device(AZURE, sas_identity("d")),
             registry.get_twin(AZURE, "d"),
@@ -367,8 +367,8 @@ async def test_a_server_error_carries_its_status() -> None:
 
 
 async def test_a_long_error_body_is_cut() -> None:
-    registry, client = registry_on(lambda request: httpx.Response(503, content=b"x" * 100_000))
-    async with client:
+    registry, transport = registry_on(lambda request: httpx.Response(503, content=b"x" * 100_000))
+    async with transport:
         with pytest.raises(HubRegistryError) as caught:
             await registry.delete_device(AZURE, "d")
     assert caught.value.status == 503
@@ -381,8 +381,8 @@ async def test_keys_and_signatures_never_show_in_a_message() -> None:
         text = f"{request.headers['authorization']} {request.content.decode()} {KEY}"
         return httpx.Response(400, content=text.encode())
 
-    registry, client = registry_on(echo)
-    async with client:
+    registry, transport = registry_on(echo)
+    async with transport:
         with pytest.raises(HubRegistryError) as caught:
             await registry.put_device(AZURE, sas_identity("d"))
     message = caught.value.message
@@ -396,8 +396,8 @@ async def test_a_timeout_is_a_failure_without_status() -> None:
     def slow(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("timed out", request=request)
 
-    registry, client = registry_on(slow, timeout=2.5)
-    async with client:
+    registry, transport = registry_on(slow, timeout=2.5)
+    async with transport:
         with pytest.raises(HubRegistryError) as caught:
             await registry.get_twin(AZURE, "d")
     assert caught.value.status is None
@@ -408,8 +408,8 @@ async def test_a_refused_connection_is_a_failure_without_status() -> None:
     def refused(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("[Errno 111] Connection refused", request=request)
 
-    registry, client = registry_on(refused)
-    async with client:
+    registry, transport = registry_on(refused)
+    async with transport:
         with pytest.raises(HubRegistryError) as caught:
             await registry.put_device(AZURE, sas_identity("d"))
     assert caught.value.status is None
@@ -420,8 +420,8 @@ async def test_a_refused_connection_is_a_failure_without_status() -> None:
 
 
 async def test_a_real_refused_connection() -> None:
-    async with httpx.AsyncClient() as client:
-        registry = IotHubRestRegistry(client, None, timeout=5)
+    async with httpx.AsyncHTTPTransport() as transport:
+        registry = IotHubRestRegistry(transport, None, timeout=5)
         hub = HubConnection("127.0.0.1:9", OWNER_HUB_POLICY, KEY)
         with pytest.raises(HubRegistryError, match="could not be reached") as caught:
             await registry.delete_device(hub, "d")
@@ -429,17 +429,17 @@ async def test_a_real_refused_connection() -> None:
 
 
 async def test_a_twin_that_is_not_one() -> None:
-    registry, client = registry_on(lambda request: httpx.Response(200, content=b"<html>"))
-    async with client:
+    registry, transport = registry_on(lambda request: httpx.Response(200, content=b"<html>"))
+    async with transport:
         with pytest.raises(HubRegistryError, match="something other than a twin") as caught:
             await registry.get_twin(AZURE, "d")
     assert caught.value.status == 200
 
 
 async def test_a_key_that_is_not_base64() -> None:
-    registry, client = registry_on(unreachable)
+    registry, transport = registry_on(unreachable)
     broken = HubConnection(AZURE.host_name, "iothubowner", "not*base64")
-    async with client:
+    async with transport:
         with pytest.raises(HubRegistryError, match="not base64") as caught:
             await registry.delete_device(broken, "d")
     assert "not*base64" not in caught.value.message
@@ -521,8 +521,8 @@ async def test_a_hub_is_reached_over_tls_under_its_name(
 ) -> None:
     listener, port, certificate = tls_listener
     trust = ssl.create_default_context(cafile=str(certificate))
-    async with httpx.AsyncClient(verify=trust) as client:
-        registry = IotHubRestRegistry(client, None, timeout=5)
+    async with httpx.AsyncHTTPTransport(verify=trust) as transport:
+        registry = IotHubRestRegistry(transport, None, timeout=5)
         hub = HubConnection(f"localhost:{port}", OWNER_HUB_POLICY, KEY)
         assert await registry.get_twin(hub, "d") is None
     assert listener.server_names == ["localhost"]
@@ -534,8 +534,8 @@ async def test_a_certificate_for_another_name_is_refused(
 ) -> None:
     listener, port, certificate = tls_listener
     trust = ssl.create_default_context(cafile=str(certificate))
-    async with httpx.AsyncClient(verify=trust) as client:
-        registry = IotHubRestRegistry(client, None, timeout=5)
+    async with httpx.AsyncHTTPTransport(verify=trust) as transport:
+        registry = IotHubRestRegistry(transport, None, timeout=5)
         other = HubConnection(f"127.0.0.1:{port}", OWNER_HUB_POLICY, KEY)
         with pytest.raises(HubRegistryError, match="could not be reached") as caught:
             await registry.get_twin(other, "d")

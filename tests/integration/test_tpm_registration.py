@@ -106,7 +106,8 @@ async def test_a_tpm_device_provisions_and_is_given_its_hub_key(
         "gateway-1",
     )
     hub_key = DEVICE.activate(base64.b64decode(state["tpm"]["authenticationKey"]))
-    landed = await writing_to.runtime.hub_registry.get_device(HUB, "gateway-1")
+    landed = await writing_to.runtime.hub_registry.devices.get(HUB, "gateway-1")
+    assert landed is not None
     keys = landed.identity.authentication.symmetric_key
     assert keys is not None
     assert keys.primary_key == base64.b64encode(hub_key).decode()

@@ -13,7 +13,6 @@ import base64
 import enum
 import json
 import re
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -135,7 +134,9 @@ _READ_ONLY_DESIRED_KEYS = frozenset({"$version", "$metadata"})
 _DEVICE_ID = re.compile(r"[A-Za-z0-9\-.+%_#*?!(),=@$':]+")
 _DEVICE_ID_CHARACTERS = "ASCII letters, digits and - . + % _ # * ? ! ( ) , = @ $ ' :"
 _THUMBPRINT = re.compile(r"[0-9A-Fa-f]{40}|[0-9A-Fa-f]{64}")
-_FORBIDDEN_KEY_CHARACTERS = frozenset(".$ ")
+# '.', '$', space, and the control characters (Unicode category Cc: C0, DEL and C1).
+_FORBIDDEN_IN_KEYS = re.compile(r"[.$ \x00-\x1f\x7f-\x9f]")
+_JSON_SCALARS = (str, int, float, type(None))
 
 
 # --- identities -------------------------------------------------------------------------
@@ -384,11 +385,13 @@ def _check_tree(value: Any, path: str, depth: int) -> None:
     if isinstance(value, dict):
         for key, child in value.items():
             _check_key(key, path)
-            _check_tree(child, f"{path}.{key}", depth + 1)
+            if not isinstance(child, _JSON_SCALARS):
+                _check_tree(child, f"{path}.{key}", depth + 1)
     elif isinstance(value, list):
         for index, child in enumerate(value):
-            _check_tree(child, f"{path}[{index}]", depth + 1)
-    elif not isinstance(value, str | int | float | None):
+            if not isinstance(child, _JSON_SCALARS):
+                _check_tree(child, f"{path}[{index}]", depth + 1)
+    elif not isinstance(value, _JSON_SCALARS):
         raise ValidationError(f"{path} holds {type(value).__name__}, which JSON cannot hold")
 
 
@@ -397,7 +400,7 @@ def _check_key(key: Any, path: str) -> None:
         raise ValidationError(f"{path} has an empty or non-text key name")
     if len(key.encode("utf-8")) > MAX_TWIN_KEY_BYTES:
         raise ValidationError(f"a key name in {path} is longer than {MAX_TWIN_KEY_BYTES} bytes")
-    if any(ch in _FORBIDDEN_KEY_CHARACTERS or unicodedata.category(ch) == "Cc" for ch in key):
+    if _FORBIDDEN_IN_KEYS.search(key):
         raise ValidationError(
             f"key name {key!r} in {path} is invalid: it must not hold '.', '$', spaces or "
             "control characters"

@@ -7,8 +7,13 @@ client's address; like every line logged while the request is served, it carries
 request's tracking id, which is also the ``x-ms-request-id`` header and the
 ``trackingId`` of a DPS error body. Headers and bodies are never logged.
 
+Requests that dpsd sends to itself in process (its writes into the IoT hubs it serves,
+marked in their scope by ``IN_PROCESS``) are counted alike but logged at DEBUG: the device
+registration that made them has its own line, and two more lines per registration at INFO
+cost a tenth of what the hub write costs.
+
 Cheap on the hot path: a clock read and a counter per request, and the line is built only
-when the ``dpsd.access`` logger is enabled for INFO.
+when the ``dpsd.access`` logger is enabled for its level.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ logger = logging.getLogger("dpsd.access")
 UNMATCHED = "unmatched"
 """The operation of a request that matched no route."""
 _SHOWN_QUERY = frozenset({"api-version"})
+IN_PROCESS = "dpsd.in_process"
+"""The scope key that marks a request dpsd sent to its own HTTP application."""
 
 
 class AccessLog:
@@ -46,8 +53,10 @@ class AccessLog:
         seconds = time.perf_counter() - started
         if self._metrics is not None:
             self._metrics.request(self._api, operation, response.status, seconds)
-        if logger.isEnabledFor(logging.INFO):
-            logger.info(
+        level = logging.DEBUG if scope.get(IN_PROCESS) else logging.INFO
+        if logger.isEnabledFor(level):
+            logger.log(
+                level,
                 "%(method)s %(target)s %(status)d %(duration_ms).1fms",
                 {
                     "method": scope["method"],

@@ -1,8 +1,8 @@
 """Handlers of a built-in IoT hub's service API: devices, twins and queries.
 
-Each handler reads the hub it serves from ``params["hub"]`` (its host name, set by the hub
-app once the request is authenticated) and the rest from the wire; the use cases decide.
-Device ids arrive percent-encoded in the path and are decoded by the router.
+A HubHandlers serves one hub, the one the hub app found for the request; the rest comes
+from the wire, and the use cases decide. Device ids arrive percent-encoded in the path and
+are decoded by the router.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Awaitable
 from typing import TypeVar
 from urllib.parse import parse_qsl
 
-from dpsd.domain.hub import HubAccessRights
+from dpsd.domain.hub import HubAccessRights, LinkedHub
 from dpsd.domain.hub_device import HubDevice
 from dpsd.http.bodies import check_declared_length, decode_json, too_large
 from dpsd.http.errors import InvalidHeader
@@ -32,7 +32,6 @@ from dpsd.service.hub_registry import HubQueryPage, HubRegistryService
 
 # Room for a whole twin echoed back (tags, desired and reported properties, metadata).
 MAX_BODY_BYTES = 256 * 1024
-HUB_PARAM = "hub"
 T = TypeVar("T")
 
 
@@ -74,11 +73,12 @@ def _page_response(page: HubQueryPage) -> HttpResponse:
 
 
 class HubHandlers:
-    """A hub's devices and twins, each kind served through http.records; the list and the
-    query of devices are actions of the devices."""
+    """The devices and twins of ``hub``, each kind served through http.records; the list
+    and the query of devices are actions of the devices."""
 
-    def __init__(self, service: HubRegistryService) -> None:
+    def __init__(self, service: HubRegistryService, hub: LinkedHub) -> None:
         self._service = service
+        self._hub = hub
 
     def routes(self) -> list[Route[HubAccessRights]]:
         read, write = HubAccessRights.REGISTRY_READ, HubAccessRights.REGISTRY_WRITE
@@ -106,34 +106,32 @@ class HubHandlers:
         return [*devices.routes(), *twins.routes()]
 
     def _get_device(self, params: Params) -> Awaitable[HubDevice]:
-        return self._service.get_device(params[HUB_PARAM], params["id"])
+        return self._service.get_device(self._hub, params["id"])
 
     def _put_device(
         self, params: Params, body: DeviceBodyWire, if_match: str | None
     ) -> Awaitable[HubDevice]:
         identity = identity_from_wire(body, params["id"])
-        return self._service.create_or_update_device(
-            params[HUB_PARAM], params["id"], identity, if_match
-        )
+        return self._service.create_or_update_device(self._hub, params["id"], identity, if_match)
 
     def _delete_device(self, params: Params, if_match: str | None) -> Awaitable[None]:
-        return self._service.delete_device(params[HUB_PARAM], params["id"], if_match)
+        return self._service.delete_device(self._hub, params["id"], if_match)
 
     def _update_twin(
         self, params: Params, body: TwinBodyWire, if_match: str | None
     ) -> Awaitable[HubDevice]:
         patch = twin_content_from_wire(body)
-        return self._service.update_twin(params[HUB_PARAM], params["id"], patch, if_match)
+        return self._service.update_twin(self._hub, params["id"], patch, if_match)
 
     def _replace_twin(
         self, params: Params, body: TwinBodyWire, if_match: str | None
     ) -> Awaitable[HubDevice]:
         content = twin_content_from_wire(body)
-        return self._service.replace_twin(params[HUB_PARAM], params["id"], content, if_match)
+        return self._service.replace_twin(self._hub, params["id"], content, if_match)
 
     async def list_devices(self, request: HttpRequest, params: Params) -> HttpResponse:
         top = _whole_number(_query_parameter(request, "top"), "top")
-        devices = await self._service.list_devices(params[HUB_PARAM], top)
+        devices = await self._service.list_devices(self._hub, top)
         return json_response([device_to_wire(device) for device in devices])
 
     async def query(self, request: HttpRequest, params: Params) -> HttpResponse:
@@ -141,7 +139,7 @@ class HubHandlers:
         if not specification.query:
             raise MissingBody("The query specification needs a 'query'")
         page = await self._service.query(
-            params[HUB_PARAM],
+            self._hub,
             specification.query,
             request.headers.get("x-ms-continuation") or None,
             _whole_number(request.headers.get("x-ms-max-item-count"), "x-ms-max-item-count"),

@@ -25,7 +25,7 @@ from dpsd.http.access import UNMATCHED, AccessLog
 from dpsd.http.app import request_host
 from dpsd.http.errors import unexpected
 from dpsd.http.exchange import HttpRequest, HttpResponse
-from dpsd.http.hub_api import HUB_PARAM, HubHandlers
+from dpsd.http.hub_api import HubHandlers
 from dpsd.http.hub_errors import error_response, new_tracking_id
 from dpsd.http.routing import Route, Router
 from dpsd.service.auth import authenticate, require_rights
@@ -33,19 +33,27 @@ from dpsd.service.hub_registry import HubRegistryService
 from dpsd.telemetry.tracking import TRACKING_ID
 
 logger = logging.getLogger("dpsd.http.hub")
+HubRoutes = Callable[[LinkedHub], list[Route[HubAccessRights]]]
+# Routers kept at once, one per hub served; past this many they are all built again.
+_MAX_ROUTERS = 256
 
 
 class HubApiApp:
-    """Serves the routes of ``router`` as whichever built-in hub a request is for."""
+    """Serves the routes ``routes(hub)`` gives for whichever built-in hub a request is for.
+
+    The router of a hub is built when a request first comes for it and kept while the
+    same LinkedHub is handed in (the host dispatch hands in the one it looked up for a
+    few seconds), so the handlers act on the hub found without looking it up again."""
 
     def __init__(
         self,
-        router: Router[HubAccessRights],
+        routes: HubRoutes,
         now: Callable[[], datetime],
         access: AccessLog | None = None,
     ) -> None:
         self._access = access
-        self._router = router
+        self._routes = routes
+        self._routers: dict[str, tuple[LinkedHub, Router[HubAccessRights]]] = {}
         self._now = now
 
     def for_hub(self, hub: LinkedHub) -> ASGIApp:
@@ -71,7 +79,7 @@ class HubApiApp:
         """The operation the request names (its route's), and the answer."""
         operation = UNMATCHED
         try:
-            route, params = self._router.resolve(
+            route, params = self._router(hub).resolve(
                 request.method, request.scope.get("raw_path") or b"/"
             )
             operation = route.operation
@@ -95,8 +103,17 @@ class HubApiApp:
         needed = route.right(request) if callable(route.right) else route.right
         if needed is not None:
             require_rights(policy.name, policy.rights, needed, HUB_RIGHT_NAMES)
-        params[HUB_PARAM] = hub.host_name
         return await route.handler(request, params)
+
+    def _router(self, hub: LinkedHub) -> Router[HubAccessRights]:
+        known = self._routers.get(hub.host_name)
+        if known is not None and known[0] is hub:
+            return known[1]
+        if len(self._routers) >= _MAX_ROUTERS:
+            self._routers.clear()
+        router = Router(self._routes(hub), "the IoT hub API")
+        self._routers[hub.host_name] = (hub, router)
+        return router
 
     def _error_response(self, error: Exception, tracking_id: str) -> HttpResponse:
         response = error_response(error, tracking_id, self._now())
@@ -109,4 +126,4 @@ def build_hub_app(
     service: HubRegistryService, now: Callable[[], datetime], access: AccessLog | None = None
 ) -> HubApiApp:
     """The hub app serving the devices, twins and queries of ``service``'s hubs."""
-    return HubApiApp(Router(HubHandlers(service).routes(), "the IoT hub API"), now, access)
+    return HubApiApp(lambda hub: HubHandlers(service, hub).routes(), now, access)

@@ -3,14 +3,18 @@ API, as Azure DPS does: an Azure IoT hub, or a hub dpsd serves itself.
 
 Each request carries a SharedAccessSignature of the hub's policy, made as the Python
 service client makes it (``sr`` the URL-encoded host name from the connection, an hour of
-validity). An Azure hub is reached over the network with the httpx client given for it.
-A built-in hub is reached with the same requests through a second httpx client whose
-transport hands them to dpsd's own HTTP application in this process (``httpx.ASGITransport``):
+validity). An Azure hub is reached over the network with the httpx transport given for it.
+A built-in hub is reached with the same requests through a second httpx transport that
+hands them to dpsd's own HTTP application in this process (``httpx.ASGITransport``):
 the requests, their SAS, the Host header that picks the hub, the hub's authentication,
 handlers, etags and error bodies, and this module's reading of the answers are the same
 as over the network; only the sockets and TLS are skipped. Going through the listener's
 socket instead cost five times as much CPU per landing (two TLS round trips served by the
 same event loop that waits for them) and made landings time out under load.
+
+Requests go to the transports without an ``httpx.AsyncClient`` in front: a client adds
+cookies, authentication flows and redirects, none of which a registry call wants, and they
+cost as much CPU as the in-process hub's own handling of the request.
 
 Failures become HubRegistryError with the hub's status and its error body (cut to
 about a kilobyte, with every key and signature this client knows of blotted out). Every
@@ -91,20 +95,21 @@ class _Call:
 class IotHubRestRegistry:
     """The IotHubRegistry port on IoT Hub's REST API (api-version 2021-04-12).
 
-    ``client``: for Azure hubs; ``builtin_client``: for the hubs dpsd serves itself (None
-    where there are none to serve); ``timeout``: seconds per request."""
+    ``transport``: for Azure hubs; ``builtin_transport``: for the hubs dpsd serves itself
+    (None where there are none to serve); ``timeout``: seconds per request."""
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
-        builtin_client: httpx.AsyncClient | None,
+        transport: httpx.AsyncBaseTransport,
+        builtin_transport: httpx.AsyncBaseTransport | None,
         timeout: float = 10.0,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._client = client
-        self._builtin_client = builtin_client
+        self._transport = transport
+        self._builtin_transport = builtin_transport
         self._timeout = timeout
+        self._timeouts = {"timeout": httpx.Timeout(timeout).as_dict()}
         self._clock = clock
 
     async def put_device(self, hub: HubConnection, identity: DeviceIdentity) -> None:
@@ -151,14 +156,14 @@ class IotHubRestRegistry:
     def _call(self, hub: HubConnection, secrets: Iterable[str | None] = ()) -> _Call:
         return _Call(hub, self._clock(), secrets)
 
-    def _client_for(self, hub: HubConnection) -> httpx.AsyncClient:
+    def _transport_for(self, hub: HubConnection) -> httpx.AsyncBaseTransport:
         if not hub.builtin:
-            return self._client
-        if self._builtin_client is None:
+            return self._transport
+        if self._builtin_transport is None:
             raise HubRegistryError(
                 None, f"IoT hub {hub.host_name} is built in, but dpsd serves no built-in hubs here"
             )
-        return self._builtin_client
+        return self._builtin_transport
 
     async def _send(
         self,
@@ -169,7 +174,7 @@ class IotHubRestRegistry:
         *,
         if_match: str | None = None,
     ) -> httpx.Response:
-        client = self._client_for(call.hub)
+        transport = self._transport_for(call.hub)
         headers = {"authorization": call.authorization}
         if body is not None:
             headers["content-type"] = JSON_CONTENT_TYPE
@@ -177,10 +182,11 @@ class IotHubRestRegistry:
             headers["if-match"] = if_match
         url = f"https://{call.hub.host_name}{path}?api-version={API_VERSION}"
         try:
+            request = httpx.Request(
+                method, url, content=body, headers=headers, extensions=self._timeouts
+            )
             async with asyncio.timeout(self._timeout):
-                return await client.request(
-                    method, url, content=body, headers=headers, timeout=self._timeout
-                )
+                return await _exchange(transport, request)
         except (httpx.TimeoutException, TimeoutError) as error:
             raise call.error(
                 None, f"IoT hub {call.hub.host_name} did not answer within {self._timeout:g} s"
@@ -190,3 +196,13 @@ class IotHubRestRegistry:
             raise call.error(
                 None, f"IoT hub {call.hub.host_name} could not be reached: {reason}"
             ) from error
+
+
+async def _exchange(transport: httpx.AsyncBaseTransport, request: httpx.Request) -> httpx.Response:
+    """The response to ``request``, read whole, its connection handed back."""
+    response = await transport.handle_async_request(request)
+    try:
+        await response.aread()
+    finally:
+        await response.aclose()
+    return response

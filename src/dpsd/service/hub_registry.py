@@ -3,6 +3,8 @@
 A built-in hub is a linked hub with its own shared access policies (``LinkedHub.builtin``);
 its devices live in dpsd's store. These use cases are what its REST API (IoT Hub's service
 API subset) calls; dpsd's provisioning reaches them over that API too, like any IoT hub.
+The caller finds the hub a request is for once (``served_hub``, by the request's host name)
+and hands it to every use case, which acts on it without looking it up again.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ class HubRegistryService:
         return None
 
     async def create_or_update_device(
-        self, hub: str, path_id: str, identity: DeviceIdentity, if_match: str | None
+        self, hub: LinkedHub, path_id: str, identity: DeviceIdentity, if_match: str | None
     ) -> HubDevice:
         """``PUT /devices/{id}``: create without If-Match (409 when it exists); with If-Match
         (``*`` or the device etag) update the identity, keeping the twin."""
@@ -100,7 +102,7 @@ class HubRegistryService:
                 f"the deviceId in the body ({identity.device_id!r}) must be the one in the "
                 f"path ({path_id!r})"
             )
-        host = await self._host(hub)
+        host = _host(hub)
         now = self.clock.now()
         random_bytes = self.entropy.random_bytes
         if if_match is None:
@@ -116,16 +118,16 @@ class HubRegistryService:
             lambda stored: update_identity(stored, identity, now=now, random_bytes=random_bytes),
         )
 
-    async def get_device(self, hub: str, device_id: str) -> HubDevice:
-        device = await self.devices.get(await self._host(hub), device_id)
+    async def get_device(self, hub: LinkedHub, device_id: str) -> HubDevice:
+        device = await self.devices.get(_host(hub), device_id)
         if device is None:
             raise HubDeviceNotFound(device_id)
         return device
 
-    async def delete_device(self, hub: str, device_id: str, if_match: str | None) -> None:
+    async def delete_device(self, hub: LinkedHub, device_id: str, if_match: str | None) -> None:
         """``DELETE /devices/{id}``, at the device etag when If-Match names one: the store
         deletes only the version whose etag matched, so a write landing in between wins."""
-        host = await self._host(hub)
+        host = _host(hub)
         wanted = WILDCARD if if_match is None else normalize_if_match(if_match)
         for _ in range(_WRITE_ATTEMPTS):
             stored = await self.devices.get(host, device_id)
@@ -138,20 +140,20 @@ class HubRegistryService:
                 return
         raise PreconditionFailed(device_id)
 
-    async def list_devices(self, hub: str, top: int | None) -> list[HubDevice]:
+    async def list_devices(self, hub: LinkedHub, top: int | None) -> list[HubDevice]:
         """``GET /devices?top=n``: the first ``top`` devices in id order (at most 1000)."""
         if top is not None and top < 1:
             raise ValidationError(f"top must be between 1 and {MAX_LIST_TOP}, not {top}")
         limit = DEFAULT_LIST_TOP if top is None else min(top, MAX_LIST_TOP)
-        return await self.devices.list(await self._host(hub), after=None, limit=limit)
+        return await self.devices.list(_host(hub), after=None, limit=limit)
 
     async def update_twin(
-        self, hub: str, device_id: str, patch: TwinContent, if_match: str | None
+        self, hub: LinkedHub, device_id: str, patch: TwinContent, if_match: str | None
     ) -> HubDevice:
         """``PATCH /twins/{id}``: merge tags and desired properties (null removes a key)."""
         now = self.clock.now()
         return await self._rewrite(
-            await self._host(hub),
+            _host(hub),
             device_id,
             if_match,
             twin_etag,
@@ -159,12 +161,12 @@ class HubRegistryService:
         )
 
     async def replace_twin(
-        self, hub: str, device_id: str, content: TwinContent, if_match: str | None
+        self, hub: LinkedHub, device_id: str, content: TwinContent, if_match: str | None
     ) -> HubDevice:
         """``PUT /twins/{id}``: tags and desired properties become exactly ``content``."""
         now = self.clock.now()
         return await self._rewrite(
-            await self._host(hub),
+            _host(hub),
             device_id,
             if_match,
             twin_etag,
@@ -172,12 +174,12 @@ class HubRegistryService:
         )
 
     async def query(
-        self, hub: str, text: str, continuation: str | None, max_items: int | None
+        self, hub: LinkedHub, text: str, continuation: str | None, max_items: int | None
     ) -> HubQueryPage:
         """``POST /devices/query``: devices in id order, a page at a time, or for
         ``SELECT COUNT()`` one raw row counting every match (and no continuation)."""
         query = parse_hub_query(text)
-        host = await self._host(hub)
+        host = _host(hub)
         size = records.page_size(max_items)
         if query.count_alias is not None:
             count = await self._count(host, query)
@@ -191,14 +193,6 @@ class HubRegistryService:
         if len(found) > size:
             token = records.encode_continuation(_QUERY_PAGING_KIND, devices[-1].device_id)
         return HubQueryPage(devices, None, token, size)
-
-    async def _host(self, hub: str) -> str:
-        """The host name under which ``hub``'s devices are stored; HubNotServed when dpsd
-        does not serve it."""
-        served = await self.served_hub(hub)
-        if served is None:
-            raise HubNotServed(hub)
-        return served.host_name
 
     async def _rewrite(
         self,
@@ -245,6 +239,14 @@ class HubRegistryService:
             if len(batch) < _SCAN_BATCH:
                 return count
             after = batch[-1].device_id
+
+
+def _host(hub: LinkedHub) -> str:
+    """The host name under which ``hub``'s devices are stored; HubNotServed when dpsd
+    does not serve it."""
+    if not hub.builtin:
+        raise HubNotServed(hub.host_name)
+    return hub.host_name
 
 
 def _selected(query: HubQuery, device: HubDevice) -> bool:

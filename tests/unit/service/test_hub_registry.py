@@ -37,6 +37,9 @@ START = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 HUB = "hub.example"
 KEY = base64.b64encode(b"k" * 32).decode()
 OWNER = HubPolicy("iothubowner", KEY, KEY, ALL_HUB_RIGHTS)
+# The hub the use cases are handed, as the hub app hands in the one it found.
+BUILTIN = LinkedHub("Hub.Example", "e1", builtin_policies=(OWNER,))
+AZURE = LinkedHub("azure.example", "e3", connection_string="HostName=azure.example")
 
 
 @dataclass
@@ -71,9 +74,9 @@ class Registry:
 @pytest.fixture
 async def registry() -> Registry:
     hubs = InMemoryHubRepository()
-    await hubs.add(LinkedHub("Hub.Example", "e1", builtin_policies=(OWNER,)))
+    await hubs.add(BUILTIN)
     await hubs.add(LinkedHub("ported.example:8443", "e2", builtin_policies=(OWNER,)))
-    await hubs.add(LinkedHub("azure.example", "e3", connection_string="HostName=azure.example"))
+    await hubs.add(AZURE)
     devices = InMemoryHubDeviceRepository()
     clock = FakeClock()
     return Registry(HubRegistryService(hubs, devices, clock, FakeEntropy()), devices, clock)
@@ -86,7 +89,7 @@ def identity(device_id: str = "dev-1", **changes: Any) -> DeviceIdentity:
 
 async def create(registry: Registry, device_id: str = "dev-1", **changes: Any) -> HubDevice:
     return await registry.service.create_or_update_device(
-        HUB, device_id, identity(device_id, **changes), None
+        BUILTIN, device_id, identity(device_id, **changes), None
     )
 
 
@@ -117,23 +120,33 @@ async def test_the_served_hub_is_the_built_in_one_of_that_host(
 async def test_a_hub_that_is_not_built_in_is_not_served(registry: Registry) -> None:
     service = registry.service
     with pytest.raises(HubNotServed, match=r"'azure\.example' is not an IoT hub that dpsd serves"):
-        await service.get_device("azure.example", "dev-1")
+        await service.get_device(AZURE, "dev-1")
     with pytest.raises(HubNotServed):
-        await service.create_or_update_device("nowhere", "dev-1", identity(), None)
+        await service.create_or_update_device(AZURE, "dev-1", identity(), None)
     with pytest.raises(HubNotServed):
-        await service.list_devices("nowhere", None)
+        await service.list_devices(AZURE, None)
     with pytest.raises(HubNotServed):
-        await service.query("nowhere", "SELECT * FROM devices", None, None)
+        await service.query(AZURE, "SELECT * FROM devices", None, None)
+    with pytest.raises(HubNotServed):
+        await service.replace_twin(AZURE, "dev-1", TwinContent(), None)
+
+
+async def served(registry: Registry, host_name: str) -> LinkedHub:
+    hub = await registry.service.served_hub(host_name)
+    assert hub is not None
+    return hub
 
 
 async def test_any_spelling_of_the_host_reaches_the_same_devices(registry: Registry) -> None:
     created = await registry.service.create_or_update_device(
-        "HUB.example:443", "Dev-1", identity("Dev-1"), None
+        await served(registry, "HUB.example:443"), "Dev-1", identity("Dev-1"), None
     )
     assert created.hub == "Hub.Example"
-    assert await registry.service.get_device("hub.example", "Dev-1") == created
+    assert (
+        await registry.service.get_device(await served(registry, "hub.example"), "Dev-1") == created
+    )
     with pytest.raises(HubDeviceNotFound):
-        await registry.service.get_device("hub.example", "dev-1")  # ids keep their case
+        await registry.service.get_device(BUILTIN, "dev-1")  # ids keep their case
 
 
 # --- devices ------------------------------------------------------------------------------
@@ -146,7 +159,7 @@ async def test_create_then_get(registry: Registry) -> None:
     assert keys is not None
     assert keys.primary_key
     assert keys.secondary_key
-    assert await registry.service.get_device(HUB, "dev-1") == created
+    assert await registry.service.get_device(BUILTIN, "dev-1") == created
 
 
 async def test_create_refuses_an_existing_device(registry: Registry) -> None:
@@ -160,22 +173,22 @@ async def test_the_path_id_must_be_the_body_id(
     registry: Registry, path_id: str, body_id: str
 ) -> None:
     with pytest.raises(ValidationError, match="must be the one in the path"):
-        await registry.service.create_or_update_device(HUB, path_id, identity(body_id), None)
+        await registry.service.create_or_update_device(BUILTIN, path_id, identity(body_id), None)
 
 
 async def test_an_invalid_id_is_refused(registry: Registry) -> None:
     with pytest.raises(ValidationError, match="deviceId 'a/b' is invalid"):
-        await registry.service.create_or_update_device(HUB, "a/b", identity("a/b"), None)
+        await registry.service.create_or_update_device(BUILTIN, "a/b", identity("a/b"), None)
 
 
 @pytest.mark.parametrize("form", ["*", '"*"', "{etag}", '"{etag}"', 'W/"{etag}"'])
 async def test_update_at_the_wildcard_or_the_device_etag(registry: Registry, form: str) -> None:
     created = await create(registry)
-    twinned = await registry.service.update_twin(HUB, "dev-1", TwinContent({"a": 1}), None)
+    twinned = await registry.service.update_twin(BUILTIN, "dev-1", TwinContent({"a": 1}), None)
     registry.clock.advance()
     if_match = form.format(etag=device_etag(created))
     updated = await registry.service.create_or_update_device(
-        HUB, "dev-1", identity(status=DeviceStatus.DISABLED), if_match
+        BUILTIN, "dev-1", identity(status=DeviceStatus.DISABLED), if_match
     )
     assert updated.identity.status is DeviceStatus.DISABLED
     assert updated.identity.authentication == created.identity.authentication
@@ -184,28 +197,30 @@ async def test_update_at_the_wildcard_or_the_device_etag(registry: Registry, for
     assert updated.generation_id == created.generation_id
     assert updated.device_version == 2
     assert updated.twin_version == twinned.twin_version + 1
-    assert await registry.service.get_device(HUB, "dev-1") == updated
+    assert await registry.service.get_device(BUILTIN, "dev-1") == updated
 
 
 async def test_update_at_another_etag_fails(registry: Registry) -> None:
     created = await create(registry)
     stale = device_etag(created)
-    await registry.service.create_or_update_device(HUB, "dev-1", identity(), "*")
+    await registry.service.create_or_update_device(BUILTIN, "dev-1", identity(), "*")
     with pytest.raises(PreconditionFailed):
-        await registry.service.create_or_update_device(HUB, "dev-1", identity(), f'"{stale}"')
+        await registry.service.create_or_update_device(BUILTIN, "dev-1", identity(), f'"{stale}"')
     with pytest.raises(PreconditionFailed):
-        await registry.service.create_or_update_device(HUB, "dev-1", identity(), twin_etag(created))
+        await registry.service.create_or_update_device(
+            BUILTIN, "dev-1", identity(), twin_etag(created)
+        )
 
 
 @pytest.mark.parametrize("if_match", ["*", "MQ=="])
 async def test_update_of_a_missing_device_is_not_found(registry: Registry, if_match: str) -> None:
     with pytest.raises(HubDeviceNotFound):
-        await registry.service.create_or_update_device(HUB, "dev-1", identity(), if_match)
+        await registry.service.create_or_update_device(BUILTIN, "dev-1", identity(), if_match)
 
 
 async def test_get_of_a_missing_device_is_not_found(registry: Registry) -> None:
     with pytest.raises(HubDeviceNotFound) as raised:
-        await registry.service.get_device(HUB, "ghost")
+        await registry.service.get_device(BUILTIN, "ghost")
     assert raised.value.device_id == "ghost"
 
 
@@ -213,23 +228,23 @@ async def test_get_of_a_missing_device_is_not_found(registry: Registry) -> None:
 async def test_delete(registry: Registry, form: str | None) -> None:
     created = await create(registry)
     if_match = None if form is None else form.format(etag=device_etag(created))
-    await registry.service.delete_device(HUB, "dev-1", if_match)
+    await registry.service.delete_device(BUILTIN, "dev-1", if_match)
     with pytest.raises(HubDeviceNotFound):
-        await registry.service.get_device(HUB, "dev-1")
+        await registry.service.get_device(BUILTIN, "dev-1")
     with pytest.raises(HubDeviceNotFound):
-        await registry.service.delete_device(HUB, "dev-1", if_match)
+        await registry.service.delete_device(BUILTIN, "dev-1", if_match)
 
 
 async def test_delete_at_another_etag_fails(registry: Registry) -> None:
     await create(registry)
     with pytest.raises(PreconditionFailed):
-        await registry.service.delete_device(HUB, "dev-1", '"Mg=="')
-    assert await registry.service.get_device(HUB, "dev-1")
+        await registry.service.delete_device(BUILTIN, "dev-1", '"Mg=="')
+    assert await registry.service.get_device(BUILTIN, "dev-1")
 
 
 async def test_a_device_created_again_is_a_new_generation(registry: Registry) -> None:
     first = await create(registry)
-    await registry.service.delete_device(HUB, "dev-1", "*")
+    await registry.service.delete_device(BUILTIN, "dev-1", "*")
     second = await create(registry)
     assert second.generation_id != first.generation_id
 
@@ -237,19 +252,19 @@ async def test_a_device_created_again_is_a_new_generation(registry: Registry) ->
 async def test_list_in_id_order_up_to_top(registry: Registry) -> None:
     for device_id in ["b", "A", "c", "a"]:
         await create(registry, device_id)
-    listed = await registry.service.list_devices(HUB, None)
+    listed = await registry.service.list_devices(BUILTIN, None)
     assert [device.device_id for device in listed] == ["A", "a", "b", "c"]
-    assert len(await registry.service.list_devices(HUB, 2)) == 2
-    assert await registry.service.list_devices("ported.example", None) == []
+    assert len(await registry.service.list_devices(BUILTIN, 2)) == 2
+    assert await registry.service.list_devices(await served(registry, "ported.example"), None) == []
 
 
 async def test_list_takes_at_most_a_thousand(registry: Registry) -> None:
     for index in range(1001):
         await registry.devices.add(replace(stored_device(index), hub="Hub.Example"))
-    assert len(await registry.service.list_devices(HUB, None)) == 1000
-    assert len(await registry.service.list_devices(HUB, 5000)) == 1000
+    assert len(await registry.service.list_devices(BUILTIN, None)) == 1000
+    assert len(await registry.service.list_devices(BUILTIN, 5000)) == 1000
     with pytest.raises(ValidationError, match="top must be between 1 and 1000"):
-        await registry.service.list_devices(HUB, 0)
+        await registry.service.list_devices(BUILTIN, 0)
 
 
 def stored_device(index: int) -> HubDevice:
@@ -271,7 +286,7 @@ def stored_device(index: int) -> HubDevice:
 async def test_twin_patch_and_replace(registry: Registry) -> None:
     created = await create(registry)
     patched = await registry.service.update_twin(
-        HUB, "dev-1", TwinContent({"site": "n"}, {"rate": 5}), f'"{twin_etag(created)}"'
+        BUILTIN, "dev-1", TwinContent({"site": "n"}, {"rate": 5}), f'"{twin_etag(created)}"'
     )
     assert patched.tags == {"site": "n"}
     assert patched.desired.values == {"rate": 5}
@@ -279,40 +294,40 @@ async def test_twin_patch_and_replace(registry: Registry) -> None:
     assert patched.twin_version == 2
     assert patched.device_version == 1
     replaced = await registry.service.replace_twin(
-        HUB, "dev-1", TwinContent({"other": 1}), twin_etag(patched)
+        BUILTIN, "dev-1", TwinContent({"other": 1}), twin_etag(patched)
     )
     assert replaced.tags == {"other": 1}
     assert replaced.desired.values == {}
-    assert await registry.service.get_device(HUB, "dev-1") == replaced
+    assert await registry.service.get_device(BUILTIN, "dev-1") == replaced
 
 
 async def test_twin_writes_compare_the_twin_etag(registry: Registry) -> None:
     created = await create(registry)
     with pytest.raises(PreconditionFailed):
-        await registry.service.update_twin(HUB, "dev-1", TwinContent(), device_etag(created))
-    await registry.service.update_twin(HUB, "dev-1", TwinContent({"a": 1}), "*")
+        await registry.service.update_twin(BUILTIN, "dev-1", TwinContent(), device_etag(created))
+    await registry.service.update_twin(BUILTIN, "dev-1", TwinContent({"a": 1}), "*")
     with pytest.raises(PreconditionFailed):
-        await registry.service.replace_twin(HUB, "dev-1", TwinContent(), twin_etag(created))
+        await registry.service.replace_twin(BUILTIN, "dev-1", TwinContent(), twin_etag(created))
 
 
 async def test_an_identity_update_moves_the_twin_etag(registry: Registry) -> None:
     created = await create(registry)
-    await registry.service.create_or_update_device(HUB, "dev-1", identity(), "*")
+    await registry.service.create_or_update_device(BUILTIN, "dev-1", identity(), "*")
     with pytest.raises(PreconditionFailed):
-        await registry.service.update_twin(HUB, "dev-1", TwinContent(), twin_etag(created))
+        await registry.service.update_twin(BUILTIN, "dev-1", TwinContent(), twin_etag(created))
 
 
 async def test_twin_writes_to_a_missing_device_are_not_found(registry: Registry) -> None:
     with pytest.raises(HubDeviceNotFound):
-        await registry.service.update_twin(HUB, "dev-1", TwinContent(), "*")
+        await registry.service.update_twin(BUILTIN, "dev-1", TwinContent(), "*")
     with pytest.raises(HubDeviceNotFound):
-        await registry.service.replace_twin(HUB, "dev-1", TwinContent(), None)
+        await registry.service.replace_twin(BUILTIN, "dev-1", TwinContent(), None)
 
 
 async def test_an_invalid_twin_is_refused(registry: Registry) -> None:
     await create(registry)
     with pytest.raises(ValidationError, match="key name"):
-        await registry.service.update_twin(HUB, "dev-1", TwinContent({"a.b": 1}), "*")
+        await registry.service.update_twin(BUILTIN, "dev-1", TwinContent({"a.b": 1}), "*")
 
 
 # --- concurrent writers -------------------------------------------------------------------
@@ -341,33 +356,33 @@ class RacingDevices(InMemoryHubDeviceRepository):
 
 async def racing_registry(races: int) -> tuple[HubRegistryService, RacingDevices, HubDevice]:
     hubs = InMemoryHubRepository()
-    await hubs.add(LinkedHub(HUB, "e", builtin_policies=(OWNER,)))
+    await hubs.add(BUILTIN)
     devices = RacingDevices(0)
     service = HubRegistryService(hubs, devices, FakeClock(), FakeEntropy())
-    created = await service.create_or_update_device(HUB, "dev-1", identity(), None)
+    created = await service.create_or_update_device(BUILTIN, "dev-1", identity(), None)
     devices.races = races
     return service, devices, created
 
 
 async def test_a_wildcard_write_that_loses_a_race_tries_again() -> None:
     service, _devices, _created = await racing_registry(races=2)
-    patched = await service.update_twin(HUB, "dev-1", TwinContent({"mine": 1}), "*")
+    patched = await service.update_twin(BUILTIN, "dev-1", TwinContent({"mine": 1}), "*")
     assert patched.tags == {"other": 0, "mine": 1}
-    assert await service.get_device(HUB, "dev-1") == patched
+    assert await service.get_device(BUILTIN, "dev-1") == patched
 
 
 async def test_an_etag_write_that_loses_a_race_fails() -> None:
     service, _devices, created = await racing_registry(races=1)
     with pytest.raises(PreconditionFailed):
-        await service.update_twin(HUB, "dev-1", TwinContent({"mine": 1}), twin_etag(created))
-    stored = await service.get_device(HUB, "dev-1")
+        await service.update_twin(BUILTIN, "dev-1", TwinContent({"mine": 1}), twin_etag(created))
+    stored = await service.get_device(BUILTIN, "dev-1")
     assert stored.tags == {"other": 0}
 
 
 async def test_a_device_etag_survives_a_concurrent_twin_write() -> None:
     service, _devices, created = await racing_registry(races=1)
     updated = await service.create_or_update_device(
-        HUB, "dev-1", identity(status=DeviceStatus.DISABLED), device_etag(created)
+        BUILTIN, "dev-1", identity(status=DeviceStatus.DISABLED), device_etag(created)
     )
     assert updated.tags == {"other": 0}
     assert updated.identity.status is DeviceStatus.DISABLED
@@ -376,7 +391,7 @@ async def test_a_device_etag_survives_a_concurrent_twin_write() -> None:
 async def test_a_writer_that_always_loses_gives_up() -> None:
     service, devices, _created = await racing_registry(races=100)
     with pytest.raises(PreconditionFailed):
-        await service.update_twin(HUB, "dev-1", TwinContent({"mine": 1}), "*")
+        await service.update_twin(BUILTIN, "dev-1", TwinContent({"mine": 1}), "*")
     assert devices.races < 100
 
 
@@ -395,7 +410,7 @@ async def test_query_pages_through_the_matches(registry: Registry) -> None:
     continuation = None
     pages = 0
     while True:
-        page = await registry.service.query(HUB, text, continuation, 500)
+        page = await registry.service.query(BUILTIN, text, continuation, 500)
         assert page.raw is None
         assert page.page_size == 500
         seen.extend(device.tags["n"] for device in page.devices)
@@ -410,19 +425,19 @@ async def test_query_pages_through_the_matches(registry: Registry) -> None:
 async def test_query_page_sizes(registry: Registry) -> None:
     await fill(registry, 1200)
     everything = "SELECT * FROM devices"
-    default = await registry.service.query(HUB, everything, None, None)
+    default = await registry.service.query(BUILTIN, everything, None, None)
     assert len(default.devices) == DEFAULT_PAGE_SIZE
     assert default.continuation is not None
-    biggest = await registry.service.query(HUB, everything, None, 5000)
+    biggest = await registry.service.query(BUILTIN, everything, None, 5000)
     assert len(biggest.devices) == MAX_PAGE_SIZE
-    rest = await registry.service.query(HUB, everything, biggest.continuation, 5000)
+    rest = await registry.service.query(BUILTIN, everything, biggest.continuation, 5000)
     assert len(rest.devices) == 200
     assert rest.continuation is None
 
 
 async def test_query_without_matches(registry: Registry) -> None:
     await fill(registry, 10)
-    page = await registry.service.query(HUB, "select * from devices where tags.n = -1", None, 5)
+    page = await registry.service.query(BUILTIN, "select * from devices where tags.n = -1", None, 5)
     assert (page.devices, page.raw, page.continuation) == ([], None, None)
 
 
@@ -438,22 +453,22 @@ async def test_count_counts_every_match(
     registry: Registry, text: str, raw: list[dict[str, int]]
 ) -> None:
     await fill(registry, 2100)
-    page = await registry.service.query(HUB, text, None, 10)
+    page = await registry.service.query(BUILTIN, text, None, 10)
     assert page.raw == raw
     assert page.devices == []
     assert page.continuation is None
 
 
 async def test_count_of_an_empty_hub(registry: Registry) -> None:
-    page = await registry.service.query(HUB, "SELECT COUNT() AS n FROM devices", None, None)
+    page = await registry.service.query(BUILTIN, "SELECT COUNT() AS n FROM devices", None, None)
     assert page.raw == [{"n": 0}]
 
 
 async def test_a_continuation_from_elsewhere_is_refused(registry: Registry) -> None:
     with pytest.raises(BadRequest):
-        await registry.service.query(HUB, "SELECT * FROM devices", "bm90LW91cnM=", None)
+        await registry.service.query(BUILTIN, "SELECT * FROM devices", "bm90LW91cnM=", None)
 
 
 async def test_an_invalid_query_is_refused(registry: Registry) -> None:
     with pytest.raises(InvalidQuery, match="SELECT \\* and SELECT COUNT\\(\\) only"):
-        await registry.service.query(HUB, "SELECT deviceId FROM devices", None, None)
+        await registry.service.query(BUILTIN, "SELECT deviceId FROM devices", None, None)
