@@ -42,6 +42,7 @@ from dpsd.http.service_api import (
     ProvisioningRecords,
     RegistrationStateHandlers,
 )
+from dpsd.integrations.in_process import InProcessTransport
 from dpsd.integrations.iothub import IotHubRestRegistry
 from dpsd.integrations.webhook import WebhookCustomAllocator
 from dpsd.mqtt.server import MqttServer
@@ -206,7 +207,7 @@ async def build_runtime(
     webhook_client = httpx.AsyncClient(follow_redirects=False)
     hub_transport = httpx.AsyncHTTPTransport(verify=_hub_trust(tls))
     own_app = _LateApp()
-    builtin_hub_transport = httpx.ASGITransport(app=own_app, raise_app_exceptions=False)
+    builtin_hub_transport = InProcessTransport(own_app)
     metrics = Metrics(process=True, shared=siblings.metrics if siblings else None)
     devices: DeviceRegistrationService | None = None
     executor: Executor | None = None

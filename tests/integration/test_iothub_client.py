@@ -238,6 +238,29 @@ async def test_requests_carry_a_sas_token_as_the_python_client_signs_it() -> Non
     assert parse_qs(request.url.query.decode()) == {"api-version": ["2021-04-12"]}
 
 
+async def test_a_token_is_used_for_five_minutes_then_signed_anew() -> None:
+    recorder = Recorder(lambda request: httpx.Response(200, json={}))
+    hub = HubConnection("myhub.example", "iothubowner", KEY)
+    now = [1_700_000_000.0]
+    registry, transport = registry_on(recorder, clock=lambda: now[0])
+    async with transport:
+        await registry.put_device(hub, sas_identity("d1"))
+        now[0] += 299
+        await registry.replace_twin(hub, "d1", TwinContent(tags={"a": 1}))
+        now[0] += 1
+        await registry.delete_device(hub, "d1")
+        rotated = HubConnection(
+            "myhub.example", "iothubowner", base64.b64encode(b"rotated key " * 3).decode()
+        )
+        await registry.delete_device(rotated, "d1")
+    expiries = [token_fields(request)["se"] for request in recorder.requests]
+    assert expiries == [str(1_700_003_600)] * 2 + [str(1_700_003_900)] * 2
+    first, reused, renewed, other_key = (r.headers["authorization"] for r in recorder.requests)
+    assert first == reused
+    assert renewed != first
+    assert other_key != renewed  # another key signs its own token
+
+
 async def test_put_device_creates_then_updates_on_conflict() -> None:
     statuses = iter([409, 200])
     recorder = Recorder(lambda request: httpx.Response(next(statuses), json={}))

@@ -16,11 +16,12 @@ import functools
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from dpsd.domain.hub import HUB_RIGHT_NAMES, HubAccessRights, LinkedHub
+from dpsd.domain.hub import HUB_RIGHT_NAMES, HubAccessRights, HubPolicy, LinkedHub
 from dpsd.http.access import UNMATCHED, AccessLog
 from dpsd.http.app import request_host
 from dpsd.http.errors import unexpected
@@ -28,14 +29,23 @@ from dpsd.http.exchange import HttpRequest, HttpResponse
 from dpsd.http.hub_api import HubHandlers
 from dpsd.http.hub_errors import error_response, new_tracking_id
 from dpsd.http.routing import Route, Router
-from dpsd.service.auth import authenticate, require_rights
+from dpsd.service.auth import ServiceAuthenticator, require_rights
 from dpsd.service.hub_registry import HubRegistryService
 from dpsd.telemetry.tracking import TRACKING_ID
 
 logger = logging.getLogger("dpsd.http.hub")
 HubRoutes = Callable[[LinkedHub], list[Route[HubAccessRights]]]
-# Routers kept at once, one per hub served; past this many they are all built again.
-_MAX_ROUTERS = 256
+# Hubs whose router and accepted tokens are kept at once; past this many, all are dropped.
+_MAX_SERVED = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _Served:
+    """What serving one LinkedHub needs: its routes and the tokens it accepted."""
+
+    hub: LinkedHub
+    router: Router[HubAccessRights]
+    tokens: ServiceAuthenticator[HubPolicy]
 
 
 class HubApiApp:
@@ -43,7 +53,9 @@ class HubApiApp:
 
     The router of a hub is built when a request first comes for it and kept while the
     same LinkedHub is handed in (the host dispatch hands in the one it looked up for a
-    few seconds), so the handlers act on the hub found without looking it up again."""
+    few seconds), so the handlers act on the hub found without looking it up again; so
+    are the tokens it accepted, so that a token sent again is not verified again. A hub
+    whose policies changed is a new LinkedHub: its tokens are verified anew."""
 
     def __init__(
         self,
@@ -53,7 +65,7 @@ class HubApiApp:
     ) -> None:
         self._access = access
         self._routes = routes
-        self._routers: dict[str, tuple[LinkedHub, Router[HubAccessRights]]] = {}
+        self._served: dict[str, _Served] = {}
         self._now = now
 
     def for_hub(self, hub: LinkedHub) -> ASGIApp:
@@ -79,41 +91,43 @@ class HubApiApp:
         """The operation the request names (its route's), and the answer."""
         operation = UNMATCHED
         try:
-            route, params = self._router(hub).resolve(
+            served = self._serving(hub)
+            route, params = served.router.resolve(
                 request.method, request.scope.get("raw_path") or b"/"
             )
             operation = route.operation
-            return operation, await self._handle(hub, request, route, params)
+            return operation, await self._handle(served, request, route, params)
         except Exception as error:  # noqa: BLE001 - the one place hub errors become responses
             return operation, self._error_response(error, tracking_id)
 
     async def _handle(
         self,
-        hub: LinkedHub,
+        served: _Served,
         request: HttpRequest,
         route: Route[HubAccessRights],
         params: dict[str, str],
     ) -> HttpResponse:
-        policy = authenticate(
-            request.headers.get("authorization"),
-            hub.policy,
-            now=int(self._now().timestamp()),
-            host=request_host(hub.host_name),
+        policy = served.tokens.authenticate(
+            request.headers.get("authorization"), now=int(self._now().timestamp())
         )
         needed = route.right(request) if callable(route.right) else route.right
         if needed is not None:
             require_rights(policy.name, policy.rights, needed, HUB_RIGHT_NAMES)
         return await route.handler(request, params)
 
-    def _router(self, hub: LinkedHub) -> Router[HubAccessRights]:
-        known = self._routers.get(hub.host_name)
-        if known is not None and known[0] is hub:
-            return known[1]
-        if len(self._routers) >= _MAX_ROUTERS:
-            self._routers.clear()
-        router = Router(self._routes(hub), "the IoT hub API")
-        self._routers[hub.host_name] = (hub, router)
-        return router
+    def _serving(self, hub: LinkedHub) -> _Served:
+        served = self._served.get(hub.host_name)
+        if served is not None and served.hub is hub:
+            return served
+        if len(self._served) >= _MAX_SERVED:
+            self._served.clear()
+        served = _Served(
+            hub,
+            Router(self._routes(hub), "the IoT hub API"),
+            ServiceAuthenticator(hub.policy, [request_host(hub.host_name)], capacity=1024),
+        )
+        self._served[hub.host_name] = served
+        return served
 
     def _error_response(self, error: Exception, tracking_id: str) -> HttpResponse:
         response = error_response(error, tracking_id, self._now())

@@ -3,9 +3,10 @@ API, as Azure DPS does: an Azure IoT hub, or a hub dpsd serves itself.
 
 Each request carries a SharedAccessSignature of the hub's policy, made as the Python
 service client makes it (``sr`` the URL-encoded host name from the connection, an hour of
-validity). An Azure hub is reached over the network with the httpx transport given for it.
+validity), and used for the requests of the next five minutes. An Azure hub is reached
+over the network with the httpx transport given for it.
 A built-in hub is reached with the same requests through a second httpx transport that
-hands them to dpsd's own HTTP application in this process (``httpx.ASGITransport``):
+hands them to dpsd's own HTTP application in this process (``integrations.in_process``):
 the requests, their SAS, the Host header that picks the hub, the hub's authentication,
 handlers, etags and error bodies, and this module's reading of the answers are the same
 as over the network; only the sockets and TLS are skipped. Going through the listener's
@@ -29,6 +30,7 @@ import base64
 import binascii
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from urllib.parse import quote, quote_plus
 
 import httpx
@@ -46,6 +48,11 @@ from dpsd.hub_wire import (
 from dpsd.service.ports import HubConnection, HubRegistryError
 
 TOKEN_SECONDS = 3600
+# A token is used for this long after it is made, then a new one is signed: it is always
+# valid for most of an hour, and a hub sees the same token for the requests of a landing.
+TOKEN_REUSE_SECONDS = 300
+# Tokens remembered at once, one per hub connection; past this many they are all forgotten.
+_MAX_TOKENS = 256
 MAX_MESSAGE_CHARS = 1024
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 WILDCARD_IF_MATCH = '"*"'
@@ -57,28 +64,38 @@ def _device_path(prefix: str, device_id: str) -> str:
     return f"/{prefix}/{quote(device_id, safe='')}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Token:
+    """A SharedAccessSignature of a hub's policy, its signature and when it expires."""
+
+    authorization: str
+    signature: str
+    expiry: int
+
+
+def _sign(hub: HubConnection, expiry: int) -> _Token:
+    try:
+        key = base64.b64decode(hub.key, validate=True)
+    except (binascii.Error, ValueError):
+        raise HubRegistryError(
+            None, f"the key of policy {hub.policy_name!r} is not base64"
+        ) from None
+    resource = quote_plus(hub.host_name)
+    signature = base64.b64encode(sign(resource, expiry, key)).decode("ascii")
+    authorization = (
+        f"{SCHEME} sr={resource}&sig={quote(signature, safe='')}"
+        f"&se={expiry}&skn={quote(hub.policy_name, safe='')}"
+    )
+    return _Token(authorization, signature, expiry)
+
+
 class _Call:
     """One request to a hub's registry and what must never show in an error about it."""
 
-    def __init__(self, hub: HubConnection, now: float, secrets: Iterable[str | None]) -> None:
+    def __init__(self, hub: HubConnection, token: _Token, secrets: Iterable[str | None]) -> None:
         self.hub = hub
-        self.secrets = [secret for secret in (hub.key, *secrets) if secret]
-        self.authorization = self._token(int(now) + TOKEN_SECONDS)
-
-    def _token(self, expiry: int) -> str:
-        try:
-            key = base64.b64decode(self.hub.key, validate=True)
-        except (binascii.Error, ValueError):
-            raise HubRegistryError(
-                None, f"the key of policy {self.hub.policy_name!r} is not base64"
-            ) from None
-        resource = quote_plus(self.hub.host_name)
-        signature = base64.b64encode(sign(resource, expiry, key)).decode("ascii")
-        self.secrets.append(signature)
-        return (
-            f"{SCHEME} sr={resource}&sig={quote(signature, safe='')}"
-            f"&se={expiry}&skn={quote(self.hub.policy_name, safe='')}"
-        )
+        self.secrets = [secret for secret in (hub.key, token.signature, *secrets) if secret]
+        self.authorization = token.authorization
 
     def error(self, status: int | None, text: str) -> HubRegistryError:
         for secret in self.secrets:
@@ -111,6 +128,7 @@ class IotHubRestRegistry:
         self._timeout = timeout
         self._timeouts = {"timeout": httpx.Timeout(timeout).as_dict()}
         self._clock = clock
+        self._tokens: dict[HubConnection, _Token] = {}
 
     async def put_device(self, hub: HubConnection, identity: DeviceIdentity) -> None:
         keys = identity.authentication.symmetric_key
@@ -154,7 +172,17 @@ class IotHubRestRegistry:
             raise call.refused(response)
 
     def _call(self, hub: HubConnection, secrets: Iterable[str | None] = ()) -> _Call:
-        return _Call(hub, self._clock(), secrets)
+        return _Call(hub, self._token(hub), secrets)
+
+    def _token(self, hub: HubConnection) -> _Token:
+        now = int(self._clock())
+        token = self._tokens.get(hub)
+        if token is None or token.expiry - TOKEN_SECONDS + TOKEN_REUSE_SECONDS <= now:
+            token = _sign(hub, now + TOKEN_SECONDS)
+            if len(self._tokens) >= _MAX_TOKENS:
+                self._tokens.clear()
+            self._tokens[hub] = token
+        return token
 
     def _transport_for(self, hub: HubConnection) -> httpx.AsyncBaseTransport:
         if not hub.builtin:

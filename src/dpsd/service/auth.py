@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Iterable, Mapping, Set
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from dpsd.domain.errors import InvalidToken
 from dpsd.domain.sas import (
@@ -78,12 +78,14 @@ def require_rights(policy_name: str, granted: F, needed: F, names: Mapping[F, st
         )
 
 
-class ServiceAuthenticator:
-    """authenticate() with a memory of tokens already verified.
+class ServiceAuthenticator(Generic[P]):
+    """authenticate() against fixed policies, with a memory of tokens already verified:
+    the service API's, and each built-in IoT hub's (built anew when its policies change).
 
     Clients send the same token for many requests (the SDKs sign one per request at most,
-    with one-second expiries), and verifying it costs more than serving a read. Only
-    tokens that verified are remembered, each until it expires.
+    with one-second expiries; dpsd's hub client one per five minutes), and verifying it
+    costs more than serving a read. Only tokens that verified are remembered, each until
+    it expires.
 
     A token's audience must be one of ``own_names`` (lower case): the names this service
     answers to, whatever the request's own Host header says.
@@ -91,16 +93,16 @@ class ServiceAuthenticator:
 
     def __init__(
         self,
-        policies: Mapping[str, SharedAccessPolicy],
+        policies: Mapping[str, P] | Callable[[str], P | None],
         own_names: Iterable[str],
         capacity: int = 4096,
     ) -> None:
         self._policies = policies
         self._own_names = frozenset(own_names)
         self._capacity = capacity
-        self._verified: dict[str, tuple[SharedAccessPolicy, int]] = {}
+        self._verified: dict[str, tuple[P, int]] = {}
 
-    def authenticate(self, header: str | None, *, now: int) -> SharedAccessPolicy:
+    def authenticate(self, header: str | None, *, now: int) -> P:
         remembered = self._verified.get(header or "")
         if remembered is not None and remembered[1] > now:
             return remembered[0]
