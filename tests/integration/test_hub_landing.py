@@ -5,6 +5,7 @@ instead of a socket. The hub refuses a wrong key, fails with 5xx, or takes the d
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class RemoteHub:
     runtime: Runtime
     connection_string: str
     status_override: int | None = None
+    silent: bool = False
 
     def owner_key(self) -> str:
         return self.connection_string.rsplit("SharedAccessKey=", 1)[1]
@@ -48,9 +50,12 @@ async def remote_hub(tmp_path: Path) -> AsyncIterator[RemoteHub]:
 @pytest.fixture
 async def writing_to(service_api: ServiceApi, remote_hub: RemoteHub) -> AsyncIterator[RemoteHub]:
     """service_api's runtime writes devices through its REST client into remote_hub; the
-    remote answers ``status_override`` instead when that is set (a failing hub)."""
+    remote answers ``status_override`` instead when that is set (a failing hub), and
+    never answers when ``silent``."""
 
     async def failing_or_remote(scope: Any, receive: Any, send: Any) -> None:
+        if remote_hub.silent:
+            await asyncio.Event().wait()
         status = remote_hub.status_override
         if status is None:
             await remote_hub.runtime.asgi_app(scope, receive, send)
@@ -121,6 +126,29 @@ async def test_a_hub_that_refuses_the_key_fails_the_device_and_loses_nothing(
     again = await provision(service_api, "thermo-2", KEY)
     assert again["status"] == "assigned", again
     assert await writing_to.runtime.hub_registry.devices.get(HUB, "thermo-2") is not None
+
+
+async def test_a_hub_that_never_answers_fails_the_landing_in_time(
+    service_api: ServiceApi, writing_to: RemoteHub
+) -> None:
+    """The in-process transport has no timeouts: the landing as a whole is bounded."""
+    service_api.runtime.devices.hub_timeout = 0.2
+    await link_remote(service_api, writing_to.connection_string)
+    await enroll(service_api, "thermo-4")
+    writing_to.silent = True
+    failed = await provision(service_api, "thermo-4", KEY)
+    assert failed["status"] == "failed"
+    state = failed["registrationState"]
+    assert state["errorCode"] == 500000
+    assert state["errorMessage"] == (
+        f"IoT hub '{HUB}' did not finish the device's registration within 0.2 seconds"
+    )
+    assert writing_to.owner_key() not in state["errorMessage"]
+    recorded = (await service_api.get("/registrations/thermo-4")).json()
+    assert (recorded["status"], recorded.get("assignedHub")) == ("failed", None)
+
+    writing_to.silent = False
+    assert (await provision(service_api, "thermo-4", KEY))["status"] == "assigned"
 
 
 async def test_a_failing_hub_keeps_the_previous_assignment(

@@ -21,7 +21,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from starlette.types import Receive, Scope, Send
 
 from dpsd.domain.hub import OWNER_HUB_POLICY
 from dpsd.domain.hub_device import (
@@ -342,22 +341,6 @@ async def test_a_builtin_hub_is_reached_through_its_own_client_under_its_name() 
     assert str(request.url) == "https://hub.example:8443/twins/d?api-version=2021-04-12"
     assert request.headers["host"] == "hub.example:8443"
     assert token_fields(request)["sr"] == "hub.example%3A8443"
-
-
-async def test_a_hub_that_never_answers_times_out_in_process_too() -> None:
-    """The in-process transport has no timeouts of its own: the registry bounds each call."""
-    never = asyncio.Event()
-
-    async def silent(scope: Scope, receive: Receive, send: Send) -> None:
-        await never.wait()
-
-    async with httpx.ASGITransport(app=silent) as builtin:
-        registry = IotHubRestRegistry(builtin, builtin, timeout=0.05)
-        hub = HubConnection(HUB_HOST, OWNER_HUB_POLICY, KEY, builtin=True)
-        with pytest.raises(HubRegistryError, match=r"did not answer within 0\.05 s") as caught:
-            await registry.put_device(hub, sas_identity("d"))
-    assert caught.value.status is None
-    assert KEY not in caught.value.message
 
 
 # --- what an Azure hub does that ours cannot be made to -------------------------------------

@@ -137,6 +137,8 @@ _THUMBPRINT = re.compile(r"[0-9A-Fa-f]{40}|[0-9A-Fa-f]{64}")
 # '.', '$', space, and the control characters (Unicode category Cc: C0, DEL and C1).
 _FORBIDDEN_IN_KEYS = re.compile(r"[.$ \x00-\x1f\x7f-\x9f]")
 _JSON_SCALARS = (str, int, float, type(None))
+# A twin's size is that of its compact JSON, as IoT Hub counts it.
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 # --- identities -------------------------------------------------------------------------
@@ -236,6 +238,7 @@ def new_hub_device(
     hub: str, identity: DeviceIdentity, *, now: datetime, random_bytes: RandomBytes
 ) -> HubDevice:
     """A device created by ``PUT /devices/{id}``: its identity completed, an empty twin."""
+    created = format_timestamp(now)
     return HubDevice(
         hub=hub,
         identity=complete_identity(identity, None, random_bytes),
@@ -243,8 +246,8 @@ def new_hub_device(
         device_version=1,
         twin_version=1,
         status_updated=NEVER,
-        desired=TwinProperties(metadata={LAST_UPDATED: format_timestamp(now)}),
-        reported=TwinProperties(metadata={LAST_UPDATED: format_timestamp(now)}),
+        desired=TwinProperties(metadata={LAST_UPDATED: created}),
+        reported=TwinProperties(metadata={LAST_UPDATED: created}),
     )
 
 
@@ -408,6 +411,6 @@ def _check_key(key: Any, path: str) -> None:
 
 
 def _check_size(section: str, value: JsonObject, limit: int) -> None:
-    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+    size = len(_COMPACT_JSON.encode(value).encode("utf-8"))
     if size > limit:
         raise ValidationError(f"{section} take {size} bytes as JSON; the limit is {limit}")

@@ -18,19 +18,20 @@ cookies, authentication flows and redirects, none of which a registry call wants
 cost as much CPU as the in-process hub's own handling of the request.
 
 Failures become HubRegistryError with the hub's status and its error body (cut to
-about a kilobyte, with every key and signature this client knows of blotted out). Every
-request is bounded by the timeout as a whole (the in-process transport has no timeouts of
-its own).
+about a kilobyte, with every key and signature this client knows of blotted out). Over
+the network each step of a request (connect, send, each read) is bounded by the timeout;
+the in-process transport has no timeouts of its own. Callers bound a call as a whole:
+dpsd's registrations bound each landing, all its requests together (use case
+``DeviceRegistrationService._land``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote, quote_plus
 
 import httpx
@@ -66,11 +67,27 @@ def _device_path(prefix: str, device_id: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class _Token:
-    """A SharedAccessSignature of a hub's policy, its signature and when it expires."""
+    """A SharedAccessSignature of a hub's policy, its signature and when it expires; the
+    request headers made with it, by whether a JSON body goes along and the If-Match
+    (built once: httpx takes a ready Headers for a fraction of what it spends on a dict)."""
 
     authorization: str
     signature: str
     expiry: int
+    _headers: dict[tuple[bool, str | None], httpx.Headers] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def headers(self, with_body: bool, if_match: str | None) -> httpx.Headers:
+        made = self._headers.get((with_body, if_match))
+        if made is None:
+            made = httpx.Headers({"authorization": self.authorization})
+            if with_body:
+                made["content-type"] = JSON_CONTENT_TYPE
+            if if_match is not None:
+                made["if-match"] = if_match
+            self._headers[with_body, if_match] = made
+        return made
 
 
 def _sign(hub: HubConnection, expiry: int) -> _Token:
@@ -95,7 +112,7 @@ class _Call:
     def __init__(self, hub: HubConnection, token: _Token, secrets: Iterable[str | None]) -> None:
         self.hub = hub
         self.secrets = [secret for secret in (hub.key, token.signature, *secrets) if secret]
-        self.authorization = token.authorization
+        self.token = token
 
     def error(self, status: int | None, text: str) -> HubRegistryError:
         for secret in self.secrets:
@@ -203,19 +220,14 @@ class IotHubRestRegistry:
         if_match: str | None = None,
     ) -> httpx.Response:
         transport = self._transport_for(call.hub)
-        headers = {"authorization": call.authorization}
-        if body is not None:
-            headers["content-type"] = JSON_CONTENT_TYPE
-        if if_match is not None:
-            headers["if-match"] = if_match
+        headers = call.token.headers(body is not None, if_match)
         url = f"https://{call.hub.host_name}{path}?api-version={API_VERSION}"
         try:
             request = httpx.Request(
                 method, url, content=body, headers=headers, extensions=self._timeouts
             )
-            async with asyncio.timeout(self._timeout):
-                return await _exchange(transport, request)
-        except (httpx.TimeoutException, TimeoutError) as error:
+            return await _exchange(transport, request)
+        except httpx.TimeoutException as error:
             raise call.error(
                 None, f"IoT hub {call.hub.host_name} did not answer within {self._timeout:g} s"
             ) from error
