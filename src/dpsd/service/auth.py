@@ -71,7 +71,10 @@ def require(policy: SharedAccessPolicy, rights: AccessRights) -> None:
 
 def require_rights(policy_name: str, granted: F, needed: F, names: Mapping[F, str]) -> None:
     """Unauthorized naming every right in ``needed`` that ``granted`` lacks."""
-    missing = [name for right, name in names.items() if right in needed & ~granted]
+    lacking = needed & ~granted
+    if not lacking:
+        return
+    missing = [name for right, name in names.items() if right in lacking]
     if missing:
         raise Unauthorized(
             f"The shared access policy {policy_name!r} lacks the {' and '.join(missing)} right"

@@ -133,7 +133,7 @@ class HubRegistryService:
             stored = await self.devices.get(host, device_id)
             if stored is None:
                 raise HubDeviceNotFound(device_id)
-            if wanted not in (WILDCARD, device_etag(stored)):
+            if wanted != WILDCARD and wanted != device_etag(stored):
                 raise PreconditionFailed(device_id)
             version = None if wanted == WILDCARD else stored.device_version
             if await self.devices.delete(host, device_id, device_version=version):
@@ -210,7 +210,7 @@ class HubRegistryService:
             stored = await self.devices.get(host, device_id)
             if stored is None:
                 raise HubDeviceNotFound(device_id)
-            if wanted not in (WILDCARD, etag_of(stored)):
+            if wanted != WILDCARD and wanted != etag_of(stored):
                 raise PreconditionFailed(device_id)
             written = change(stored)
             if await self.devices.replace(written, expected=stored):
