@@ -234,6 +234,7 @@ async def test_requests_carry_a_sas_token_as_the_python_client_signs_it() -> Non
     assert base64.b64decode(unquote(fields["sig"])) == expected
     assert request.url.host == "myhub.example"
     assert request.url.port == 8443
+    assert request.headers["user-agent"].startswith("dpsd/")
     assert parse_qs(request.url.query.decode()) == {"api-version": ["2021-04-12"]}
 
 

@@ -47,6 +47,7 @@ from dpsd.hub_wire import (
     twin_content_to_wire,
 )
 from dpsd.service.ports import HubConnection, HubRegistryError
+from dpsd.version import dpsd_version
 
 TOKEN_SECONDS = 3600
 # A token is used for this long after it is made, then a new one is signed: it is always
@@ -58,6 +59,7 @@ MAX_MESSAGE_CHARS = 1024
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 WILDCARD_IF_MATCH = '"*"'
 _HIDDEN = "[hidden]"
+_USER_AGENT = f"dpsd/{dpsd_version()}"
 _encoder = msgspec.json.Encoder()
 
 
@@ -81,7 +83,7 @@ class _Token:
     def headers(self, with_body: bool, if_match: str | None) -> httpx.Headers:
         made = self._headers.get((with_body, if_match))
         if made is None:
-            made = httpx.Headers({"authorization": self.authorization})
+            made = httpx.Headers({"authorization": self.authorization, "user-agent": _USER_AGENT})
             if with_body:
                 made["content-type"] = JSON_CONTENT_TYPE
             if if_match is not None:
@@ -130,7 +132,8 @@ class IotHubRestRegistry:
     """The IotHubRegistry port on IoT Hub's REST API (api-version 2021-04-12).
 
     ``transport``: for Azure hubs; ``builtin_transport``: for the hubs dpsd serves itself
-    (None where there are none to serve); ``timeout``: seconds per request."""
+    (None where there are none to serve); ``timeout``: seconds each step of a request over
+    the network may take (connect, send, each read)."""
 
     def __init__(
         self,
