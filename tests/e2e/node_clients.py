@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -185,12 +185,58 @@ def serve_webhook(hub: str) -> Iterator[Webhook]:
     """A Webhook served in a thread; shut down (bounded) afterwards."""
     webhook: Webhook | None = None
 
+    def answer(path: str, body: bytes) -> Any:
+        assert webhook is not None
+        request = json.loads(body)
+        webhook.requests.append({"path": path, "body": request})
+        return webhook.answer(request)
+
+    with _serving(answer, "webhook", lambda: None) as server:
+        webhook = Webhook(server, hub)
+        yield webhook
+
+
+@dataclass
+class HeldWebhook:
+    """A custom allocation webhook that picks ``hub`` only once ``release`` is set;
+    ``asked`` is set when dpsd posts to it."""
+
+    server: ThreadingHTTPServer
+    asked: threading.Event
+    release: threading.Event
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/allocate"
+
+
+@contextmanager
+def held_webhook(hub: str, wait: float) -> Iterator[HeldWebhook]:
+    """A HeldWebhook served in a thread: each request waits at most ``wait`` seconds for
+    the release; released and shut down (bounded) afterwards."""
+    asked, release = threading.Event(), threading.Event()
+
+    def answer(path: str, body: bytes) -> Any:
+        asked.set()
+        release.wait(wait)
+        return {"iotHubHostName": hub}
+
+    with _serving(answer, "held-webhook", release.set) as server:
+        yield HeldWebhook(server, asked, release)
+
+
+@contextmanager
+def _serving(
+    answer: Callable[[str, bytes], Any], name: str, before_stop: Callable[[], None]
+) -> Iterator[ThreadingHTTPServer]:
+    """An HTTP server on 127.0.0.1 in a thread, answering each POST with the JSON of
+    ``answer(path, body)``; ``before_stop`` runs first when it stops, which it must within
+    WEBHOOK_STOP_TIMEOUT."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            assert webhook is not None
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            webhook.requests.append({"path": self.path, "body": body})
-            data = json.dumps(webhook.answer(body)).encode()
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            data = json.dumps(answer(self.path, body)).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
@@ -201,16 +247,16 @@ def serve_webhook(hub: str) -> Iterator[Webhook]:
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    webhook = Webhook(server, hub)
-    thread = threading.Thread(target=server.serve_forever, name="webhook", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, name=name, daemon=True)
     thread.start()
     try:
-        yield webhook
+        yield server
     finally:
+        before_stop()
         server.shutdown()
         server.server_close()
         thread.join(timeout=WEBHOOK_STOP_TIMEOUT)
-    assert not thread.is_alive(), "the webhook thread did not stop"
+    assert not thread.is_alive(), f"the {name} thread did not stop"
 
 
 # --- the Node run -----------------------------------------------------------------------------

@@ -27,12 +27,10 @@ import json
 import signal
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +42,12 @@ from azure.iot.deviceprovisioning import DeviceProvisioningClient
 from tests.e2e.node_clients import (
     DEVICES_SCRIPT,
     NODE_DIR,
+    HeldWebhook,
     Scenario,
     create_enrollment,
     create_symmetric_group,
     derive_device_key,
+    held_webhook,
     new_id,
     node_env,
     require_node,
@@ -77,49 +77,10 @@ POLL_INTERVAL = 0.05
 # --- the webhook that holds the only place ------------------------------------------------------
 
 
-@dataclass
-class HeldWebhook:
-    """A custom allocation webhook that answers (HUB) only once ``release`` is set."""
-
-    server: ThreadingHTTPServer
-    asked: threading.Event
-    release: threading.Event
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/allocate"
-
-
 @pytest.fixture(scope="module")
 def webhook() -> Iterator[HeldWebhook]:
-    asked, release = threading.Event(), threading.Event()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            asked.set()
-            release.wait(WAIT)
-            data = json.dumps({"iotHubHostName": HUB}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, name="held-webhook", daemon=True)
-    thread.start()
-    held = HeldWebhook(server, asked, release)
-    try:
+    with held_webhook(HUB, WAIT) as held:
         yield held
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=WAIT)
 
 
 # --- the server and the devices -------------------------------------------------------------

@@ -17,11 +17,9 @@ import re
 import signal
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +29,7 @@ import pytest
 from dpsd.domain.device_auth import derive_device_key
 from tests.certs import issue
 from tests.conftest import sas_token, scratch_postgres_database
+from tests.e2e.node_clients import held_webhook
 from tests.e2e.process import DpsdProcess, endpoints_path, run_dpsd, sdk_client, start_dpsd
 from tests.e2e.test_x509_devices import provision, write_identity, x509_enrollment
 from tests.mqtt_device import BareMqttDevice
@@ -260,36 +259,6 @@ def test_workers_writing_at_once_answer_every_device(server: DpsdProcess) -> Non
     assert "database is locked" not in server.output()
 
 
-@contextlib.contextmanager
-def held_webhook(hub: str, release: threading.Event) -> Iterator[str]:
-    """A custom allocation webhook that picks ``hub`` once ``release`` is set; its URL."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            release.wait(RESTART_TIMEOUT)
-            data = json.dumps({"iotHubHostName": hub}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    webhook = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=webhook.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{webhook.server_address[1]}/allocate"
-    finally:
-        release.set()
-        webhook.shutdown()
-        webhook.server_close()
-        thread.join(timeout=10)
-
-
 def test_an_assignment_one_worker_finishes_in_the_background_is_polled_on_the_other(
     server: DpsdProcess,
 ) -> None:
@@ -299,8 +268,7 @@ def test_an_assignment_one_worker_finishes_in_the_background_is_polled_on_the_ot
     key = base64.b64encode(b"c" * 32).decode()
     scope = server.info["idScope"]
     token = sas_token(f"{scope}/registrations/{registration_id}", "registration", key)
-    release = threading.Event()
-    with held_webhook(HUB, release) as url:
+    with held_webhook(HUB, RESTART_TIMEOUT) as webhook:
         sdk_client(server.info).enrollment.create_or_update(
             id=registration_id,
             enrollment={
@@ -310,7 +278,10 @@ def test_an_assignment_one_worker_finishes_in_the_background_is_polled_on_the_ot
                     "symmetricKey": {"primaryKey": key, "secondaryKey": key},
                 },
                 "allocationPolicy": "custom",
-                "customAllocationDefinition": {"webhookUrl": url, "apiVersion": "2021-10-01"},
+                "customAllocationDefinition": {
+                    "webhookUrl": webhook.url,
+                    "apiVersion": "2021-10-01",
+                },
             },
         )
         with only(server, 1):
@@ -320,7 +291,7 @@ def test_an_assignment_one_worker_finishes_in_the_background_is_polled_on_the_ot
         with only(server, 2):
             waiting = device_request(server, "GET", registration_id, operation, token)
         assert waiting.json()["status"] == "assigning", waiting.text
-        release.set()
+        webhook.release.set()
         deadline = time.monotonic() + RESTART_TIMEOUT
         while True:
             with only(server, 2):
