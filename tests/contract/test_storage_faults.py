@@ -18,11 +18,12 @@ from typing import Any
 import asyncpg
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from dpsd.service.errors import StorageFault, StorageUnavailable
 from dpsd.storage.engine import async_url, create_engine
 from dpsd.storage.executor import AsyncEngineExecutor, Executor, InlineSqliteExecutor
+from dpsd.storage.postgres_executor import PostgresExecutor
 from tests.conftest import POSTGRES_URL
 
 ROW = sa.text("INSERT INTO probe (k, v) VALUES (:k, :v)")
@@ -121,16 +122,46 @@ async def test_errors_that_are_no_fault_of_the_store_pass_unchanged(sqlite_file:
 # --- PostgreSQL -------------------------------------------------------------------------
 
 
-@pytest.fixture
-async def postgres(postgres_server: str) -> AsyncIterator[tuple[Executor, Killer]]:
+PG_EXECUTORS = ["engine", "asyncpg"]
+
+
+def pg_executor(kind: str, engine: AsyncEngine, **pool_options: Any) -> Executor:
+    """``engine``: statements through SQLAlchemy's engine; ``asyncpg``: prepared statements
+    on asyncpg's own pool (what dpsd runs on PostgreSQL)."""
+    if kind == "engine":
+        return AsyncEngineExecutor(engine)
+    timeout = pool_options.pop("acquire_timeout", 30.0)
+    return PostgresExecutor(engine, pool_options=pool_options, acquire_timeout=timeout)
+
+
+class Statements:
+    """Runs each statement prepared, as repositories do."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+
+    async def scalar(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> Any:
+        return await self.executor.scalar(self.executor.prepare(statement), params)
+
+    async def write(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> int:
+        return await self.executor.write(self.executor.prepare(statement), params)
+
+
+@pytest.fixture(params=PG_EXECUTORS)
+async def postgres(
+    postgres_server: str, request: pytest.FixtureRequest
+) -> AsyncIterator[tuple[Statements, Killer]]:
     engine = create_engine(postgres_server)
     table = f"probe_{uuid.uuid4().hex[:8]}"
     async with engine.begin() as connection:
         await connection.execute(sa.text(f"CREATE TABLE {table} (k TEXT PRIMARY KEY, v TEXT)"))
     killer = Killer(postgres_server.rsplit("/", 1)[1], table)
+    executor = pg_executor(request.param, engine)
     try:
-        yield AsyncEngineExecutor(engine), killer
+        yield Statements(executor), killer
     finally:
+        await executor.close()
+        await engine.dispose()  # its pooled connections may have been terminated
         async with engine.begin() as connection:
             await connection.execute(sa.text(f"DROP TABLE {table}"))
         await engine.dispose()
@@ -178,7 +209,7 @@ class Killer:
 
 @pytest.mark.postgres
 async def test_connections_terminated_between_statements_go_unnoticed(
-    postgres: tuple[Executor, Killer],
+    postgres: tuple[Statements, Killer],
 ) -> None:
     executor, killer = postgres
     await executor.scalar(sa.text("SELECT 1"))
@@ -195,7 +226,7 @@ async def test_connections_terminated_between_statements_go_unnoticed(
 @pytest.mark.postgres
 @pytest.mark.parametrize("kind", ["read", "write"])
 async def test_a_statement_that_loses_its_connection_runs_again_once(
-    postgres: tuple[Executor, Killer], kind: str
+    postgres: tuple[Statements, Killer], kind: str
 ) -> None:
     executor, killer = postgres
     if kind == "read":
@@ -209,7 +240,7 @@ async def test_a_statement_that_loses_its_connection_runs_again_once(
 
 @pytest.mark.postgres
 async def test_a_connection_lost_twice_is_storage_unavailable(
-    postgres: tuple[Executor, Killer], caplog: pytest.LogCaptureFixture
+    postgres: tuple[Statements, Killer], caplog: pytest.LogCaptureFixture
 ) -> None:
     executor, killer = postgres
     with pytest.raises(StorageUnavailable) as raised:
@@ -222,50 +253,68 @@ async def test_a_connection_lost_twice_is_storage_unavailable(
 
 
 @pytest.mark.postgres
-async def test_an_unreachable_server_is_storage_unavailable() -> None:
+@pytest.mark.parametrize("kind", PG_EXECUTORS)
+async def test_an_unreachable_server_is_storage_unavailable(kind: str) -> None:
     with socket.socket() as unused:  # a port of our own, closed again: nothing listens there
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
     engine = create_async_engine(async_url(f"postgresql://postgres@127.0.0.1:{port}/nowhere"))
+    executor = pg_executor(kind, engine)
     with pytest.raises(StorageUnavailable) as raised:
-        await AsyncEngineExecutor(engine).scalar(sa.text("SELECT 1"))
+        await Statements(executor).scalar(sa.text("SELECT 1"))
     assert raised.value.fault is StorageFault.CONNECTION_LOST
+    await executor.close()
     await engine.dispose()
 
 
 @pytest.mark.postgres
-async def test_a_read_only_postgres_database(postgres: tuple[Executor, Killer]) -> None:
-    _, killer = postgres
+async def test_a_read_only_postgres_database(postgres: tuple[Statements, Killer]) -> None:
+    statements, killer = postgres
+    settings = {"server_settings": {"default_transaction_read_only": "on"}}
     read_only = create_async_engine(
-        async_url(f"{POSTGRES_URL.rsplit('/', 1)[0]}/{killer.database}"),
-        connect_args={"server_settings": {"default_transaction_read_only": "on"}},
+        async_url(f"{POSTGRES_URL.rsplit('/', 1)[0]}/{killer.database}"), connect_args=settings
     )
-    executor = AsyncEngineExecutor(read_only)
+    kind = "engine" if isinstance(statements.executor, AsyncEngineExecutor) else "asyncpg"
+    executor = pg_executor(kind, read_only, **settings)
     with pytest.raises(StorageUnavailable) as raised:
-        await executor.write(killer.sql("INSERT INTO probe VALUES ('a', 'b')"))
+        await Statements(executor).write(killer.sql("INSERT INTO probe VALUES ('a', 'b')"))
     assert raised.value.fault is StorageFault.READ_ONLY
-    assert await executor.scalar(killer.sql("SELECT count(*) FROM probe")) == 0
+    assert await Statements(executor).scalar(killer.sql("SELECT count(*) FROM probe")) == 0
+    await executor.close()
     await read_only.dispose()
 
 
 @pytest.mark.postgres
 async def test_a_pool_whose_connections_stay_busy_is_out_of_resources(
-    postgres: tuple[Executor, Killer], caplog: pytest.LogCaptureFixture
+    postgres: tuple[Statements, Killer], caplog: pytest.LogCaptureFixture
 ) -> None:
-    _, killer = postgres
+    statements, killer = postgres
     url = async_url(f"{POSTGRES_URL.rsplit('/', 1)[0]}/{killer.database}")
     engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=0.2)
-    executor = AsyncEngineExecutor(engine)
+    kind = "engine" if isinstance(statements.executor, AsyncEngineExecutor) else "asyncpg"
+    executor = pg_executor(kind, engine, max_size=1, acquire_timeout=0.2)
+    busy = Statements(executor)
+    holder = asyncio.ensure_future(busy.scalar(sa.text("SELECT 1 FROM pg_sleep(1.5)")))
     try:
-        async with engine.connect():  # the pool's only connection, busy
-            for statement in (
-                executor.scalar(killer.sql("SELECT count(*) FROM probe")),
-                executor.write(killer.sql("INSERT INTO probe VALUES ('a', 'b')")),
-            ):
-                with pytest.raises(StorageUnavailable) as raised:
-                    await statement
-                assert raised.value.fault is StorageFault.OUT_OF_RESOURCES
+        busy_seen = False
+        while not busy_seen:  # the pool's only connection, busy (each look a round trip)
+            busy_seen = bool(
+                await killer.run(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND state = 'active'"
+                    " AND query LIKE '%pg_sleep(1.5)%' AND pid <> pg_backend_pid()"
+                )
+            )
+        for statement in (
+            busy.scalar(killer.sql("SELECT count(*) FROM probe")),
+            busy.write(killer.sql("INSERT INTO probe VALUES ('a', 'b')")),
+        ):
+            with pytest.raises(StorageUnavailable) as raised:
+                await statement
+            assert raised.value.fault is StorageFault.OUT_OF_RESOURCES
+        assert await holder == 1
         assert_logged(caplog, StorageFault.OUT_OF_RESOURCES)
-        assert await executor.scalar(killer.sql("SELECT count(*) FROM probe")) == 0
+        assert await busy.scalar(killer.sql("SELECT count(*) FROM probe")) == 0
     finally:
+        holder.cancel()
+        await executor.close()
         await engine.dispose()

@@ -1,6 +1,7 @@
 """How statements reach the database: one interface, two ways.
 
-PostgreSQL is a network service: statements go through SQLAlchemy's async engine (asyncpg).
+PostgreSQL is a network service: the statements repositories prepare run on asyncpg's own
+pool (``storage.postgres_executor``), the rest through SQLAlchemy's async engine (asyncpg).
 SQLite is a file in this process: a point read or a single-statement write takes tens of
 microseconds, far less than handing it to a worker thread and back (aiosqlite costs several
 such hand-offs per statement). So SQLite statements run inline, on one connection, in
@@ -59,12 +60,15 @@ class DuplicateKey(Exception):
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """A statement compiled once, with the column names its parameters may set.
-    ``defaults``: the values the statement itself binds (a comparison with a constant, a
-    LIMIT), which the parameters of each execution complete."""
+    ``sql``: the statement as the executor runs it itself, without SQLAlchemy (None: it
+    goes through SQLAlchemy); ``defaults``: the values the statement itself binds (a
+    comparison with a constant, a LIMIT), which the parameters of each execution complete;
+    ``order``: the parameters' names in the order of numbered placeholders (PostgreSQL)."""
 
     statement: sa.Executable
     sql: str | None = None
     defaults: Mapping[str, Any] | None = None
+    order: tuple[str, ...] | None = None
 
     def bound(self, params: Params) -> dict[str, Any]:
         if self.defaults is None:
@@ -330,4 +334,6 @@ class InlineSqliteExecutor:
 def create_executor(database_url: str, engine: AsyncEngine) -> Executor:
     if engine.dialect.name == "sqlite":
         return InlineSqliteExecutor(database_url)
-    return AsyncEngineExecutor(engine)
+    from dpsd.storage.postgres_executor import PostgresExecutor  # it builds on this module
+
+    return PostgresExecutor(engine)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 
+import asyncpg
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
@@ -54,9 +55,9 @@ def postgres_fault(error: BaseException) -> StorageFault | None:
         return StorageFault.OUT_OF_RESOURCES
     if connection_lost(error):
         return StorageFault.CONNECTION_LOST
-    if not isinstance(error, DBAPIError):
+    state = _sqlstate(error)
+    if state is None:
         return None
-    state = str(getattr(error.orig, "sqlstate", None) or "")
     if state.startswith("08"):
         return StorageFault.CONNECTION_LOST
     if state.startswith("53") and state not in _POSTGRES_FAULTS:
@@ -67,10 +68,25 @@ def postgres_fault(error: BaseException) -> StorageFault | None:
 def connection_lost(error: BaseException) -> bool:
     """Whether ``error`` says the connection to the database broke or could not be made, so
     that a statement which did not reach its commit may run again on another."""
-    if isinstance(error, DBAPIError):
-        state = str(getattr(error.orig, "sqlstate", None) or "")
-        return error.connection_invalidated or state.startswith("08") or state in _SHUTDOWNS
+    if isinstance(error, DBAPIError) and error.connection_invalidated:
+        return True
+    if isinstance(error, asyncpg.InterfaceError) and "closed" in str(error):
+        return True  # asyncpg's "connection is closed": it closed before the statement went
+    if isinstance(error, asyncpg.InternalClientError):
+        return True  # a connection the server ended left asyncpg's protocol mid-operation
+    state = _sqlstate(error) or ""
+    if state.startswith("08") or state in _SHUTDOWNS:
+        return True
     return isinstance(error, OSError)  # asyncpg's own, connecting: refused, unreachable, timeout
+
+
+def _sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE of a PostgreSQL error, raised by asyncpg or by SQLAlchemy around it."""
+    if isinstance(error, DBAPIError):
+        return str(getattr(error.orig, "sqlstate", None) or "")
+    if isinstance(error, asyncpg.PostgresError):
+        return str(getattr(error, "sqlstate", None) or "")
+    return None
 
 
 def unavailable(fault: StorageFault, error: BaseException) -> StorageUnavailable:
