@@ -54,7 +54,9 @@ def create_engine(database: str) -> AsyncEngine:
     # No ping on checkout: it cost a round trip and about a third of the CPU of every
     # statement, and the executor already runs a statement whose connection broke before
     # its commit once more (SQLAlchemy then drops every pooled connection made before it).
-    return create_async_engine(url, pool_size=10, max_overflow=10)
+    # A small pool: the statements repositories prepare run on asyncpg's own pool
+    # (storage.postgres_executor, 15 connections); these 5 take the rest, 20 in all.
+    return create_async_engine(url, pool_size=2, max_overflow=3)
 
 
 def tune_sqlite(connection: Any, busy_timeout_seconds: int) -> None:
