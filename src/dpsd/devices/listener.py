@@ -157,7 +157,9 @@ class DeviceListener:
 
         async def write(data: bytes) -> None:
             writer.write(data)
-            await writer.drain()
+            if _backed_up(writer.transport):  # only then would drain wait: bound the wait
+                async with asyncio.timeout(self._write_timeout):
+                    await writer.drain()
 
         try:
             opened.connection = self._new_connection(
@@ -201,7 +203,8 @@ class DeviceListener:
             return message.get("bytes") or (message.get("text") or "").encode()
 
         async def write(data: bytes) -> None:
-            await send({"type": "websocket.send", "bytes": data})
+            async with asyncio.timeout(self._write_timeout):
+                await send({"type": "websocket.send", "bytes": data})
 
         tls = scope.get("extensions", {}).get("tls") or {}
         try:
@@ -276,9 +279,14 @@ class DeviceListener:
                     return "the device closed the connection"
                 outgoing = await connection.receive(data)
             if outgoing:
-                async with asyncio.timeout(self._write_timeout):
-                    await write(outgoing)
+                await write(outgoing)  # bounded by write_timeout while it waits for the device
         return None
+
+
+def _backed_up(transport: asyncio.WriteTransport) -> bool:
+    """More is waiting to be sent than the transport's high-water mark: the device is not
+    reading (a write below it is handed to the socket at once, with no timer to arm)."""
+    return transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
 
 
 @dataclass(slots=True)
