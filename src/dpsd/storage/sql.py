@@ -253,7 +253,7 @@ ENROLLMENT_GROUPS: DocumentKind[EnrollmentGroup] = DocumentKind(
         "enrollment_group_id": record.enrollment_group_id,
         **_settings_columns(record.settings),
     },
-    decode=codec.decoder(EnrollmentGroup),
+    decode=codec.shared_decoder(EnrollmentGroup),
     query_columns={
         "enrollmentGroupId": enrollment_groups.c.id_key,
         **_settings_query_columns(enrollment_groups),
@@ -279,7 +279,7 @@ CA_CERTIFICATES: DocumentKind[CACertificate] = DocumentKind(
     table=ca_certificates,
     record_id=lambda record: record.name,
     columns=lambda record: {"name": record.name},
-    decode=codec.decoder(CACertificate),
+    decode=codec.shared_decoder(CACertificate),
     query_columns={},
 )
 
@@ -288,7 +288,7 @@ LINKED_HUBS: DocumentKind[LinkedHub] = DocumentKind(
     table=linked_hubs,
     record_id=lambda record: record.host_name,
     columns=lambda record: {"host_name": record.host_name},
-    decode=codec.decoder(LinkedHub),
+    decode=codec.shared_decoder(LinkedHub),
     query_columns={},
 )
 
