@@ -42,6 +42,7 @@ from dpsd.http.service_api import (
     ProvisioningRecords,
     RegistrationStateHandlers,
 )
+from dpsd.integrations.hub_http import HttpxHubTransport
 from dpsd.integrations.in_process import InProcessTransport
 from dpsd.integrations.iothub import IotHubRestRegistry
 from dpsd.integrations.webhook import WebhookCustomAllocator
@@ -205,7 +206,9 @@ async def build_runtime(
     tls = ensure_tls(settings.data_dir, settings.certificate_names, clock.now())
     engine = create_engine(settings.database_url)
     webhook_client = httpx.AsyncClient(follow_redirects=False)
-    hub_transport = httpx.AsyncHTTPTransport(verify=_hub_trust(tls))
+    hub_transport = HttpxHubTransport(
+        httpx.AsyncHTTPTransport(verify=_hub_trust(tls)), settings.hub_timeout
+    )
     own_app = _LateApp()
     builtin_hub_transport = InProcessTransport(own_app)
     metrics = Metrics(process=True, shared=siblings.metrics if siblings else None)
@@ -263,9 +266,7 @@ async def build_runtime(
                 lambda record: msgspec.to_builtins(group_to_wire(record, Disclosure.PUBLIC)),
                 settings.webhook_timeout,
             ),
-            hub_registry=IotHubRestRegistry(
-                hub_transport, builtin_hub_transport, settings.hub_timeout
-            ),
+            hub_registry=IotHubRestRegistry(hub_transport, builtin_hub_transport),
             service_location=settings.location,
             webhook_timeout=settings.webhook_timeout,
             hub_timeout=settings.hub_timeout,

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from dpsd.app import Runtime, build_runtime
+from dpsd.integrations.hub_http import HttpxHubTransport
 from dpsd.integrations.iothub import IotHubRestRegistry
 from dpsd.settings import Settings
 from tests.conftest import ServiceApi
@@ -67,7 +68,9 @@ async def writing_to(service_api: ServiceApi, remote_hub: RemoteHub) -> AsyncIte
 
     transport = httpx.ASGITransport(app=failing_or_remote)
     async with transport:
-        service_api.runtime.devices.hub_registry = IotHubRestRegistry(transport, None)
+        service_api.runtime.devices.hub_registry = IotHubRestRegistry(
+            HttpxHubTransport(transport), None
+        )
         yield remote_hub
 
 

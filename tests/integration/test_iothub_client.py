@@ -32,6 +32,8 @@ from dpsd.domain.hub_device import (
     TwinContent,
     X509Thumbprint,
 )
+from dpsd.integrations.hub_http import HttpxHubTransport
+from dpsd.integrations.in_process import InProcessTransport
 from dpsd.integrations.iothub import IotHubRestRegistry
 from dpsd.service.ports import HubConnection, HubRegistryError
 from tests.integration.conftest import HUB_HOST, BuiltinHub
@@ -72,7 +74,7 @@ async def hub_client(
     as an Azure hub would be (the same requests, through the other transport)."""
     transport = httpx.ASGITransport(app=builtin.app)
     async with transport:
-        registry = IotHubRestRegistry(transport, transport)
+        registry = IotHubRestRegistry(HttpxHubTransport(transport), InProcessTransport(builtin.app))
         connection = HubConnection(
             HUB_HOST, OWNER_HUB_POLICY, builtin.key(), builtin=request.param == "builtin"
         )
@@ -153,7 +155,7 @@ async def test_ids_are_url_encoded(
 async def test_the_hub_refuses_a_wrong_key(builtin: BuiltinHub) -> None:
     transport = httpx.ASGITransport(app=builtin.app)
     async with transport:
-        registry = IotHubRestRegistry(transport, transport)
+        registry = IotHubRestRegistry(HttpxHubTransport(transport), HttpxHubTransport(transport))
         wrong = HubConnection(HUB_HOST, OWNER_HUB_POLICY, KEY, builtin=True)
         with pytest.raises(HubRegistryError) as caught:
             await registry.put_device(wrong, sas_identity("refused"))
@@ -165,7 +167,7 @@ async def test_the_hub_refuses_a_wrong_key(builtin: BuiltinHub) -> None:
 async def test_a_policy_that_may_not_write_is_refused(builtin: BuiltinHub) -> None:
     transport = httpx.ASGITransport(app=builtin.app)
     async with transport:
-        registry = IotHubRestRegistry(transport, transport)
+        registry = IotHubRestRegistry(HttpxHubTransport(transport), HttpxHubTransport(transport))
         reader = HubConnection(HUB_HOST, "registryRead", builtin.key("registryRead"), builtin=True)
         with pytest.raises(HubRegistryError) as caught:
             await registry.put_device(reader, sas_identity("refused"))
@@ -175,7 +177,7 @@ async def test_a_policy_that_may_not_write_is_refused(builtin: BuiltinHub) -> No
 
 async def test_a_builtin_hub_needs_a_dpsd_serving_builtin_hubs() -> None:
     async with httpx.MockTransport(unreachable) as transport:
-        registry = IotHubRestRegistry(transport, None)
+        registry = IotHubRestRegistry(HttpxHubTransport(transport), None)
         hub = HubConnection(HUB_HOST, OWNER_HUB_POLICY, KEY, builtin=True)
         with pytest.raises(HubRegistryError, match="serves no built-in hubs") as caught:
             await registry.get_twin(hub, "any")
@@ -208,7 +210,9 @@ def registry_on(
     clock: Callable[[], float] = time.time,
 ) -> tuple[IotHubRestRegistry, httpx.MockTransport]:
     transport = httpx.MockTransport(handler)
-    return IotHubRestRegistry(transport, transport, timeout, clock=clock), transport
+    return IotHubRestRegistry(
+        HttpxHubTransport(transport, timeout), HttpxHubTransport(transport, timeout), clock=clock
+    ), transport
 
 
 def token_fields(request: httpx.Request) -> dict[str, str]:
@@ -334,7 +338,7 @@ async def test_a_builtin_hub_is_reached_through_its_own_client_under_its_name() 
     recorder = Recorder(lambda request: httpx.Response(404, json={}))
     azure = httpx.MockTransport(unreachable)
     builtin = httpx.MockTransport(recorder)
-    registry = IotHubRestRegistry(azure, builtin)
+    registry = IotHubRestRegistry(HttpxHubTransport(azure), HttpxHubTransport(builtin))
     hub = HubConnection("hub.example:8443", OWNER_HUB_POLICY, KEY, builtin=True)
     async with azure, builtin:
         assert await registry.get_twin(hub, "d") is None
@@ -428,7 +432,7 @@ async def test_a_refused_connection_is_a_failure_without_status() -> None:
 
 async def test_a_real_refused_connection() -> None:
     async with httpx.AsyncHTTPTransport() as transport:
-        registry = IotHubRestRegistry(transport, None, timeout=5)
+        registry = IotHubRestRegistry(HttpxHubTransport(transport, 5), None)
         hub = HubConnection("127.0.0.1:9", OWNER_HUB_POLICY, KEY)
         with pytest.raises(HubRegistryError, match="could not be reached") as caught:
             await registry.delete_device(hub, "d")
@@ -529,7 +533,7 @@ async def test_a_hub_is_reached_over_tls_under_its_name(
     listener, port, certificate = tls_listener
     trust = ssl.create_default_context(cafile=str(certificate))
     async with httpx.AsyncHTTPTransport(verify=trust) as transport:
-        registry = IotHubRestRegistry(transport, None, timeout=5)
+        registry = IotHubRestRegistry(HttpxHubTransport(transport, 5), None)
         hub = HubConnection(f"localhost:{port}", OWNER_HUB_POLICY, KEY)
         assert await registry.get_twin(hub, "d") is None
     assert listener.server_names == ["localhost"]
@@ -542,7 +546,7 @@ async def test_a_certificate_for_another_name_is_refused(
     listener, port, certificate = tls_listener
     trust = ssl.create_default_context(cafile=str(certificate))
     async with httpx.AsyncHTTPTransport(verify=trust) as transport:
-        registry = IotHubRestRegistry(transport, None, timeout=5)
+        registry = IotHubRestRegistry(HttpxHubTransport(transport, 5), None)
         other = HubConnection(f"127.0.0.1:{port}", OWNER_HUB_POLICY, KEY)
         with pytest.raises(HubRegistryError, match="could not be reached") as caught:
             await registry.get_twin(other, "d")

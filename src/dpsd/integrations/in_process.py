@@ -1,60 +1,73 @@
-"""An httpx transport that hands each request to an ASGI application in this process.
+"""A HubTransport that hands each request to an ASGI application in this process.
 
-dpsd writes devices into the IoT hubs it serves itself with the same httpx requests it
-sends to Azure IoT Hub, through this transport instead of a socket. httpx has its own
-(``httpx.ASGITransport``), built for tests and for any async library: it looks up which
-async library runs (sniffio) and creates an event per request, streams the request body
-in chunks and hands back a streamed response, and all of that came to about a tenth of
-the CPU of landing a device. This one does what dpsd needs and nothing more: one
-``http.request`` message with the whole body, the response collected whole and handed
-back with its content read, on asyncio only.
+dpsd writes devices into the IoT hubs it serves itself with the same requests it sends to
+Azure IoT Hub (``integrations.iothub``), through this transport instead of a socket: the
+application gets an ``http`` scope as from a client of the hub's HTTPS listener (method,
+path and query, the Host header that picks the hub, the SAS), the whole body in one
+``http.request`` message, and its answer is collected whole. httpx's own
+``ASGITransport`` does the same for httpx requests, but building and reading httpx's
+Request and Response objects cost more than the hub's handling of the request.
 """
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
+from urllib.parse import unquote
 
-import httpx
 from starlette.types import ASGIApp, Message
 
+from dpsd.integrations.hub_http import HubRequest, HubResponse
+
 _SCOPE_BASE = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1"}
+_HTTPS_PORT = 443
 
 
-class InProcessTransport(httpx.AsyncBaseTransport):
+class InProcessTransport:
     """Requests go to ``app`` as from ``client`` (an address and port, as in a scope)."""
 
     def __init__(self, app: ASGIApp, client: tuple[str, int] = ("127.0.0.1", 0)) -> None:
         self._app = app
         self._client = client
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
+    async def send(self, request: HubRequest) -> HubResponse:
+        path, _, query = request.target.partition("?")
+        headers = [
+            (name.encode("latin-1"), value.encode("latin-1")) for name, value in request.headers
+        ]
+        if request.body:
+            headers.append((b"content-length", str(len(request.body)).encode("ascii")))
         scope: dict[str, Any] = {
             **_SCOPE_BASE,
             "method": request.method,
-            "headers": [(name.lower(), value) for name, value in request.headers.raw],
-            "scheme": url.scheme,
-            "path": url.path,
-            "raw_path": url.raw_path.split(b"?", 1)[0],
-            "query_string": url.query,
-            "server": (url.host, url.port),
+            "headers": headers,
+            "scheme": "https",
+            "path": unquote(path),
+            "raw_path": path.encode("latin-1"),
+            "query_string": query.encode("latin-1"),
+            "server": _server(request.host),
             "client": self._client,
             "root_path": "",
         }
-        exchange = _Exchange(await request.aread())
+        exchange = _Exchange(request.body)
         try:
             await self._app(scope, exchange.receive, exchange.send)
         except Exception:  # noqa: BLE001 - an app that fails answers 500, as over a socket
             exchange.answered.set()
             if exchange.status is None:
-                return httpx.Response(500, request=request)
-        return httpx.Response(
-            exchange.status or 500,
-            headers=exchange.headers,
-            content=b"".join(exchange.body),
-            request=request,
-        )
+                return HubResponse(500)
+        return HubResponse(exchange.status or 500, b"".join(exchange.body))
+
+    async def aclose(self) -> None:
+        """Nothing to release: there is no connection."""
+
+
+def _server(host: str) -> tuple[str, int]:
+    """The (host, port) of a Host header value, as a scope's ``server``."""
+    name, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and (not name.startswith("[") or name.endswith("]")):
+        return name.strip("[]"), int(port)
+    return host.strip("[]"), _HTTPS_PORT
 
 
 class _Exchange:
@@ -64,7 +77,6 @@ class _Exchange:
         self._request: Message | None = {"type": "http.request", "body": body, "more_body": False}
         self.answered = asyncio.Event()
         self.status: int | None = None
-        self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
 
     async def receive(self) -> Message:
@@ -77,7 +89,6 @@ class _Exchange:
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
-            self.headers = list(message.get("headers", []))
         elif message["type"] == "http.response.body":
             chunk = message.get("body", b"")
             if chunk:

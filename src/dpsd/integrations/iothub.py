@@ -3,26 +3,21 @@ API, as Azure DPS does: an Azure IoT hub, or a hub dpsd serves itself.
 
 Each request carries a SharedAccessSignature of the hub's policy, made as the Python
 service client makes it (``sr`` the URL-encoded host name from the connection, an hour of
-validity), and used for the requests of the next five minutes. An Azure hub is reached
-over the network with the httpx transport given for it.
-A built-in hub is reached with the same requests through a second httpx transport that
-hands them to dpsd's own HTTP application in this process (``integrations.in_process``):
-the requests, their SAS, the Host header that picks the hub, the hub's authentication,
-handlers, etags and error bodies, and this module's reading of the answers are the same
-as over the network; only the sockets and TLS are skipped. Going through the listener's
-socket instead cost five times as much CPU per landing (two TLS round trips served by the
-same event loop that waits for them) and made landings time out under load.
-
-Requests go to the transports without an ``httpx.AsyncClient`` in front: a client adds
-cookies, authentication flows and redirects, none of which a registry call wants, and they
-cost as much CPU as the in-process hub's own handling of the request.
+validity), and used for the requests of the next five minutes. This module makes every
+request (method, path and api-version, Host, SAS, If-Match, JSON body) and reads every
+answer (status, the hub's error body) the same way for every hub; a HubTransport
+(``integrations.hub_http``) carries the exchange: over the network to an Azure hub, or in
+process (``integrations.in_process``) to a hub dpsd serves itself, whose HTTP application
+then authenticates, routes and answers it as it answers any client. Going through the
+listener's socket instead cost five times as much CPU per landing (two TLS round trips
+served by the same event loop that waits for them) and made landings time out under load.
 
 Failures become HubRegistryError with the hub's status and its error body (cut to
 about a kilobyte, with every key and signature this client knows of blotted out). Over
-the network each step of a request (connect, send, each read) is bounded by the timeout;
-the in-process transport has no timeouts of its own. Callers bound a call as a whole:
-dpsd's registrations bound each landing, all its requests together (use case
-``DeviceRegistrationService._land``).
+the network each step of a request (connect, send, each read) is bounded by the
+transport's timeout; the in-process transport has no timeouts of its own. Callers bound a
+call as a whole: dpsd's registrations bound each landing, all its requests together (use
+case ``DeviceRegistrationService._land``).
 """
 
 from __future__ import annotations
@@ -34,7 +29,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import quote, quote_plus
 
-import httpx
 import msgspec
 
 from dpsd.domain.hub_device import DeviceIdentity, TwinContent
@@ -46,6 +40,7 @@ from dpsd.hub_wire import (
     twin_content_from_wire,
     twin_content_to_wire,
 )
+from dpsd.integrations.hub_http import HubRequest, HubResponse, HubTransport, HubUnreachable
 from dpsd.service.ports import HubConnection, HubRegistryError
 from dpsd.version import dpsd_version
 
@@ -70,24 +65,29 @@ def _device_path(prefix: str, device_id: str) -> str:
 @dataclass(frozen=True, slots=True)
 class _Token:
     """A SharedAccessSignature of a hub's policy, its signature and when it expires; the
-    request headers made with it, by whether a JSON body goes along and the If-Match
-    (built once: httpx takes a ready Headers for a fraction of what it spends on a dict)."""
+    request headers made with it (Host among them), by whether a JSON body goes along and
+    the If-Match, built once."""
 
+    host: str
     authorization: str
     signature: str
     expiry: int
-    _headers: dict[tuple[bool, str | None], httpx.Headers] = field(
+    _headers: dict[tuple[bool, str | None], tuple[tuple[str, str], ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
 
-    def headers(self, with_body: bool, if_match: str | None) -> httpx.Headers:
+    def headers(self, with_body: bool, if_match: str | None) -> tuple[tuple[str, str], ...]:
         made = self._headers.get((with_body, if_match))
         if made is None:
-            made = httpx.Headers({"authorization": self.authorization, "user-agent": _USER_AGENT})
+            made = (
+                ("host", self.host),
+                ("authorization", self.authorization),
+                ("user-agent", _USER_AGENT),
+            )
             if with_body:
-                made["content-type"] = JSON_CONTENT_TYPE
+                made += (("content-type", JSON_CONTENT_TYPE),)
             if if_match is not None:
-                made["if-match"] = if_match
+                made += (("if-match", if_match),)
             self._headers[with_body, if_match] = made
         return made
 
@@ -105,7 +105,7 @@ def _sign(hub: HubConnection, expiry: int) -> _Token:
         f"{SCHEME} sr={resource}&sig={quote(signature, safe='')}"
         f"&se={expiry}&skn={quote(hub.policy_name, safe='')}"
     )
-    return _Token(authorization, signature, expiry)
+    return _Token(hub.host_name.removesuffix(":443"), authorization, signature, expiry)
 
 
 class _Call:
@@ -121,32 +121,26 @@ class _Call:
             text = text.replace(secret, _HIDDEN).replace(quote(secret, safe=""), _HIDDEN)
         return HubRegistryError(status, text[:MAX_MESSAGE_CHARS])
 
-    def refused(self, response: httpx.Response) -> HubRegistryError:
-        text = (
-            response.text.strip() or f"IoT hub {self.hub.host_name} answered {response.status_code}"
-        )
-        return self.error(response.status_code, text)
+    def refused(self, response: HubResponse) -> HubRegistryError:
+        text = response.text.strip() or f"IoT hub {self.hub.host_name} answered {response.status}"
+        return self.error(response.status, text)
 
 
 class IotHubRestRegistry:
     """The IotHubRegistry port on IoT Hub's REST API (api-version 2021-04-12).
 
     ``transport``: for Azure hubs; ``builtin_transport``: for the hubs dpsd serves itself
-    (None where there are none to serve); ``timeout``: seconds each step of a request over
-    the network may take (connect, send, each read)."""
+    (None where there are none to serve)."""
 
     def __init__(
         self,
-        transport: httpx.AsyncBaseTransport,
-        builtin_transport: httpx.AsyncBaseTransport | None,
-        timeout: float = 10.0,
+        transport: HubTransport,
+        builtin_transport: HubTransport | None,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._transport = transport
         self._builtin_transport = builtin_transport
-        self._timeout = timeout
-        self._timeouts = {"timeout": httpx.Timeout(timeout).as_dict()}
         self._clock = clock
         self._tokens: dict[HubConnection, _Token] = {}
 
@@ -156,23 +150,23 @@ class IotHubRestRegistry:
         path = _device_path("devices", identity.device_id)
         body = _encoder.encode(identity_to_wire(identity))
         response = await self._send(call, "PUT", path, body)
-        if response.status_code == 409:
+        if response.status == 409:
             response = await self._send(call, "PUT", path, body, if_match=WILDCARD_IF_MATCH)
-        if response.status_code not in (200, 201):
+        if response.status not in (200, 201):
             raise call.refused(response)
 
     async def get_twin(self, hub: HubConnection, device_id: str) -> TwinContent | None:
         call = self._call(hub)
         response = await self._send(call, "GET", _device_path("twins", device_id))
-        if response.status_code == 404:
+        if response.status == 404:
             return None
-        if response.status_code != 200:
+        if response.status != 200:
             raise call.refused(response)
         try:
-            return twin_content_from_wire(msgspec.json.decode(response.content, type=TwinBodyWire))
+            return twin_content_from_wire(msgspec.json.decode(response.body, type=TwinBodyWire))
         except msgspec.DecodeError:
             raise call.error(
-                response.status_code,
+                response.status,
                 f"IoT hub {hub.host_name} answered something other than a twin",
             ) from None
 
@@ -181,14 +175,14 @@ class IotHubRestRegistry:
         body = _encoder.encode(twin_content_to_wire(twin))
         path = _device_path("twins", device_id)
         response = await self._send(call, "PUT", path, body, if_match=WILDCARD_IF_MATCH)
-        if response.status_code != 200:
+        if response.status != 200:
             raise call.refused(response)
 
     async def delete_device(self, hub: HubConnection, device_id: str) -> None:
         call = self._call(hub)
         path = _device_path("devices", device_id)
         response = await self._send(call, "DELETE", path, if_match=WILDCARD_IF_MATCH)
-        if response.status_code not in (200, 204, 404):
+        if response.status not in (200, 204, 404):
             raise call.refused(response)
 
     def _call(self, hub: HubConnection, secrets: Iterable[str | None] = ()) -> _Call:
@@ -204,7 +198,7 @@ class IotHubRestRegistry:
             self._tokens[hub] = token
         return token
 
-    def _transport_for(self, hub: HubConnection) -> httpx.AsyncBaseTransport:
+    def _transport_for(self, hub: HubConnection) -> HubTransport:
         if not hub.builtin:
             return self._transport
         if self._builtin_transport is None:
@@ -221,31 +215,16 @@ class IotHubRestRegistry:
         body: bytes | None = None,
         *,
         if_match: str | None = None,
-    ) -> httpx.Response:
+    ) -> HubResponse:
         transport = self._transport_for(call.hub)
-        headers = call.token.headers(body is not None, if_match)
-        url = f"https://{call.hub.host_name}{path}?api-version={API_VERSION}"
+        request = HubRequest(
+            method,
+            call.hub.host_name,
+            f"{path}?api-version={API_VERSION}",
+            call.token.headers(body is not None, if_match),
+            body or b"",
+        )
         try:
-            request = httpx.Request(
-                method, url, content=body, headers=headers, extensions=self._timeouts
-            )
-            return await _exchange(transport, request)
-        except httpx.TimeoutException as error:
-            raise call.error(
-                None, f"IoT hub {call.hub.host_name} did not answer within {self._timeout:g} s"
-            ) from error
-        except (httpx.HTTPError, httpx.InvalidURL) as error:
-            reason = str(error) or type(error).__name__
-            raise call.error(
-                None, f"IoT hub {call.hub.host_name} could not be reached: {reason}"
-            ) from error
-
-
-async def _exchange(transport: httpx.AsyncBaseTransport, request: httpx.Request) -> httpx.Response:
-    """The response to ``request``, read whole, its connection handed back."""
-    response = await transport.handle_async_request(request)
-    try:
-        await response.aread()
-    finally:
-        await response.aclose()
-    return response
+            return await transport.send(request)
+        except HubUnreachable as error:
+            raise call.error(None, f"IoT hub {call.hub.host_name} {error}") from error
