@@ -173,7 +173,11 @@ class DeviceListener:
         finally:
             self._writers.discard(writer)
             self._release(opened)
-            writer.close()
+            if writer.transport.get_write_buffer_size():
+                # A device that reads nothing: closing would wait for ever to flush to it.
+                writer.transport.abort()
+            else:
+                writer.close()
             with contextlib.suppress(OSError, ssl.SSLError):
                 await writer.wait_closed()
 

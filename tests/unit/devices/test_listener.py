@@ -89,12 +89,14 @@ def listener(
     connection: ScriptedConnection,
     admission: Admission | None = None,
     metrics: Metrics | None = None,
+    write_timeout: float = 30.0,
 ) -> DeviceListener:
     return DeviceListener(
         lambda _chain: connection,
         admission or Admission(),
         "amqpwsb10",
         handshake_timeout=0.05,
+        write_timeout=write_timeout,
         protocol="amqp",
         metrics=metrics,
     )
@@ -217,3 +219,23 @@ async def test_refused_connections_are_logged_and_not_counted() -> None:
     assert (unknown["subprotocols"], unknown["client"]) == ("chat,superchat", "10.0.0.1")
     assert not events(stream, "disconnected")
     assert connections(metrics) == 0
+
+
+class StuckPeer(WebSocketPeer):
+    """A WebSocket peer that takes nothing after the accept: each send waits for ever."""
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.sent.append(message)
+        if message["type"] == "websocket.send":
+            await asyncio.Event().wait()
+
+
+async def test_a_peer_that_takes_nothing_is_dropped_after_the_write_timeout() -> None:
+    peer = StuckPeer(["amqpwsb10"], [b"hello"])
+    with captured_logs() as stream:
+        await asyncio.wait_for(
+            peer.run(listener(ScriptedConnection(idle=5), write_timeout=0.05).handle_websocket),
+            timeout=5,
+        )
+    (line,) = events(stream, "disconnected")
+    assert line["reason"] == "the device read nothing dpsd wrote for 0.05 s"
