@@ -140,20 +140,7 @@ class AsyncEngineExecutor:
         params: Params,
         read: Callable[[Any], T],
     ) -> T:
-        """``attempt``, and once more when its connection broke before any commit."""
-        try:
-            return await attempt(statement, params, read)
-        except _BeforeCommit as failed:
-            if not connection_lost(failed.error):
-                _raise_for(failed.error, postgres_fault)
-        except _POSTGRES_ERRORS as error:  # during the commit: it may have been made
-            _raise_for(error, postgres_fault)
-        try:
-            return await attempt(statement, params, read)
-        except _BeforeCommit as failed:
-            _raise_for(failed.error, postgres_fault)
-        except _POSTGRES_ERRORS as error:
-            _raise_for(error, postgres_fault)
+        return await once_more_if_lost(lambda: attempt(statement, params, read), _POSTGRES_ERRORS)
 
     async def _read(
         self, statement: Prepared | sa.Executable, params: Params, read: Callable[[Any], T]
@@ -162,7 +149,7 @@ class AsyncEngineExecutor:
             async with self._engine.connect() as connection:
                 return read(await connection.execute(_statement(statement), params))
         except _POSTGRES_ERRORS as error:  # a read commits nothing: always safe to repeat
-            raise _BeforeCommit(error) from error
+            raise BeforeCommit(error) from error
 
     async def _write(
         self, statement: Prepared | sa.Executable, params: Params, read: Callable[[Any], T]
@@ -180,18 +167,39 @@ class AsyncEngineExecutor:
         except _POSTGRES_ERRORS as error:
             if committing:
                 raise  # it may have been committed: not safe to repeat
-            raise _BeforeCommit(error) from error
+            raise BeforeCommit(error) from error
 
 
-class _BeforeCommit(Exception):
+class BeforeCommit(Exception):
     """A statement failed before its transaction committed (or had anything to commit)."""
 
-    def __init__(self, error: DBAPIError | OSError | PoolTimeout) -> None:
+    def __init__(self, error: BaseException) -> None:
         super().__init__(str(error))
         self.error = error
 
 
-def _raise_for(
+async def once_more_if_lost(
+    attempt: Callable[[], Awaitable[T]], errors: tuple[type[BaseException], ...]
+) -> T:
+    """``attempt()``, and once more when its connection broke before any commit (it raised
+    BeforeCommit); ``errors`` raised as they are came during a commit, which may have been
+    made, and are not repeated. A fault of the store as StorageUnavailable (PostgreSQL)."""
+    try:
+        return await attempt()
+    except BeforeCommit as failed:
+        if not connection_lost(failed.error):
+            raise_for_fault(failed.error, postgres_fault)
+    except errors as error:  # during the commit: it may have been made
+        raise_for_fault(error, postgres_fault)
+    try:
+        return await attempt()
+    except BeforeCommit as failed:
+        raise_for_fault(failed.error, postgres_fault)
+    except errors as error:
+        raise_for_fault(error, postgres_fault)
+
+
+def raise_for_fault(
     error: BaseException, classify: Callable[[BaseException], StorageFault | None]
 ) -> NoReturn:
     """StorageUnavailable for a fault of the store; ``error`` itself for anything else (a
@@ -328,7 +336,7 @@ class InlineSqliteExecutor:
                 return run(statement, params)
             except _SQLITE_ERRORS as again:
                 error = again
-        _raise_for(error, sqlite_fault)
+        raise_for_fault(error, sqlite_fault)
 
 
 def create_executor(database_url: str, engine: AsyncEngine) -> Executor:

@@ -32,8 +32,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.elements import ClauseElement
 
-from dpsd.storage.executor import AsyncEngineExecutor, DuplicateKey, Params, Prepared
-from dpsd.storage.faults import connection_lost, postgres_fault, unavailable
+from dpsd.storage.executor import (
+    AsyncEngineExecutor,
+    BeforeCommit,
+    DuplicateKey,
+    Params,
+    Prepared,
+    once_more_if_lost,
+)
 
 POOL_SIZE = 15
 ACQUIRE_TIMEOUT = 30.0
@@ -48,14 +54,6 @@ _STORE_ERRORS = (
     asyncpg.InternalClientError,
     OSError,
 )
-
-
-class _BeforeCommit(Exception):
-    """A statement failed before its transaction committed (or had anything to commit)."""
-
-    def __init__(self, error: BaseException) -> None:
-        super().__init__(str(error))
-        self.error = error
 
 
 class _InCommit(Exception):
@@ -139,22 +137,13 @@ class PostgresExecutor:
         *,
         writes: bool,
     ) -> T:
-        """``attempt``, and once more when its connection broke before any commit."""
         prepared = cast(Prepared, statement)
         sql = cast(str, prepared.sql)
         bound = prepared.bound(params)
         arguments = [bound[name] for name in prepared.order or ()]
-        try:
-            return await self._once(attempt, sql, arguments, writes)
-        except _BeforeCommit as failed:
-            if not connection_lost(failed.error):
-                raise _fault(failed.error) from failed.error
-        except _InCommit as failed:  # it may have been made: not repeated
-            raise _fault(failed.error) from failed.error
-        try:
-            return await self._once(attempt, sql, arguments, writes)
-        except (_BeforeCommit, _InCommit) as failed:
-            raise _fault(failed.error) from failed.error
+        return await once_more_if_lost(
+            lambda: self._once(attempt, sql, arguments, writes), _STORE_ERRORS
+        )
 
     async def _once(self, attempt: Attempt[T], sql: str, arguments: list[Any], writes: bool) -> T:
         try:
@@ -167,12 +156,14 @@ class PostgresExecutor:
                 except asyncpg.InternalClientError:
                     connection.terminate()  # its protocol is stuck mid-operation: not reused
                     raise
+        except _InCommit as failed:  # raised as it came: not to be repeated
+            raise failed.error from None
         except asyncpg.IntegrityConstraintViolationError as error:
             raise DuplicateKey(str(error)) from error
         except TimeoutError as error:  # no connection free (or made) in time
-            raise _BeforeCommit(PoolTimeout(str(error) or "no connection free in time")) from error
+            raise BeforeCommit(PoolTimeout(str(error) or "no connection free in time")) from error
         except _STORE_ERRORS as error:
-            raise _BeforeCommit(error) from error
+            raise BeforeCommit(error) from error
 
     async def _ready_pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -203,13 +194,6 @@ async def _in_transaction(
 
 def _direct(statement: Prepared | sa.Executable) -> bool:
     return isinstance(statement, Prepared) and statement.sql is not None
-
-
-def _fault(error: BaseException) -> BaseException:
-    """StorageUnavailable for a fault of the store; ``error`` itself for anything else (a
-    statement dpsd got wrong, answered as the bug it is)."""
-    fault = postgres_fault(error)
-    return error if fault is None else unavailable(fault, error)
 
 
 async def _first_value(connection: asyncpg.Connection, sql: str, arguments: list[Any]) -> Any:
