@@ -135,10 +135,12 @@ def pg_executor(kind: str, engine: AsyncEngine, **pool_options: Any) -> Executor
 
 
 class Statements:
-    """Runs each statement prepared, as repositories do."""
+    """Runs each statement prepared, as repositories do; ``kind``: which executor (one of
+    PG_EXECUTORS)."""
 
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, kind: str) -> None:
         self.executor = executor
+        self.kind = kind
 
     async def scalar(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> Any:
         return await self.executor.scalar(self.executor.prepare(statement), params)
@@ -158,7 +160,7 @@ async def postgres(
     killer = Killer(postgres_server.rsplit("/", 1)[1], table)
     executor = pg_executor(request.param, engine)
     try:
-        yield Statements(executor), killer
+        yield Statements(executor, request.param), killer
     finally:
         await executor.close()
         await engine.dispose()  # its pooled connections may have been terminated
@@ -261,7 +263,7 @@ async def test_an_unreachable_server_is_storage_unavailable(kind: str) -> None:
     engine = create_async_engine(async_url(f"postgresql://postgres@127.0.0.1:{port}/nowhere"))
     executor = pg_executor(kind, engine)
     with pytest.raises(StorageUnavailable) as raised:
-        await Statements(executor).scalar(sa.text("SELECT 1"))
+        await Statements(executor, kind).scalar(sa.text("SELECT 1"))
     assert raised.value.fault is StorageFault.CONNECTION_LOST
     await executor.close()
     await engine.dispose()
@@ -274,12 +276,16 @@ async def test_a_read_only_postgres_database(postgres: tuple[Statements, Killer]
     read_only = create_async_engine(
         async_url(f"{POSTGRES_URL.rsplit('/', 1)[0]}/{killer.database}"), connect_args=settings
     )
-    kind = "engine" if isinstance(statements.executor, AsyncEngineExecutor) else "asyncpg"
-    executor = pg_executor(kind, read_only, **settings)
+    executor = pg_executor(statements.kind, read_only, **settings)
     with pytest.raises(StorageUnavailable) as raised:
-        await Statements(executor).write(killer.sql("INSERT INTO probe VALUES ('a', 'b')"))
+        await Statements(executor, statements.kind).write(
+            killer.sql("INSERT INTO probe VALUES ('a', 'b')")
+        )
     assert raised.value.fault is StorageFault.READ_ONLY
-    assert await Statements(executor).scalar(killer.sql("SELECT count(*) FROM probe")) == 0
+    assert (
+        await Statements(executor, statements.kind).scalar(killer.sql("SELECT count(*) FROM probe"))
+        == 0
+    )
     await executor.close()
     await read_only.dispose()
 
@@ -291,9 +297,8 @@ async def test_a_pool_whose_connections_stay_busy_is_out_of_resources(
     statements, killer = postgres
     url = async_url(f"{POSTGRES_URL.rsplit('/', 1)[0]}/{killer.database}")
     engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=0.2)
-    kind = "engine" if isinstance(statements.executor, AsyncEngineExecutor) else "asyncpg"
-    executor = pg_executor(kind, engine, max_size=1, acquire_timeout=0.2)
-    busy = Statements(executor)
+    executor = pg_executor(statements.kind, engine, max_size=1, acquire_timeout=0.2)
+    busy = Statements(executor, statements.kind)
     holder = asyncio.ensure_future(busy.scalar(sa.text("SELECT 1 FROM pg_sleep(1.5)")))
     try:
         busy_seen = False
