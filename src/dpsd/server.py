@@ -25,7 +25,7 @@ from dpsd.http.server_protocol import BoundedHeadProtocol
 from dpsd.settings import Settings
 from dpsd.telemetry.metrics import METRICS_PATH, metrics_app
 from dpsd.tls import ensure_hub_certificates
-from dpsd.tls_transport import SharedReadBuffer, TlsServerProtocol, start_tls_server
+from dpsd.tls_transport import DEVICE_BIO_SLICE, TlsListener, TlsServerProtocol, serve_tls
 
 GRACEFUL_SHUTDOWN_SECONDS = 5
 TRUST_REFRESH_SECONDS = 30
@@ -165,21 +165,22 @@ async def _device_servers(
     dpsd's own TLS (``dpsd.tls_transport``). A TLS handshake gets as long as a protocol's
     handshake: it happens before admission. While the loop runs ``delay`` late beyond the
     settings' bound, new connections are closed before TLS (``dpsd.devices.shedding``)."""
-    handlers = (
-        ("mqtt", listeners.mqtt, runtime.mqtt.handle),
-        ("amqp", listeners.amqp, runtime.amqp.handle),
+    device_listeners = (
+        ("mqtt", listeners.mqtt, runtime.mqtt.listener),
+        ("amqp", listeners.amqp, runtime.amqp.listener),
     )
     bound = runtime.settings.max_loop_delay
     return [
-        await start_tls_server(
-            handle,
+        await serve_tls(
+            device_listener.connection_protocol,
             runtime.client_trust.context,
             handshake_timeout=DEVICE_TLS_HANDSHAKE_SECONDS,
+            bio_slice=DEVICE_BIO_SLICE,
             gate=Shedding(delay, bound, protocol, runtime.metrics).wrap,
             sock=listener,
             backlog=LISTEN_BACKLOG,  # asyncio listens again, with 100 unless told
         )
-        for protocol, listener, handle in handlers
+        for protocol, listener, device_listener in device_listeners
         if listener is not None
     ]
 
@@ -280,14 +281,11 @@ def _tls_http(context: ssl.SSLContext) -> Callable[..., TlsServerProtocol]:
     """What uvicorn makes each HTTPS connection's protocol with (as with a protocol class):
     TLS, with uvicorn's HTTP protocol on top once the handshake is done. A handshake gets as
     long as asyncio gives one (60 s); the request head's own deadline starts after it."""
-    read_buffer = SharedReadBuffer()
+    listener = TlsListener(HTTPS_TLS_HANDSHAKE_SECONDS)
 
     def http(**uvicorn_arguments: Any) -> TlsServerProtocol:
         return TlsServerProtocol(
-            context,
-            lambda: BoundedHeadProtocol(**uvicorn_arguments),
-            handshake_timeout=HTTPS_TLS_HANDSHAKE_SECONDS,
-            read_buffer=read_buffer,
+            context, lambda: BoundedHeadProtocol(**uvicorn_arguments), listener
         )
 
     return http

@@ -9,20 +9,22 @@ standard library's ``ssl.SSLObject`` runs over two ``ssl.MemoryBIO`` in a plain 
 on the TCP transport:
 
 - bytes read from the socket land in one buffer shared by every connection of a listener
-  (``SharedReadBuffer``: asyncio fills it, and it is emptied into the connection's incoming
+  (``TlsListener``: asyncio fills it, and it is emptied into the connection's incoming
   BIO before anything else runs), plaintext comes out of ``SSLObject.read`` in a bytes
   object made for that read and handed on at once, and whatever OpenSSL writes goes
   straight to the socket: between reads a connection keeps nothing but OpenSSL's state;
 - OpenSSL's own record buffers are released whenever they are empty (CPython sets
   ``SSL_MODE_RELEASE_BUFFERS`` on every context), and both BIOs are empty between reads.
-  A memory BIO keeps the capacity of the most it ever held, so bytes go in by slices:
-  a socket read into the incoming BIO 4 KB at a time, each taken before the next, and
-  plaintext into the outgoing one record (16 KB) at a time, each sent before the next.
+  A memory BIO keeps the capacity of the most it ever held (a third more), so bytes go in
+  by slices: a socket read into the incoming BIO ``bio_slice`` bytes at a time (4 KB;
+  device listeners 256, whose connections stay for hours: a ClientHello alone would
+  leave 700 bytes), each taken by OpenSSL before the next, and plaintext into the
+  outgoing one record (16 KB) at a time, each sent before the next.
   What a connection keeps is then bounded (its handshake's flight, a few KB, or one
   record) however large the bodies it carried.
 
-The protocol above (uvicorn's HTTP and WebSocket protocols, asyncio streams for MQTT and
-AMQP) sees an ``asyncio.Transport`` with the extra information asyncio's TLS transport gives
+The protocol above (uvicorn's HTTP and WebSocket protocols, the device listener's protocol
+for MQTT and AMQP) sees an ``asyncio.Transport`` with the extra information asyncio's TLS transport gives
 (``sslcontext``, ``ssl_object``, ``peercert``, ``cipher``, ``compression``; the rest is the
 socket's), once the handshake is done. Behaviour:
 
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -49,21 +52,69 @@ from typing import Any
 
 READ_CHUNK = 16 * 1024  # one TLS record's plaintext at most
 BIO_SLICE = 4 * 1024  # what goes into the incoming BIO at once (see the module docstring)
+DEVICE_BIO_SLICE = 256
 RECORD_SLICE = 16 * 1024  # plaintext encrypted into the outgoing BIO at once: one record
 SOCKET_READ = 64 * 1024
 LINGER_SECONDS = 5.0
+DEADLINE_SLACK = 0.001  # a timer fired this close to its deadline has met it
 STREAM_LIMIT = 64 * 1024  # asyncio.start_server's default
 logger = logging.getLogger("dpsd.tls")
+# What this module's timers run in: they set no context variables, and a copy of the
+# context for each (asyncio's default) is about 60 bytes per connection.
+TIMER_CONTEXT = contextvars.Context()
 
 AppProtocolFactory = Callable[[], asyncio.BaseProtocol]
 
 
-class SharedReadBuffer:
-    """The one buffer a listener's socket reads land in (see the module docstring)."""
+class TlsListener:
+    """What the connections of one listener share: the buffer socket reads land in, the
+    slices bytes go into BIOs by (see the module docstring), and their handshake deadlines.
 
-    def __init__(self, size: int = SOCKET_READ) -> None:
-        self.buffer = bytearray(size)
+    Every connection of a listener gets the same time for its handshake, so the deadlines
+    fall due in the order the connections came: they wait in one ordered table with one
+    timer for the first, and a connection leaves it when its handshake is done. (A timer
+    per connection, cancelled when its handshake is done, would stay in the event loop's
+    heap until its time: about 200 bytes per device that just connected.)"""
+
+    def __init__(
+        self,
+        handshake_timeout: float,
+        *,
+        bio_slice: int = BIO_SLICE,
+        read_size: int = SOCKET_READ,
+    ) -> None:
+        self.handshake_timeout = handshake_timeout
+        self.bio_slice = bio_slice
+        self.buffer = bytearray(read_size)
         self.view = memoryview(self.buffer)
+        self._handshaking: dict[TlsServerProtocol, float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def handshake_started(self, protocol: TlsServerProtocol) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.handshake_timeout
+        self._handshaking[protocol] = due
+        if self._timer is None:
+            self._timer = loop.call_at(due, self._handshakes_due, context=TIMER_CONTEXT)
+
+    def handshake_ended(self, protocol: TlsServerProtocol) -> None:
+        self._handshaking.pop(protocol, None)
+
+    def _handshakes_due(self) -> None:
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        overdue = []
+        for protocol, due in self._handshaking.items():
+            if due > now + DEADLINE_SLACK:
+                break
+            overdue.append(protocol)
+        for protocol in overdue:
+            del self._handshaking[protocol]
+            protocol.handshake_overdue()
+        if self._handshaking:
+            first = next(iter(self._handshaking.values()))
+            self._timer = loop.call_at(first, self._handshakes_due, context=TIMER_CONTEXT)
 
 
 class TlsServerProtocol(asyncio.BufferedProtocol):
@@ -75,11 +126,10 @@ class TlsServerProtocol(asyncio.BufferedProtocol):
         "_app_factory",
         "_closing",
         "_context",
-        "_handshake_timeout",
         "_incoming",
+        "_listener",
         "_outgoing",
         "_paused",
-        "_read_buffer",
         "_socket",
         "_timer",
         "_tls",
@@ -89,14 +139,11 @@ class TlsServerProtocol(asyncio.BufferedProtocol):
         self,
         context: ssl.SSLContext,
         app_factory: AppProtocolFactory,
-        *,
-        handshake_timeout: float,
-        read_buffer: SharedReadBuffer,
+        listener: TlsListener,
     ) -> None:
         self._context = context
         self._app_factory = app_factory
-        self._handshake_timeout = handshake_timeout
-        self._read_buffer = read_buffer
+        self._listener = listener
         self._socket: asyncio.Transport | None = None
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
@@ -112,18 +159,18 @@ class TlsServerProtocol(asyncio.BufferedProtocol):
         assert isinstance(transport, asyncio.Transport)
         self._socket = transport
         self._tls = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
-        loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._handshake_timeout, self._handshake_overdue)
+        self._listener.handshake_started(self)
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._read_buffer.view
+        return self._listener.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        view = self._read_buffer.view
-        for start in range(0, nbytes, BIO_SLICE):
+        view = self._listener.view
+        bio_slice = self._listener.bio_slice
+        for start in range(0, nbytes, bio_slice):
             if self._closing:
                 return  # lingering (see close): what the peer still sends is dropped
-            self._incoming.write(view[start : min(start + BIO_SLICE, nbytes)])
+            self._incoming.write(view[start : min(start + bio_slice, nbytes)])
             if not self._paused:
                 self._advance()  # paused: the rest waits in the BIO (one socket read)
 
@@ -144,6 +191,7 @@ class TlsServerProtocol(asyncio.BufferedProtocol):
             self._app.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._listener.handshake_ended(self)
         self._cancel_timer()
         app, self._app = self._app, None
         self._tls = None
@@ -182,7 +230,7 @@ class TlsServerProtocol(asyncio.BufferedProtocol):
         self.close()
 
     def _established(self) -> None:
-        self._cancel_timer()
+        self._listener.handshake_ended(self)
         self._app = self._app_factory()
         self._app.connection_made(TlsTransport(self))
 
@@ -201,8 +249,7 @@ class TlsServerProtocol(asyncio.BufferedProtocol):
         if self._outgoing.pending and socket is not None and not socket.is_closing():
             socket.write(self._outgoing.read())
 
-    def _handshake_overdue(self) -> None:
-        self._timer = None
+    def handshake_overdue(self) -> None:
         if self._app is None:
             self._abort()
 
@@ -256,7 +303,9 @@ class TlsServerProtocol(asyncio.BufferedProtocol):
             self._paused = False
             socket.resume_reading()
         self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(LINGER_SECONDS, socket.close)
+        self._timer = asyncio.get_running_loop().call_later(
+            LINGER_SECONDS, socket.close, context=TIMER_CONTEXT
+        )
 
     def abort(self) -> None:
         self._abort()
@@ -309,7 +358,7 @@ class TlsTransport(asyncio.Transport):
     __slots__ = ("_tls",)
 
     def __init__(self, tls: TlsServerProtocol) -> None:
-        super().__init__()
+        super().__init__(extra=_NO_EXTRA)  # get_extra_info asks the TLS protocol
         self._tls = tls
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
@@ -362,19 +411,45 @@ class TlsTransport(asyncio.Transport):
             socket.set_write_buffer_limits(high, low)
 
 
+_NO_EXTRA: dict[str, Any] = {}
+
+
 def tls_protocol_factory(
-    context: ssl.SSLContext, app_factory: AppProtocolFactory, *, handshake_timeout: float
+    context: ssl.SSLContext,
+    app_factory: AppProtocolFactory,
+    *,
+    handshake_timeout: float,
+    bio_slice: int = BIO_SLICE,
 ) -> Callable[[], TlsServerProtocol]:
     """For ``loop.create_server``: TLS with ``context`` on every accepted connection, the
-    protocol ``app_factory`` makes above it; one read buffer for all of them."""
-    read_buffer = SharedReadBuffer()
+    protocol ``app_factory`` makes above it; one ``TlsListener`` for all of them."""
+    listener = TlsListener(handshake_timeout, bio_slice=bio_slice)
 
     def make() -> TlsServerProtocol:
-        return TlsServerProtocol(
-            context, app_factory, handshake_timeout=handshake_timeout, read_buffer=read_buffer
-        )
+        return TlsServerProtocol(context, app_factory, listener)
 
     return make
+
+
+async def serve_tls(
+    app_factory: AppProtocolFactory,
+    context: ssl.SSLContext,
+    *,
+    handshake_timeout: float,
+    bio_slice: int = BIO_SLICE,
+    gate: Callable[[AppProtocolFactory], AppProtocolFactory] | None = None,
+    **listen: Any,
+) -> asyncio.Server:
+    """A server of TLS connections in this module's TLS, each with the protocol
+    ``app_factory`` makes once its handshake is done; ``bio_slice``: see the module
+    docstring; ``gate``: what decides, at accept, whether a connection gets TLS at all;
+    ``listen``: ``loop.create_server``'s (``sock``, or ``host`` and ``port``)."""
+    factory: AppProtocolFactory = tls_protocol_factory(
+        context, app_factory, handshake_timeout=handshake_timeout, bio_slice=bio_slice
+    )
+    return await asyncio.get_running_loop().create_server(
+        gate(factory) if gate else factory, **listen
+    )
 
 
 async def start_tls_server(
@@ -383,20 +458,15 @@ async def start_tls_server(
     *,
     handshake_timeout: float,
     limit: int = STREAM_LIMIT,
-    gate: Callable[[AppProtocolFactory], AppProtocolFactory] | None = None,
     **listen: Any,
 ) -> asyncio.Server:
     """``asyncio.start_server(client_connected, ssl=context, ...)`` on this module's TLS:
     ``client_connected`` gets the streams of each connection once its handshake is done;
-    ``gate``: what decides, at accept, whether a connection gets TLS at all;
-    ``listen``: ``loop.create_server``'s (``sock``, or ``host`` and ``port``)."""
+    ``listen``: as ``serve_tls``'s."""
     loop = asyncio.get_running_loop()
 
     def streams() -> asyncio.StreamReaderProtocol:
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         return asyncio.StreamReaderProtocol(reader, client_connected, loop=loop)
 
-    factory: AppProtocolFactory = tls_protocol_factory(
-        context, streams, handshake_timeout=handshake_timeout
-    )
-    return await loop.create_server(gate(factory) if gate else factory, **listen)
+    return await serve_tls(streams, context, handshake_timeout=handshake_timeout, **listen)

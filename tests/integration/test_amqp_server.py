@@ -28,7 +28,7 @@ from dpsd.devices.listener import Admission, ConnectionLimits
 from dpsd.domain.device_auth import derive_device_key
 from dpsd.mqtt.server import MqttServer
 from dpsd.service.device_registration import DeviceRegistrationService
-from dpsd.tls_transport import start_tls_server
+from dpsd.tls_transport import serve_tls
 from tests.amqp_peer import POLL, REGISTER, ProtonPeer, exchange
 from tests.certs import Issued, issue
 from tests.conftest import ServiceApi, sas_token
@@ -109,8 +109,14 @@ async def device_listeners(
     mqtt = MqttServer(devices, 1, runtime.now, admission=admission)
     context = runtime.client_trust.context
     servers = [
-        await start_tls_server(handle, context, handshake_timeout=10.0, host="127.0.0.1", port=0)
-        for handle in (amqp.handle, mqtt.handle)
+        await serve_tls(
+            listener.connection_protocol,
+            context,
+            handshake_timeout=10.0,
+            host="127.0.0.1",
+            port=0,
+        )
+        for listener in (amqp.listener, mqtt.listener)
     ]
     ports = [server.sockets[0].getsockname()[1] for server in servers]
     try:

@@ -19,7 +19,7 @@ import pytest
 from dpsd.domain.device_auth import derive_device_key
 from dpsd.domain.hub import OWNER_HUB_POLICY
 from dpsd.telemetry.logs import LogFormat
-from dpsd.tls_transport import start_tls_server
+from dpsd.tls_transport import serve_tls
 from tests.amqp_peer import ProtonPeer, exchange
 from tests.certs import issue
 from tests.conftest import API, ServiceApi, sas_token
@@ -96,8 +96,14 @@ async def devices(service_api: ServiceApi, tmp_path: Path) -> AsyncIterator[Devi
     await enroll_group(service_api, "fleet")
     context = runtime.client_trust.context
     servers = [
-        await start_tls_server(handle, context, handshake_timeout=10.0, host="127.0.0.1", port=0)
-        for handle in (runtime.mqtt.handle, runtime.amqp.handle)
+        await serve_tls(
+            listener.connection_protocol,
+            context,
+            handshake_timeout=10.0,
+            host="127.0.0.1",
+            port=0,
+        )
+        for listener in (runtime.mqtt.listener, runtime.amqp.listener)
     ]
     ports = [server.sockets[0].getsockname()[1] for server in servers]
     try:

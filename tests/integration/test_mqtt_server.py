@@ -28,7 +28,7 @@ from dpsd.mqtt.codec import (
     encode,
 )
 from dpsd.mqtt.server import MqttLimits, MqttServer
-from dpsd.tls_transport import start_tls_server
+from dpsd.tls_transport import serve_tls
 from tests.conftest import ServiceApi
 from tests.integration.test_device_registration_api import (
     GROUP_KEY,
@@ -58,8 +58,8 @@ class Listener:
 async def listener(service_api: ServiceApi) -> AsyncIterator[Listener]:
     runtime = service_api.runtime
     handler = MqttServer(runtime.devices, 1, runtime.now, LIMITS)
-    server = await start_tls_server(
-        handler.handle,
+    server = await serve_tls(
+        handler.listener.connection_protocol,
         runtime.client_trust.context,
         handshake_timeout=10.0,
         host="127.0.0.1",

@@ -12,7 +12,7 @@ import ssl
 import pytest
 
 from dpsd.devices.listener import Admission, DeviceListener
-from dpsd.tls_transport import start_tls_server
+from dpsd.tls_transport import serve_tls
 from tests.conftest import ServiceApi
 from tests.log_capture import captured_logs, events
 
@@ -40,6 +40,33 @@ class FloodingConnection:
         return b""
 
 
+class Observed(asyncio.Protocol):
+    """The listener's protocol for a connection, telling when the connection is gone."""
+
+    def __init__(self, inner: asyncio.Protocol, gone: asyncio.Queue[None]) -> None:
+        self.inner = inner
+        self.gone = gone
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.inner.connection_lost(exc)
+        self.gone.put_nowait(None)
+
+
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 async def test_a_device_that_reads_nothing_is_dropped_after_the_write_timeout(
     tls: bool, service_api: ServiceApi
@@ -50,20 +77,17 @@ async def test_a_device_that_reads_nothing_is_dropped_after_the_write_timeout(
     )
     served: asyncio.Queue[None] = asyncio.Queue()
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await listener.handle(reader, writer)
-        finally:
-            served.put_nowait(None)
+    def observed() -> Observed:
+        return Observed(listener.connection_protocol(), served)
 
     runtime = service_api.runtime
     if tls:
         context = runtime.client_trust.context
-        server = await start_tls_server(
-            handle, context, handshake_timeout=10.0, host="127.0.0.1", port=0
+        server = await serve_tls(
+            observed, context, handshake_timeout=10.0, host="127.0.0.1", port=0
         )
     else:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        server = await asyncio.get_running_loop().create_server(observed, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     device = socket.socket()
     device.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

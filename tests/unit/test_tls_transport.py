@@ -174,6 +174,26 @@ async def test_no_handshake_within_the_deadline_closes_the_connection(tls: TlsFi
     assert handled == []
 
 
+async def test_handshakes_done_in_time_stand_while_a_stalled_one_after_them_times_out(
+    tls: TlsFiles,
+) -> None:
+    """The deadlines of a listener's handshakes share one timer: connections that finished
+    theirs are not touched when it fires, the one that did not is closed."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.readexactly(4))
+
+    async for server in serving(tls, handle, handshake_timeout=0.3):
+        done_early = [await server.connect() for _ in range(3)]
+        stalled_reader, stalled_writer = await asyncio.open_connection(HOST, server.port)
+        assert await stalled_reader.read() == b""  # closed by the server after its deadline
+        stalled_writer.close()
+        for reader, writer in done_early:  # past their own deadlines too, and still served
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"
+            writer.close()
+
+
 async def test_bytes_that_are_not_tls_end_the_connection_with_an_alert(echo: Server) -> None:
     reader, writer = await asyncio.open_connection(HOST, echo.port)
     writer.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")

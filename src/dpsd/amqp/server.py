@@ -9,7 +9,6 @@ AMQP's sense of time: proton's ticks, which send heartbeats and close idle peers
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
@@ -65,10 +64,6 @@ class AmqpServer:
     def close_all(self) -> None:
         """At shutdown: close every device connection."""
         self.listener.close_all()
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """An AMQP connection over TLS."""
-        await self.listener.handle(reader, writer)
 
     async def handle_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """AMQP over WebSockets (ASGI), on any path of the HTTPS port: Node and C use

@@ -1,6 +1,6 @@
 """The I/O shell every device protocol runs in: TLS connections (asyncio streams on dpsd's
-own TLS, ``dpsd.tls_transport.start_tls_server``) and WebSocket sessions on the HTTPS port
-(ASGI) carry bytes to and from one sans-I/O ``DeviceConnection`` per device, under limits
+own TLS, ``dpsd.tls_transport.serve_tls``) and WebSocket sessions on the HTTPS port (ASGI)
+carry bytes to and from one sans-I/O ``DeviceConnection`` per device, under limits
 and deadlines no protocol can talk its way past.
 
 - Admission: at most so many open device connections in all and per client address,
@@ -20,9 +20,8 @@ how long it lasted. The open connections are counted by protocol when there are 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import contextvars
 import logging
-import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -36,7 +35,10 @@ if TYPE_CHECKING:
     from dpsd.telemetry.metrics import Metrics
 
 logger = logging.getLogger("dpsd.devices")
-READ_SIZE = 64 * 1024
+DEADLINE_SLACK = 0.001  # a timer fired this close to its deadline has met it
+# What deadline timers run in: they set no context variables, and a copy of the context
+# for each (asyncio's default) is about 60 bytes per idle device.
+TIMER_CONTEXT = contextvars.Context()
 WS_UNSUPPORTED_SUBPROTOCOL = 1002
 WS_TRY_AGAIN_LATER = 1013
 
@@ -139,47 +141,17 @@ class DeviceListener:
         self._metrics = metrics
         self._handshake_timeout = handshake_timeout
         self._write_timeout = write_timeout
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._transports: set[asyncio.Transport] = set()
 
     def close_all(self) -> None:
         """At shutdown: close every TLS device connection."""
-        for writer in list(self._writers):
-            writer.close()
+        for transport in list(self._transports):
+            transport.close()
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """A device connection over TLS (``start_tls_server``)."""
-        address = str((writer.get_extra_info("peername") or ("?",))[0])
-        if not self._admit(address, "tls"):
-            writer.close()
-            return
-        self._writers.add(writer)
-        opened = _Opened(address, "tls", asyncio.get_running_loop().time())
-
-        async def write(data: bytes) -> None:
-            writer.write(data)
-            if _backed_up(writer.transport):  # only then would drain wait: bound the wait
-                async with asyncio.timeout(self._write_timeout):
-                    await writer.drain()
-
-        try:
-            opened.connection = self._new_connection(
-                verified_chain(writer.get_extra_info("ssl_object"))
-            )
-            opened.ended = await self._pump(
-                opened.connection, lambda: reader.read(READ_SIZE), write
-            )
-        except (OSError, ssl.SSLError, asyncio.IncompleteReadError, TimeoutError) as error:
-            opened.ended = self._broken(error)  # the device went away: nothing to answer
-        finally:
-            self._writers.discard(writer)
-            self._release(opened)
-            if writer.transport.get_write_buffer_size():
-                # A device that reads nothing: closing would wait for ever to flush to it.
-                writer.transport.abort()
-            else:
-                writer.close()
-            with contextlib.suppress(OSError, ssl.SSLError):
-                await writer.wait_closed()
+    def connection_protocol(self) -> asyncio.Protocol:
+        """The protocol of one device connection over TLS (``dpsd.tls_transport.serve_tls``
+        makes one per connection once its handshake is done), or any stream transport."""
+        return _StreamDevice(self)
 
     async def handle_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A device connection over WebSockets (ASGI), on any path; binary messages are one
@@ -285,6 +257,225 @@ class DeviceListener:
             if outgoing:
                 await write(outgoing)  # bounded by write_timeout while it waits for the device
         return None
+
+
+class _StreamDevice(asyncio.Protocol):
+    """One device connection on a stream transport, driven by the transport's callbacks.
+
+    Between bytes, an idle device holds its protocol state, this object and at most one
+    timer: no task, stream or suspended coroutine (asyncio streams and a task per
+    connection cost about 4 KB per idle device). Bytes are answered in a task of their own,
+    as a use case may wait on the store; bytes that come meanwhile wait, reading paused,
+    and are answered next, in order. When what dpsd wrote is not read (the transport's
+    write buffer passes its high-water mark: ``pause_writing``), nothing more is read until
+    it is, and the connection ends after ``write_timeout``.
+
+    One timer stands for the deadline of the moment: the handshake's, the silence the
+    protocol allows (``wait_time``, from when the last bytes were answered) or the write's.
+    Bytes that come move the deadline without touching the timer: it fires at the old
+    time, finds the deadline later and waits again (one timer call per idle period, not
+    one per packet)."""
+
+    __slots__ = (
+        "_connection",
+        "_deadline",
+        "_ended",
+        "_listener",
+        "_loop",
+        "_opened",
+        "_task",
+        "_timer",
+        "_transport",
+        "_waiting",
+        "_write_blocked",
+    )
+
+    def __init__(self, listener: DeviceListener) -> None:
+        self._listener = listener
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._opened: _Opened | None = None
+        self._connection: DeviceConnection | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._waiting: list[bytes] | None = None  # bytes come while others are answered
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+        self._write_blocked = False
+        self._ended = False
+
+    # --- from the transport ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        listener = self._listener
+        address = str((transport.get_extra_info("peername") or ("?",))[0])
+        if not listener._admit(address, "tls"):
+            self._ended = True
+            transport.close()
+            return
+        self._transport = transport
+        listener._transports.add(transport)
+        opened = self._opened = _Opened(address, "tls", self._loop.time())
+        try:
+            connection = listener._new_connection(
+                verified_chain(transport.get_extra_info("ssl_object"))
+            )
+        except Exception:
+            logger.exception("setting up a %s device connection failed", listener.protocol)
+            self._end("dpsd failed to set up the connection")
+            return
+        opened.connection = self._connection = connection
+        self._arm(opened.started + listener._handshake_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._ended:
+            return
+        if self._task is not None or self._write_blocked:
+            self._wait(data)
+            self._pause()
+            return
+        self._answer(data)
+
+    def eof_received(self) -> bool:
+        if self._task is None and not self._waiting:
+            self._end("the device closed the connection")
+        else:
+            self._wait(b"")  # answered first: what came before the end
+        return False
+
+    def pause_writing(self) -> None:
+        self._write_blocked = True
+        self._pause()
+        self._arm(self._loop.time() + self._listener._write_timeout)
+
+    def resume_writing(self) -> None:
+        self._write_blocked = False
+        if self._task is None and not self._ended:
+            self._next()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None:
+            self._end("the device closed the connection")
+        else:
+            self._end(self._listener._broken(exc))
+
+    # --- answering ------------------------------------------------------------------
+
+    def _answer(self, data: bytes) -> None:
+        self._task = self._loop.create_task(self._answered(data))
+
+    async def _answered(self, data: bytes) -> None:
+        connection = self._connection
+        assert connection is not None
+        try:
+            outgoing = await connection.receive(data)
+        except Exception:
+            logger.exception("answering a %s device failed", self._listener.protocol)
+            self._task = None
+            self._end("dpsd failed to answer the device")
+            return
+        self._task = None
+        if not self._ended:
+            self._write(outgoing)
+            self._next()
+
+    def _next(self) -> None:
+        """After an answer or a write the device took: end, answer what waits, or wait."""
+        connection = self._connection
+        assert connection is not None
+        if connection.finished:
+            self._end(None)
+            return
+        if self._write_blocked:
+            return
+        if self._waiting:
+            data = b"".join(self._waiting)
+            ended = not self._waiting[-1]
+            self._waiting = None
+            if data:
+                self._answer(data)
+                if ended:
+                    self._wait(b"")
+                return
+            self._end("the device closed the connection")
+            return
+        self._resume()
+        if connection.established:
+            wait = connection.wait_time()
+            self._arm(None if wait is None else self._loop.time() + wait)
+        elif self._opened is not None:
+            self._arm(self._opened.started + self._listener._handshake_timeout)
+
+    def _wait(self, data: bytes) -> None:
+        """Keep bytes to answer once the answer under way is written (b"": the end)."""
+        if self._waiting is None:
+            self._waiting = []
+        self._waiting.append(data)
+
+    def _write(self, data: bytes) -> None:
+        if data and self._transport is not None:
+            self._transport.write(data)  # may call pause_writing
+
+    # --- the deadline ---------------------------------------------------------------
+
+    def _arm(self, deadline: float | None) -> None:
+        self._deadline = deadline
+        timer = self._timer
+        if deadline is None:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+        elif timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = self._loop.call_at(deadline, self._deadline_passed, context=TIMER_CONTEXT)
+
+    def _deadline_passed(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if self._ended or deadline is None or self._task is not None:
+            return  # an answer under way sets the next deadline when it is done
+        if deadline > self._loop.time() + DEADLINE_SLACK:
+            self._timer = self._loop.call_at(deadline, self._deadline_passed, context=TIMER_CONTEXT)
+            return
+        connection = self._connection
+        assert connection is not None
+        if self._write_blocked:
+            self._end(self._listener._broken(TimeoutError()))
+        elif not connection.established:
+            self._end(f"no handshake within {self._listener._handshake_timeout:g} s")
+        else:
+            self._write(connection.time_passed())
+            self._next()
+
+    # --- the end --------------------------------------------------------------------
+
+    def _end(self, reason: str | None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._arm(None)
+        self._waiting = None
+        transport = self._transport
+        opened = self._opened
+        if opened is not None:
+            opened.ended = reason
+            self._listener._release(opened)
+        if transport is not None:
+            self._listener._transports.discard(transport)
+            if transport.get_write_buffer_size():
+                # A device that reads nothing: closing would wait for ever to flush to it.
+                transport.abort()
+            else:
+                transport.close()
+
+    def _pause(self) -> None:
+        if self._transport is not None and self._transport.is_reading():
+            self._transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self._transport is not None and not self._transport.is_reading():
+            self._transport.resume_reading()
 
 
 def _backed_up(transport: asyncio.WriteTransport) -> bool:

@@ -21,6 +21,8 @@ def parse_username(username: str) -> tuple[str, str]:
 class DeviceSession:
     """One connected device: who it said it is, and its requests."""
 
+    __slots__ = ("_attested", "_client_chain", "_device", "_requests")
+
     def __init__(self, requests: DeviceRequests, client_chain: tuple[str, ...]) -> None:
         self._requests = requests
         self._client_chain = client_chain

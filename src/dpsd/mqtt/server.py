@@ -8,7 +8,6 @@ with AMQP; the protocol lives in ``dpsd.mqtt.connection`` and the meaning of req
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,10 +68,6 @@ class MqttServer:
         """At shutdown: close every device connection."""
         self.listener.close_all()
 
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """An MQTT connection over TLS."""
-        await self.listener.handle(reader, writer)
-
     async def handle_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         """MQTT over WebSockets (ASGI), on any path of the HTTPS port: Python, Node and C use
         ``/$iothub/websocket``, C# the root. The subprotocol is ``mqtt`` (C writes ``MQTT``)."""
@@ -85,6 +80,8 @@ class MqttServer:
 
 class MqttDevice:
     """One device's MQTT connection and session, as the listener drives them."""
+
+    __slots__ = ("_connection", "_session", "close_reason")
 
     def __init__(self, connection: MqttConnection, session: DeviceSession) -> None:
         self._connection = connection
