@@ -24,9 +24,9 @@ on the TCP transport:
   record) however large the bodies it carried.
 
 The protocol above (uvicorn's HTTP and WebSocket protocols, the device listener's protocol
-for MQTT and AMQP) sees an ``asyncio.Transport`` with the extra information asyncio's TLS transport gives
-(``sslcontext``, ``ssl_object``, ``peercert``, ``cipher``, ``compression``; the rest is the
-socket's), once the handshake is done. Behaviour:
+for MQTT and AMQP) sees an ``asyncio.Transport`` with the extra information asyncio's TLS
+transport gives (``sslcontext``, ``ssl_object``, ``peercert``, ``cipher``, ``compression``;
+the rest is the socket's), once the handshake is done. Behaviour:
 
 - the handshake must be done within ``handshake_timeout`` seconds of the connection, and
   bytes that are not TLS end it at once (both unlogged, as asyncio does);
