@@ -10,7 +10,8 @@ import json
 import ssl
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -28,6 +29,7 @@ from dpsd.mqtt.codec import (
     encode,
 )
 from dpsd.mqtt.server import MqttLimits, MqttServer
+from dpsd.service.device_registration import ATTESTATION_STANDS_SECONDS
 from dpsd.tls_transport import serve_tls
 from tests.conftest import ServiceApi
 from tests.integration.test_device_registration_api import (
@@ -43,10 +45,24 @@ LIMITS = MqttLimits(connect_timeout=0.5, max_packet_size=4096, max_connections_p
 
 
 @dataclass
+class MovableClock:
+    """The time now, moved on by ``ahead``."""
+
+    ahead: timedelta = timedelta()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.ahead
+
+    def move_past_the_connect_attestation(self) -> None:
+        self.ahead += timedelta(seconds=ATTESTATION_STANDS_SECONDS + 1)
+
+
+@dataclass
 class Listener:
     port: int
     client_context: ssl.SSLContext
     api: ServiceApi
+    clock: MovableClock = field(default_factory=MovableClock)
 
     async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         return await asyncio.open_connection(
@@ -57,7 +73,8 @@ class Listener:
 @pytest.fixture
 async def listener(service_api: ServiceApi) -> AsyncIterator[Listener]:
     runtime = service_api.runtime
-    handler = MqttServer(runtime.devices, 1, runtime.now, LIMITS)
+    clock = MovableClock()
+    handler = MqttServer(replace(runtime.devices, clock=clock), 1, runtime.now, LIMITS)
     server = await serve_tls(
         handler.listener.connection_protocol,
         runtime.client_trust.context,
@@ -67,7 +84,7 @@ async def listener(service_api: ServiceApi) -> AsyncIterator[Listener]:
     )
     context = ssl.create_default_context(cafile=str(runtime.tls.ca_certificate))
     try:
-        yield Listener(server.sockets[0].getsockname()[1], context, service_api)
+        yield Listener(server.sockets[0].getsockname()[1], context, service_api, clock)
     finally:
         server.close()
         handler.close_all()
@@ -287,15 +304,34 @@ async def registered(
     return polled.topic.split("/")[3], json.loads(polled.payload)
 
 
-async def test_a_register_reads_the_enrollment_as_it_is_now_not_as_it_was_at_connect(
+async def test_a_register_right_after_connect_stands_on_the_connects_attestation(
     listener: Listener,
 ) -> None:
-    """A device is attested at CONNECT; its register uses that attestation only while the
-    enrollment that vouched for it is unchanged: disabled since, the device is disabled.
-    (No hub is linked here: an enabled device's registration fails for want of one.)"""
+    """A device registers right after it connects: within ATTESTATION_STANDS_SECONDS of the
+    CONNECT, its attestation stands without the store asked again, even for an enrollment
+    changed meanwhile (disabled here: the register goes on as the enrollment was). (No hub
+    is linked here: an enabled device's registration fails for want of one.)"""
+    api = listener.api
+    await enroll(api, "dev-2")
+    reader, writer = await connected_device(listener, "dev-2")
+    await overwrite(
+        api, "/enrollments/dev-2", enrollment_body("dev-2", provisioningStatus="disabled")
+    )
+    status, body = await registered(reader, writer, "dev-2")
+    assert (status, body["status"]) == ("200", "failed")
+    writer.close()
+
+
+async def test_a_later_register_reads_the_enrollment_as_it_is_now_not_as_it_was_at_connect(
+    listener: Listener,
+) -> None:
+    """Past ATTESTATION_STANDS_SECONDS, a register uses the CONNECT's attestation only while
+    the enrollment that vouched for it is unchanged: disabled since, the device is
+    disabled."""
     api = listener.api
     await enroll(api, "dev-3")
     reader, writer = await connected_device(listener, "dev-3")
+    listener.clock.move_past_the_connect_attestation()
     assert (await registered(reader, writer, "dev-3"))[1]["status"] == "failed"
     await overwrite(
         api, "/enrollments/dev-3", enrollment_body("dev-3", provisioningStatus="disabled")
@@ -309,17 +345,19 @@ async def test_a_group_device_meets_an_enrollment_of_its_own_made_after_connect(
     listener: Listener,
 ) -> None:
     """A group device attested at CONNECT, then given an enrollment of its own with other
-    keys (which takes precedence): its register is refused, as a new connection's would be;
-    a group whose keys changed since CONNECT refuses it too."""
+    keys (which takes precedence): its register past ATTESTATION_STANDS_SECONDS is refused,
+    as a new connection's would be; a group whose keys changed since CONNECT refuses it too."""
     api = listener.api
     await enroll_group(api, "fleet")
     key = derive_device_key(GROUP_KEY, "dev-4")
     reader, writer = await connected_device(listener, "dev-4", key)
     await enroll(api, "dev-4")  # signed with KEY, not the derived key
+    listener.clock.move_past_the_connect_attestation()
     assert (await registered(reader, writer, "dev-4"))[0] == "401"
     writer.close()
     key = derive_device_key(GROUP_KEY, "dev-5")
     reader, writer = await connected_device(listener, "dev-5", key)
     await overwrite(api, "/enrollmentGroups/fleet", group_body("fleet", OTHER_GROUP_KEY))
+    listener.clock.move_past_the_connect_attestation()
     assert (await registered(reader, writer, "dev-5"))[0] == "401"
     writer.close()

@@ -80,6 +80,9 @@ OPERATION_LIFETIME = timedelta(hours=1)
 # How long a register call waits for its operation to finish before answering ``assigning``
 # anyway (the device polls): long enough for a store write and a nearby hub.
 INLINE_COMPLETION_SECONDS = 2.0
+# How long a connection's SAS attestation (MQTT CONNECT, AMQP OPEN) stands for its
+# registers without the store asked again: a device registers right after it connects.
+ATTESTATION_STANDS_SECONDS = 5.0
 _CLEANUP_EVERY = 200
 _SYMMETRIC_GROUPS = parse_query(
     "SELECT * WHERE attestation.type = 'symmetricKey'", ENROLLMENT_GROUP_QUERY_FIELDS
@@ -128,6 +131,8 @@ class Attested:
     """The TPM keys the device proved it holds (TPM attestation)."""
     token_expiry: int | None = None
     """When the SAS token the device signed with a symmetric key expires (epoch seconds)."""
+    checked_at: float | None = None
+    """When the store vouched for the SAS token (epoch seconds)."""
 
     @classmethod
     def individual(
@@ -136,6 +141,7 @@ class Attested:
         certificate_thumbprint: str | None = None,
         tpm: TpmProof | None = None,
         token_expiry: int | None = None,
+        checked_at: float | None = None,
     ) -> Attested:
         settings = enrollment.settings
         return cls(
@@ -147,6 +153,7 @@ class Attested:
             certificate_thumbprint=certificate_thumbprint,
             tpm=tpm,
             token_expiry=token_expiry,
+            checked_at=checked_at,
         )
 
     @classmethod
@@ -155,6 +162,7 @@ class Attested:
         group: EnrollmentGroup,
         certificate_thumbprint: str | None = None,
         token_expiry: int | None = None,
+        checked_at: float | None = None,
     ) -> Attested:
         settings = group.settings
         return cls(
@@ -165,6 +173,7 @@ class Attested:
             group_record=group,
             certificate_thumbprint=certificate_thumbprint,
             token_expiry=token_expiry,
+            checked_at=checked_at,
         )
 
     @property
@@ -404,15 +413,20 @@ class DeviceRegistrationService:
             raise
 
     async def _still_attested(self, registration_id: str, connection: Attested) -> Attested | None:
-        """``connection`` when it still proves the device, read back without checking its
-        credential again: a SAS token (the only kind this applies to) that has not expired,
-        signed for an enrollment, or a group with no enrollment of the device's own come
-        since, whose etag is unchanged (so are its keys and settings). None: attest again.
-        Two point reads, instead of a query of the groups and the keys derived again."""
+        """``connection`` when it still proves the device, without checking its credential
+        again: a SAS token (the only kind this applies to) that has not expired, which the
+        store vouched for at most ATTESTATION_STANDS_SECONDS ago (a device registers right
+        after it connects), or since then signed for an enrollment, or a group with no
+        enrollment of the device's own come since, whose etag is unchanged (so are its keys
+        and settings): two point reads, instead of a query of the groups and the keys
+        derived again. None: attest again."""
         expiry = connection.token_expiry
-        now = int(self.clock.now().timestamp())
+        now = self.clock.now().timestamp()
         if expiry is None or connection.tpm is not None or expiry <= now:
             return None
+        checked = connection.checked_at
+        if checked is not None and 0 <= now - checked <= ATTESTATION_STANDS_SECONDS:
+            return connection
         enrollment = await self.enrollments.get(registration_id)
         if connection.enrollment is not None:
             same = enrollment is not None and enrollment.etag == connection.enrollment.etag
@@ -469,10 +483,9 @@ class DeviceRegistrationService:
     async def _attest_symmetric_key(
         self, id_scope: str, registration_id: str, authorization: str
     ) -> Attested:
+        now = self.clock.now().timestamp()
         try:
-            token = parse_device_token(
-                authorization, id_scope, registration_id, now=int(self.clock.now().timestamp())
-            )
+            token = parse_device_token(authorization, id_scope, registration_id, now=int(now))
         except InvalidToken as error:
             raise DeviceUnauthorized(error.message) from error
         enrollment = await self.enrollments.get(registration_id)
@@ -483,7 +496,7 @@ class DeviceRegistrationService:
             if keys is not None and signed_with_any(
                 token, [k for k in (keys.primary_key, keys.secondary_key) if k]
             ):
-                return Attested.individual(enrollment, token_expiry=token.expiry)
+                return Attested.individual(enrollment, token_expiry=token.expiry, checked_at=now)
             raise DeviceUnauthorized("The token is not signed with this device's enrollment keys")
         for group in await self.groups.query(_SYMMETRIC_GROUPS, after=None, limit=1000):
             keys = group.settings.attestation.symmetric_key
@@ -495,7 +508,7 @@ class DeviceRegistrationService:
                 for k in (keys.primary_key, keys.secondary_key)
                 if k
             ):
-                return Attested.group(group, token_expiry=token.expiry)
+                return Attested.group(group, token_expiry=token.expiry, checked_at=now)
         raise DeviceUnauthorized("No enrollment of this service vouches for the device")
 
     async def _complete(
