@@ -126,6 +126,7 @@ class TlsServerProtocol(asyncio.BufferedProtocol):
         "_app_factory",
         "_closing",
         "_context",
+        "_held",
         "_incoming",
         "_listener",
         "_outgoing",
@@ -151,6 +152,7 @@ class TlsServerProtocol(asyncio.BufferedProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._app: asyncio.BaseProtocol | None = None
         self._paused = False
+        self._held: bytes | None = None
         self._closing = False
 
     # --- from the socket -------------------------------------------------------------
@@ -165,14 +167,27 @@ class TlsServerProtocol(asyncio.BufferedProtocol):
         return self._listener.view
 
     def buffer_updated(self, nbytes: int) -> None:
-        view = self._listener.view
+        self._take(self._listener.view[:nbytes])
+
+    def _take(self, data: memoryview) -> None:
+        """Ciphertext into the incoming BIO by slices, each taken before the next. Once the
+        protocol above pauses, the rest (of one socket read at most) waits outside the BIO
+        until it resumes: in the BIO it would leave the BIO that large for good."""
         bio_slice = self._listener.bio_slice
-        for start in range(0, nbytes, bio_slice):
+        for start in range(0, len(data), bio_slice):
             if self._closing:
                 return  # lingering (see close): what the peer still sends is dropped
-            self._incoming.write(view[start : min(start + bio_slice, nbytes)])
-            if not self._paused:
-                self._advance()  # paused: the rest waits in the BIO (one socket read)
+            if self._paused:
+                self._held = bytes(data[start:])
+                return
+            self._incoming.write(data[start : start + bio_slice])
+            self._advance()
+
+    def _resume_taking(self) -> None:
+        self._advance()  # what the BIO still holds
+        held, self._held = self._held, None
+        if held is not None:
+            self._take(memoryview(held))
 
     def eof_received(self) -> bool:
         if self._closing:
@@ -325,7 +340,7 @@ class TlsServerProtocol(asyncio.BufferedProtocol):
             if self._socket is not None:
                 self._socket.resume_reading()
             # what was read before the pause, after the caller's turn (as asyncio does)
-            asyncio.get_running_loop().call_soon(self._advance)
+            asyncio.get_running_loop().call_soon(self._resume_taking)
 
     def is_reading(self) -> bool:
         return not self._paused and not self.is_closing()

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 
 from dpsd.client_tls import ClientCertificateTrust, verified_chain
 from dpsd.tls import TlsFiles, ensure_tls
-from dpsd.tls_transport import start_tls_server
+from dpsd.tls_transport import TlsTransport, serve_tls, start_tls_server
 from tests.certs import issue
 
 HOST = "127.0.0.105"
@@ -115,6 +115,60 @@ async def test_large_transfers_pass_under_flow_control(echo: Server) -> None:
     assert received == payload
     writer.close()
     await writer.wait_closed()
+
+
+class PausingReader(asyncio.Protocol):
+    """Pauses reading at every piece of plaintext and resumes a moment later; records what
+    came and the most ciphertext the incoming BIO held while paused."""
+
+    def __init__(self, done: asyncio.Future[bytes], expected: int) -> None:
+        self.done = done
+        self.expected = expected
+        self.received = bytearray()
+        self.most_in_bio = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, TlsTransport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+        if len(self.received) >= self.expected:
+            self.done.set_result(bytes(self.received))
+            return
+        self.transport.pause_reading()
+        tls = self.transport._tls
+        self.most_in_bio = max(self.most_in_bio, tls._incoming.pending)
+        asyncio.get_running_loop().call_later(0.001, self.transport.resume_reading)
+
+
+async def test_a_protocol_that_pauses_often_gets_every_byte_in_order_and_the_bio_stays_small(
+    tls: TlsFiles,
+) -> None:
+    """The rest of a socket read that came after a pause waits outside the incoming BIO (in
+    it, it would leave the BIO that large for the connection's life)."""
+    payload = bytes(range(256)) * 256  # 64 KB, in 128 records of 512 bytes
+    done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    readers: list[PausingReader] = []
+
+    def reader() -> PausingReader:
+        readers.append(PausingReader(done, len(payload)))
+        return readers[-1]
+
+    trust = ClientCertificateTrust(tls)
+    server = await serve_tls(
+        reader, trust.context, handshake_timeout=10.0, bio_slice=256, host=HOST, port=0
+    )
+    async with server:
+        port = server.sockets[0].getsockname()[1]
+        client = ssl.create_default_context(cafile=str(tls.ca_certificate))
+        _, writer = await asyncio.open_connection(
+            HOST, port, ssl=client, server_hostname="localhost"
+        )
+        writer.writelines(payload[start : start + 512] for start in range(0, len(payload), 512))
+        assert await asyncio.wait_for(done, 10) == payload
+        assert readers[0].most_in_bio <= 256
+        writer.close()
 
 
 async def test_the_client_close_notify_is_the_end_of_stream_and_is_answered(
