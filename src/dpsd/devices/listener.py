@@ -1,7 +1,7 @@
-"""The I/O shell every device protocol runs in: TLS connections (asyncio streams on dpsd's
-own TLS, ``dpsd.tls_transport.serve_tls``) and WebSocket sessions on the HTTPS port (ASGI)
-carry bytes to and from one sans-I/O ``DeviceConnection`` per device, under limits
-and deadlines no protocol can talk its way past.
+"""The I/O shell every device protocol runs in: TLS connections (an ``asyncio.Protocol`` per
+connection on dpsd's own TLS, ``dpsd.tls_transport.serve_tls``) and WebSocket sessions on
+the HTTPS port (ASGI) carry bytes to and from one sans-I/O ``DeviceConnection`` per
+device, under limits and deadlines no protocol can talk its way past.
 
 - Admission: at most so many open device connections in all and per client address,
   counted together for every protocol, so a flood on one port also fills its quota on the
@@ -355,9 +355,9 @@ class _StreamDevice(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is None:
-            self._end("the device closed the connection")
+            self._end("the device closed the connection", keep_waiting=True)
         else:
-            self._end(self._listener._broken(exc))
+            self._end(self._listener._broken(exc), keep_waiting=True)
 
     # --- answering ------------------------------------------------------------------
 
@@ -378,15 +378,17 @@ class _StreamDevice(asyncio.Protocol):
         if not self._ended:
             self._write(outgoing)
             self._next()
+        else:
+            self._answer_what_waited()
 
     def _next(self) -> None:
         """After an answer or a write the device took: end, answer what waits, or wait."""
         connection = self._connection
         assert connection is not None
+        if self._write_blocked:
+            return  # not even a last answer is dropped: the device reads it, or times out
         if connection.finished:
             self._end(None)
-            return
-        if self._write_blocked:
             return
         if self._waiting:
             data = b"".join(self._waiting)
@@ -450,12 +452,16 @@ class _StreamDevice(asyncio.Protocol):
 
     # --- the end --------------------------------------------------------------------
 
-    def _end(self, reason: str | None) -> None:
+    def _end(self, reason: str | None, *, keep_waiting: bool = False) -> None:
+        """``keep_waiting``: the device left; bytes it sent before are still answered."""
         if self._ended:
             return
         self._ended = True
         self._arm(None)
-        self._waiting = None
+        if keep_waiting:
+            self._answer_what_waited()
+        else:
+            self._waiting = None
         transport = self._transport
         opened = self._opened
         if opened is not None:
@@ -468,6 +474,15 @@ class _StreamDevice(asyncio.Protocol):
                 transport.abort()
             else:
                 transport.close()
+
+    def _answer_what_waited(self) -> None:
+        """The device left with bytes still waiting: what it sent stands (a register goes
+        on), though no answer reaches it."""
+        if self._waiting and self._task is None:
+            data = b"".join(self._waiting)
+            self._waiting = None
+            if data:
+                self._answer(data)
 
     def _pause(self) -> None:
         if self._transport is not None and self._transport.is_reading():

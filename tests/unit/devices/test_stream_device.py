@@ -239,3 +239,48 @@ async def test_a_lost_connection_is_released_once() -> None:
     protocol.connection_lost(None)
     assert admission.admit("10.0.0.7")
     assert not admission.admit("10.0.0.8")
+
+
+async def test_what_the_device_sent_before_it_left_is_still_answered() -> None:
+    """A device that sends more while an answer is under way and then leaves: what it sent
+    stands (a register goes on), though no answer reaches it."""
+    gate = asyncio.Event()
+    connection = EchoConnection(gate)
+    protocol, _ = connected(listener(connection))
+    protocol.data_received(b"connect")
+    await asyncio.sleep(0)
+    protocol.data_received(b"register")
+    protocol.eof_received()
+    protocol.connection_lost(None)
+    gate.set()
+    await settled()
+    assert connection.received == [b"connect", b"register"]
+
+
+async def test_a_last_answer_the_device_has_not_read_yet_is_not_dropped() -> None:
+    """The protocol finishes with an answer that leaves the transport's buffer above its
+    high-water mark: the connection closes once the device reads it, not before (closing
+    with bytes still buffered would abort it, and the answer with it)."""
+
+    class Finishing(EchoConnection):
+        async def receive(self, data: bytes) -> bytes:
+            self.finished = True
+            return b"refused"
+
+    class BackingUp(FakeTransport):
+        def write(self, data: bytes | bytearray | memoryview) -> None:
+            super().write(data)
+            self.backed_up = len(self.written)
+            protocol.pause_writing()
+
+    connection = Finishing()
+    protocol = listener(connection).connection_protocol()
+    transport = BackingUp()
+    protocol.connection_made(transport)
+    protocol.data_received(b"hello")
+    await settled()
+    assert not transport.closed.done()
+    transport.backed_up = 0
+    protocol.resume_writing()
+    assert transport.closed.result() == "close"
+    assert bytes(transport.written) == b"refused"
