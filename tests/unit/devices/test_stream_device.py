@@ -7,6 +7,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dpsd.devices.listener import Admission, ConnectionLimits, DeviceListener
 from tests.log_capture import captured_logs, events
 
@@ -284,3 +287,48 @@ async def test_a_last_answer_the_device_has_not_read_yet_is_not_dropped() -> Non
     protocol.resume_writing()
     assert transport.closed.result() == "close"
     assert bytes(transport.written) == b"refused"
+
+
+Step = tuple[str, bytes]
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("data"), st.binary(min_size=1, max_size=8)),
+        st.tuples(st.sampled_from(["yield", "pause_writing", "resume_writing"]), st.just(b"")),
+    ),
+    max_size=25,
+)
+
+
+async def driven(steps: list[Step], leave: str, gated: bool) -> None:
+    """Steps against one connection, then the device leaves (``eof``: its end of stream, then
+    the connection lost; ``lost``: lost at once): what it sent is answered, in order, once,
+    and the connection is let go exactly once."""
+    admission = Admission(ConnectionLimits(max_connections=1))
+    gate = asyncio.Event()
+    connection = EchoConnection(gate if gated else None)
+    protocol, transport = connected(listener(connection, admission))
+    sent = bytearray()
+    for step, data in steps:
+        if step == "data":
+            sent += data
+            protocol.data_received(data)
+        elif step == "yield":
+            await asyncio.sleep(0)
+        else:
+            getattr(protocol, step)()
+    if leave == "eof":
+        protocol.eof_received()
+    protocol.connection_lost(None)
+    gate.set()
+    await settled()
+    assert b"".join(connection.received) == bytes(sent)
+    assert transport.how is not None
+    assert admission.admit("10.0.0.9")  # released: one may connect again
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=STEPS, leave=st.sampled_from(["eof", "lost"]), gated=st.booleans())
+def test_whatever_comes_in_whatever_order_every_byte_is_answered_once_in_order(
+    steps: list[Step], leave: str, gated: bool
+) -> None:
+    asyncio.run(driven(steps, leave, gated))
