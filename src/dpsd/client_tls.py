@@ -293,5 +293,8 @@ class ClientCertificateWebSocketProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
         if message["type"] == "websocket.accept" and self.handshake_complete:
             # The upgrade's request and response (their headers parsed twice over, about
-            # 5 KB) are not used once the response is sent; a device stays for hours.
+            # 5 KB), and the scope's copy of the headers, are not used once the response
+            # is sent (the application read what it needed before it accepted); a device
+            # stays for hours.
             self.request = self.response = None  # type: ignore[assignment]
+            self.scope["headers"] = []
