@@ -28,10 +28,10 @@ from dpsd.devices.listener import Admission, ConnectionLimits
 from dpsd.domain.device_auth import derive_device_key
 from dpsd.mqtt.server import MqttServer
 from dpsd.service.device_registration import DeviceRegistrationService
-from dpsd.tls_transport import serve_tls
 from tests.amqp_peer import POLL, REGISTER, ProtonPeer, exchange
 from tests.certs import Issued, issue
 from tests.conftest import ServiceApi, sas_token
+from tests.device_servers import serving
 from tests.e2e.test_x509_devices import write_identity
 from tests.integration.test_custom_allocation import Webhook, webhook  # noqa: F401 - a fixture
 from tests.integration.test_device_registration_api import GROUP_KEY, KEY, enroll
@@ -107,25 +107,9 @@ async def device_listeners(
     admission = admission or Admission()
     amqp = AmqpServer(devices, 1, runtime.now, admission, handshake_timeout=handshake_timeout)
     mqtt = MqttServer(devices, 1, runtime.now, admission=admission)
-    context = runtime.client_trust.context
-    servers = [
-        await serve_tls(
-            listener.connection_protocol,
-            context,
-            handshake_timeout=10.0,
-            host="127.0.0.1",
-            port=0,
-        )
-        for listener in (amqp.listener, mqtt.listener)
-    ]
-    ports = [server.sockets[0].getsockname()[1] for server in servers]
-    try:
+    listeners = (amqp.listener, mqtt.listener)
+    async with serving(listeners, runtime.client_trust.context) as ports:
         yield Endpoint(api, ports[0], ports[1], folder)
-    finally:
-        for server in servers:
-            server.close()
-        amqp.close_all()
-        mqtt.close_all()
 
 
 def body_of(message: Any) -> dict[str, Any]:

@@ -19,10 +19,10 @@ import pytest
 from dpsd.domain.device_auth import derive_device_key
 from dpsd.domain.hub import OWNER_HUB_POLICY
 from dpsd.telemetry.logs import LogFormat
-from dpsd.tls_transport import serve_tls
 from tests.amqp_peer import ProtonPeer, exchange
 from tests.certs import issue
 from tests.conftest import API, ServiceApi, sas_token
+from tests.device_servers import serving
 from tests.e2e.test_x509_devices import write_identity
 from tests.integration.test_device_registration_api import (
     GROUP_KEY,
@@ -94,25 +94,9 @@ async def devices(service_api: ServiceApi, tmp_path: Path) -> AsyncIterator[Devi
     await runtime.hubs.link(HUB)
     await enroll(service_api, "dev-1")
     await enroll_group(service_api, "fleet")
-    context = runtime.client_trust.context
-    servers = [
-        await serve_tls(
-            listener.connection_protocol,
-            context,
-            handshake_timeout=10.0,
-            host="127.0.0.1",
-            port=0,
-        )
-        for listener in (runtime.mqtt.listener, runtime.amqp.listener)
-    ]
-    ports = [server.sockets[0].getsockname()[1] for server in servers]
-    try:
+    listeners = (runtime.mqtt.listener, runtime.amqp.listener)
+    async with serving(listeners, runtime.client_trust.context) as ports:
         yield Devices(service_api, ports[0], ports[1], tmp_path)
-    finally:
-        for server in servers:
-            server.close()
-        runtime.mqtt.close_all()
-        runtime.amqp.close_all()
 
 
 async def test_an_https_registration_is_logged_from_register_to_assignment(
