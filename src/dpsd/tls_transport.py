@@ -59,8 +59,9 @@ LINGER_SECONDS = 5.0
 DEADLINE_SLACK = 0.001  # a timer fired this close to its deadline has met it
 STREAM_LIMIT = 64 * 1024  # asyncio.start_server's default
 logger = logging.getLogger("dpsd.tls")
-# What this module's timers run in: they set no context variables, and a copy of the
-# context for each (asyncio's default) is about 60 bytes per connection.
+# What the per-connection timers of listeners run in (this module's and the device
+# listener's): they set no context variables, and a copy of the context for each
+# (asyncio's default) is about 60 bytes per connection.
 TIMER_CONTEXT = contextvars.Context()
 
 AppProtocolFactory = Callable[[], asyncio.BaseProtocol]

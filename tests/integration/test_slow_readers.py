@@ -1,7 +1,7 @@
 """A device that stops reading: over a real TCP connection, plain or on dpsd's TLS, dpsd's
 writes back up in its transport, and the connection ends after the listener's write
 timeout, its socket and buffers released (closing it would wait for ever to flush to a
-device that reads nothing). A write that does not back up arms no timer."""
+device that reads nothing)."""
 
 from __future__ import annotations
 

@@ -20,7 +20,6 @@ how long it lasted. The open connections are counted by protocol when there are 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,15 +29,12 @@ from typing import TYPE_CHECKING, Protocol
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dpsd.client_tls import verified_chain
+from dpsd.tls_transport import DEADLINE_SLACK, TIMER_CONTEXT
 
 if TYPE_CHECKING:
     from dpsd.telemetry.metrics import Metrics
 
 logger = logging.getLogger("dpsd.devices")
-DEADLINE_SLACK = 0.001  # a timer fired this close to its deadline has met it
-# What deadline timers run in: they set no context variables, and a copy of the context
-# for each (asyncio's default) is about 60 bytes per idle device.
-TIMER_CONTEXT = contextvars.Context()
 WS_UNSUPPORTED_SUBPROTOCOL = 1002
 WS_TRY_AGAIN_LATER = 1013
 
@@ -391,15 +387,8 @@ class _StreamDevice(asyncio.Protocol):
             self._end(None)
             return
         if self._waiting:
-            data = b"".join(self._waiting)
-            ended = not self._waiting[-1]
-            self._waiting = None
-            if data:
-                self._answer(data)
-                if ended:
-                    self._wait(b"")
-                return
-            self._end("the device closed the connection")
+            if not self._answer_waiting():
+                self._end("the device closed the connection")
             return
         self._resume()
         if connection.established:
@@ -407,6 +396,18 @@ class _StreamDevice(asyncio.Protocol):
             self._arm(None if wait is None else self._loop.time() + wait)
         elif self._opened is not None:
             self._arm(self._opened.started + self._listener._handshake_timeout)
+
+    def _answer_waiting(self) -> bool:
+        """Answer the bytes that waited, in one piece; the end of stream, when it came after
+        them, waits on. False: nothing but the end waited."""
+        waiting, self._waiting = self._waiting or [], None
+        data = b"".join(waiting)
+        if not data:
+            return False
+        self._answer(data)
+        if not waiting[-1]:
+            self._wait(b"")
+        return True
 
     def _wait(self, data: bytes) -> None:
         """Keep bytes to answer once the answer under way is written (b"": the end)."""
@@ -430,7 +431,10 @@ class _StreamDevice(asyncio.Protocol):
         elif timer is None or timer.when() > deadline:
             if timer is not None:
                 timer.cancel()
-            self._timer = self._loop.call_at(deadline, self._deadline_passed, context=TIMER_CONTEXT)
+            self._schedule(deadline)
+
+    def _schedule(self, deadline: float) -> None:
+        self._timer = self._loop.call_at(deadline, self._deadline_passed, context=TIMER_CONTEXT)
 
     def _deadline_passed(self) -> None:
         self._timer = None
@@ -438,7 +442,7 @@ class _StreamDevice(asyncio.Protocol):
         if self._ended or deadline is None or self._task is not None:
             return  # an answer under way sets the next deadline when it is done
         if deadline > self._loop.time() + DEADLINE_SLACK:
-            self._timer = self._loop.call_at(deadline, self._deadline_passed, context=TIMER_CONTEXT)
+            self._schedule(deadline)
             return
         connection = self._connection
         assert connection is not None
@@ -479,10 +483,7 @@ class _StreamDevice(asyncio.Protocol):
         """The device left with bytes still waiting: what it sent stands (a register goes
         on), though no answer reaches it."""
         if self._waiting and self._task is None:
-            data = b"".join(self._waiting)
-            self._waiting = None
-            if data:
-                self._answer(data)
+            self._answer_waiting()
 
     def _pause(self) -> None:
         if self._transport is not None and self._transport.is_reading():
@@ -491,12 +492,6 @@ class _StreamDevice(asyncio.Protocol):
     def _resume(self) -> None:
         if self._transport is not None and not self._transport.is_reading():
             self._transport.resume_reading()
-
-
-def _backed_up(transport: asyncio.WriteTransport) -> bool:
-    """More is waiting to be sent than the transport's high-water mark: the device is not
-    reading (a write below it is handed to the socket at once, with no timer to arm)."""
-    return transport.get_write_buffer_size() > transport.get_write_buffer_limits()[1]
 
 
 @dataclass(slots=True)

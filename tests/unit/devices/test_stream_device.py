@@ -110,6 +110,18 @@ def connected(device_listener: DeviceListener) -> tuple[asyncio.Protocol, FakeTr
     return protocol, transport
 
 
+async def answering(
+    first: bytes,
+) -> tuple[asyncio.Event, EchoConnection, asyncio.Protocol, FakeTransport]:
+    """A connection whose answer to ``first`` is under way, held until the gate opens."""
+    gate = asyncio.Event()
+    connection = EchoConnection(gate)
+    protocol, transport = connected(listener(connection))
+    protocol.data_received(first)
+    await asyncio.sleep(0)
+    return gate, connection, protocol, transport
+
+
 async def settled() -> None:
     """Until every task but this one is done."""
     while others := asyncio.all_tasks() - {asyncio.current_task()}:
@@ -128,11 +140,7 @@ async def test_bytes_are_answered_and_an_idle_connection_holds_no_task() -> None
 
 
 async def test_bytes_that_come_during_an_answer_wait_with_reading_paused_then_go_in_order() -> None:
-    gate = asyncio.Event()
-    connection = EchoConnection(gate)
-    protocol, transport = connected(listener(connection))
-    protocol.data_received(b"one")
-    await asyncio.sleep(0)
+    gate, connection, protocol, transport = await answering(b"one")
     protocol.data_received(b"two")
     protocol.data_received(b"three")
     assert not transport.reading
@@ -144,12 +152,8 @@ async def test_bytes_that_come_during_an_answer_wait_with_reading_paused_then_go
 
 
 async def test_the_end_of_stream_after_waiting_bytes_answers_them_first() -> None:
-    gate = asyncio.Event()
-    connection = EchoConnection(gate)
-    protocol, transport = connected(listener(connection))
+    gate, _, protocol, transport = await answering(b"one")
     with captured_logs() as stream:
-        protocol.data_received(b"one")
-        await asyncio.sleep(0)
         protocol.data_received(b"two")
         protocol.eof_received()
         gate.set()
@@ -247,11 +251,7 @@ async def test_a_lost_connection_is_released_once() -> None:
 async def test_what_the_device_sent_before_it_left_is_still_answered() -> None:
     """A device that sends more while an answer is under way and then leaves: what it sent
     stands (a register goes on), though no answer reaches it."""
-    gate = asyncio.Event()
-    connection = EchoConnection(gate)
-    protocol, _ = connected(listener(connection))
-    protocol.data_received(b"connect")
-    await asyncio.sleep(0)
+    gate, connection, protocol, _ = await answering(b"connect")
     protocol.data_received(b"register")
     protocol.eof_received()
     protocol.connection_lost(None)
