@@ -3,11 +3,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from websockets.asyncio.client import connect
+from websockets.typing import Subprotocol
 
 from dpsd.devices.listener import DeviceListener
+from dpsd.devices.websocket import DeviceWebSockets
 from dpsd.tls_transport import serve_tls
 
 
@@ -30,3 +39,45 @@ async def serving(
             server.close()
         for listener in listeners:
             listener.close_all()
+
+
+async def _no_http(scope: object, receive: object, send: object) -> None:
+    raise AssertionError("device WebSockets never reach the ASGI app")
+
+
+@dataclass
+class WebSocketListener:
+    port: int
+    server: uvicorn.Server
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/$iothub/websocket"
+
+    def connect(self, subprotocol: str = "AMQPWSB10", **options: Any) -> Any:
+        """A WebSocket client offering ``subprotocol``, at the path the SDKs use."""
+        return connect(self.url, subprotocols=[Subprotocol(subprotocol)], **options)
+
+
+@asynccontextmanager
+async def serving_websockets(websockets: DeviceWebSockets) -> AsyncIterator[WebSocketListener]:
+    """uvicorn on 127.0.0.1 at a free port, with ``websockets`` as the protocol of its
+    upgrades, as ``dpsd serve``'s HTTPS listener has (without TLS)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    config = uvicorn.Config(
+        _no_http,
+        ws=websockets,  # type: ignore[arg-type]
+        lifespan="off",
+        log_level="warning",
+        log_config=None,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield WebSocketListener(sock.getsockname()[1], server)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 10)
+        sock.close()

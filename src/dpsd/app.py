@@ -18,7 +18,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dpsd.amqp.server import AmqpServer
 from dpsd.client_tls import ClientCertificateTrust
 from dpsd.data_dir import prepare_data_dir
-from dpsd.devices.listener import Admission, WebSocketDispatch
+from dpsd.devices.listener import Admission
+from dpsd.devices.websocket import DeviceWebSockets
 from dpsd.domain.ids import format_id_scope
 from dpsd.domain.sas import (
     ALL_RIGHTS,
@@ -153,6 +154,7 @@ class Runtime:
     now: Callable[[], datetime]
     mqtt: MqttServer
     amqp: AmqpServer
+    websockets: DeviceWebSockets
     hubs: HubService
     hub_registry: HubRegistryService
     registration_states: RegistrationStateStore
@@ -287,15 +289,11 @@ async def build_runtime(
         amqp = AmqpServer(
             devices, settings.retry_after, clock.now, admission=admission, metrics=metrics
         )
-        websocket = WebSocketDispatch(
-            {"mqtt": mqtt.handle_websocket, "amqpwsb10": amqp.handle_websocket}
-        )
         dps_app = ServiceApiApp(
             Router(routes),
             by_name,
             settings.certificate_names,
             clock.now,
-            websocket=websocket,
             access=AccessLog("dps", ERROR_CODE_HEADER, metrics),
         )
         hub_registry = HubRegistryService(hubs, hub_devices, clock, entropy)
@@ -322,6 +320,7 @@ async def build_runtime(
             now=clock.now,
             mqtt=mqtt,
             amqp=amqp,
+            websockets=DeviceWebSockets([mqtt.listener, amqp.listener]),
             hubs=HubService(hubs, entropy, enrollment_store, group_store, hub_devices),
             hub_registry=hub_registry,
             registration_states=states,

@@ -6,7 +6,8 @@ trusts, as partial-chain anchors, every certificate that could vouch for a devic
 enrollments' client and signing certificates, verified CA certificates): a chain that ends
 anywhere else is refused in the handshake. The protocol below then hands the verified chain
 to the application as the ASGI TLS extension (``scope["extensions"]["tls"]``), where the
-use cases decide which enrollment, if any, it proves.
+use cases decide which enrollment, if any, it proves (device connections, WebSockets
+included, read it from their transport: ``verified_chain``).
 
 A client that asks for the name of a built-in IoT hub (SNI) is served that hub's
 certificate instead (``HubCertificates``), from the data dir as ``dpsd hub add --builtin``
@@ -27,7 +28,6 @@ from typing import Any
 
 from cryptography import x509
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from dpsd.tls import HubCertificateFiles, hub_certificate_files
 from dpsd.tls_paths import TlsFiles
@@ -271,30 +271,3 @@ class ClientCertificateProtocol(HttpToolsProtocol):
         super().on_message_begin()
         if self._tls is not None:
             self.scope["extensions"] = {"tls": self._tls}  # type: ignore[dict-item]
-
-
-class ClientCertificateWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol, with the client's verified certificate chain in scope
-    (X.509 devices on MQTT over WebSockets)."""
-
-    _tls: dict[str, Any] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._tls = _tls_extension(transport)
-
-    def handle_connect(self, event: Any) -> None:
-        super().handle_connect(event)
-        scope = getattr(self, "scope", None)
-        if self._tls is not None and scope is not None:
-            scope["extensions"]["tls"] = self._tls
-
-    async def send(self, message: Any) -> None:
-        await super().send(message)
-        if message["type"] == "websocket.accept" and self.handshake_complete:
-            # The upgrade's request and response (their headers parsed twice over, about
-            # 5 KB), and the scope's copy of the headers, are not used once the response
-            # is sent (the application read what it needed before it accepted); a device
-            # stays for hours.
-            self.request = self.response = None  # type: ignore[assignment]
-            self.scope["headers"] = []

@@ -18,7 +18,6 @@ from typing import Any
 import uvicorn
 
 from dpsd.app import Runtime
-from dpsd.client_tls import ClientCertificateWebSocketProtocol
 from dpsd.devices.shedding import LoopDelay, Shedding
 from dpsd.endpoints import Endpoints, endpoints_file, record_endpoints
 from dpsd.http.server_protocol import BoundedHeadProtocol
@@ -262,10 +261,7 @@ def _listener(runtime: Runtime, *, tls: bool) -> _Server:
     config = uvicorn.Config(
         runtime.asgi_app,
         http=_tls_http(runtime.client_trust.context) if tls else BoundedHeadProtocol,  # type: ignore[arg-type]
-        ws=ClientCertificateWebSocketProtocol,
-        # Device protocols' packets are small; a compressing WebSocket keeps zlib's state,
-        # hundreds of KB, for as long as it is open (a Node device offers it by default).
-        ws_per_message_deflate=False,
+        ws=runtime.websockets,  # type: ignore[arg-type]
         log_level="warning",
         log_config=None,  # uvicorn's lines go through dpsd's log format
         lifespan="off",

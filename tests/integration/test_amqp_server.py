@@ -24,6 +24,7 @@ import pytest
 
 from dpsd.amqp.codec import SASL_HEADER
 from dpsd.amqp.server import AmqpServer
+from dpsd.app import Runtime
 from dpsd.devices.listener import Admission, ConnectionLimits
 from dpsd.domain.device_auth import derive_device_key
 from dpsd.mqtt.server import MqttServer
@@ -31,7 +32,7 @@ from dpsd.service.device_registration import DeviceRegistrationService
 from tests.amqp_peer import POLL, REGISTER, ProtonPeer, exchange
 from tests.certs import Issued, issue
 from tests.conftest import ServiceApi, sas_token
-from tests.device_servers import serving
+from tests.device_servers import serving, serving_websockets
 from tests.e2e.test_x509_devices import write_identity
 from tests.integration.test_custom_allocation import Webhook, webhook  # noqa: F401 - a fixture
 from tests.integration.test_device_registration_api import GROUP_KEY, KEY, enroll
@@ -392,45 +393,26 @@ async def test_connections_per_address_are_counted_with_mqtt(amqp: Endpoint) -> 
 # --- WebSockets on the HTTPS port -----------------------------------------------------------
 
 
-async def over_websocket(app: Any, peer: ProtonPeer, subprotocol: str, until: Any) -> list[Any]:
-    """Drive ``peer`` through the ASGI app as a WebSocket client at the Node path; every
-    ASGI message the app sent."""
-    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    scope = {
-        "type": "websocket",
-        "path": "/$iothub/websocket",
-        "raw_path": b"/$iothub/websocket",
-        "query_string": b"",
-        "headers": [(b"host", b"localhost")],
-        "subprotocols": [subprotocol],
-        "client": ("127.0.0.1", 40000),
-    }
-    inbox.put_nowait({"type": "websocket.connect"})
-    serving = asyncio.create_task(app(scope, inbox.get, outbox.put))
-    sent = [await asyncio.wait_for(outbox.get(), 5)]
-    while sent[0]["type"] == "websocket.accept" and not until():
-        outgoing = peer.outgoing()
-        if outgoing:
-            inbox.put_nowait({"type": "websocket.receive", "bytes": outgoing})
-        sent.append(await asyncio.wait_for(outbox.get(), 5))
-        peer.incoming(sent[-1].get("bytes") or b"")
-    inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
-    await asyncio.wait_for(serving, 5)
-    return sent
+async def over_websocket(runtime: Runtime, peer: ProtonPeer, until: Any) -> str | None:
+    """Drive ``peer`` over a WebSocket at the Node path until ``until()``, through the
+    runtime's device WebSockets on uvicorn; the subprotocol the server chose."""
+    async with (
+        serving_websockets(runtime.websockets) as served,
+        served.connect("AMQPWSB10") as websocket,
+    ):
+        while not until():
+            outgoing = peer.outgoing()
+            if outgoing:
+                await websocket.send(outgoing)
+            peer.incoming(await asyncio.wait_for(websocket.recv(), 5))
+        subprotocol: str | None = websocket.subprotocol
+        return subprotocol
 
 
-async def test_amqp_over_websockets_on_the_https_app(amqp: Endpoint) -> None:
+async def test_amqp_over_websockets_on_the_https_listener(amqp: Endpoint) -> None:
     peer = amqp.peer("dev-1")
     peer.open_links(amqp.address("dev-1"))
     peer.register("dev-1")
-    app = amqp.api.runtime.asgi_app
-    sent = await over_websocket(app, peer, "AMQPWSB10", until=lambda: peer.messages)
-    assert sent[0] == {"type": "websocket.accept", "subprotocol": "AMQPWSB10"}
+    chosen = await over_websocket(amqp.api.runtime, peer, until=lambda: peer.messages)
+    assert chosen == "AMQPWSB10"
     assert body_of(peer.messages[0])["status"] == "assigning"
-
-
-async def test_a_websocket_without_a_device_subprotocol_is_refused(amqp: Endpoint) -> None:
-    app = amqp.api.runtime.asgi_app
-    sent = await over_websocket(app, ProtonPeer(), "chat", until=lambda: True)
-    assert sent == [{"type": "websocket.close", "code": 1002}]

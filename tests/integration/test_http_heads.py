@@ -16,7 +16,6 @@ from dataclasses import dataclass
 import pytest
 import uvicorn
 
-from dpsd.client_tls import ClientCertificateWebSocketProtocol
 from dpsd.http.server_protocol import HEAD_LIMIT_BYTES, BoundedHeadProtocol
 from tests.conftest import API, ServiceApi
 
@@ -55,7 +54,7 @@ async def listener(service_api: ServiceApi) -> AsyncIterator[Listener]:
     config = uvicorn.Config(
         service_api.runtime.asgi_app,
         http=QuickHeads,
-        ws=ClientCertificateWebSocketProtocol,
+        ws=service_api.runtime.websockets,
         lifespan="off",
         log_level="warning",
     )

@@ -1,8 +1,8 @@
 """The AMQP listener: TLS connections (5671) and WebSocket sessions (``AMQPWSB10`` on the
 HTTPS port) in, bytes to the sans-I/O connection, answers out.
 
-The shell (admission, the handshake deadline, TLS and WebSocket I/O) is
-``dpsd.devices.listener``, shared with MQTT; the protocol lives in ``dpsd.amqp.connection``
+The shell (admission, the handshake deadline, TLS and WebSocket I/O) is ``dpsd.devices``,
+shared with MQTT; the protocol lives in ``dpsd.amqp.connection``
 and the meaning of links and messages in ``dpsd.amqp.handlers``. This module only adds
 AMQP's sense of time: proton's ticks, which send heartbeats and close idle peers.
 """
@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
-
-from starlette.types import Receive, Scope, Send
 
 from dpsd.amqp.connection import AmqpConnection, AmqpLimits, Closed, State
 from dpsd.amqp.handlers import AmqpDeviceSession
@@ -64,11 +62,6 @@ class AmqpServer:
     def close_all(self) -> None:
         """At shutdown: close every device connection."""
         self.listener.close_all()
-
-    async def handle_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """AMQP over WebSockets (ASGI), on any path of the HTTPS port: Node and C use
-        ``/$iothub/websocket``, C# the root."""
-        await self.listener.handle_websocket(scope, receive, send)
 
     def _connection(self, client_chain: tuple[str, ...]) -> AmqpDevice:
         connection = AmqpConnection(self.limits)

@@ -1,7 +1,8 @@
 """The I/O shell every device protocol runs in: TLS connections (an ``asyncio.Protocol`` per
 connection on dpsd's own TLS, ``dpsd.tls_transport.serve_tls``) and WebSocket sessions on
-the HTTPS port (ASGI) carry bytes to and from one sans-I/O ``DeviceConnection`` per
-device, under limits and deadlines no protocol can talk its way past.
+the HTTPS port (``dpsd.devices.websocket``) carry bytes to and from one sans-I/O
+``DeviceConnection`` per device, under limits and deadlines no protocol can talk its way
+past.
 
 - Admission: at most so many open device connections in all and per client address,
   counted together for every protocol, so a flood on one port also fills its quota on the
@@ -12,7 +13,7 @@ device, under limits and deadlines no protocol can talk its way past.
   means (MQTT closes after 1.5 keep-alives; AMQP sends heartbeats and closes idle peers).
 - A write that the device does not read within ``write_timeout`` ends the connection.
 
-Every connection refused here (too many open, no subprotocol dpsd serves) and every
+Every connection refused here (too many open) and every
 connection's end is logged on ``dpsd.devices``: the device it proved to be, why it ended,
 how long it lasted. The open connections are counted by protocol when there are metrics.
 """
@@ -22,11 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
-
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dpsd.client_tls import verified_chain
 from dpsd.tls_transport import DEADLINE_SLACK, TIMER_CONTEXT
@@ -35,11 +34,6 @@ if TYPE_CHECKING:
     from dpsd.telemetry.metrics import Metrics
 
 logger = logging.getLogger("dpsd.devices")
-WS_UNSUPPORTED_SUBPROTOCOL = 1002
-WS_TRY_AGAIN_LATER = 1013
-
-Read = Callable[[], Awaitable[bytes]]
-Write = Callable[[bytes], Awaitable[None]]
 
 
 class DeviceConnection(Protocol):
@@ -96,10 +90,14 @@ class Admission:
         self._open: Counter[str] = Counter()
         self._total = 0
 
-    def admit(self, address: str) -> bool:
+    def has_room(self, address: str) -> bool:
+        """One more connection from ``address`` would be admitted."""
         if self._total >= self.limits.max_connections:
             return False
-        if self._open[address] >= self.limits.max_connections_per_address:
+        return self._open[address] < self.limits.max_connections_per_address
+
+    def admit(self, address: str) -> bool:
+        if not self.has_room(address):
             return False
         self._open[address] += 1
         self._total += 1
@@ -113,7 +111,8 @@ class Admission:
 
 
 class DeviceListener:
-    """Serves one device protocol over TLS connections and WebSocket sessions.
+    """Serves one device protocol over TLS connections and WebSocket sessions (a stream
+    transport each).
 
     ``subprotocol``: the WebSocket subprotocol of the protocol (lower case; the upgrade is
     answered with the client's own spelling); ``protocol``: its name in logs and metrics
@@ -144,56 +143,25 @@ class DeviceListener:
         for transport in list(self._transports):
             transport.close()
 
-    def connection_protocol(self) -> asyncio.Protocol:
+    def connection_protocol(self, transport: str = "tls") -> asyncio.Protocol:
         """The protocol of one device connection over TLS (``dpsd.tls_transport.serve_tls``
-        makes one per connection once its handshake is done), or any stream transport."""
-        return _StreamDevice(self)
+        makes one per connection once its handshake is done), or any stream transport
+        (``transport`` names it in logs: ``websocket`` for ``dpsd.devices.websocket``)."""
+        return _StreamDevice(self, transport)
 
-    async def handle_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """A device connection over WebSockets (ASGI), on any path; binary messages are one
-        byte stream (a frame of the protocol may span messages)."""
-        address = str((scope.get("client") or ("?",))[0])
-        if (await receive())["type"] != "websocket.connect":
-            return
-        offered = [
-            name for name in scope.get("subprotocols", []) if name.lower() == self.subprotocol
-        ]
-        if not offered:
-            _log_unsupported_upgrade(scope)
-            await send({"type": "websocket.close", "code": WS_UNSUPPORTED_SUBPROTOCOL})
-            return
-        if not self._admit(address, "websocket"):
-            await send({"type": "websocket.close", "code": WS_TRY_AGAIN_LATER})
-            return
-        await send({"type": "websocket.accept", "subprotocol": offered[0]})
-        opened = _Opened(address, "websocket", asyncio.get_running_loop().time())
-
-        async def read() -> bytes:
-            message = await receive()
-            if message["type"] != "websocket.receive":
-                return b""
-            return message.get("bytes") or (message.get("text") or "").encode()
-
-        async def write(data: bytes) -> None:
-            async with asyncio.timeout(self._write_timeout):
-                await send({"type": "websocket.send", "bytes": data})
-
-        tls = scope.get("extensions", {}).get("tls") or {}
-        try:
-            opened.connection = self._new_connection(tuple(tls.get("client_cert_chain") or ()))
-            opened.ended = await self._pump(opened.connection, read, write)
-            await send({"type": "websocket.close", "code": 1000})
-        except (OSError, TimeoutError, RuntimeError) as error:
-            # the device went away, timed out, or the socket closed under us
-            opened.ended = opened.ended or self._broken(error)
-        finally:
-            self._release(opened)
+    def has_room(self, address: str) -> bool:
+        return self._admission.has_room(address)
 
     def _admit(self, address: str, transport: str) -> bool:
         if self._admission.admit(address):
             if self._metrics is not None:
                 self._metrics.connection_opened(self.protocol)
             return True
+        self.log_refused(address, transport)
+        return False
+
+    def log_refused(self, address: str, transport: str) -> None:
+        """A connection from ``address`` was refused: too many are open."""
         logger.warning(
             "%(protocol)s connection refused: too many device connections are open",
             {
@@ -203,7 +171,6 @@ class DeviceListener:
                 "transport": transport,
             },
         )
-        return False
 
     def _release(self, opened: _Opened) -> None:
         self._admission.release(opened.address)
@@ -230,30 +197,6 @@ class DeviceListener:
             return f"the device read nothing dpsd wrote for {self._write_timeout:g} s"
         return f"the connection broke ({type(error).__name__})"
 
-    async def _pump(self, connection: DeviceConnection, read: Read, write: Write) -> str | None:
-        """Move bytes until the connection ends; why it ended, unless the protocol says."""
-        loop = asyncio.get_running_loop()
-        handshake_ends = loop.time() + self._handshake_timeout
-        while not connection.finished:
-            if connection.established:
-                timeout = connection.wait_time()
-            else:
-                timeout = max(0.0, handshake_ends - loop.time())
-            try:
-                async with asyncio.timeout(timeout):  # a timer, no task of its own
-                    data = await read()
-            except TimeoutError:
-                if not connection.established:
-                    return f"no handshake within {self._handshake_timeout:g} s"
-                outgoing = connection.time_passed()
-            else:
-                if not data:
-                    return "the device closed the connection"
-                outgoing = await connection.receive(data)
-            if outgoing:
-                await write(outgoing)  # bounded by write_timeout while it waits for the device
-        return None
-
 
 class _StreamDevice(asyncio.Protocol):
     """One device connection on a stream transport, driven by the transport's callbacks.
@@ -276,6 +219,7 @@ class _StreamDevice(asyncio.Protocol):
         "_connection",
         "_deadline",
         "_ended",
+        "_kind",
         "_listener",
         "_loop",
         "_opened",
@@ -286,8 +230,9 @@ class _StreamDevice(asyncio.Protocol):
         "_write_blocked",
     )
 
-    def __init__(self, listener: DeviceListener) -> None:
+    def __init__(self, listener: DeviceListener, kind: str) -> None:
         self._listener = listener
+        self._kind = kind  # of transport, for the logs
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._opened: _Opened | None = None
@@ -305,13 +250,13 @@ class _StreamDevice(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         listener = self._listener
         address = str((transport.get_extra_info("peername") or ("?",))[0])
-        if not listener._admit(address, "tls"):
+        if not listener._admit(address, self._kind):
             self._ended = True
             transport.close()
             return
         self._transport = transport
         listener._transports.add(transport)
-        opened = self._opened = _Opened(address, "tls", self._loop.time())
+        opened = self._opened = _Opened(address, self._kind, self._loop.time())
         try:
             connection = listener._new_connection(
                 verified_chain(transport.get_extra_info("ssl_object"))
@@ -504,32 +449,3 @@ class _Opened:
     started: float
     connection: DeviceConnection | None = None
     ended: str | None = None
-
-
-def _log_unsupported_upgrade(scope: Scope) -> None:
-    logger.info(
-        "WebSocket upgrade refused: no subprotocol dpsd serves",
-        {
-            "event": "connect_refused",
-            "client": str((scope.get("client") or ("?",))[0]),
-            "subprotocols": ",".join(scope.get("subprotocols", [])) or None,
-        },
-    )
-
-
-class WebSocketDispatch:
-    """WebSocket upgrades to the device protocol whose subprotocol the client offers
-    (``mqtt`` or ``AMQPWSB10``, any case); no known subprotocol: refused."""
-
-    def __init__(self, protocols: Mapping[str, ASGIApp]) -> None:
-        self._protocols = {name.lower(): app for name, app in protocols.items()}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        for name in scope.get("subprotocols", []):
-            app = self._protocols.get(name.lower())
-            if app is not None:
-                await app(scope, receive, send)
-                return
-        if (await receive())["type"] == "websocket.connect":
-            _log_unsupported_upgrade(scope)
-            await send({"type": "websocket.close", "code": WS_UNSUPPORTED_SUBPROTOCOL})

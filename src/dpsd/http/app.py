@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from urllib.parse import unquote_plus
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from dpsd.domain.sas import SharedAccessPolicy
 from dpsd.http.access import UNMATCHED, AccessLog
@@ -58,18 +58,15 @@ class ServiceApiApp:
         policies: Mapping[str, SharedAccessPolicy],
         own_names: Iterable[str],
         now: Callable[[], datetime],
-        websocket: ASGIApp | None = None,
         access: AccessLog | None = None,
     ) -> None:
         """``own_names``: the host names and addresses of this service, one of which a
-        token's audience must name; ``websocket`` serves WebSocket upgrades on any path
-        (MQTT and AMQP over WebSockets, chosen by subprotocol); ``access`` logs and counts
-        the requests."""
+        token's audience must name; ``access`` logs and counts the requests. (Device
+        WebSockets never reach it: ``dpsd.devices.websocket`` serves them.)"""
         self._router = router
         names = (request_host(name) for name in own_names)
         self._authenticator = ServiceAuthenticator(policies, names)
         self._now = now
-        self._websocket = websocket
         self._access = access
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,10 +90,7 @@ class ServiceApiApp:
             await _lifespan(receive, send)
             return
         if scope["type"] == "websocket":
-            if self._websocket is not None:
-                await self._websocket(scope, receive, send)
-            else:
-                await send({"type": "websocket.close", "code": 1003})
+            await send({"type": "websocket.close", "code": 1003})
 
     async def _respond(self, request: HttpRequest, request_id: str) -> tuple[str, HttpResponse]:
         """The operation the request names (its route's), and the answer."""

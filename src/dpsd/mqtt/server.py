@@ -1,8 +1,8 @@
 """The MQTT listener: TLS connections and WebSocket sessions in, bytes to the sans-I/O
 connection, answers out.
 
-The shell (admission, deadlines, TLS and WebSocket I/O) is ``dpsd.devices.listener``, shared
-with AMQP; the protocol lives in ``dpsd.mqtt.connection`` and the meaning of requests in
+The shell (admission, deadlines, TLS and WebSocket I/O) is ``dpsd.devices``, shared with
+AMQP; the protocol lives in ``dpsd.mqtt.connection`` and the meaning of requests in
 ``dpsd.mqtt.handlers``.
 """
 
@@ -13,8 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
-
-from starlette.types import Receive, Scope, Send
 
 from dpsd.devices.answers import DeviceRequests
 from dpsd.devices.listener import Admission, ConnectionLimits, DeviceListener
@@ -67,11 +65,6 @@ class MqttServer:
     def close_all(self) -> None:
         """At shutdown: close every device connection."""
         self.listener.close_all()
-
-    async def handle_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """MQTT over WebSockets (ASGI), on any path of the HTTPS port: Python, Node and C use
-        ``/$iothub/websocket``, C# the root. The subprotocol is ``mqtt`` (C writes ``MQTT``)."""
-        await self.listener.handle_websocket(scope, receive, send)
 
     def _connection(self, client_chain: tuple[str, ...]) -> MqttDevice:
         connection = MqttConnection(self.limits.max_packet_size)

@@ -1,6 +1,6 @@
-"""A device connection on a stream transport (dpsd's TLS, or plain TCP), without sockets:
-bytes answered in order however they come, no task while idle, the deadlines, flow control
-and the end."""
+"""A device connection on a stream transport (dpsd's TLS, a WebSocket, or plain TCP), without
+sockets: admission, bytes answered in order however they come, no task while idle, the
+deadlines, flow control and the end."""
 
 from __future__ import annotations
 
@@ -11,7 +11,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dpsd.devices.listener import Admission, ConnectionLimits, DeviceListener
+from dpsd.telemetry.metrics import Metrics
 from tests.log_capture import captured_logs, events
+
+
+def test_admission_counts_per_address_and_in_all() -> None:
+    admission = Admission(ConnectionLimits(max_connections=3, max_connections_per_address=2))
+    assert admission.admit("a")
+    assert admission.admit("a")
+    assert not admission.admit("a")
+    assert admission.admit("b")
+    assert not admission.admit("c")  # three open in all
+    assert not admission.has_room("c")
+    admission.release("a")
+    assert admission.admit("c")
+    admission.release("b")
+    assert admission.admit("a")
 
 
 class EchoConnection:
@@ -93,6 +108,7 @@ def listener(
     admission: Admission | None = None,
     handshake_timeout: float = 5.0,
     write_timeout: float = 5.0,
+    metrics: Metrics | None = None,
 ) -> DeviceListener:
     return DeviceListener(
         lambda _chain: connection,
@@ -100,6 +116,7 @@ def listener(
         "mqtt",
         handshake_timeout=handshake_timeout,
         write_timeout=write_timeout,
+        metrics=metrics,
     )
 
 

@@ -1,0 +1,313 @@
+"""Device protocols over WebSockets on the HTTPS port, without ASGI: MQTT as ``mqtt`` (the
+C SDK writes ``MQTT``) and AMQP as ``AMQPWSB10``, on any path (the Python, Node and C SDKs
+use ``/$iothub/websocket``, C# the root).
+
+uvicorn parses the upgrade request and hands the connection to the protocol its ``ws``
+setting makes: this one. Its WebSocket protocols run an ASGI task per connection with a
+queue, events and keep-alive pings, about 20 KB per connected device; a device connection
+needs none of it. Here one ``asyncio.Protocol`` answers the upgrade, turns WebSocket
+frames into the byte stream of the device protocol and back (``websockets``' sans-I/O
+frame parser), and hands that stream to the same shell as a TLS connection
+(``dpsd.devices.listener``): admission, deadlines, write flow control and logs are the
+same on both. Liveness is the device protocol's (MQTT keep-alive, AMQP heartbeats): the
+server sends no WebSocket pings of its own, and answers the device's. No compression is
+offered: a compressing WebSocket keeps zlib's state, hundreds of KB, for as long as it is
+open (a Node device offers it by default), and device packets are small.
+
+Upgrades are refused with an HTTP status before any frame: 403 when no subprotocol of the
+offer is one dpsd serves, 503 when the device connections are at their limit (the count
+is shared with MQTT and AMQP over TLS), and what ``websockets`` answers to a malformed
+handshake (400, 426 and the like).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Sequence
+from http import HTTPStatus
+from typing import Any, Protocol
+
+from websockets.exceptions import InvalidHandshake
+from websockets.frames import Frame, Opcode
+from websockets.headers import parse_subprotocol
+from websockets.http11 import Request, Response
+from websockets.protocol import Protocol as Frames
+from websockets.protocol import Side, State
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
+
+from dpsd.devices.listener import DeviceListener
+
+logger = logging.getLogger("dpsd.devices")
+_frames_logger = logging.getLogger("dpsd.devices.websocket")
+
+MESSAGE_LIMIT = 256 * 1024
+"""The largest WebSocket message taken (a device protocol's packets are smaller: 128 KB
+for MQTT, 64 KB frames for AMQP); a larger one closes the connection (1009)."""
+
+GOING_AWAY = 1001
+_DATA = (Opcode.BINARY, Opcode.TEXT, Opcode.CONT)
+
+
+class ServerState(Protocol):
+    """What dpsd uses of uvicorn's per-server state: its open connections, which uvicorn
+    shuts down when it stops."""
+
+    @property
+    def connections(self) -> set[Any]: ...
+
+
+class DeviceWebSockets:
+    """Makes the protocol of each WebSocket upgrade: given to uvicorn as its ``ws``
+    setting, which calls it with its own keyword arguments.
+
+    ``listeners``: one per device protocol, each chosen by its subprotocol;
+    ``proxies``: peer addresses trusted to name the client in ``X-Forwarded-For`` (a
+    reverse proxy on the same host, as uvicorn trusts for HTTP), whose devices are then
+    counted by that address."""
+
+    def __init__(
+        self,
+        listeners: Iterable[DeviceListener],
+        proxies: frozenset[str] = frozenset({"127.0.0.1"}),
+    ) -> None:
+        self._listeners = {listener.subprotocol.lower(): listener for listener in listeners}
+        self._proxies = proxies
+
+    def __call__(self, *, server_state: ServerState, **_uvicorn: object) -> DeviceWebSocket:
+        return DeviceWebSocket(self, server_state.connections)
+
+    def listener(self, subprotocol: str) -> DeviceListener | None:
+        return self._listeners.get(subprotocol.lower())
+
+    def subprotocol(self, offered: Sequence[str]) -> Subprotocol | None:
+        """The first subprotocol offered that dpsd serves, as the client spelt it."""
+        for name in offered:
+            if name.lower() in self._listeners:
+                return Subprotocol(name)
+        return None
+
+    def client_address(self, peer: str, request: Request) -> str:
+        """The device's address: the peer's, or the one a trusted proxy names (the last
+        address in ``X-Forwarded-For`` that is not itself a trusted proxy)."""
+        if peer not in self._proxies:
+            return peer
+        forwarded = ",".join(request.headers.get_all("X-Forwarded-For"))
+        for address in reversed([part.strip() for part in forwarded.split(",")]):
+            if address and address not in self._proxies:
+                return address
+        return peer
+
+
+class DeviceWebSocket(asyncio.Protocol):
+    """One WebSocket connection: first its upgrade request, then frames both ways between
+    the transport and a device listener's stream protocol (``_Messages`` is the
+    transport that protocol sees)."""
+
+    __slots__ = ("_connections", "_device", "_frames", "_handshake", "_server", "_transport")
+
+    def __init__(self, server: DeviceWebSockets, connections: set[Any]) -> None:
+        self._server = server
+        self._connections = connections
+        self._transport: asyncio.Transport | None = None
+        self._handshake: ServerProtocol | None = ServerProtocol(
+            select_subprotocol=lambda _, offered: server.subprotocol(offered),
+            logger=_frames_logger,
+        )
+        self._frames: Frames | None = None
+        self._device: asyncio.Protocol | None = None
+
+    # --- from the transport ---------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._handshake is not None:
+            self._handshake_received(self._handshake, data)
+        elif self._frames is not None:
+            self._frames.receive_data(data)
+            self._frames_received(self._frames)
+
+    def eof_received(self) -> bool:
+        if self._device is not None:
+            self._device.eof_received()
+        return False
+
+    def pause_writing(self) -> None:
+        if self._device is not None:
+            self._device.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._device is not None:
+            self._device.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
+        self._handshake = None
+        if self._device is not None:
+            self._device.connection_lost(exc)
+
+    def shutdown(self) -> None:
+        """uvicorn stops: the device is told the server is going away."""
+        self.close(GOING_AWAY)
+
+    # --- the upgrade ----------------------------------------------------------------
+
+    def _handshake_received(self, handshake: ServerProtocol, data: bytes) -> None:
+        handshake.receive_data(data)
+        for event in handshake.events_received():
+            if isinstance(event, Request):
+                self._upgrade(handshake, event)
+                return
+        if handshake.parser_exc is not None:
+            response = handshake.reject(HTTPStatus.BAD_REQUEST, "Malformed upgrade request.\n")
+            self._send_response(handshake, response)
+
+    def _upgrade(self, handshake: ServerProtocol, request: Request) -> None:
+        transport = self._transport
+        assert transport is not None
+        peer = str((transport.get_extra_info("peername") or ("?",))[0])
+        address = self._server.client_address(peer, request)
+        offered = _offered(request)
+        subprotocol = self._server.subprotocol(offered or [])
+        listener = None if subprotocol is None else self._server.listener(subprotocol)
+        if listener is None:
+            _log_refused(address, offered)
+            reason = "No subprotocol offered is one dpsd serves (mqtt, AMQPWSB10).\n"
+            self._send_response(handshake, handshake.reject(HTTPStatus.FORBIDDEN, reason))
+            return
+        if not listener.has_room(address):
+            listener.log_refused(address, "websocket")
+            reason = "Too many device connections are open.\n"
+            response = handshake.reject(HTTPStatus.SERVICE_UNAVAILABLE, reason)
+            self._send_response(handshake, response)
+            return
+        if self._send_response(handshake, handshake.accept(request)):
+            self._frames = Frames(Side.SERVER, state=State.OPEN, max_size=MESSAGE_LIMIT)
+            self._device = listener.connection_protocol("websocket")
+            self._device.connection_made(_Messages(self, address))
+
+    def _send_response(self, handshake: ServerProtocol, response: Response) -> bool:
+        """Answer the upgrade; True: accepted, else the connection is closed."""
+        handshake.send_response(response)
+        self._write(handshake.data_to_send())
+        self._handshake = None
+        if response.status_code == HTTPStatus.SWITCHING_PROTOCOLS:
+            return True
+        if self._transport is not None:
+            self._transport.close()
+        return False
+
+    # --- frames ---------------------------------------------------------------------
+
+    def _frames_received(self, frames: Frames) -> None:
+        device = self._device
+        assert device is not None
+        for event in frames.events_received():
+            if isinstance(event, Frame) and event.opcode in _DATA and event.data:
+                device.data_received(bytes(event.data))
+        self._write(frames.data_to_send())  # pongs, and the close that answers one
+        if frames.state is State.OPEN:
+            return
+        # The device closed the WebSocket (what it sent before is still answered), or
+        # broke the protocol (answered with the close websockets chose: 1002, 1009).
+        self._frames = None
+        if frames.parser_exc is not None:
+            device.connection_lost(frames.parser_exc)
+        else:
+            device.eof_received()
+        if self._transport is not None:
+            self._transport.close()
+
+    def send(self, data: bytes) -> None:
+        frames = self._frames
+        if frames is not None and frames.state is State.OPEN:
+            frames.send_binary(data)
+            self._write(frames.data_to_send())
+
+    def close(self, code: int = 1000) -> None:
+        frames = self._frames
+        if frames is not None and frames.state is State.OPEN:
+            frames.send_close(code)
+            self._write(frames.data_to_send())
+        if self._transport is not None:
+            self._transport.close()
+
+    def _write(self, chunks: list[bytes]) -> None:
+        data = b"".join(chunks)  # b"" (the end of the stream): the transport's close says it
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        assert self._transport is not None
+        return self._transport
+
+
+class _Messages(asyncio.Transport):
+    """The transport a device protocol sees on a WebSocket: what it writes goes out as one
+    binary message; closing it closes the WebSocket (1000) and the connection under it.
+    Flow control and extra information are the connection's; the peer's name is the
+    device's address (``DeviceWebSockets.client_address``)."""
+
+    __slots__ = ("_address", "_websocket")
+
+    def __init__(self, websocket: DeviceWebSocket, address: str) -> None:
+        super().__init__()
+        self._websocket = websocket
+        self._address = address
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._websocket.send(bytes(data))
+
+    def close(self) -> None:
+        self._websocket.close()
+
+    def abort(self) -> None:
+        self._websocket.transport.abort()
+
+    def is_closing(self) -> bool:
+        return self._websocket.transport.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self._websocket.transport.get_write_buffer_size()
+
+    def is_reading(self) -> bool:
+        return self._websocket.transport.is_reading()
+
+    def pause_reading(self) -> None:
+        self._websocket.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._websocket.transport.resume_reading()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return (self._address, 0)
+        return self._websocket.transport.get_extra_info(name, default)
+
+
+def _offered(request: Request) -> list[str] | None:
+    """The subprotocols the upgrade offers, in its order (None: a malformed header)."""
+    offered: list[str] = []
+    try:
+        for value in request.headers.get_all("Sec-WebSocket-Protocol"):
+            offered.extend(parse_subprotocol(value))
+    except InvalidHandshake:
+        return None
+    return offered
+
+
+def _log_refused(address: str, offered: list[str] | None) -> None:
+    logger.info(
+        "WebSocket upgrade refused: no subprotocol dpsd serves",
+        {
+            "event": "connect_refused",
+            "client": address,
+            "subprotocols": ",".join(offered or []) or None,
+        },
+    )
