@@ -2,32 +2,29 @@
 
 from __future__ import annotations
 
-import base64
-import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import msgspec
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from dpsd.administration import (
+    Store,
+    SystemClock,
+    SystemEntropy,
+    hub_service,
+    open_store,
+)
 from dpsd.amqp.server import AmqpServer
 from dpsd.client_tls import ClientCertificateTrust
-from dpsd.data_dir import prepare_data_dir
 from dpsd.devices.listener import Admission
 from dpsd.devices.websocket import DeviceWebSockets
-from dpsd.domain.ids import format_id_scope
-from dpsd.domain.sas import (
-    ALL_RIGHTS,
-    OWNER_POLICY,
-    AccessRights,
-    SharedAccessPolicy,
-    service_connection_string,
-)
+from dpsd.domain.sas import OWNER_POLICY, SharedAccessPolicy, service_connection_string
 from dpsd.http.access import IN_PROCESS, AccessLog
 from dpsd.http.app import ServiceApiApp
 from dpsd.http.device_api import DeviceHandlers
@@ -60,46 +57,17 @@ from dpsd.service.throttling import Throttle
 from dpsd.service.tpm_attestation import TpmAttestor
 from dpsd.service.x509_trust import certificates_to_trust
 from dpsd.settings import Settings
-from dpsd.storage.engine import create_engine
-from dpsd.storage.executor import Executor, create_executor
+from dpsd.storage.executor import Executor
 from dpsd.storage.health import ErrorCountingExecutor, store_answers
-from dpsd.storage.hub_devices import SqlHubDeviceRepository
-from dpsd.storage.migrate import migrate
 from dpsd.storage.sql import (
-    SqlCertificateRepository,
-    SqlEnrollmentGroupRepository,
-    SqlEnrollmentRepository,
-    SqlHubRepository,
-    SqlInstanceRepository,
     SqlOperationRepository,
-    SqlRegistrationStateRepository,
     SqlTpmChallengeRepository,
     SqlTpmHubKeyRepository,
 )
 from dpsd.telemetry.metrics import Metrics
 from dpsd.telemetry.registrations import ReportedRegistrations
-from dpsd.tls import ensure_tls
 from dpsd.tls_paths import TlsFiles
 from dpsd.wire import Disclosure, enrollment_to_wire, group_to_wire
-
-_DEFAULT_POLICIES: dict[str, AccessRights] = {
-    OWNER_POLICY: ALL_RIGHTS,
-    "enrollmentread": AccessRights.ENROLLMENT_READ,
-    "enrollmentwrite": AccessRights.ENROLLMENT_READ | AccessRights.ENROLLMENT_WRITE,
-    "registrationstatusread": AccessRights.REGISTRATION_STATUS_READ,
-    "registrationstatuswrite": AccessRights.REGISTRATION_STATUS_READ
-    | AccessRights.REGISTRATION_STATUS_WRITE,
-}
-
-
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-
-class SystemEntropy:
-    def random_bytes(self, count: int) -> bytes:
-        return os.urandom(count)
 
 
 class _LateApp:
@@ -176,27 +144,6 @@ def _hub_trust(tls: TlsFiles) -> ssl.SSLContext:
     return context
 
 
-async def read_policies(settings: Settings) -> dict[str, SharedAccessPolicy]:
-    """The shared access policies of an initialised store, read without preparing anything
-    (no migration, TLS files or trust store): for clients of a dpsd serving the data dir."""
-    engine = create_engine(settings.database_url)
-    try:
-        _, policies = await SqlInstanceRepository(engine).read()
-    finally:
-        await engine.dispose()
-    return {policy.name: policy for policy in policies}
-
-
-def _new_policies(entropy: SystemEntropy) -> list[SharedAccessPolicy]:
-    def key() -> str:
-        return base64.b64encode(entropy.random_bytes(32)).decode()
-
-    return [
-        SharedAccessPolicy(name=name, primary_key=key(), secondary_key=key(), rights=rights)
-        for name, rights in _DEFAULT_POLICIES.items()
-    ]
-
-
 @asynccontextmanager
 async def build_runtime(
     settings: Settings, siblings: Siblings | None = None
@@ -204,32 +151,35 @@ async def build_runtime(
     """Prepare the data dir and the store, then hand out a ready runtime. ``siblings``:
     this process is one of several workers serving the same listeners."""
     clock, entropy = SystemClock(), SystemEntropy()
-    prepare_data_dir(settings.data_dir)
-    tls = ensure_tls(settings.data_dir, settings.certificate_names, clock.now())
-    engine = create_engine(settings.database_url)
+    metrics = Metrics(process=True, shared=siblings.metrics if siblings else None)
+
+    def counting_errors(executor: Executor) -> Executor:
+        return ErrorCountingExecutor(executor, metrics.store_error)
+
+    async with (
+        open_store(settings, clock, entropy, counting_errors) as store,
+        _served(store, clock, entropy, metrics, siblings) as runtime,
+    ):
+        yield runtime
+
+
+@asynccontextmanager
+async def _served(
+    store: Store,
+    clock: SystemClock,
+    entropy: SystemEntropy,
+    metrics: Metrics,
+    siblings: Siblings | None,
+) -> AsyncIterator[Runtime]:
+    settings, tls = store.settings, store.tls
     webhook_client = httpx.AsyncClient(follow_redirects=False)
     hub_transport = HttpxHubTransport(
         httpx.AsyncHTTPTransport(verify=_hub_trust(tls)), settings.hub_timeout
     )
     own_app = _LateApp()
     builtin_hub_transport = InProcessTransport(own_app)
-    metrics = Metrics(process=True, shared=siblings.metrics if siblings else None)
     devices: DeviceRegistrationService | None = None
-    executor: Executor | None = None
     try:
-        await migrate(engine)
-        executor = ErrorCountingExecutor(
-            create_executor(settings.database_url, engine), metrics.store_error
-        )
-        id_scope, policies = await SqlInstanceRepository(engine).ensure(
-            format_id_scope(entropy.random_bytes(4)), _new_policies(entropy)
-        )
-        states = SqlRegistrationStateRepository(executor)
-        certificates = SqlCertificateRepository(executor)
-        hubs = SqlHubRepository(executor)
-        hub_devices = SqlHubDeviceRepository(executor)
-        enrollment_store = SqlEnrollmentRepository(executor)
-        group_store = SqlEnrollmentGroupRepository(executor)
         client_trust = ClientCertificateTrust(tls)
         trust: TrustedCertificates = client_trust
         if siblings is not None:
@@ -237,28 +187,32 @@ async def build_runtime(
 
         async def refresh_trust() -> None:
             client_trust.trust(
-                await certificates_to_trust(enrollment_store, group_store, certificates)
+                await certificates_to_trust(store.enrollments, store.groups, store.certificates)
             )
 
         await refresh_trust()
-        enrollments = EnrollmentService(enrollment_store, states, clock, entropy, hubs, trust)
-        groups = EnrollmentGroupService(group_store, certificates, clock, entropy, hubs, trust)
+        enrollments = EnrollmentService(
+            store.enrollments, store.states, clock, entropy, store.hubs, trust
+        )
+        groups = EnrollmentGroupService(
+            store.groups, store.certificates, clock, entropy, store.hubs, trust
+        )
         throttle = Throttle(settings.throttle_limits)
         metrics.watch_in_flight(lambda: throttle.in_flight)
         devices = DeviceRegistrationService(
-            id_scope=id_scope,
-            enrollments=enrollment_store,
-            groups=group_store,
-            hubs=hubs,
-            certificates=certificates,
-            states=states,
-            operations=SqlOperationRepository(executor),
+            id_scope=store.id_scope,
+            enrollments=store.enrollments,
+            groups=store.groups,
+            hubs=store.hubs,
+            certificates=store.certificates,
+            states=store.states,
+            operations=SqlOperationRepository(store.executor),
             clock=clock,
             entropy=entropy,
             tpm=TpmAttestor(
-                enrollment_store,
-                SqlTpmChallengeRepository(executor),
-                SqlTpmHubKeyRepository(executor),
+                store.enrollments,
+                SqlTpmChallengeRepository(store.executor),
+                SqlTpmHubKeyRepository(store.executor),
                 clock,
                 entropy,
             ),
@@ -278,10 +232,9 @@ async def build_runtime(
         routes = [
             *ProvisioningRecords(ENROLLMENTS, enrollments).routes(),
             *ProvisioningRecords(ENROLLMENT_GROUPS, groups).routes(),
-            *RegistrationStateHandlers(RegistrationStateService(states)).routes(),
+            *RegistrationStateHandlers(RegistrationStateService(store.states)).routes(),
             *DeviceHandlers(devices, settings.retry_after).routes(),
         ]
-        by_name = {policy.name: policy for policy in policies}
         admission = Admission()  # one count of device connections for every protocol
         mqtt = MqttServer(
             devices, settings.retry_after, clock.now, admission=admission, metrics=metrics
@@ -291,12 +244,12 @@ async def build_runtime(
         )
         dps_app = ServiceApiApp(
             Router(routes),
-            by_name,
+            store.policies,
             settings.certificate_names,
             clock.now,
             access=AccessLog("dps", ERROR_CODE_HEADER, metrics),
         )
-        hub_registry = HubRegistryService(hubs, hub_devices, clock, entropy)
+        hub_registry = HubRegistryService(store.hubs, store.hub_devices, clock, entropy)
         hub_access = AccessLog("hub", HUB_ERROR_CODE_HEADER, metrics)
         dispatch = HostDispatch(
             dps_app,
@@ -304,16 +257,17 @@ async def build_runtime(
             HubLookup(hub_registry.served_hub),
             settings.certificate_names,
         )
-        store = executor
-        app = HealthProbes(dispatch, lambda: store_answers(store))
+        app = HealthProbes(dispatch, lambda: store_answers(store.executor))
         own_app.app = app
         yield Runtime(
             settings=settings,
             asgi_app=app,
-            id_scope=id_scope,
-            policies=by_name,
+            id_scope=store.id_scope,
+            policies=store.policies,
             tls=tls,
-            certificates=CertificateService(certificates, group_store, clock, entropy, trust),
+            certificates=CertificateService(
+                store.certificates, store.groups, clock, entropy, trust
+            ),
             client_trust=client_trust,
             refresh_trust=refresh_trust,
             devices=devices,
@@ -321,9 +275,9 @@ async def build_runtime(
             mqtt=mqtt,
             amqp=amqp,
             websockets=DeviceWebSockets([mqtt.listener, amqp.listener]),
-            hubs=HubService(hubs, entropy, enrollment_store, group_store, hub_devices),
+            hubs=hub_service(store, entropy),
             hub_registry=hub_registry,
-            registration_states=states,
+            registration_states=store.states,
             metrics=metrics,
         )
     finally:
@@ -332,6 +286,3 @@ async def build_runtime(
         await webhook_client.aclose()
         await hub_transport.aclose()
         await builtin_hub_transport.aclose()
-        if executor is not None:
-            await executor.close()
-        await engine.dispose()

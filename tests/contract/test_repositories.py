@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from alembic import command
-from alembic.config import Config
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -34,7 +33,7 @@ from dpsd.storage.memory import (
     InMemoryHubRepository,
     InMemoryRegistrationStateRepository,
 )
-from dpsd.storage.migrate import migrate
+from dpsd.storage.migrate import migrate, migrations_config
 from dpsd.storage.schema import metadata
 from dpsd.storage.sql import (
     ENROLLMENTS,
@@ -314,8 +313,9 @@ async def test_migrations_run_again_without_change(store: Store) -> None:
         version = (
             await connection.execute(sa.text("SELECT version_num FROM alembic_version"))
         ).scalar_one()
-    migrations = Path(migrate_module.__file__).with_name("migrations")
-    assert version == ScriptDirectory(str(migrations)).get_current_head()
+    head = ScriptDirectory.from_config(migrations_config()).get_current_head()
+    assert version == head
+    assert head == migrate_module.NEWEST_REVISION  # a start finds nothing to do without Alembic
 
 
 @pytest.mark.postgres
@@ -330,11 +330,9 @@ async def test_instances_starting_together_migrate_once(postgres_server: str) ->
 
 async def downgrade(engine: AsyncEngine, revision: str) -> None:
     """Bring the schema back down to ``revision``."""
-    migrations = Path(migrate_module.__file__).with_name("migrations")
 
     def run(connection: sa.Connection) -> None:
-        config = Config()
-        config.set_main_option("script_location", str(migrations))
+        config = migrations_config()
         config.attributes["connection"] = connection
         command.downgrade(config, revision)
 

@@ -67,7 +67,7 @@ def _run(
 ) -> T:
     from dpsd.cli.store import run_on_store
 
-    return run_on_store(data_dir, database, lambda runtime: action(runtime.certificates))
+    return run_on_store(data_dir, database, lambda store: action(store.certificates))
 
 
 def _as_dict(record: CACertificate) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from dpsd.cli.output import (
 from dpsd.domain.hub import OWNER_HUB_POLICY, LinkedHub, hub_connection_string
 
 if TYPE_CHECKING:
-    from dpsd.app import Runtime
+    from dpsd.administration import Administration
     from dpsd.service.references import Referrers
     from dpsd.tls import HubCertificateFiles
 
@@ -113,8 +113,10 @@ def add_command(
     from dpsd.cli.store import run_on_store
     from dpsd.tls import HubCertificateFiles, ensure_hub_certificate
 
-    async def link(runtime: Runtime) -> tuple[LinkedHub, HubCertificateFiles | str | None]:
-        hub = await runtime.hubs.link(
+    async def link(
+        store: Administration,
+    ) -> tuple[LinkedHub, HubCertificateFiles | str | None]:
+        hub = await store.hubs.link(
             host_name,
             connection_string=connection_string,
             weight=weight,
@@ -125,7 +127,7 @@ def add_command(
         if not hub.builtin:
             return hub, None
         try:
-            return hub, ensure_hub_certificate(runtime.tls, hub.host_name, runtime.now())
+            return hub, ensure_hub_certificate(store.tls, hub.host_name, store.now())
         except (OSError, ValueError) as error:
             return hub, str(error)
 
@@ -174,7 +176,7 @@ def list_command(
     """
     from dpsd.cli.store import run_on_store
 
-    hubs = run_on_store(data_dir, database, lambda runtime: runtime.hubs.list())
+    hubs = run_on_store(data_dir, database, lambda store: store.hubs.list())
     print_records([_as_dict(hub) for hub in hubs], chosen(output, as_json), COLUMNS)
 
 
@@ -194,16 +196,16 @@ def show_command(
     from dpsd.cli.store import run_on_store
     from dpsd.tls import hub_certificate_files
 
-    async def read(runtime: Runtime) -> dict[str, Any]:
-        hub = await runtime.hubs.get(host_name)
+    async def read(store: Administration) -> dict[str, Any]:
+        hub = await store.hubs.get(host_name)
         record = _as_dict(hub)
         if hub.builtin:
             record["policies"] = [policy.name for policy in hub.builtin_policies]
-            files = hub_certificate_files(runtime.tls, hub.host_name)
+            files = hub_certificate_files(store.tls, hub.host_name)
             record["tlsCertificate"] = str(files.certificate)
         if keys:
             record["connectionString"] = (
-                await runtime.hubs.connection_string(hub.host_name)
+                await store.hubs.connection_string(hub.host_name)
                 if hub.builtin
                 else hub.connection_string
             )
@@ -240,7 +242,9 @@ def connection_string_command(
     from dpsd.cli.store import run_on_store
 
     text = run_on_store(
-        data_dir, database, lambda runtime: runtime.hubs.connection_string(host_name, policy)
+        data_dir,
+        database,
+        lambda store: store.hubs.connection_string(host_name, policy),
     )
     typer.echo(text)
 
@@ -269,12 +273,12 @@ def remove_command(
     from dpsd.service.references import describe
     from dpsd.tls import certificate_host, remove_hub_certificate
 
-    async def unlink(runtime: Runtime) -> tuple[Referrers, ...]:
-        left = await runtime.hubs.unlink(host_name, force=force)
+    async def unlink(store: Administration) -> tuple[Referrers, ...]:
+        left = await store.hubs.unlink(host_name, force=force)
         host = certificate_host(host_name)
-        hubs = await runtime.hubs.list()
+        hubs = await store.hubs.list()
         if not any(hub.builtin and certificate_host(hub.host_name) == host for hub in hubs):
-            remove_hub_certificate(runtime.tls, host_name)
+            remove_hub_certificate(store.tls, host_name)
         return left
 
     left = run_on_store(data_dir, database, unlink)

@@ -22,7 +22,7 @@ from dpsd.cli.output import (
 )
 
 if TYPE_CHECKING:
-    from dpsd.app import Runtime
+    from dpsd.administration import Administration
 
 policy_app = command_group("Shared access policies of the service API.")
 
@@ -47,11 +47,11 @@ def _policies(data_dir: DataDir, database: Database, keys: bool) -> list[dict[st
     from dpsd.domain.sas import format_rights, service_connection_string
     from dpsd.endpoints import serving_endpoints
 
-    async def read(runtime: Runtime) -> list[dict[str, Any]]:
-        https = urlsplit(serving_endpoints(runtime.settings).https)
-        host, port = https.hostname or runtime.settings.hostname, https.port or 443
+    async def read(store: Administration) -> list[dict[str, Any]]:
+        https = urlsplit(serving_endpoints(store.settings).https)
+        host, port = https.hostname or store.settings.hostname, https.port or 443
         records = []
-        for policy in sorted(runtime.policies.values(), key=lambda p: p.name):
+        for policy in sorted(store.policies.values(), key=lambda p: p.name):
             record: dict[str, Any] = {
                 "keyName": policy.name,
                 "rights": format_rights(policy.rights),

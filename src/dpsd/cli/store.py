@@ -1,5 +1,5 @@
 """The commands that open a data dir's store themselves (serve, info, hub, certificate): the
-runtime they work on, and what goes wrong while they open it, said in one line: a data dir
+store they work on, and what goes wrong while they open it, said in one line: a data dir
 that cannot be written, a database that cannot be reached or used (named without its
 password), TLS files or other files of the data dir that cannot be read."""
 
@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from dpsd.app import Runtime, build_runtime
+from dpsd.administration import Administration, build_administration
 from dpsd.cli.failures import USAGE, fail
 from dpsd.cli.options import make_settings
 from dpsd.data_dir import DataDirError
@@ -59,15 +59,17 @@ def _opening_failure(error: Exception, settings: Settings, database_given: bool)
 
 
 def run_on_store(
-    data_dir: Path | None, database: str | None, action: Callable[[Runtime], Awaitable[T]]
+    data_dir: Path | None,
+    database: str | None,
+    action: Callable[[Administration], Awaitable[T]],
 ) -> T:
-    """``action`` on the runtime of the data dir's store (made ready as ``dpsd serve``
-    would: the data dir, its TLS files and the schema)."""
+    """``action`` on the data dir's store (made ready as ``dpsd serve`` would: the data
+    dir, its TLS files and the schema)."""
     settings = make_settings(data_dir, database)
 
     async def run() -> T:
-        async with build_runtime(settings) as runtime:
-            return await action(runtime)
+        async with build_administration(settings) as administration:
+            return await action(administration)
 
     with opening_store(settings, database is not None):
         return asyncio.run(run())

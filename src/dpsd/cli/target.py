@@ -114,7 +114,7 @@ def _local_policies(settings: Settings, database_given: bool) -> dict[str, Share
             return {policy.name: policy for policy in policies}
     import asyncio
 
-    from dpsd.app import read_policies
+    from dpsd.administration import read_policies
     from dpsd.cli.store import opening_store
 
     with opening_store(settings, database_given):
