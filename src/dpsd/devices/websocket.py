@@ -100,17 +100,30 @@ class DeviceWebSockets:
         return peer
 
 
-class DeviceWebSocket(asyncio.Protocol):
-    """One WebSocket connection: first its upgrade request, then frames both ways between
-    the transport and a device listener's stream protocol (``_Messages`` is the
-    transport that protocol sees)."""
+class DeviceWebSocket(asyncio.Protocol, asyncio.Transport):
+    """One WebSocket connection, both ways: the protocol of its connection (first the
+    upgrade request, then frames), and the transport of the device listener's stream
+    protocol above it (what that writes goes out as one binary message; closing it closes
+    the WebSocket, 1000, and the connection). Flow control and extra information are the
+    connection's, but for the peer's name, the device's address
+    (``DeviceWebSockets.client_address``). One object for both: a device stays connected
+    for hours, and every object it keeps is paid for by the whole fleet."""
 
-    __slots__ = ("_connections", "_device", "_frames", "_handshake", "_server", "_transport")
+    __slots__ = (
+        "_address",
+        "_connections",
+        "_device",
+        "_frames",
+        "_handshake",
+        "_server",
+        "_transport",
+    )
 
     def __init__(self, server: DeviceWebSockets, connections: set[Any]) -> None:
         self._server = server
         self._connections = connections
         self._transport: asyncio.Transport | None = None
+        self._address = "?"
         self._handshake: ServerProtocol | None = ServerProtocol(
             select_subprotocol=lambda _, offered: server.subprotocol(offered),
             logger=_frames_logger,
@@ -188,8 +201,9 @@ class DeviceWebSocket(asyncio.Protocol):
             return
         if self._send_response(handshake, handshake.accept(request)):
             self._frames = Frames(Side.SERVER, state=State.OPEN, max_size=MESSAGE_LIMIT)
+            self._address = address
             self._device = listener.connection_protocol("websocket")
-            self._device.connection_made(_Messages(self, address))
+            self._device.connection_made(self)
 
     def _send_response(self, handshake: ServerProtocol, response: Response) -> bool:
         """Answer the upgrade; True: accepted, else the connection is closed."""
@@ -223,7 +237,9 @@ class DeviceWebSocket(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
-    def send(self, data: bytes) -> None:
+    # --- to the device protocol: its transport ----------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         frames = self._frames
         if frames is not None and frames.state is State.OPEN:
             frames.send_binary(data)
@@ -237,58 +253,38 @@ class DeviceWebSocket(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
 
+    def abort(self) -> None:
+        self._connection.abort()
+
+    def is_closing(self) -> bool:
+        return self._connection.is_closing()
+
+    def get_write_buffer_size(self) -> int:
+        return self._connection.get_write_buffer_size()
+
+    def is_reading(self) -> bool:
+        return self._connection.is_reading()
+
+    def pause_reading(self) -> None:
+        self._connection.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._connection.resume_reading()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return (self._address, 0)
+        return self._connection.get_extra_info(name, default)
+
     def _write(self, chunks: list[bytes]) -> None:
         data = b"".join(chunks)  # b"" (the end of the stream): the transport's close says it
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
     @property
-    def transport(self) -> asyncio.Transport:
+    def _connection(self) -> asyncio.Transport:
         assert self._transport is not None
         return self._transport
-
-
-class _Messages(asyncio.Transport):
-    """The transport a device protocol sees on a WebSocket: what it writes goes out as one
-    binary message; closing it closes the WebSocket (1000) and the connection under it.
-    Flow control and extra information are the connection's; the peer's name is the
-    device's address (``DeviceWebSockets.client_address``)."""
-
-    __slots__ = ("_address", "_websocket")
-
-    def __init__(self, websocket: DeviceWebSocket, address: str) -> None:
-        super().__init__()
-        self._websocket = websocket
-        self._address = address
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._websocket.send(bytes(data))
-
-    def close(self) -> None:
-        self._websocket.close()
-
-    def abort(self) -> None:
-        self._websocket.transport.abort()
-
-    def is_closing(self) -> bool:
-        return self._websocket.transport.is_closing()
-
-    def get_write_buffer_size(self) -> int:
-        return self._websocket.transport.get_write_buffer_size()
-
-    def is_reading(self) -> bool:
-        return self._websocket.transport.is_reading()
-
-    def pause_reading(self) -> None:
-        self._websocket.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._websocket.transport.resume_reading()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "peername":
-            return (self._address, 0)
-        return self._websocket.transport.get_extra_info(name, default)
 
 
 def _offered(request: Request) -> list[str] | None:
