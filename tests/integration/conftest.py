@@ -7,7 +7,6 @@ import base64
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
+from dpsd.administration import SystemClock, SystemEntropy
 from dpsd.domain.hub import DEFAULT_HUB_POLICIES, OWNER_HUB_POLICY, HubPolicy, LinkedHub
 from dpsd.http.host_dispatch import HostDispatch, HubLookup
 from dpsd.http.hub_app import HubApiApp, build_hub_app
@@ -29,16 +29,6 @@ from tests.conftest import sas_token
 HUB_HOST = "hub.example"
 DPS_HOST = "dps.example"
 API_VERSION = "?api-version=2021-04-12"
-
-
-class SystemClock:
-    def now(self) -> datetime:
-        return datetime.now(UTC)
-
-
-class SystemEntropy:
-    def random_bytes(self, count: int) -> bytes:
-        return os.urandom(count)
 
 
 def new_key() -> str:
