@@ -1,0 +1,123 @@
+"""Device WebSockets (dpsd.devices.websocket) without sockets: whatever the split of the
+frames into reads, every byte of every message reaches the device protocol once and in
+order, and its answers come back as binary messages; whatever garbage follows the upgrade,
+nothing escapes, the connection is closed and its place given back."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from types import SimpleNamespace
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol, Side, State
+
+from dpsd.devices.listener import Admission, ConnectionLimits
+from dpsd.devices.websocket import DeviceWebSocket, DeviceWebSockets
+from tests.unit.devices.test_stream_device import (
+    EchoConnection,
+    FakeTransport,
+    listener,
+    settled,
+)
+
+UPGRADE = (
+    b"GET /$iothub/websocket HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
+)
+
+
+def upgraded(
+    admission: Admission, connection: EchoConnection
+) -> tuple[DeviceWebSocket, FakeTransport]:
+    websockets = DeviceWebSockets([listener(connection, admission)])
+    websocket = websockets(server_state=SimpleNamespace(connections=set()))
+    transport = FakeTransport()
+    websocket.connection_made(transport)
+    websocket.data_received(UPGRADE)
+    head, _, _ = bytes(transport.written).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    transport.written.clear()
+    return websocket, transport
+
+
+def client_frames(messages: list[bytes], fragment: int = 0) -> bytes:
+    """What a client sends for ``messages``, each a binary message (masked); with
+    ``fragment``, a message longer than that is sent in fragments of that size."""
+    client = Protocol(Side.CLIENT, state=State.OPEN)
+    for message in messages:
+        parts = [message]
+        if fragment:
+            parts = [message[at : at + fragment] for at in range(0, len(message), fragment)]
+        client.send_binary(parts[0], fin=len(parts) == 1)
+        for index, part in enumerate(parts[1:], start=2):
+            client.send_continuation(part, fin=index == len(parts))
+    return b"".join(client.data_to_send())
+
+
+def server_messages(written: bytes) -> list[bytes]:
+    """The binary messages in what the server wrote (as a client reads them)."""
+    client = Protocol(Side.CLIENT, state=State.OPEN)
+    client.receive_data(written)
+    return [
+        bytes(event.data)
+        for event in client.events_received()
+        if isinstance(event, Frame) and event.opcode is Opcode.BINARY
+    ]
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({cut % (len(data) + 1) for cut in cuts} | {0, len(data)})
+    return [data[start:end] for start, end in itertools.pairwise(points) if end > start]
+
+
+async def framed(messages: list[bytes], cuts: list[int], fragment: int) -> None:
+    connection = EchoConnection()
+    websocket, transport = upgraded(Admission(), connection)
+    for chunk in split(client_frames(messages, fragment), cuts):
+        websocket.data_received(chunk)
+        await asyncio.sleep(0)
+    await settled()
+    assert b"".join(connection.received) == b"".join(messages)
+    answers = server_messages(bytes(transport.written))
+    assert b"".join(answers) == b"".join(b"<" + part + b">" for part in connection.received)
+    assert transport.how is None  # still open
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    messages=st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=6),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12),
+    fragment=st.integers(min_value=0, max_value=64),
+)
+def test_messages_split_anywhere_reach_the_device_in_order(
+    messages: list[bytes], cuts: list[int], fragment: int
+) -> None:
+    asyncio.run(framed(messages, cuts, fragment))
+
+
+async def garbled(garbage: bytes, after: list[bytes]) -> None:
+    admission = Admission(ConnectionLimits(max_connections=1))
+    connection = EchoConnection()
+    websocket, transport = upgraded(admission, connection)
+    websocket.data_received(client_frames(after) + garbage)
+    await settled()
+    websocket.eof_received()
+    websocket.connection_lost(None)
+    await settled()
+    assert transport.how is not None
+    assert admission.admit("10.0.0.9")  # released: one may connect again
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    garbage=st.binary(min_size=1, max_size=64),
+    after=st.lists(st.binary(min_size=1, max_size=20), max_size=3),
+)
+def test_garbage_after_the_upgrade_closes_the_connection_and_nothing_escapes(
+    garbage: bytes, after: list[bytes]
+) -> None:
+    asyncio.run(garbled(garbage, after))
