@@ -60,20 +60,24 @@ class WebSocketListener:
 
 
 @asynccontextmanager
-async def serving_websockets(websockets: DeviceWebSockets) -> AsyncIterator[WebSocketListener]:
+async def serving_websockets(
+    websockets: DeviceWebSockets, **config: Any
+) -> AsyncIterator[WebSocketListener]:
     """uvicorn on 127.0.0.1 at a free port, with ``websockets`` as the protocol of its
-    upgrades, as ``dpsd serve``'s HTTPS listener has (without TLS)."""
+    upgrades, as ``dpsd serve``'s HTTPS listener has (without TLS); ``config``: more of
+    uvicorn's settings."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
-    config = uvicorn.Config(
+    uvicorn_config = uvicorn.Config(
         _no_http,
         ws=websockets,  # type: ignore[arg-type]
         lifespan="off",
         log_level="warning",
         log_config=None,
+        **config,
     )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn_config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
         yield WebSocketListener(sock.getsockname()[1], server)

@@ -9,6 +9,7 @@ import base64
 import os
 import struct
 from contextlib import AbstractAsyncContextManager
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -41,8 +42,10 @@ def connections(metrics: Metrics) -> float | None:
     return metrics.registry.get_sample_value("dpsd_device_connections", {"protocol": "amqpwsb10"})
 
 
-def serving(*listeners: DeviceListener) -> AbstractAsyncContextManager[WebSocketListener]:
-    return serving_websockets(DeviceWebSockets(listeners))
+def serving(
+    *listeners: DeviceListener, **config: Any
+) -> AbstractAsyncContextManager[WebSocketListener]:
+    return serving_websockets(DeviceWebSockets(listeners), **config)
 
 
 async def closed_with(websocket: ClientConnection) -> Close | None:
@@ -144,20 +147,36 @@ async def test_the_device_s_close_ends_its_connection_and_is_logged() -> None:
     assert connections(metrics) == 0
 
 
-async def test_a_trusted_proxy_names_the_device_s_address() -> None:
-    """From 127.0.0.1 (a proxy on the host) X-Forwarded-For names the device; from any
-    other peer it is the device's own claim, and not taken."""
+async def addresses_logged(served: WebSocketListener, sources: list[str]) -> list[str]:
+    """Connect from each source with ``X-Forwarded-For: 203.0.113.9, 127.0.0.1``: the
+    client address each connection's end is logged with."""
+    with captured_logs() as stream:
+        for source in sources:
+            async with served.connect(
+                additional_headers={"X-Forwarded-For": "203.0.113.9, 127.0.0.1"},
+                local_addr=(source, 0),
+            ) as websocket:
+                await websocket.send(b"hello")
+                assert await websocket.recv() == b"<hello>"
+    return [line["client"] for line in events(stream, "disconnected")]
+
+
+async def test_a_trusted_proxy_names_the_device_s_address_as_for_http() -> None:
+    """As uvicorn decides for HTTP requests: from 127.0.0.1 (a proxy on the host, trusted
+    by default) X-Forwarded-For names the device; from any other peer it is the device's
+    own claim, and not taken."""
     async with serving(amqp(EchoConnection())) as served:
-        with captured_logs() as stream:
-            for source in ("127.0.0.1", "127.0.0.90"):
-                async with served.connect(
-                    additional_headers={"X-Forwarded-For": "203.0.113.9, 127.0.0.1"},
-                    local_addr=(source, 0),
-                ) as websocket:
-                    await websocket.send(b"hello")
-                    assert await websocket.recv() == b"<hello>"
-    proxied, direct = events(stream, "disconnected")
-    assert (proxied["client"], direct["client"]) == ("203.0.113.9", "127.0.0.90")
+        assert await addresses_logged(served, ["127.0.0.1", "127.0.0.90"]) == [
+            "203.0.113.9",
+            "127.0.0.90",
+        ]
+
+
+async def test_uvicorn_s_proxy_settings_decide_whom_to_trust() -> None:
+    async with serving(amqp(EchoConnection()), forwarded_allow_ips="*") as served:
+        assert await addresses_logged(served, ["127.0.0.90"]) == ["203.0.113.9"]
+    async with serving(amqp(EchoConnection()), proxy_headers=False) as served:
+        assert await addresses_logged(served, ["127.0.0.1"]) == ["127.0.0.1"]
 
 
 async def test_shutdown_tells_each_device_the_server_is_going_away() -> None:

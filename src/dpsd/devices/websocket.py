@@ -23,11 +23,13 @@ handshake (400, 426 and the like).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 from typing import Any, Protocol
 
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from websockets.exceptions import InvalidHandshake
 from websockets.frames import Frame, Opcode
 from websockets.headers import parse_subprotocol
@@ -58,25 +60,41 @@ class ServerState(Protocol):
     def connections(self) -> set[Any]: ...
 
 
+class UvicornConfig(Protocol):
+    """What dpsd reads of uvicorn's configuration: whether, and whom, it trusts to name
+    the client in ``X-Forwarded-For``."""
+
+    @property
+    def proxy_headers(self) -> bool: ...
+
+    @property
+    def forwarded_allow_ips(self) -> list[str] | str: ...
+
+
 class DeviceWebSockets:
     """Makes the protocol of each WebSocket upgrade: given to uvicorn as its ``ws``
     setting, which calls it with its own keyword arguments.
 
-    ``listeners``: one per device protocol, each chosen by its subprotocol;
-    ``proxies``: peer addresses trusted to name the client in ``X-Forwarded-For`` (a
-    reverse proxy on the same host, as uvicorn trusts for HTTP), whose devices are then
-    counted by that address."""
+    ``listeners``: one per device protocol, each chosen by its subprotocol. A device's
+    address is the one uvicorn gives an HTTP request on the same listener: the peer's, or,
+    from a proxy uvicorn trusts (``forwarded_allow_ips``: 127.0.0.1 and ::1 unless
+    ``FORWARDED_ALLOW_IPS`` says otherwise), the client ``X-Forwarded-For`` names."""
 
-    def __init__(
-        self,
-        listeners: Iterable[DeviceListener],
-        proxies: frozenset[str] = frozenset({"127.0.0.1"}),
-    ) -> None:
+    def __init__(self, listeners: Iterable[DeviceListener]) -> None:
         self._listeners = {listener.subprotocol.lower(): listener for listener in listeners}
-        self._proxies = proxies
+        self._proxies: dict[int, ProxyHeadersMiddleware | None] = {}
 
-    def __call__(self, *, server_state: ServerState, **_uvicorn: object) -> DeviceWebSocket:
-        return DeviceWebSocket(self, server_state.connections)
+    def __call__(
+        self, *, config: UvicornConfig, server_state: ServerState, **_uvicorn: object
+    ) -> DeviceWebSocket:
+        key = id(config)
+        if key not in self._proxies:
+            self._proxies[key] = (
+                ProxyHeadersMiddleware(_no_app, config.forwarded_allow_ips)
+                if config.proxy_headers
+                else None
+            )
+        return DeviceWebSocket(self, server_state.connections, self._proxies[key])
 
     def listener(self, subprotocol: str) -> DeviceListener | None:
         return self._listeners.get(subprotocol.lower())
@@ -88,16 +106,38 @@ class DeviceWebSockets:
                 return Subprotocol(name)
         return None
 
-    def client_address(self, peer: str, request: Request) -> str:
-        """The device's address: the peer's, or the one a trusted proxy names (the last
-        address in ``X-Forwarded-For`` that is not itself a trusted proxy)."""
-        if peer not in self._proxies:
-            return peer
-        forwarded = ",".join(request.headers.get_all("X-Forwarded-For"))
-        for address in reversed([part.strip() for part in forwarded.split(",")]):
-            if address and address not in self._proxies:
-                return address
-        return peer
+
+def client_address(
+    proxies: ProxyHeadersMiddleware | None, peer: tuple[str, int], request: Request
+) -> str:
+    """The device's address, as uvicorn's proxy-header middleware decides it for HTTP."""
+    if proxies is None:
+        return peer[0]
+    scope: dict[str, Any] = {
+        "type": "websocket",
+        "client": peer,
+        "headers": [
+            (b"x-forwarded-for", value.encode("latin-1", errors="replace"))
+            for value in request.headers.get_all("X-Forwarded-For")
+        ],
+    }
+    # The middleware only rewrites the scope, then calls an app that awaits nothing: one
+    # step of its coroutine runs it to the end, without an event loop.
+    with contextlib.suppress(StopIteration):
+        proxies(scope, _no_receive, _no_send).send(None)  # type: ignore[arg-type]
+    return str(scope["client"][0])
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    return None
+
+
+async def _no_receive() -> Any:
+    raise AssertionError("not called")
+
+
+async def _no_send(message: Any) -> None:
+    raise AssertionError("not called")
 
 
 class DeviceWebSocket(asyncio.Protocol, asyncio.Transport):
@@ -115,13 +155,20 @@ class DeviceWebSocket(asyncio.Protocol, asyncio.Transport):
         "_device",
         "_frames",
         "_handshake",
+        "_proxies",
         "_server",
         "_transport",
     )
 
-    def __init__(self, server: DeviceWebSockets, connections: set[Any]) -> None:
+    def __init__(
+        self,
+        server: DeviceWebSockets,
+        connections: set[Any],
+        proxies: ProxyHeadersMiddleware | None,
+    ) -> None:
         self._server = server
         self._connections = connections
+        self._proxies = proxies
         self._transport: asyncio.Transport | None = None
         self._address = "?"
         self._handshake: ServerProtocol | None = ServerProtocol(
@@ -183,8 +230,8 @@ class DeviceWebSocket(asyncio.Protocol, asyncio.Transport):
     def _upgrade(self, handshake: ServerProtocol, request: Request) -> None:
         transport = self._transport
         assert transport is not None
-        peer = str((transport.get_extra_info("peername") or ("?",))[0])
-        address = self._server.client_address(peer, request)
+        peername = transport.get_extra_info("peername") or ("?", 0)
+        address = client_address(self._proxies, (str(peername[0]), int(peername[1])), request)
         offered = _offered(request)
         subprotocol = self._server.subprotocol(offered or [])
         listener = None if subprotocol is None else self._server.listener(subprotocol)

@@ -34,7 +34,10 @@ def upgraded(
     admission: Admission, connection: EchoConnection
 ) -> tuple[DeviceWebSocket, FakeTransport]:
     websockets = DeviceWebSockets([listener(connection, admission)])
-    websocket = websockets(server_state=SimpleNamespace(connections=set()))
+    websocket = websockets(
+        config=SimpleNamespace(proxy_headers=True, forwarded_allow_ips="127.0.0.1"),
+        server_state=SimpleNamespace(connections=set()),
+    )
     transport = FakeTransport()
     websocket.connection_made(transport)
     websocket.data_received(UPGRADE)
