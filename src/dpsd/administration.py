@@ -18,7 +18,13 @@ from datetime import UTC, datetime
 
 from dpsd.data_dir import prepare_data_dir
 from dpsd.domain.ids import format_id_scope
-from dpsd.domain.sas import ALL_RIGHTS, OWNER_POLICY, AccessRights, SharedAccessPolicy
+from dpsd.domain.sas import (
+    ALL_RIGHTS,
+    OWNER_POLICY,
+    AccessRights,
+    SharedAccessPolicy,
+    service_connection_string,
+)
 from dpsd.service.certificates import CertificateService
 from dpsd.service.hubs import HubService
 from dpsd.settings import Settings
@@ -146,6 +152,23 @@ class Administration:
     certificates: CertificateService
     hubs: HubService
     now: Callable[[], datetime]
+
+    def connection_string(
+        self, port: int, hostname: str | None = None, policy_name: str = OWNER_POLICY
+    ) -> str:
+        return connection_string(self.settings, self.policies, port, hostname, policy_name)
+
+
+def connection_string(
+    settings: Settings,
+    policies: dict[str, SharedAccessPolicy],
+    port: int,
+    hostname: str | None = None,
+    policy_name: str = OWNER_POLICY,
+) -> str:
+    """A service connection string to dpsd at ``port``; ``hostname``: the name the server
+    was started with, when it differs from the settings'."""
+    return service_connection_string(hostname or settings.hostname, port, policies[policy_name])
 
 
 def hub_service(store: Store, entropy: SystemEntropy) -> HubService:

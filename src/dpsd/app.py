@@ -17,6 +17,7 @@ from dpsd.administration import (
     Store,
     SystemClock,
     SystemEntropy,
+    connection_string,
     hub_service,
     open_store,
 )
@@ -24,7 +25,7 @@ from dpsd.amqp.server import AmqpServer
 from dpsd.client_tls import ClientCertificateTrust
 from dpsd.devices.listener import Admission
 from dpsd.devices.websocket import DeviceWebSockets
-from dpsd.domain.sas import OWNER_POLICY, SharedAccessPolicy, service_connection_string
+from dpsd.domain.sas import OWNER_POLICY, SharedAccessPolicy
 from dpsd.http.access import IN_PROCESS, AccessLog
 from dpsd.http.app import ServiceApiApp
 from dpsd.http.device_api import DeviceHandlers
@@ -131,9 +132,7 @@ class Runtime:
     def connection_string(
         self, port: int, hostname: str | None = None, policy_name: str = OWNER_POLICY
     ) -> str:
-        """``hostname``: the name the server was started with, when it differs from ours."""
-        name = hostname or self.settings.hostname
-        return service_connection_string(name, port, self.policies[policy_name])
+        return connection_string(self.settings, self.policies, port, hostname, policy_name)
 
 
 def _hub_trust(tls: TlsFiles) -> ssl.SSLContext:

@@ -23,7 +23,7 @@ COMMANDS = {
         "Serve the DPS service API, and device registration over HTTPS, MQTT and AMQP.",
     ),
     "info": LazyCommand(
-        "dpsd.cli.serve",
+        "dpsd.cli.info",
         "info_command",
         "The ID scope, service connection string, CA certificate and endpoints.",
     ),

@@ -1,12 +1,11 @@
-"""``dpsd serve`` and ``dpsd info``: they build the whole server, so this module imports it
-at once (dpsd.cli.lazy imports it only for these two commands)."""
+"""``dpsd serve``: it builds the whole server, so this module imports it at once
+(dpsd.cli.lazy imports it only for this command)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 from typing import Annotated
-from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
@@ -36,19 +35,10 @@ from dpsd.cli.options import (
     make_settings,
     worker_count,
 )
-from dpsd.cli.output import (
-    JsonOption,
-    Output,
-    OutputOption,
-    ShowKeys,
-    chosen,
-    print_fields,
-    print_json,
-)
 from dpsd.cli.store import opening_store
 from dpsd.cli.supervised import record_workers, serve_supervised
 from dpsd.data_dir import loose_permissions
-from dpsd.endpoints import Endpoints, running_endpoints, serving_endpoints
+from dpsd.endpoints import Endpoints
 from dpsd.server import ListenError, serve
 from dpsd.settings import (
     DEFAULT_AMQP_PORT,
@@ -213,63 +203,3 @@ def serve_command(
     except ListenError as error:
         fail(str(error), USAGE)
     console.print("dpsd stopped.")
-
-
-def info_command(
-    keys: ShowKeys = False,
-    output: OutputOption = Output.table,
-    as_json: JsonOption = False,
-    data_dir: DataDir = None,
-    database: Database = None,
-    host: Host = DEFAULT_HOST,
-    https_port: HttpsPort = DEFAULT_HTTPS_PORT,
-    http_port: HttpPort = None,
-    hostname: Hostname = None,
-    tls_name: TlsNames = None,
-) -> None:
-    """Print the ID scope, connection string, CA certificate and endpoints.
-
-    The endpoints are those of the server running on the data dir, if one is; the owner
-    policy's connection string is shown with --show-keys (JSON always has it). Initialises
-    the data dir when it is new, exactly as the first dpsd serve would.
-    """
-    settings = make_settings(data_dir, database, host, https_port, http_port, hostname, tls_name)
-
-    async def read() -> tuple[Runtime, Endpoints]:
-        async with build_runtime(settings) as runtime:
-            return runtime, serving_endpoints(settings)
-
-    with opening_store(settings, database is not None):
-        runtime, endpoints = asyncio.run(read())
-    https = urlsplit(endpoints.https)
-    info = {
-        "version": dpsd_version(),
-        "idScope": runtime.id_scope,
-        "serviceConnectionString": runtime.connection_string(https.port or 443, https.hostname),
-        "caCertificatePath": str(runtime.tls.ca_certificate),
-        "endpoints": endpoints.as_json(),
-    }
-    if chosen(output, as_json) is Output.json:
-        print_json(info)
-        return
-    running = running_endpoints(settings.data_dir)
-    print_fields(
-        [
-            ("version", info["version"]),
-            ("ID scope", info["idScope"]),
-            (
-                "connection string",
-                info["serviceConnectionString"] if keys else "hidden (it holds a key): --show-keys",
-            ),
-            ("CA certificate", info["caCertificatePath"]),
-            ("HTTPS endpoint", endpoints.https),
-            ("HTTP endpoint", endpoints.http or "off"),
-            ("MQTT endpoint", endpoints.mqtt or "off"),
-            ("AMQP endpoint", endpoints.amqp or "off"),
-            ("metrics endpoint", endpoints.metrics or "off"),
-            (
-                "server",
-                "running" if running is not None else "not running (the ports it would use)",
-            ),
-        ]
-    )
