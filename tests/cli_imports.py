@@ -33,6 +33,26 @@ NEVER_FOR_A_CLIENT_COMMAND = (
 
 NEVER_FOR_HELP = (*NEVER_FOR_A_CLIENT_COMMAND, "httpx", "httpcore", "ssl", "asyncio", "dpsd.client")
 
+NEVER_FOR_A_STORE_COMMAND = (
+    "dpsd.app",
+    "dpsd.server",
+    "dpsd.http",
+    "dpsd.mqtt",
+    "dpsd.amqp",
+    "dpsd.devices",
+    "dpsd.integrations",
+    "proton",
+    "cproton",
+    "uvicorn",
+    "starlette",
+    "websockets",
+    "httpx",
+    "prometheus_client",
+    "alembic",  # a store at the newest schema is recognised without it
+)
+"""What serving needs, and ``dpsd info``, ``hub``, ``certificate`` and ``policy`` must not
+load: they open the store through ``dpsd.administration``."""
+
 _RUN = """
 import json, sys
 report = sys.argv[1]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 import stat
 import subprocess
 from collections.abc import Callable, Iterator
@@ -103,6 +104,20 @@ def test_a_file_that_is_no_sqlite_database(tmp_path: Path) -> None:
     missing = f"sqlite:///{tmp_path / 'no-such-folder' / 'dpsd.db'}"
     line = failure_line(run_dpsd("info", *data_dir_args(tmp_path / "data"), "--database", missing))
     assert line == f"error: cannot use the database {missing}: No such file or directory"
+
+
+def test_a_store_a_newer_dpsd_migrated_is_refused_in_one_line(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    assert run_dpsd("info", *data_dir_args(data_dir)).returncode == 0
+    with sqlite3.connect(data_dir / "dpsd.db") as store:
+        store.execute("UPDATE alembic_version SET version_num = '9999'")
+    for command in (("hub", "list"), ("serve", *NO_LISTENERS)):
+        line = failure_line(run_dpsd(*command, *data_dir_args(data_dir)))
+        assert line.startswith(
+            f"error: cannot use the database sqlite:///{data_dir / 'dpsd.db'}: its schema "
+            "is not one this dpsd knows, perhaps a newer one's"
+        ), line
+        assert "9999" in line
 
 
 @pytest.mark.parametrize(

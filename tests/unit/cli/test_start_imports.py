@@ -1,11 +1,14 @@
 """Help, the version and a command that needs no service load neither the server, the
-store, TLS, httpx nor Rich (bench/cli_start.py measures what that is worth)."""
+store, TLS, httpx nor Rich (bench/cli_start.py measures what that is worth); the commands
+that open the store load none of the server (bench/store_commands.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.cli_imports import NEVER_FOR_HELP, run_dpsd_command
+from tests.cli_imports import NEVER_FOR_A_STORE_COMMAND, NEVER_FOR_HELP, run_dpsd_command
 
 
 @pytest.mark.parametrize(
@@ -51,3 +54,15 @@ def test_a_device_key_derived_offline_loads_nothing_heavy() -> None:
     assert run.exit_code == 0, run.stderr
     assert len(run.stdout.strip()) == 44  # a base64 HMAC-SHA256
     assert run.loaded(NEVER_FOR_HELP) == []
+
+
+@pytest.mark.parametrize(
+    "command", [("info",), ("hub", "list"), ("certificate", "list"), ("policy", "list")]
+)
+def test_a_store_command_loads_none_of_the_server(command: tuple[str, ...], tmp_path: Path) -> None:
+    data_dir = ("--data-dir", str(tmp_path / "data"))
+    assert run_dpsd_command("info", *data_dir).exit_code == 0  # a new data dir, migrated
+    run = run_dpsd_command(*command, *data_dir)
+    assert run.exit_code == 0, run.stderr
+    assert "dpsd.administration" in run.modules
+    assert run.loaded(NEVER_FOR_A_STORE_COMMAND) == []

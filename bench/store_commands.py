@@ -1,7 +1,7 @@
 """How long the commands that open a data dir's store take, start to end, as an operator
 runs them: ``dpsd info``, ``hub list``, ``certificate list`` and ``policy list``.
 
-    .venv/bin/python bench/cli_startup.py [--rounds 10] [--before PATH]
+    .venv/bin/python bench/store_commands.py [--rounds 10] [--before PATH]
 
 Each command runs as its own process (``python -m dpsd ... --data-dir DIR``, a data dir this
 script initialises first in a temporary directory, SQLite), ``--rounds`` times, the servers
