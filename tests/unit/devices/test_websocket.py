@@ -1,7 +1,9 @@
 """Device WebSockets (dpsd.devices.websocket) without sockets: whatever the split of the
 frames into reads, every byte of every message reaches the device protocol once and in
 order, and its answers come back as binary messages; whatever garbage follows the upgrade,
-nothing escapes, the connection is closed and its place given back."""
+nothing escapes, the connection is closed and its place given back; whatever a forwarded
+header says, the device's address is the peer's or one it names, and only a trusted
+proxy's is taken."""
 
 from __future__ import annotations
 
@@ -11,11 +13,14 @@ from types import SimpleNamespace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
 from websockets.protocol import Protocol, Side, State
 
 from dpsd.devices.listener import Admission, ConnectionLimits
-from dpsd.devices.websocket import DeviceWebSocket, DeviceWebSockets
+from dpsd.devices.websocket import DeviceWebSocket, DeviceWebSockets, client_address
 from tests.unit.devices.test_stream_device import (
     EchoConnection,
     FakeTransport,
@@ -124,3 +129,34 @@ def test_garbage_after_the_upgrade_closes_the_connection_and_nothing_escapes(
     garbage: bytes, after: list[bytes]
 ) -> None:
     asyncio.run(garbled(garbage, after))
+
+
+def upgrade_request(forwarded: list[str]) -> Request:
+    headers = Headers([("Host", "localhost"), *(("X-Forwarded-For", value) for value in forwarded)])
+    return Request("/$iothub/websocket", headers)
+
+
+async def no_app(scope: object, receive: object, send: object) -> None:
+    return None
+
+
+PROXIES = ProxyHeadersMiddleware(no_app, "127.0.0.1,::1")
+HEADER_VALUES = st.from_regex(
+    r"[!-~\x80-\xff]([ -~\x80-\xff]{0,38}[!-~\x80-\xff])?", fullmatch=True
+)
+"""What an HTTP parser lets through as a header value: printable, no edge spaces."""
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    forwarded=st.lists(HEADER_VALUES, max_size=3),
+    peer=st.sampled_from(["127.0.0.1", "::1", "10.0.0.7"]),
+)
+def test_any_forwarded_header_names_an_address_and_raises_nothing(
+    forwarded: list[str], peer: str
+) -> None:
+    address = client_address(PROXIES, (peer, 4242), upgrade_request(forwarded))
+    if peer == "10.0.0.7":
+        assert address == peer  # an untrusted peer's claim is not taken
+    else:
+        assert address == peer or address in ",".join(forwarded)
