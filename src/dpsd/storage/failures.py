@@ -4,12 +4,11 @@ database, the schema is from another dpsd. URLs are shown without their password
 
 from __future__ import annotations
 
-import sys
-
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from dpsd.storage.engine import async_url, sqlite_file
+from dpsd.storage.migrate import UnknownSchema
 
 _URL_FORMS = "write sqlite:///PATH or postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
 
@@ -42,7 +41,7 @@ def database_failure(error: BaseException, database: str) -> str | None:
         return _first_line(cause) or type(cause).__name__
     if isinstance(error, ArgumentError):
         return f"not a database URL ({_first_line(error)})"
-    if _is_migration_error(error):
+    if isinstance(error, UnknownSchema):
         return f"its schema is not one this dpsd knows, perhaps a newer one's ({error})"
     if isinstance(error, OSError) and error.filename is not None:
         file = sqlite_file(database)  # created before SQLite opens it: see create_engine
@@ -54,14 +53,6 @@ def database_failure(error: BaseException, database: str) -> str | None:
             return "the server did not answer in time"
         return error.strerror or _first_line(error) or type(error).__name__
     return None
-
-
-def _is_migration_error(error: BaseException) -> bool:
-    """Alembic could not bring the schema to this dpsd's (an unknown revision). Alembic is
-    loaded only when a migration runs (dpsd.storage.migrate): if it is not, this is not one
-    of its errors, and it is not imported for the question."""
-    alembic_util = sys.modules.get("alembic.util")
-    return alembic_util is not None and isinstance(error, alembic_util.CommandError)
 
 
 def _first_line(error: BaseException) -> str:

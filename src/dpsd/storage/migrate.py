@@ -26,6 +26,10 @@ _MIGRATIONS = Path(__file__).with_name("migrations")
 _POSTGRES_LOCK_ID = 0x64707364
 
 
+class UnknownSchema(Exception):
+    """The database's schema is at a revision this dpsd does not know (a newer dpsd's)."""
+
+
 def migrations_config() -> Config:
     """Alembic's configuration for dpsd's migrations."""
     from alembic.config import Config
@@ -39,10 +43,14 @@ def _upgrade(connection: Connection) -> None:
     if _revision(connection) == NEWEST_REVISION:
         return
     from alembic import command
+    from alembic.util import CommandError
 
     config = migrations_config()
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    try:
+        command.upgrade(config, "head")
+    except CommandError as error:
+        raise UnknownSchema(str(error)) from error
 
 
 def _revision(connection: Connection) -> str | None:
