@@ -96,15 +96,18 @@ class DeviceWebSockets:
             )
         return DeviceWebSocket(self, server_state.connections, self._proxies[key])
 
-    def listener(self, subprotocol: str) -> DeviceListener | None:
-        return self._listeners.get(subprotocol.lower())
+    def chosen(self, offered: Sequence[str]) -> tuple[Subprotocol, DeviceListener] | None:
+        """The first subprotocol offered that dpsd serves, as the client spelt it, and its
+        listener."""
+        for name in offered:
+            listener = self._listeners.get(name.lower())
+            if listener is not None:
+                return Subprotocol(name), listener
+        return None
 
     def subprotocol(self, offered: Sequence[str]) -> Subprotocol | None:
-        """The first subprotocol offered that dpsd serves, as the client spelt it."""
-        for name in offered:
-            if name.lower() in self._listeners:
-                return Subprotocol(name)
-        return None
+        chosen = self.chosen(offered)
+        return None if chosen is None else chosen[0]
 
 
 def client_address(
@@ -233,13 +236,13 @@ class DeviceWebSocket(asyncio.Protocol, asyncio.Transport):
         peername = transport.get_extra_info("peername") or ("?", 0)
         address = client_address(self._proxies, (str(peername[0]), int(peername[1])), request)
         offered = _offered(request)
-        subprotocol = self._server.subprotocol(offered or [])
-        listener = None if subprotocol is None else self._server.listener(subprotocol)
-        if listener is None:
+        chosen = self._server.chosen(offered or [])
+        if chosen is None:
             _log_refused(address, offered)
             reason = "No subprotocol offered is one dpsd serves (mqtt, AMQPWSB10).\n"
             self._send_response(handshake, handshake.reject(HTTPStatus.FORBIDDEN, reason))
             return
+        _, listener = chosen
         if not listener.has_room(address):
             listener.log_refused(address, "websocket")
             reason = "Too many device connections are open.\n"
