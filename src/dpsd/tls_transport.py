@@ -47,7 +47,7 @@ import contextlib
 import contextvars
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 READ_CHUNK = 16 * 1024  # one TLS record's plaintext at most
@@ -57,7 +57,6 @@ RECORD_SLICE = 16 * 1024  # plaintext encrypted into the outgoing BIO at once: o
 SOCKET_READ = 64 * 1024
 LINGER_SECONDS = 5.0
 DEADLINE_SLACK = 0.001  # a timer fired this close to its deadline has met it
-STREAM_LIMIT = 64 * 1024  # asyncio.start_server's default
 logger = logging.getLogger("dpsd.tls")
 # What the per-connection timers of listeners run in (this module's and the device
 # listener's): they set no context variables, and a copy of the context for each
@@ -433,23 +432,6 @@ class TlsTransport(asyncio.Transport):
 _NO_EXTRA: dict[str, Any] = {}
 
 
-def tls_protocol_factory(
-    context: ssl.SSLContext,
-    app_factory: AppProtocolFactory,
-    *,
-    handshake_timeout: float,
-    bio_slice: int = BIO_SLICE,
-) -> Callable[[], TlsServerProtocol]:
-    """For ``loop.create_server``: TLS with ``context`` on every accepted connection, the
-    protocol ``app_factory`` makes above it; one ``TlsListener`` for all of them."""
-    listener = TlsListener(handshake_timeout, bio_slice=bio_slice)
-
-    def make() -> TlsServerProtocol:
-        return TlsServerProtocol(context, app_factory, listener)
-
-    return make
-
-
 async def serve_tls(
     app_factory: AppProtocolFactory,
     context: ssl.SSLContext,
@@ -463,29 +445,11 @@ async def serve_tls(
     ``app_factory`` makes once its handshake is done; ``bio_slice``: see the module
     docstring; ``gate``: what decides, at accept, whether a connection gets TLS at all;
     ``listen``: ``loop.create_server``'s (``sock``, or ``host`` and ``port``)."""
-    factory: AppProtocolFactory = tls_protocol_factory(
-        context, app_factory, handshake_timeout=handshake_timeout, bio_slice=bio_slice
-    )
+    listener = TlsListener(handshake_timeout, bio_slice=bio_slice)  # one for every connection
+
+    def factory() -> TlsServerProtocol:
+        return TlsServerProtocol(context, app_factory, listener)
+
     return await asyncio.get_running_loop().create_server(
         gate(factory) if gate else factory, **listen
     )
-
-
-async def start_tls_server(
-    client_connected: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
-    context: ssl.SSLContext,
-    *,
-    handshake_timeout: float,
-    limit: int = STREAM_LIMIT,
-    **listen: Any,
-) -> asyncio.Server:
-    """``asyncio.start_server(client_connected, ssl=context, ...)`` on this module's TLS:
-    ``client_connected`` gets the streams of each connection once its handshake is done;
-    ``listen``: as ``serve_tls``'s."""
-    loop = asyncio.get_running_loop()
-
-    def streams() -> asyncio.StreamReaderProtocol:
-        reader = asyncio.StreamReader(limit=limit, loop=loop)
-        return asyncio.StreamReaderProtocol(reader, client_connected, loop=loop)
-
-    return await serve_tls(streams, context, handshake_timeout=handshake_timeout, **listen)

@@ -31,8 +31,8 @@ from dpsd.tls import (
     remove_hub_certificate,
 )
 from dpsd.tls_paths import TlsFiles
-from dpsd.tls_transport import start_tls_server
 from tests.certs import Issued, issue
+from tests.tls_streams import start_tls_server
 
 NOW = datetime.now(UTC)
 HUB = "hub1.example.net"

@@ -18,8 +18,9 @@ from cryptography.hazmat.primitives import serialization
 
 from dpsd.client_tls import ClientCertificateTrust, verified_chain
 from dpsd.tls import TlsFiles, ensure_tls
-from dpsd.tls_transport import TlsTransport, serve_tls, start_tls_server
+from dpsd.tls_transport import TlsTransport, serve_tls
 from tests.certs import issue
+from tests.tls_streams import start_tls_server
 
 HOST = "127.0.0.105"
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

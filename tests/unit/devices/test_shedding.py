@@ -16,8 +16,8 @@ from dpsd.client_tls import ClientCertificateTrust
 from dpsd.devices.shedding import LoopDelay, Shedding
 from dpsd.telemetry.metrics import Metrics
 from dpsd.tls import ensure_tls
-from dpsd.tls_transport import start_tls_server
 from tests.log_capture import captured_logs, json_lines
+from tests.tls_streams import start_tls_server
 
 
 class Late:
