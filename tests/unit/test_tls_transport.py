@@ -17,7 +17,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from dpsd.client_tls import ClientCertificateTrust, verified_chain
-from dpsd.tls import TlsFiles, ensure_tls
+from dpsd.tls import ensure_tls
+from dpsd.tls_paths import TlsFiles
 from dpsd.tls_transport import TlsTransport, serve_tls
 from tests.certs import issue
 from tests.tls_streams import start_tls_server
