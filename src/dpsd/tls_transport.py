@@ -17,9 +17,10 @@ on the TCP transport:
   ``SSL_MODE_RELEASE_BUFFERS`` on every context), and both BIOs are empty between reads.
   A memory BIO keeps the capacity of the most it ever held (a third more), so bytes go in
   by slices: a socket read into the incoming BIO ``bio_slice`` bytes at a time (4 KB;
-  device listeners 256, whose connections stay for hours: a ClientHello alone would
-  leave 700 bytes), each taken by OpenSSL before the next, and plaintext into the
-  outgoing one record (16 KB) at a time, each sent before the next.
+  device listeners 256, whose connections stay for hours; 256 on every listener until
+  the handshake is done, as a ClientHello alone would leave 700 bytes, and a device may
+  stay on the HTTPS port over WebSockets), each taken by OpenSSL before the next, and
+  plaintext into the outgoing one record (16 KB) at a time, each sent before the next.
   What a connection keeps is then bounded (its handshake's flight, a few KB, or one
   record) however large the bodies it carried.
 
@@ -53,6 +54,7 @@ from typing import Any
 READ_CHUNK = 16 * 1024  # one TLS record's plaintext at most
 BIO_SLICE = 4 * 1024  # what goes into the incoming BIO at once (see the module docstring)
 DEVICE_BIO_SLICE = 256
+HANDSHAKE_BIO_SLICE = 256  # on every listener until the handshake is done
 RECORD_SLICE = 16 * 1024  # plaintext encrypted into the outgoing BIO at once: one record
 SOCKET_READ = 64 * 1024
 LINGER_SECONDS = 5.0
@@ -173,14 +175,16 @@ class TlsServerProtocol(asyncio.BufferedProtocol):
         """Ciphertext into the incoming BIO by slices, each taken before the next. Once the
         protocol above pauses, the rest (of one socket read at most) waits outside the BIO
         until it resumes: in the BIO it would leave the BIO that large for good."""
-        bio_slice = self._listener.bio_slice
-        for start in range(0, len(data), bio_slice):
+        start = 0
+        while start < len(data):
             if self._closing:
                 return  # lingering (see close): what the peer still sends is dropped
             if self._paused:
                 self._held = bytes(data[start:])
                 return
-            self._incoming.write(data[start : start + bio_slice])
+            size = self._listener.bio_slice if self._app is not None else HANDSHAKE_BIO_SLICE
+            self._incoming.write(data[start : start + size])
+            start += size
             self._advance()
 
     def _resume_taking(self) -> None:

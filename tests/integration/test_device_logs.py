@@ -18,6 +18,7 @@ import pytest
 
 from dpsd.domain.device_auth import derive_device_key
 from dpsd.domain.hub import OWNER_HUB_POLICY
+from dpsd.service.ports import CustomAllocationRequest, CustomAllocationResult
 from dpsd.telemetry.logs import LogFormat
 from tests.amqp_peer import ProtonPeer, exchange
 from tests.certs import issue
@@ -31,7 +32,7 @@ from tests.integration.test_device_registration_api import (
     enroll_group,
     register,
 )
-from tests.log_capture import captured_logs, events
+from tests.log_capture import captured_logs, events, json_lines
 from tests.mqtt_device import BareMqttDevice
 
 HUB = "hub-a.example"
@@ -107,10 +108,12 @@ async def test_an_https_registration_is_logged_from_register_to_assignment(
         await devices.api.runtime.devices.drain()
     assert started.status_code == 202
     tracking_id = started.headers["x-ms-request-id"]
-    (registering,) = events(stream, "registering", protocol="https", registration_id="dev-1")
+    # Assigned within its register request: one line says it all.
+    assert events(stream, "registering") == []
     (assigned,) = events(stream, "assigned", protocol="https", registration_id="dev-1")
-    assert registering["operation_id"] == started.json()["operationId"]
-    assert (registering["attestation"], registering["tracking_id"]) == ("symmetricKey", tracking_id)
+    assert assigned["operation_id"] == started.json()["operationId"]
+    assert assigned["attestation"] == "symmetricKey"
+    assert "enrollment_group_id" not in assigned  # an individual enrollment (None: left out)
     assert assigned["message"] == f"https device dev-1 assigned to {HUB}"
     assert (assigned["hub"], assigned["allocation_policy"], assigned["device_id"]) == (
         HUB,
@@ -123,6 +126,38 @@ async def test_an_https_registration_is_logged_from_register_to_assignment(
     assert devices.counted("dpsd_registration_duration_seconds_count", **labels) == 0
     timed = {"protocol": "https", "outcome": "assigned"}
     assert devices.counted("dpsd_registration_duration_seconds_count", **timed) == 1
+
+
+class PromptAllocator:
+    """A custom allocation webhook that answers at once."""
+
+    async def allocate(self, request: CustomAllocationRequest) -> CustomAllocationResult:
+        return CustomAllocationResult(iot_hub_host_name=HUB)
+
+
+async def test_a_registration_answered_before_it_ends_is_logged_as_registering_first(
+    devices: Devices, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A custom allocation is never waited for by the register request: it goes on after.
+    definition = {"webhookUrl": "https://allocator.example/", "apiVersion": "2021-10-01"}
+    await enroll(
+        devices.api, "custom-1", allocationPolicy="custom", customAllocationDefinition=definition
+    )
+    monkeypatch.setattr(devices.api.runtime.devices, "allocator", PromptAllocator())
+    with captured_logs() as stream:
+        started = await register(devices.api, "custom-1", KEY)
+        await devices.api.runtime.devices.drain()
+    assert started.status_code == 202
+    tracking_id = started.headers["x-ms-request-id"]
+    lines = [line for line in json_lines(stream) if line.get("registration_id") == "custom-1"]
+    assert [line["event"] for line in lines] == ["registering", "assigned"]
+    registering, assigned = lines
+    assert registering["operation_id"] == assigned["operation_id"] == started.json()["operationId"]
+    assert (registering["attestation"], registering["allocation_policy"]) == (
+        "symmetricKey",
+        "custom",
+    )
+    assert registering["tracking_id"] == assigned["tracking_id"] == tracking_id
 
 
 async def test_a_refused_device_is_logged_with_the_reason_and_the_tracking_id(

@@ -7,12 +7,13 @@ setting makes: this one. Its WebSocket protocols run an ASGI task per connection
 queue, events and keep-alive pings, about 20 KB per connected device; a device connection
 needs none of it. Here one ``asyncio.Protocol`` answers the upgrade, turns WebSocket
 frames into the byte stream of the device protocol and back (``websockets``' sans-I/O
-frame parser), and hands that stream to the same shell as a TLS connection
-(``dpsd.devices.listener``): admission, deadlines, write flow control and logs are the
-same on both. Liveness is the device protocol's (MQTT keep-alive, AMQP heartbeats): the
-server sends no WebSocket pings of its own, and answers the device's. No compression is
-offered: a compressing WebSocket keeps zlib's state, hundreds of KB, for as long as it is
-open (a Node device offers it by default), and device packets are small.
+frame parser, made only while a frame is partly read: an idle device keeps none), and
+hands that stream to the same shell as a TLS connection (``dpsd.devices.listener``):
+admission, deadlines, write flow control and logs are the same on both. Liveness is the
+device protocol's (MQTT keep-alive, AMQP heartbeats): the server sends no WebSocket pings
+of its own, and answers the device's. No compression is offered: a compressing WebSocket
+keeps zlib's state, hundreds of KB, for as long as it is open (a Node device offers it by
+default), and device packets are small.
 
 Upgrades are refused with an HTTP status before any frame: 403 when no subprotocol of the
 offer is one dpsd serves, 503 when the device connections are at their limit (the count
@@ -31,7 +32,7 @@ from typing import Any, Protocol
 
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from websockets.exceptions import InvalidHandshake
-from websockets.frames import Frame, Opcode
+from websockets.frames import Close, Frame, Opcode
 from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol as Frames
@@ -156,11 +157,14 @@ class DeviceWebSocket(asyncio.Protocol, asyncio.Transport):
         "_address",
         "_connections",
         "_device",
+        "_fragmented",
         "_frames",
         "_handshake",
+        "_open",
         "_proxies",
         "_server",
         "_transport",
+        "_unparsed",
     )
 
     def __init__(
@@ -178,7 +182,10 @@ class DeviceWebSocket(asyncio.Protocol, asyncio.Transport):
             select_subprotocol=lambda _, offered: server.subprotocol(offered),
             logger=_frames_logger,
         )
-        self._frames: Frames | None = None
+        self._open = False  # the upgrade was accepted, and no close was sent or received
+        self._frames: Frames | None = None  # the parser, while a frame is partly read
+        self._fragmented = False  # a message's first frames were read, not its last
+        self._unparsed = 0  # bytes given to the parser and not yet seen in a whole frame
         self._device: asyncio.Protocol | None = None
 
     # --- from the transport ---------------------------------------------------------
@@ -191,9 +198,11 @@ class DeviceWebSocket(asyncio.Protocol, asyncio.Transport):
     def data_received(self, data: bytes) -> None:
         if self._handshake is not None:
             self._handshake_received(self._handshake, data)
-        elif self._frames is not None:
-            self._frames.receive_data(data)
-            self._frames_received(self._frames)
+        elif self._open:
+            frames = self._frames or _parser()
+            self._unparsed += len(data)
+            frames.receive_data(data)
+            self._frames_received(frames)
 
     def eof_received(self) -> bool:
         if self._device is not None:
@@ -213,6 +222,11 @@ class DeviceWebSocket(asyncio.Protocol, asyncio.Transport):
         self._handshake = None
         if self._device is not None:
             self._device.connection_lost(exc)
+
+    @property
+    def reading_frame(self) -> bool:
+        """A frame or a fragmented message is partly read (the parser is kept for it)."""
+        return self._frames is not None
 
     def shutdown(self) -> None:
         """uvicorn stops: the device is told the server is going away."""
@@ -250,7 +264,7 @@ class DeviceWebSocket(asyncio.Protocol, asyncio.Transport):
             self._send_response(handshake, response)
             return
         if self._send_response(handshake, handshake.accept(request)):
-            self._frames = Frames(Side.SERVER, state=State.OPEN, max_size=MESSAGE_LIMIT)
+            self._open = True
             self._address = address
             self._device = listener.connection_protocol("websocket")
             self._device.connection_made(self)
@@ -272,13 +286,26 @@ class DeviceWebSocket(asyncio.Protocol, asyncio.Transport):
         device = self._device
         assert device is not None
         for event in frames.events_received():
-            if isinstance(event, Frame) and event.opcode in _DATA and event.data:
-                device.data_received(bytes(event.data))
+            if not isinstance(event, Frame):
+                continue
+            self._unparsed -= _least_frame_size(event)
+            if event.opcode in _DATA:
+                self._fragmented = not event.fin
+                if event.data:
+                    device.data_received(bytes(event.data))
         self._write(frames.data_to_send())  # pongs, and the close that answers one
         if frames.state is State.OPEN:
+            if self._open:  # else the device protocol closed it meanwhile
+                # Kept only while a frame or a message is partly read: a parser costs
+                # about 1 KB, and a new one is what it would be again once a frame is whole.
+                idle = not self._fragmented and self._unparsed <= 0
+                self._frames = None if idle else frames
+                if idle:
+                    self._unparsed = 0
             return
         # The device closed the WebSocket (what it sent before is still answered), or
         # broke the protocol (answered with the close websockets chose: 1002, 1009).
+        self._open = False
         self._frames = None
         if frames.parser_exc is not None:
             device.connection_lost(frames.parser_exc)
@@ -290,16 +317,15 @@ class DeviceWebSocket(asyncio.Protocol, asyncio.Transport):
     # --- to the device protocol: its transport ----------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        frames = self._frames
-        if frames is not None and frames.state is State.OPEN:
-            frames.send_binary(data)
-            self._write(frames.data_to_send())
+        if self._open:
+            self._write([Frame(Opcode.BINARY, bytes(data)).serialize(mask=False)])
 
     def close(self, code: int = 1000) -> None:
-        frames = self._frames
-        if frames is not None and frames.state is State.OPEN:
-            frames.send_close(code)
-            self._write(frames.data_to_send())
+        if self._open:
+            self._open = False
+            self._frames = None
+            closing = Frame(Opcode.CLOSE, Close(code, "").serialize())
+            self._write([closing.serialize(mask=False)])
         if self._transport is not None:
             self._transport.close()
 
@@ -335,6 +361,21 @@ class DeviceWebSocket(asyncio.Protocol, asyncio.Transport):
     def _connection(self) -> asyncio.Transport:
         assert self._transport is not None
         return self._transport
+
+
+def _least_frame_size(frame: Frame) -> int:
+    """The fewest bytes a device's frame with this payload takes (RFC 6455, 5.2: the
+    shortest length encoding, and the mask every frame from a client carries). A frame that
+    took more (a longer length encoding than needed) leaves the count above zero, and the
+    parser is kept: bytes are never dropped, at worst a parser is kept for nothing."""
+    size = len(frame.data)
+    length_bytes = 0 if size < 126 else 2 if size < 1 << 16 else 8
+    return 2 + length_bytes + 4 + size
+
+
+def _parser() -> Frames:
+    """A frame parser of an open WebSocket, from the start of a frame."""
+    return Frames(Side.SERVER, state=State.OPEN, max_size=MESSAGE_LIMIT, logger=_frames_logger)
 
 
 def _offered(request: Request) -> list[str] | None:

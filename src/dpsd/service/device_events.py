@@ -38,7 +38,10 @@ class DeviceRefused:
 
 @dataclass(frozen=True, slots=True)
 class RegistrationStarted:
-    """A device was attested and its operation started (``assigning``)."""
+    """A device was attested and its operation started (``assigning``), and the register
+    request is answered before the operation ends (custom allocation, a slow hub): its
+    outcome is reported later. An operation that ends within the register request reports
+    its outcome only."""
 
     protocol: DeviceProtocol
     operation: RegistrationOperation

@@ -267,17 +267,20 @@ class DeviceRegistrationService:
         except BaseException:
             slot.release()
             raise
-        self.events.started(RegistrationStarted(protocol, started, _policy_name(attested)))
         # A slow webhook or hub must not hold the register call: the device polls meanwhile.
         task = self._in_background(self._complete(started, attested, payload, protocol), slot)
         if not attested.custom:
             done, _ = await asyncio.wait({task}, timeout=self.inline_completion)
             if task in done:
                 task.result()  # a store failure reaches the caller
-            else:
-                # Answered before it finished: the operation is stored as started, unless
-                # it finished meanwhile (an operation's status only moves forward).
-                await self.operations.add(started)
+                await self._clean_up(now)
+                return started
+        # Answered before it finished (nothing of it was reported yet): reported as started,
+        # and the operation stored as such, unless it finished meanwhile (an operation's
+        # status only moves forward).
+        self.events.started(RegistrationStarted(protocol, started, _policy_name(attested)))
+        if not attested.custom:
+            await self.operations.add(started)
         await self._clean_up(now)
         return started
 

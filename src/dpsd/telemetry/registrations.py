@@ -3,11 +3,12 @@ their port (``dpsd.service.device_events``), plugged in by the composition root.
 
 One line per event on the ``dpsd.devices`` logger, with an ``event`` fact for machines:
 ``refused`` (the credential proved no enrollment), ``throttled`` (a load limit refused a
-request: which, and the retry-after the device was told), ``registering``, then
-``assigned`` (hub, device id, allocation policy), ``failed`` (error code and message),
-``disabled`` or ``error`` (dpsd itself failed to finish the registration). The lines carry
-the tracking id of the request that started the registration, also when it ends in the
-background.
+request: which, and the retry-after the device was told), ``registering`` (only when the
+register request is answered before the registration ends: custom allocation, a slow hub),
+then ``assigned`` (hub, device id, allocation policy), ``failed`` (error code and message),
+``disabled`` or ``error`` (dpsd itself failed to finish the registration), each with the
+operation, the attestation and the enrollment group. The lines carry the tracking id of
+the request that started the registration, also when it ends in the background.
 """
 
 from __future__ import annotations
@@ -89,6 +90,8 @@ class ReportedRegistrations:
             "protocol": event.protocol.value,
             "registration_id": event.operation.registration_id,
             "operation_id": event.operation.operation_id,
+            "attestation": event.operation.attestation_type,
+            "enrollment_group_id": event.operation.enrollment_group_id,
             "duration_ms": round(event.seconds * 1000, 1),
         }
         if state is None:

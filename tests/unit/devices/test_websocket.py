@@ -93,6 +93,7 @@ async def framed(messages: list[bytes], cuts: list[int], fragment: int) -> None:
     answers = server_messages(bytes(transport.written))
     assert b"".join(answers) == b"".join(b"<" + part + b">" for part in connection.received)
     assert transport.how is None  # still open
+    assert not websocket.reading_frame  # every frame whole: no parser kept between them
 
 
 @settings(max_examples=100, deadline=None)
@@ -105,6 +106,27 @@ def test_messages_split_anywhere_reach_the_device_in_order(
     messages: list[bytes], cuts: list[int], fragment: int
 ) -> None:
     asyncio.run(framed(messages, cuts, fragment))
+
+
+async def test_frames_of_every_length_encoding_leave_no_parser_behind() -> None:
+    connection = EchoConnection()
+    websocket, transport = upgraded(Admission(), connection)
+    messages = [b"s" * 125, b"m" * 126, b"l" * 70_000]
+    data = client_frames(messages)
+    websocket.data_received(data[:-1])
+    assert websocket.reading_frame
+    websocket.data_received(data[-1:])
+    await settled()
+    assert not websocket.reading_frame
+    assert b"".join(connection.received) == b"".join(messages)
+    ping = Protocol(Side.CLIENT, state=State.OPEN)
+    ping.send_ping(b"are you there")
+    websocket.data_received(b"".join(ping.data_to_send()))
+    assert not websocket.reading_frame
+    pongs = Protocol(Side.CLIENT, state=State.OPEN)
+    pongs.receive_data(bytes(transport.written))
+    frames = [event for event in pongs.events_received() if isinstance(event, Frame)]
+    assert (frames[-1].opcode, frames[-1].data) == (Opcode.PONG, b"are you there")
 
 
 async def garbled(garbage: bytes, after: list[bytes]) -> None:
