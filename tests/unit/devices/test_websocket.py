@@ -129,6 +129,20 @@ async def test_frames_of_every_length_encoding_leave_no_parser_behind() -> None:
     assert (frames[-1].opcode, frames[-1].data) == (Opcode.PONG, b"are you there")
 
 
+async def test_a_frame_with_a_longer_length_encoding_than_needed_loses_nothing() -> None:
+    connection = EchoConnection()
+    websocket, _ = upgraded(Admission(), connection)
+    mask = b"\x01\x02\x03\x04"
+    payload = b"hello"
+    masked = bytes(byte ^ mask[index % 4] for index, byte in enumerate(payload))
+    # 126: a 16-bit length follows, for a payload that the 7-bit one could have said.
+    frame = bytes([0x82, 0x80 | 126]) + len(payload).to_bytes(2, "big") + mask + masked
+    websocket.data_received(frame + client_frames([b"after"]))
+    await settled()
+    assert b"".join(connection.received) == b"helloafter"
+    assert websocket.reading_frame  # two bytes more than counted: the parser is kept
+
+
 async def garbled(garbage: bytes, after: list[bytes]) -> None:
     admission = Admission(ConnectionLimits(max_connections=1))
     connection = EchoConnection()
