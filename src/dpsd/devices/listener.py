@@ -172,21 +172,23 @@ class DeviceListener:
             },
         )
 
-    def _release(self, opened: _Opened) -> None:
-        self._admission.release(opened.address)
+    def _release(self, device: _StreamDevice, address: str, ended: str | None) -> None:
+        """``device``, admitted from ``address``, ended (``ended``: why, as the shell saw
+        it, unless its protocol says)."""
+        self._admission.release(address)
         if self._metrics is not None:
             self._metrics.connection_closed(self.protocol)
-        connection = opened.connection
-        reason = (connection.close_reason if connection is not None else None) or opened.ended
-        seconds = asyncio.get_running_loop().time() - opened.started
+        connection = device.connection
+        reason = (connection.close_reason if connection is not None else None) or ended
+        seconds = asyncio.get_running_loop().time() - device.started
         logger.info(
             "%(protocol)s connection closed: %(reason)s",
             {
                 "event": "disconnected",
                 "protocol": self.protocol,
                 "registration_id": connection.registration_id if connection else None,
-                "client": opened.address,
-                "transport": opened.transport,
+                "client": address,
+                "transport": device.transport_name,
                 "duration_ms": round(seconds * 1000, 1),
                 "reason": reason or "the connection ended",
             },
@@ -216,27 +218,29 @@ class _StreamDevice(asyncio.Protocol):
     one per packet)."""
 
     __slots__ = (
-        "_connection",
         "_deadline",
         "_ended",
-        "_kind",
         "_listener",
         "_loop",
-        "_opened",
         "_task",
         "_timer",
         "_transport",
         "_waiting",
         "_write_blocked",
+        "address",
+        "connection",
+        "started",
+        "transport_name",
     )
 
     def __init__(self, listener: DeviceListener, kind: str) -> None:
         self._listener = listener
-        self._kind = kind  # of transport, for the logs
+        self.transport_name = kind  # for the logs: tls, websocket
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._opened: _Opened | None = None
-        self._connection: DeviceConnection | None = None
+        self.address: str | None = None  # once admitted
+        self.started = 0.0  # when it was admitted (the event loop's time)
+        self.connection: DeviceConnection | None = None
         self._task: asyncio.Task[None] | None = None
         self._waiting: list[bytes] | None = None  # bytes come while others are answered
         self._timer: asyncio.TimerHandle | None = None
@@ -250,13 +254,14 @@ class _StreamDevice(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         listener = self._listener
         address = str((transport.get_extra_info("peername") or ("?",))[0])
-        if not listener._admit(address, self._kind):
+        if not listener._admit(address, self.transport_name):
             self._ended = True
             transport.close()
             return
         self._transport = transport
         listener._transports.add(transport)
-        opened = self._opened = _Opened(address, self._kind, self._loop.time())
+        self.address = address
+        self.started = self._loop.time()
         try:
             connection = listener._new_connection(
                 verified_chain(transport.get_extra_info("ssl_object"))
@@ -265,8 +270,8 @@ class _StreamDevice(asyncio.Protocol):
             logger.exception("setting up a %s device connection failed", listener.protocol)
             self._end("dpsd failed to set up the connection")
             return
-        opened.connection = self._connection = connection
-        self._arm(opened.started + listener._handshake_timeout)
+        self.connection = connection
+        self._arm(self.started + listener._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
         if self._ended:
@@ -306,7 +311,7 @@ class _StreamDevice(asyncio.Protocol):
         self._task = self._loop.create_task(self._answered(data))
 
     async def _answered(self, data: bytes) -> None:
-        connection = self._connection
+        connection = self.connection
         assert connection is not None
         try:
             outgoing = await connection.receive(data)
@@ -324,7 +329,7 @@ class _StreamDevice(asyncio.Protocol):
 
     def _next(self) -> None:
         """After an answer or a write the device took: end, answer what waits, or wait."""
-        connection = self._connection
+        connection = self.connection
         assert connection is not None
         if self._write_blocked:
             return  # not even a last answer is dropped: the device reads it, or times out
@@ -339,8 +344,8 @@ class _StreamDevice(asyncio.Protocol):
         if connection.established:
             wait = connection.wait_time()
             self._arm(None if wait is None else self._loop.time() + wait)
-        elif self._opened is not None:
-            self._arm(self._opened.started + self._listener._handshake_timeout)
+        elif self.address is not None:
+            self._arm(self.started + self._listener._handshake_timeout)
 
     def _answer_waiting(self) -> bool:
         """Answer the bytes that waited, in one piece; the end of stream, when it came after
@@ -389,7 +394,7 @@ class _StreamDevice(asyncio.Protocol):
         if deadline > self._loop.time() + DEADLINE_SLACK:
             self._schedule(deadline)
             return
-        connection = self._connection
+        connection = self.connection
         assert connection is not None
         if self._write_blocked:
             self._end(self._listener._broken(TimeoutError()))
@@ -412,10 +417,8 @@ class _StreamDevice(asyncio.Protocol):
         else:
             self._waiting = None
         transport = self._transport
-        opened = self._opened
-        if opened is not None:
-            opened.ended = reason
-            self._listener._release(opened)
+        if self.address is not None:
+            self._listener._release(self, self.address, reason)
         if transport is not None:
             self._listener._transports.discard(transport)
             if transport.get_write_buffer_size():
@@ -437,15 +440,3 @@ class _StreamDevice(asyncio.Protocol):
     def _resume(self) -> None:
         if self._transport is not None and not self._transport.is_reading():
             self._transport.resume_reading()
-
-
-@dataclass(slots=True)
-class _Opened:
-    """A device connection being served: where from, over what, since when; its protocol
-    state once made, and why it ended, as the shell saw it."""
-
-    address: str
-    transport: str
-    started: float
-    connection: DeviceConnection | None = None
-    ended: str | None = None
