@@ -52,17 +52,23 @@ def upgraded(
     return websocket, transport
 
 
-def client_frames(messages: list[bytes], fragment: int = 0) -> bytes:
+def client_frames(messages: list[bytes], fragment: int = 0, pings: bytes = b"") -> bytes:
     """What a client sends for ``messages``, each a binary message (masked); with
-    ``fragment``, a message longer than that is sent in fragments of that size."""
+    ``fragment``, a message longer than that is sent in fragments of that size; with
+    ``pings``, a ping carrying it goes before every frame (inside fragmented messages too,
+    as RFC 6455 allows control frames there)."""
     client = Protocol(Side.CLIENT, state=State.OPEN)
     for message in messages:
         parts = [message]
         if fragment:
             parts = [message[at : at + fragment] for at in range(0, len(message), fragment)]
-        client.send_binary(parts[0], fin=len(parts) == 1)
-        for index, part in enumerate(parts[1:], start=2):
-            client.send_continuation(part, fin=index == len(parts))
+        for index, part in enumerate(parts, start=1):
+            if pings:
+                client.send_ping(pings)
+            if index == 1:
+                client.send_binary(part, fin=len(parts) == 1)
+            else:
+                client.send_continuation(part, fin=index == len(parts))
     return b"".join(client.data_to_send())
 
 
@@ -82,16 +88,26 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[start:end] for start, end in itertools.pairwise(points) if end > start]
 
 
-async def framed(messages: list[bytes], cuts: list[int], fragment: int) -> None:
+async def framed(messages: list[bytes], cuts: list[int], fragment: int, pings: bytes) -> None:
     connection = EchoConnection()
     websocket, transport = upgraded(Admission(), connection)
-    for chunk in split(client_frames(messages, fragment), cuts):
+    for chunk in split(client_frames(messages, fragment, pings), cuts):
         websocket.data_received(chunk)
         await asyncio.sleep(0)
     await settled()
     assert b"".join(connection.received) == b"".join(messages)
     answers = server_messages(bytes(transport.written))
     assert b"".join(answers) == b"".join(b"<" + part + b">" for part in connection.received)
+    if pings:
+        client = Protocol(Side.CLIENT, state=State.OPEN)
+        client.receive_data(bytes(transport.written))
+        pongs = [
+            event.data
+            for event in client.events_received()
+            if isinstance(event, Frame) and event.opcode is Opcode.PONG
+        ]
+        data_frames = sum(-(-len(message) // (fragment or len(message))) for message in messages)
+        assert pongs == [pings] * data_frames  # a ping before each
     assert transport.how is None  # still open
     assert not websocket.reading_frame  # every frame whole: no parser kept between them
 
@@ -101,11 +117,12 @@ async def framed(messages: list[bytes], cuts: list[int], fragment: int) -> None:
     messages=st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=6),
     cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=12),
     fragment=st.integers(min_value=0, max_value=64),
+    pings=st.sampled_from([b"", b"?", b"p" * 125]),
 )
 def test_messages_split_anywhere_reach_the_device_in_order(
-    messages: list[bytes], cuts: list[int], fragment: int
+    messages: list[bytes], cuts: list[int], fragment: int, pings: bytes
 ) -> None:
-    asyncio.run(framed(messages, cuts, fragment))
+    asyncio.run(framed(messages, cuts, fragment, pings))
 
 
 async def test_frames_of_every_length_encoding_leave_no_parser_behind() -> None:
