@@ -15,8 +15,9 @@ metric.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+from prometheus_client.metrics_core import Metric
 
 from dpsd.version import dpsd_version
 
@@ -39,6 +41,7 @@ METRICS_PATH = "/metrics"
 REQUEST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 REGISTRATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60)
 DEVICE_PROTOCOLS = ("mqtt", "amqp")
+_VALUES_HEADER = 8  # a worker's file starts with how much of it is used (prometheus-client)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -60,6 +63,45 @@ def forget_process(directory: Path, pid: int) -> None:
     multiprocess.mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
 
 
+class SharedFilesCollector:
+    """The sum of the values every worker keeps in the files of ``directory``: what
+    prometheus-client's ``MultiProcessCollector`` serves, but for a file a worker is making
+    at that moment. Such a file is empty until the worker sizes it, and the library's
+    collector fails on it (a worker starting beside another, or a scrape as a worker counts
+    something for the first time); it holds no value yet and is left for the next scrape.
+    A file that goes while the files are read (the supervisor forgets a worker that ended)
+    has them listed again."""
+
+    def __init__(self, directory: Path) -> None:
+        self._directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        attempts = 3
+        for attempt in range(1, attempts + 1):
+            try:
+                return _merged(self._written_files())
+            except FileNotFoundError:
+                # Gone between the listing and its reading: list them again.
+                if attempt == attempts:
+                    raise
+        raise AssertionError("not reached")
+
+    def _written_files(self) -> list[str]:
+        files = []
+        for path in self._directory.glob("*.db"):
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_size >= _VALUES_HEADER:
+                    files.append(str(path))
+        return files
+
+
+def _merged(files: list[str]) -> Iterable[Metric]:
+    merged: Iterable[Metric] = multiprocess.MultiProcessCollector.merge(  # type: ignore[no-untyped-call]
+        files, accumulate=True
+    )
+    return merged
+
+
 class Metrics:
     """The metrics of one dpsd process. ``process``: also the process's CPU, memory and
     open files, the Python platform and garbage collector (what the default registry of
@@ -71,7 +113,7 @@ class Metrics:
         registry = self.registry
         if shared is not None:
             registry = CollectorRegistry(auto_describe=True)  # counts, served from the files
-            multiprocess.MultiProcessCollector(self.registry, path=str(shared))  # type: ignore[no-untyped-call]
+            self.registry.register(SharedFilesCollector(shared))
         elif process:
             for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
                 self.registry.register(collector)

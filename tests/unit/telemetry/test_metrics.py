@@ -4,8 +4,10 @@ reported by the use cases turned into lines and counts."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 
 from dpsd.domain.registration import (
@@ -139,3 +141,32 @@ def test_registration_events_become_lines_and_counts() -> None:
         assert value(metrics, "dpsd_registrations_total", **labels) == 1
     refused_labels = {"protocol": "amqp", "attestation": "x509", "outcome": "refused"}
     assert value(metrics, "dpsd_registrations_total", **refused_labels) == 1
+
+
+def write_worker_counter(directory: Path, pid: int, protocol: str, count: float) -> None:
+    """What a worker counting in the shared files keeps for one counter (prometheus-client's
+    own file format)."""
+    values = MmapedDict(str(directory / f"counter_{pid}.db"))
+    labels = ["protocol", "attestation", "outcome"]
+    key = mmap_key(
+        "dpsd_registrations",
+        "dpsd_registrations_total",
+        labels,
+        [protocol, "symmetricKey", "assigned"],
+        "help",
+    )
+    values.write_value(key, count, 0.0)
+    values.close()
+
+
+def test_workers_counts_are_summed_and_a_file_a_worker_is_making_is_left_for_later(
+    tmp_path: Path,
+) -> None:
+    write_worker_counter(tmp_path, 101, "mqtt", 2)
+    write_worker_counter(tmp_path, 102, "mqtt", 3)
+    (tmp_path / "counter_103.db").touch()  # a worker starting: created, not sized yet
+    metrics = Metrics(shared=tmp_path)  # collects once as it registers: nothing fails
+    labels = {"protocol": "mqtt", "attestation": "symmetricKey", "outcome": "assigned"}
+    assert value(metrics, "dpsd_registrations_total", **labels) == 5
+    write_worker_counter(tmp_path, 103, "mqtt", 4)  # sized and written since
+    assert value(metrics, "dpsd_registrations_total", **labels) == 9
