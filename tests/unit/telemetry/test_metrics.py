@@ -22,7 +22,7 @@ from dpsd.service.device_events import (
     RegistrationFinished,
     RegistrationStarted,
 )
-from dpsd.telemetry.metrics import Metrics, metrics_app
+from dpsd.telemetry.metrics import Metrics, SharedFilesCollector, metrics_app
 from dpsd.telemetry.registrations import ReportedRegistrations
 from tests.log_capture import captured_logs, json_lines
 
@@ -170,3 +170,15 @@ def test_workers_counts_are_summed_and_a_file_a_worker_is_making_is_left_for_lat
     assert value(metrics, "dpsd_registrations_total", **labels) == 5
     write_worker_counter(tmp_path, 103, "mqtt", 4)  # sized and written since
     assert value(metrics, "dpsd_registrations_total", **labels) == 9
+
+
+def test_a_workers_file_gone_while_the_files_are_read_has_them_listed_again(
+    tmp_path: Path,
+) -> None:
+    write_worker_counter(tmp_path, 101, "amqp", 2)
+    collector = SharedFilesCollector(tmp_path)
+    listed = [[str(tmp_path / "counter_999.db")]]  # listed, then forgotten by the supervisor
+    real = collector._written_files
+    collector._written_files = lambda: listed.pop() if listed else real()  # type: ignore[method-assign]
+    (family,) = [family for family in collector.collect() if family.name == "dpsd_registrations"]
+    assert [sample.value for sample in family.samples] == [2.0]
