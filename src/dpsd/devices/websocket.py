@@ -298,10 +298,8 @@ class DeviceWebSocket(asyncio.Protocol, asyncio.Transport):
             if self._open:  # else the device protocol closed it meanwhile
                 # Kept only while a frame or a message is partly read: a parser costs
                 # about 1 KB, and a new one is what it would be again once a frame is whole.
-                idle = not self._fragmented and self._unparsed <= 0
+                idle = not self._fragmented and self._unparsed == 0
                 self._frames = None if idle else frames
-                if idle:
-                    self._unparsed = 0
             return
         # The device closed the WebSocket (what it sent before is still answered), or
         # broke the protocol (answered with the close websockets chose: 1002, 1009).
