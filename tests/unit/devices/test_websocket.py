@@ -72,14 +72,15 @@ def client_frames(messages: list[bytes], fragment: int = 0, pings: bytes = b"") 
     return b"".join(client.data_to_send())
 
 
-def server_messages(written: bytes) -> list[bytes]:
-    """The binary messages in what the server wrote (as a client reads them)."""
+def server_frames(written: bytes, opcode: Opcode = Opcode.BINARY) -> list[bytes]:
+    """The payloads of the ``opcode`` frames in what the server wrote (as a client reads
+    them): by default its binary messages."""
     client = Protocol(Side.CLIENT, state=State.OPEN)
     client.receive_data(written)
     return [
         bytes(event.data)
         for event in client.events_received()
-        if isinstance(event, Frame) and event.opcode is Opcode.BINARY
+        if isinstance(event, Frame) and event.opcode is opcode
     ]
 
 
@@ -96,16 +97,10 @@ async def framed(messages: list[bytes], cuts: list[int], fragment: int, pings: b
         await asyncio.sleep(0)
     await settled()
     assert b"".join(connection.received) == b"".join(messages)
-    answers = server_messages(bytes(transport.written))
+    answers = server_frames(bytes(transport.written))
     assert b"".join(answers) == b"".join(b"<" + part + b">" for part in connection.received)
     if pings:
-        client = Protocol(Side.CLIENT, state=State.OPEN)
-        client.receive_data(bytes(transport.written))
-        pongs = [
-            event.data
-            for event in client.events_received()
-            if isinstance(event, Frame) and event.opcode is Opcode.PONG
-        ]
+        pongs = server_frames(bytes(transport.written), Opcode.PONG)
         data_frames = sum(-(-len(message) // (fragment or len(message))) for message in messages)
         assert pongs == [pings] * data_frames  # a ping before each
     assert transport.how is None  # still open
@@ -140,10 +135,7 @@ async def test_frames_of_every_length_encoding_leave_no_parser_behind() -> None:
     ping.send_ping(b"are you there")
     websocket.data_received(b"".join(ping.data_to_send()))
     assert not websocket.reading_frame
-    pongs = Protocol(Side.CLIENT, state=State.OPEN)
-    pongs.receive_data(bytes(transport.written))
-    frames = [event for event in pongs.events_received() if isinstance(event, Frame)]
-    assert (frames[-1].opcode, frames[-1].data) == (Opcode.PONG, b"are you there")
+    assert server_frames(bytes(transport.written), Opcode.PONG) == [b"are you there"]
 
 
 async def test_a_frame_with_a_longer_length_encoding_than_needed_loses_nothing() -> None:
