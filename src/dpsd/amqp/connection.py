@@ -32,12 +32,12 @@ from dpsd.amqp.engine import (
     AmqpError,
     CreditGranted,
     DeliveryId,
+    Engine,
     EngineEvent,
     EngineSettings,
     LinkAttached,
     LinkDetached,
     LinkId,
-    ProtonEngine,
     RemoteClosed,
     RemoteOpened,
     SessionBegun,
@@ -93,6 +93,18 @@ class AmqpLimits:
 
 
 class AmqpConnection:
+    __slots__ = (
+        "_buffer",
+        "_deadline",
+        "_engine",
+        "_links",
+        "_mechanisms",
+        "_outbound",
+        "_sasl",
+        "limits",
+        "state",
+    )
+
     def __init__(
         self,
         limits: AmqpLimits | None = None,
@@ -100,11 +112,12 @@ class AmqpConnection:
     ) -> None:
         self.limits = limits or AmqpLimits()
         self.state = State.AWAITING_HEADER
-        self._sasl = SaslExchange(mechanisms)
-        self._engine: ProtonEngine | None = None
+        self._mechanisms = mechanisms
+        self._sasl: SaslExchange | None = None  # while authenticating
+        self._engine: Engine | None = None
         self._links: Links | None = None
-        self._buffer = bytearray()
-        self._outbound = bytearray()
+        self._buffer = b""
+        self._outbound = b""
         self._deadline: float | None = None
 
     @property
@@ -122,8 +135,7 @@ class AmqpConnection:
         return events
 
     def data_to_send(self) -> bytes:
-        data = bytes(self._outbound)
-        self._outbound.clear()
+        data, self._outbound = self._outbound, b""
         if self._engine is not None:
             data += self._engine.data_to_send()
         return data
@@ -154,23 +166,27 @@ class AmqpConnection:
 
     def accept_sasl(self) -> list[Event]:
         """The outcome ``ok``; the events of bytes that waited for the decision."""
-        if self.state is not State.SASL or self._sasl.state is not SaslState.DECIDING:
+        sasl = self._sasl
+        if self.state is not State.SASL or sasl is None or sasl.state is not SaslState.DECIDING:
             return []
-        self._outbound += self._sasl.accept()
+        self._outbound += sasl.accept()
+        self._sasl = None
         self.state = State.AWAITING_AMQP_HEADER
         events: list[Event] = []
         self._advance(events)
         return events
 
     def refuse_sasl(self, additional_data: bytes | None = None) -> Closed:
-        self._outbound += self._sasl.refuse(additional_data)
+        if self._sasl is not None:
+            self._outbound += self._sasl.refuse(additional_data)
         return self._close("SASL authentication refused")
 
     def challenge_sasl(self, data: bytes) -> None:
         """A server-driven challenge (a mechanism such as TPM); the response goes to the
         mechanism, whose next evidence comes as another SaslEvidenceReceived."""
-        if self.state is State.SASL and self._sasl.state is SaslState.DECIDING:
-            self._outbound += self._sasl.challenge(data)
+        sasl = self._sasl
+        if self.state is State.SASL and sasl is not None and sasl.state is SaslState.DECIDING:
+            self._outbound += sasl.challenge(data)
 
     # --- AMQP decisions ---------------------------------------------------------------------
 
@@ -226,9 +242,10 @@ class AmqpConnection:
             return self._refuse_header(events, "not an AMQP protocol header")
         if len(head) < HEADER_SIZE:
             return False
-        del self._buffer[:HEADER_SIZE]
+        self._buffer = self._buffer[HEADER_SIZE:]
         if head == SASL_HEADER:
             self.state = State.SASL
+            self._sasl = SaslExchange(self._mechanisms)
             self._outbound += self._sasl.start()
             return True
         if head == AMQP_HEADER:
@@ -242,7 +259,9 @@ class AmqpConnection:
         return False
 
     def _read_sasl(self, events: list[Event]) -> bool:
-        if self._sasl.state not in (SaslState.AWAITING_INIT, SaslState.CHALLENGED):
+        sasl = self._sasl
+        assert sasl is not None
+        if sasl.state not in (SaslState.AWAITING_INIT, SaslState.CHALLENGED):
             return False  # the application is judging the evidence: the bytes wait
         try:
             frame, used = read_frame(self._buffer, self.limits.max_sasl_frame_size)
@@ -251,12 +270,12 @@ class AmqpConnection:
             return False
         if not used:
             return False
-        del self._buffer[:used]
+        self._buffer = self._buffer[used:]
         if frame is None:
             return True  # an empty frame
-        evidence, outbound = self._sasl.receive(frame)
+        evidence, outbound = sasl.receive(frame)
         self._outbound += outbound
-        if self._sasl.failed:
+        if sasl.failed:
             events.append(self._close("SASL authentication failed"))
             return False
         if evidence is not None:
@@ -272,20 +291,19 @@ class AmqpConnection:
             return False
         if len(head) < HEADER_SIZE:
             return False
-        del self._buffer[:HEADER_SIZE]
+        self._buffer = self._buffer[HEADER_SIZE:]
         self._start_engine()
         return True
 
     def _start_engine(self) -> None:
-        self._engine = ProtonEngine(self.limits.engine)
+        self._engine = Engine(self.limits.engine)
         self._links = Links(self._engine, self.limits.links)
-        self._buffer[:0] = AMQP_HEADER
+        self._buffer = AMQP_HEADER + self._buffer
         self.state = State.OPENING
 
     def _feed_engine(self, events: list[Event]) -> None:
         assert self._engine is not None
-        data = bytes(self._buffer)
-        self._buffer.clear()
+        data, self._buffer = self._buffer, b""
         self._handle_engine(self._engine.receive(data), events)
         if not self.closed and self._engine.finished:
             events.append(self._close("the AMQP engine closed the connection"))

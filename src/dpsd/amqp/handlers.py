@@ -82,6 +82,17 @@ def registration_address(address: str | None) -> tuple[str, str] | None:
 class AmqpDeviceSession:
     """One connection's device: who it proved to be, its links and its requests."""
 
+    __slots__ = (
+        "_client_chain",
+        "_connection",
+        "_device",
+        "_requests",
+        "_retry_after",
+        "_sasl_credentials",
+        "_tpm_claim",
+        "_tpm_segment",
+    )
+
     def __init__(
         self,
         connection: AmqpConnection,
@@ -176,6 +187,7 @@ class AmqpDeviceSession:
         """The device, by its SAS token (SASL) or else its TLS client certificate; None
         when it proves an enrollment, else the error answer."""
         device = self._claimed_device()
+        self._sasl_credentials = self._tpm_claim = None  # the attested device holds the rest
         if isinstance(device, Answer):
             return device
         attested = await self._requests.attest(device)

@@ -11,15 +11,14 @@ limit, as do too many sessions or links and messages over ``max_message_size``.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 from dpsd.amqp.engine import (
     AmqpError,
     DeliveryId,
+    Engine,
     LinkAttached,
     LinkId,
-    ProtonEngine,
     SessionId,
     TransferArrived,
 )
@@ -71,91 +70,72 @@ class RequestReceived:
     message: RequestMessage
 
 
-@dataclass(frozen=True, slots=True)
-class _Link:
-    session: SessionId
-    sending: bool
-
-
 class Links:
-    def __init__(self, engine: ProtonEngine, limits: LinkLimits) -> None:
+    """What it knows of sessions and links it asks of the engine, which keeps them anyway;
+    the queues are made only while they hold something: every connected device keeps one."""
+
+    __slots__ = ("_answers", "_engine", "_in_flight", "_limits", "_open")
+
+    def __init__(self, engine: Engine, limits: LinkLimits) -> None:
         self._engine = engine
         self._limits = limits
-        self._sessions: set[SessionId] = set()
-        self._sessions_to_begin: list[SessionId] = []
         self._open = False
-        self._requested: dict[LinkId, LinkAttached] = {}
-        self._accepted: dict[LinkId, _Link] = {}
-        self._reply_links: dict[SessionId, LinkId] = {}
-        self._answers: dict[SessionId, deque[bytes]] = {}
-        self._in_flight: dict[DeliveryId, tuple[LinkId, SessionId]] = {}
+        self._answers: dict[SessionId, list[bytes]] | None = None
+        self._in_flight: dict[DeliveryId, tuple[LinkId, SessionId]] | None = None
 
     # --- sessions ---------------------------------------------------------------------------
 
     def open(self) -> None:
         """The connection is open: begin the sessions the client began meanwhile."""
         self._open = True
-        for session in self._sessions_to_begin:
+        for session in self._engine.sessions():
             self._engine.begin(session)
-        self._sessions_to_begin.clear()
 
     def session_begun(self, session: SessionId) -> None:
-        if len(self._sessions) >= self._limits.max_sessions:
+        if len(self._engine.sessions()) > self._limits.max_sessions:
             raise LimitExceeded(RESOURCE_LIMIT, "too many sessions")
-        self._sessions.add(session)
         if self._open:
             self._engine.begin(session)
-        else:
-            self._sessions_to_begin.append(session)
 
     def session_ended(self, session: SessionId) -> None:
         self._engine.end(session)
-        self._sessions.discard(session)
-        self._answers.pop(session, None)
-        self._reply_links.pop(session, None)
+        if self._answers is not None:
+            self._answers.pop(session, None)
 
     # --- links ------------------------------------------------------------------------------
 
     def attached(self, attached: LinkAttached) -> LinkRequested:
-        if len(self._accepted) + len(self._requested) >= self._limits.max_links:
+        if self._engine.link_count() > self._limits.max_links:
             raise LimitExceeded(RESOURCE_LIMIT, "too many links")
-        self._requested[attached.link] = attached
         return LinkRequested(attached.link, attached.address, attached.sending)
 
     def accept(self, link: LinkId) -> None:
-        attached = self._requested.pop(link, None)
-        if attached is None:
+        state = self._engine.link_state(link)
+        if state is None or state[2]:
             return
         limits = self._limits
         self._engine.attach(
             link, credit=limits.receiver_credit, max_message_size=limits.max_message_size
         )
-        self._accepted[link] = _Link(attached.session, attached.sending)
-        if attached.sending and attached.session not in self._reply_links:
-            self._reply_links[attached.session] = link
-            self._flush(attached.session)
+        session, sending, _ = state
+        if sending:
+            self._flush(session)
 
     def refuse(self, link: LinkId, error: AmqpError) -> None:
-        if self._requested.pop(link, None) is not None:
+        state = self._engine.link_state(link)
+        if state is not None and not state[2]:
             self._engine.refuse(link, error)
 
     def detached(self, link: LinkId) -> None:
+        state = self._engine.link_state(link)
         self._engine.detach(link)
-        self._requested.pop(link, None)
-        found = self._accepted.pop(link, None)
-        if found is None or self._reply_links.get(found.session) != link:
-            return
-        del self._reply_links[found.session]
-        for other, candidate in self._accepted.items():
-            if candidate.sending and candidate.session == found.session:
-                self._reply_links[found.session] = other
-                self._flush(found.session)
-                return
+        if state is not None and state[1] and state[2]:
+            self._flush(state[0])  # on the session's next link towards the client
 
     def credit_granted(self, link: LinkId) -> None:
-        found = self._accepted.get(link)
-        if found is not None:
-            self._flush(found.session)
+        state = self._engine.link_state(link)
+        if state is not None and state[2]:
+            self._flush(state[0])
 
     # --- messages ---------------------------------------------------------------------------
 
@@ -165,8 +145,8 @@ class Links:
 
     def arrived(self, transfer: TransferArrived) -> RequestReceived | None:
         """The request for the application, if it is one."""
-        link = self._accepted.get(transfer.link)
-        if link is None or link.sending:
+        state = self._engine.link_state(transfer.link)
+        if state is None or not state[2] or state[1]:
             self._engine.settle(transfer.delivery, AmqpError("amqp:not-allowed", "not attached"))
             return None
         if self._engine.credit(transfer.link) < 0 or self._backlog >= self._limits.max_backlog:
@@ -178,41 +158,63 @@ class Links:
             self._engine.settle(transfer.delivery, AmqpError("amqp:decode-error", str(error)))
             self._top_up(transfer.link)
             return None
-        self._in_flight[transfer.delivery] = (transfer.link, link.session)
+        if self._in_flight is None:
+            self._in_flight = {}
+        self._in_flight[transfer.delivery] = (transfer.link, state[0])
         return RequestReceived(transfer.delivery, message)
 
     def respond(self, request: DeliveryId, message: ResponseMessage) -> None:
         """Settle the request ``accepted`` and queue the answer for the client."""
-        found = self._in_flight.pop(request, None)
+        found = self._answered(request)
         if found is None:
             return
         link, session = found
         self._engine.settle(request)
-        self._answers.setdefault(session, deque()).append(encode_response(message))
+        if self._answers is None:
+            self._answers = {}
+        self._answers.setdefault(session, []).append(encode_response(message))
         self._flush(session)
         self._top_up(link)
 
     def reject(self, request: DeliveryId, error: AmqpError) -> None:
-        found = self._in_flight.pop(request, None)
+        found = self._answered(request)
         if found is not None:
             self._engine.settle(request, error)
             self._top_up(found[0])
 
+    def _answered(self, request: DeliveryId) -> tuple[LinkId, SessionId] | None:
+        if self._in_flight is None:
+            return None
+        found = self._in_flight.pop(request, None)
+        if not self._in_flight:
+            self._in_flight = None
+        return found
+
     @property
     def _backlog(self) -> int:
         """Requests not answered yet, and answers the client has not taken yet."""
-        return len(self._in_flight) + sum(len(queue) for queue in self._answers.values())
+        in_flight = len(self._in_flight) if self._in_flight else 0
+        answers = self._answers or {}
+        return in_flight + sum(len(queue) for queue in answers.values())
 
     def _flush(self, session: SessionId) -> None:
-        link = self._reply_links.get(session)
-        queue = self._answers.get(session)
+        """Answers go on the session's first accepted link towards the client."""
+        queue = self._answers.get(session) if self._answers else None
+        if not queue:
+            return
+        link = self._engine.first_sending_link(session)
         while link is not None and queue and self._engine.credit(link) > 0:
-            self._engine.send(link, queue.popleft())
+            self._engine.send(link, queue.pop(0))
+        if not queue and self._answers is not None:
+            del self._answers[session]
+            if not self._answers:
+                self._answers = None
 
     def _top_up(self, link: LinkId) -> None:
         """More credit for the client's requests while it takes its answers."""
         wanted = self._limits.receiver_credit
-        if link not in self._accepted or self._backlog >= self._limits.max_backlog:
+        state = self._engine.link_state(link)
+        if state is None or not state[2] or self._backlog >= self._limits.max_backlog:
             return
         credit = self._engine.credit(link)
         if credit <= wanted // 2:

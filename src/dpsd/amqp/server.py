@@ -72,6 +72,8 @@ class AmqpServer:
 class AmqpDevice:
     """One device's AMQP connection and session, as the listener drives them."""
 
+    __slots__ = ("_clock", "_connection", "_next_tick", "_session", "close_reason")
+
     def __init__(
         self, connection: AmqpConnection, session: AmqpDeviceSession, clock: Callable[[], float]
     ) -> None:
