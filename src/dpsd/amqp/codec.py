@@ -1,5 +1,5 @@
-"""The bytes dpsd reads and writes itself before proton takes over: AMQP protocol headers
-and the five SASL frames (mechanisms, init, challenge, response, outcome), pure.
+"""The bytes before the AMQP engine takes over: AMQP protocol headers and the five SASL
+frames (mechanisms, init, challenge, response, outcome), pure.
 
 Written here rather than left to proton because proton's built-in SASL (no Cyrus) offers
 only ANONYMOUS and EXTERNAL on the server side and never shows a PLAIN password or a custom

@@ -4,7 +4,7 @@
    ``AMQP 0.1.0.0`` goes straight to AMQP (X.509 devices, known by their TLS certificate);
    anything else gets dpsd's SASL header back, as the specification asks, and is closed.
 2. SASL: mechanisms, init, any challenges, the outcome, then the client's ``AMQP 0.1.0.0``.
-3. AMQP itself, in proton's engine (``dpsd.amqp.engine``). The application decides the
+3. AMQP itself, in dpsd's engine (``dpsd.amqp.engine``). The application decides the
    OPEN, each link (by its address) and answers each request message; the answers are sent
    in order on the session's link towards the client, as far as the client's credit goes.
 
@@ -144,7 +144,7 @@ class AmqpConnection:
         """Heartbeats and the idle timeout at ``now`` (seconds, any monotonic clock); the
         time of the next tick, or None.
 
-        Before the deadline proton named last, nothing is due: bytes read or written since
+        Before the deadline the engine named last, nothing is due: bytes read or written since
         only move its deadlines later (the client's idle timeout, which brings heartbeats,
         is known once its OPEN is accepted, and the deadline is computed anew then)."""
         if self._engine is None or self.closed:

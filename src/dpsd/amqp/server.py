@@ -4,7 +4,7 @@ HTTPS port) in, bytes to the sans-I/O connection, answers out.
 The shell (admission, the handshake deadline, TLS and WebSocket I/O) is ``dpsd.devices``,
 shared with MQTT; the protocol lives in ``dpsd.amqp.connection``
 and the meaning of links and messages in ``dpsd.amqp.handlers``. This module only adds
-AMQP's sense of time: proton's ticks, which send heartbeats and close idle peers.
+AMQP's sense of time: the engine's ticks, which send heartbeats and close idle peers.
 """
 
 from __future__ import annotations
