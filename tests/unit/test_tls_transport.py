@@ -107,6 +107,33 @@ async def test_bytes_go_both_ways_with_the_connection_facts_asyncio_gives(echo: 
     assert seen["chain"] == ()
 
 
+async def test_socket_details_forgotten_once_read_leave_the_tls_facts_and_the_stream(
+    tls: TlsFiles,
+) -> None:
+    """A device listener reads the peer's name once; asyncio's socket transport then keeps
+    nothing for later asks (if asyncio keeps them elsewhere one day, this fails)."""
+    seen: list[object] = []
+
+    async def forget_then_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        transport = writer.transport
+        assert isinstance(transport, TlsTransport)
+        assert transport.get_extra_info("sockname")[0] == HOST
+        transport.forget_socket_details()
+        seen.extend(transport.get_extra_info(name) for name in ("peername", "sockname", "socket"))
+        seen.append(transport.get_extra_info("ssl_object").version())
+        while data := await reader.read(1024):
+            writer.write(data)
+        writer.close()
+
+    async for server in serving(tls, forget_then_echo):
+        reader, writer = await server.connect()
+        writer.write(b"still served")
+        assert await reader.readexactly(12) == b"still served"
+        writer.close()
+        await writer.wait_closed()
+    assert seen == [None, None, None, "TLSv1.3"]
+
+
 async def test_large_transfers_pass_under_flow_control(echo: Server) -> None:
     """4 MB each way, written before anything is read: the server's writes back up and
     pause, its reads pause with them, and every byte arrives once, in order."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from dpsd.client_tls import verified_chain
-from dpsd.tls_transport import DEADLINE_SLACK, TIMER_CONTEXT
+from dpsd.tls_transport import DEADLINE_SLACK, TIMER_CONTEXT, TlsTransport
 
 if TYPE_CHECKING:
     from dpsd.telemetry.metrics import Metrics
@@ -271,6 +271,8 @@ class _StreamDevice(asyncio.Protocol):
             self._end("dpsd failed to set up the connection")
             return
         self.connection = connection
+        if isinstance(transport, TlsTransport):
+            transport.forget_socket_details()  # read above, never again
         self._arm(self.started + listener._handshake_timeout)
 
     def data_received(self, data: bytes) -> None:
