@@ -1,11 +1,10 @@
 """The bytes before the AMQP engine takes over: AMQP protocol headers and the five SASL
 frames (mechanisms, init, challenge, response, outcome), pure.
 
-Written here rather than left to proton because proton's built-in SASL (no Cyrus) offers
-only ANONYMOUS and EXTERNAL on the server side and never shows a PLAIN password or a custom
-mechanism's bytes to Python; DPS devices authenticate with PLAIN (their SAS token as the
-password) and the custom ``TPM`` mechanism. The frames need a small subset of the AMQP type
-system: null, booleans, unsigned integers, binary, strings, symbols, lists and symbol arrays.
+Apart from the engine because SASL decides who the device is, before any AMQP frame: DPS
+devices authenticate with PLAIN (their SAS token as the password) and the custom ``TPM``
+mechanism. The frames need a small subset of the AMQP type system: null, booleans,
+unsigned integers, binary, strings, symbols, lists and symbol arrays.
 
 Limits: every frame dpsd sends must fit in 512 bytes (the AMQP minimum max-frame-size, and
 what the C SDK's UAMQP accepts before OPEN); frames read may be larger (a C# TPM init can

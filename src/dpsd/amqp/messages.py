@@ -4,19 +4,18 @@ A request's identity is its correlation-id (any AMQP type: Node and C# send stri
 its application-properties (``iotdps-operation-type``, ``iotdps-operation-id``) and its
 body (a Data section of JSON, or an AMQP value, which polls carry and dpsd ignores). An
 answer is one Data section of JSON with the request's correlation-id, unchanged in type, and
-string application-properties: proton would encode a Python int as an AMQP long, which the
-C SDK does not read.
+string application-properties (the C SDK does not read an AMQP long).
 
-The messages the SDKs send are read, and the answers written, here rather than by proton's
-``Message``, which converts every section to Python objects through its ``Data`` API: that
-cost about as much as the rest of a request's AMQP handling (some 40 µs a message against
-a few here). Only the shapes DPS messages take are read here: sections with numeric
-descriptors, a correlation-id that is a string, binary, uuid or ulong, application property
-values that are null, booleans, integers, strings or symbols, and one Data or AMQP-value
-body; the header, annotations and footer are passed over by their sizes. Anything else
-goes to proton's ``Message``, which reads leniently as before. A well-formed message reads
-the same either way; bytes that are not one may read differently (proton, too, makes some
-garbage an empty message), and never as anything but a request or MalformedMessage.
+Two readers. The quick one reads the shapes the SDKs send without making Python objects of
+what DPS ignores (a general reader, as proton's ``Message`` was, cost about as much as the
+rest of a request's AMQP handling: some 40 µs a message against a few): sections with
+numeric descriptors, a correlation-id that is a string, binary, uuid or ulong, application
+property values that are null, booleans, integers, strings or symbols, and one Data or
+AMQP-value body; the header, annotations and footer are passed over by their sizes.
+Anything else goes to the general reader (``dpsd.amqp.types``): any section by code or
+name, several Data sections as one body, and a correlation-id of any other type kept as
+its encoded bytes (``EncodedValue``) and echoed so. Bytes that are not an AMQP message are
+MalformedMessage (an empty payload is an empty request).
 """
 
 from __future__ import annotations
@@ -25,15 +24,21 @@ import struct
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from proton import Message, ulong
+from dpsd.amqp import types
 
 CONTENT_TYPE = "application/json"
 
 
 class MalformedMessage(ValueError):
     """The bytes of a transfer are not an AMQP message."""
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedValue:
+    """A value kept as the bytes it came in, to be written back unchanged."""
+
+    encoded: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,64 +59,80 @@ def decode_request(payload: bytes) -> RequestMessage:
     try:
         return _read_request(payload)
     except (_Unexpected, ValueError, IndexError, struct.error):  # truncated or not UTF-8
-        return _decode_with_proton(payload)
+        return _read_generally(payload)
 
 
 def encode_response(response: ResponseMessage) -> bytes:
+    return _write_response(response)
+
+
+# --- the general reader ---------------------------------------------------------------------
+
+_SECTION_NAMES = {
+    "amqp:header:list": 0x70,
+    "amqp:delivery-annotations:map": 0x71,
+    "amqp:message-annotations:map": 0x72,
+    "amqp:properties:list": 0x73,
+    "amqp:application-properties:map": 0x74,
+    "amqp:data:binary": 0x75,
+    "amqp:amqp-sequence:list": 0x76,
+    "amqp:amqp-value:*": 0x77,
+    "amqp:footer:map": 0x78,
+}
+
+
+def _read_generally(payload: bytes) -> RequestMessage:
+    correlation_id: object = None
+    properties: dict[str, object] = {}
+    data: list[bytes] = []
+    value_body: bytes | str | None = None
+    at = 0
     try:
-        return _write_response(response)
-    except _Unexpected:
-        return _encode_with_proton(response)
-
-
-# --- proton, for what the readers and writers here leave alone ------------------------------
-
-
-def _decode_with_proton(payload: bytes) -> RequestMessage:
-    message: Any = Message()
-    try:
-        message.decode(payload)
-        properties = message.properties or {}
-        body = message.body
-        correlation_id = message.correlation_id
-    except Exception as error:  # proton reads leniently (garbage is an empty message); not always
+        while at < len(payload):
+            code, value_at = _general_section(payload, at)
+            value, at = types.decode(payload, value_at)
+            if code == _PROPERTIES and isinstance(value, list):
+                correlation_id = _general_correlation_id(payload, value_at)
+            elif code == _APPLICATION_PROPERTIES and isinstance(value, dict):
+                properties = {str(key): item for key, item in value.items() if isinstance(key, str)}
+            elif code == _DATA and isinstance(value, bytes):
+                data.append(value)
+            elif code == _AMQP_VALUE and isinstance(value, bytes | str):
+                value_body = value
+            elif not 0x70 <= code <= 0x78:
+                raise MalformedMessage(f"not a section of a message: 0x{code:02x}")
+    except types.DecodeError as error:
         raise MalformedMessage(f"not an AMQP message: {error}") from error
-    if not isinstance(properties, dict):
-        properties = {}
-    if isinstance(correlation_id, memoryview):
-        correlation_id = bytes(correlation_id)  # a binary id, echoed as binary
-    return RequestMessage(
-        correlation_id,
-        {str(key): value for key, value in properties.items() if isinstance(key, str)},
-        _body(body),
-    )
+    body = b"".join(data) if data else value_body
+    return RequestMessage(correlation_id, properties, body)
 
 
-def _encode_with_proton(response: ResponseMessage) -> bytes:
-    message: Any = Message(
-        body=response.body,
-        inferred=True,  # bytes as a Data section, not an AMQP value
-        properties=dict(response.application_properties),
-        content_type=CONTENT_TYPE,
-    )
-    if response.correlation_id is not None:
-        message.correlation_id = response.correlation_id
-    return bytes(message.encode())
+def _general_section(payload: bytes, at: int) -> tuple[int, int]:
+    """A section's descriptor, numeric or symbolic, and where its value starts."""
+    if payload[at] != 0x00:
+        raise MalformedMessage("a message section is not a described value")
+    descriptor, value_at = types.decode(payload, at + 1)
+    code = _SECTION_NAMES.get(descriptor, -1) if isinstance(descriptor, str) else descriptor
+    if not isinstance(code, int) or isinstance(code, bool):
+        raise MalformedMessage(f"not a section of a message: {descriptor!r}")
+    return code, value_at
 
 
-def _body(body: object) -> bytes | str | None:
-    if isinstance(body, memoryview | bytes | bytearray):
-        return bytes(body)
-    if isinstance(body, str):
-        return body
-    return None
+def _general_correlation_id(payload: bytes, at: int) -> object:
+    fields, starts, _ = types.decode_list_spans(payload, at)
+    if len(fields) <= _CORRELATION_ID:
+        return None
+    start, end = starts[_CORRELATION_ID], starts[_CORRELATION_ID + 1]
+    if payload[start] in _CORRELATION_TYPES:
+        return fields[_CORRELATION_ID]
+    return EncodedValue(payload[start:end])
 
 
 # --- reading --------------------------------------------------------------------------------
 
 
 class _Unexpected(Exception):
-    """Not a shape read here: proton's Message reads the message instead."""
+    """Not a shape the quick reader reads: the general one reads the message instead."""
 
 
 _PROPERTIES = 0x73
@@ -242,7 +263,6 @@ class _Reader:
 
 
 _UNSIGNED = {4: struct.Struct(">I"), 8: struct.Struct(">Q")}
-_PROTON_TYPED = (bytes, uuid.UUID)  # property values proton hands over as its own types
 _LIST = (0x45, 0xC0, 0xD0)
 _MAP = (-1, 0xC1, 0xD1)
 
@@ -267,7 +287,7 @@ def _read_request(payload: bytes) -> RequestMessage:
         elif payload[value_at] not in _SKIPPED_SECTIONS.get(code, ()):
             raise _Unexpected
     if not payload or bodies > 1:
-        raise _Unexpected  # proton decides what an empty message or two bodies are
+        raise _Unexpected  # the general reader reads an empty message or two bodies
     return RequestMessage(correlation_id, properties, body)
 
 
@@ -292,7 +312,7 @@ def _correlation_id(reader: _Reader, at: int) -> object:
         return None
     field_at = fields[_CORRELATION_ID]
     if reader.data[field_at] not in _CORRELATION_TYPES:
-        raise _Unexpected  # not a message-id type: proton echoes it its own way
+        raise _Unexpected  # not a message-id type: the general reader keeps its bytes
     return reader.scalar(field_at)
 
 
@@ -303,8 +323,6 @@ def _application_properties(reader: _Reader, at: int) -> dict[str, object]:
         if reader.data[key_at] not in _TEXT:
             raise _Unexpected
         value = reader.scalar(value_at)
-        if isinstance(value, _PROTON_TYPED):
-            raise _Unexpected
         properties[str(reader.scalar(key_at))] = value
     return properties
 
@@ -331,7 +349,7 @@ _CONTENT_TYPE_FIELD = b"\xa3" + bytes([len(CONTENT_TYPE)]) + CONTENT_TYPE.encode
 def _write_response(response: ResponseMessage) -> bytes:
     fields = b"\x40" * _CORRELATION_ID + _correlation_field(response.correlation_id)
     sections = [b"\x00\x53\x73" + _compound(0xC0, 0xD0, 7, fields + _CONTENT_TYPE_FIELD)]
-    properties = response.application_properties  # written even when empty, as proton does
+    properties = response.application_properties  # written even when empty
     pairs = b"".join(_text(key) + _text(value) for key, value in properties.items())
     sections.append(b"\x00\x53\x74" + _compound(0xC1, 0xD1, 2 * len(properties), pairs))
     sections.append(b"\x00\x53\x75" + _variable(0xA0, 0xB0, response.body))
@@ -339,8 +357,9 @@ def _write_response(response: ResponseMessage) -> bytes:
 
 
 def _correlation_field(value: object) -> bytes:
-    """The correlation-id with the type it came in (exact types: a subclass, such as a
-    proton symbol, keeps its own encoding through proton)."""
+    """The correlation-id with the type it came in."""
+    if isinstance(value, EncodedValue):
+        return value.encoded
     if value is None:
         return b"\x40"
     if type(value) is str:
@@ -349,14 +368,14 @@ def _correlation_field(value: object) -> bytes:
         return _variable(0xA0, 0xB0, value)
     if type(value) is uuid.UUID:
         return b"\x98" + value.bytes
-    if isinstance(value, int) and type(value) in (int, ulong) and 0 <= value < 2**64:
-        return b"\x80" + value.to_bytes(8, "big")  # a ulong, as proton reads one
-    raise _Unexpected
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**64:
+        return b"\x80" + value.to_bytes(8, "big")  # a ulong, as it was read
+    raise TypeError(f"a correlation-id of type {type(value).__name__} is not read from AMQP")
 
 
 def _text(value: object) -> bytes:
-    if type(value) is not str:
-        raise _Unexpected
+    if not isinstance(value, str):
+        raise TypeError(f"an application property of type {type(value).__name__}")
     return _variable(0xA1, 0xB1, value.encode("utf-8"))
 
 

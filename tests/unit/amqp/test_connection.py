@@ -11,7 +11,7 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
-from proton import Condition, Message
+from proton import Condition, Delivery, Message
 
 from dpsd.amqp.codec import (
     AMQP_HEADER,
@@ -371,11 +371,17 @@ def test_requests_beyond_the_credit_given_close() -> None:
     assert "credit" in events[-1].reason
 
 
-def test_garbage_for_a_message_reaches_the_application_as_an_empty_request() -> None:
-    _, connection, _ = connected()
-    (event,) = connection.receive_data(transfer(0, 0, b"\x00\x53\x77\xff"))
-    assert isinstance(event, RequestReceived)
-    assert event.message.application_properties == {}
+def test_garbage_for_a_message_is_rejected_as_a_decode_error() -> None:
+    peer, connection, app = connected()
+    peer.sender.delivery("garbage")
+    peer.sender.send(b"\x00\x53\x77\xff")
+    peer.sender.advance()
+    run(peer, connection, app)
+    assert app.of(RequestReceived) == []
+    outcome = peer.outcomes["garbage"]
+    assert outcome.remote_state == Delivery.REJECTED
+    assert outcome.remote.condition.name == "amqp:decode-error"
+    assert connection.state is State.OPEN
 
 
 @st.composite
