@@ -4,11 +4,16 @@ that leaves link by link)."""
 
 from __future__ import annotations
 
+import struct
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from proton import Link
 
-from dpsd.amqp.connection import AmqpConnection, AmqpLimits, State
+from dpsd.amqp import types
+from dpsd.amqp.codec import AMQP_HEADER
+from dpsd.amqp.connection import AmqpConnection, AmqpLimits, Closed, State
 from dpsd.amqp.engine import EngineSettings
 from dpsd.amqp.links import RequestReceived
 from dpsd.amqp.messages import ResponseMessage
@@ -21,6 +26,7 @@ from tests.unit.amqp.test_connection import (
     connected,
     run,
 )
+from tests.unit.support import FAST
 
 
 class LargeAnswers(Application):
@@ -115,3 +121,82 @@ def test_a_new_session_after_the_first_ended_gets_new_links() -> None:
     peer.request(REGISTER, b"{}", correlation_id="again")
     run(peer, connection, app)
     assert [message.correlation_id for message in peer.messages] == ["again"]
+
+
+# --- well-framed nonsense -------------------------------------------------------------------
+
+field_values = st.one_of(
+    st.none().map(lambda _: types.NULL),
+    st.booleans().map(types.boolean),
+    st.integers(0, 2**32 - 1).map(types.uint),
+    st.integers(0, 5).map(types.uint),
+    st.integers(0, 2**64 - 1).map(types.ulong),
+    st.text(max_size=20).map(types.string),
+    st.sampled_from([ADDRESS, f"amqps://localhost/{ADDRESS}"]).map(types.string),
+    st.binary(max_size=20).map(types.binary),
+    st.sampled_from(["amqp:x", "a"]).map(types.symbol),
+    st.builds(
+        types.described,
+        st.sampled_from([0x1D, 0x24, 0x25, 0x28, 0x29, 0x99]),
+        st.lists(st.just(types.string(ADDRESS)), max_size=2).map(
+            lambda items: types.list_of(*items)
+        ),
+    ),
+)
+
+
+@st.composite
+def performatives(draw: st.DrawFn) -> bytes:
+    """A well-framed performative (ATTACH to CLOSE, or an unknown one) with any fields, on
+    channel 0 or 1, a TRANSFER sometimes with a payload."""
+    code = draw(st.sampled_from([0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18, 0x30]))
+    fields = draw(st.lists(field_values, max_size=12))
+    payload = draw(st.binary(max_size=40)) if code == 0x14 else b""
+    body = types.described(code, types.list_of(*fields)) + payload
+    channel = draw(st.integers(0, 1))
+    return struct.pack(">IBBH", 8 + len(body), 2, 0, channel) + body
+
+
+small = st.integers(0, 3).map(types.uint)
+flags = st.booleans().map(types.boolean)
+terminus = st.sampled_from([0x28, 0x29]).map(
+    lambda code: types.described(code, types.list_of(types.string(ADDRESS)))
+)
+PLAUSIBLE = {  # each performative's fields in the types they should have, values at random
+    0x12: [st.just(types.string("link")), small, flags, small, small, terminus, terminus],
+    0x13: [small, small, small, small, small, small, small, small, flags, flags],
+    0x14: [small, small, st.just(types.binary(b"t")), small, flags, flags],
+    0x15: [flags, small, small, flags, st.just(types.described(0x24, types.list_of()))],
+    0x16: [small, flags],
+    0x17: [],
+}
+
+
+@st.composite
+def plausible_performatives(draw: st.DrawFn) -> bytes:
+    """A performative whose fields have the right types and any values."""
+    code = draw(st.sampled_from(sorted(PLAUSIBLE)))
+    fields = [draw(strategy) for strategy in PLAUSIBLE[code]]
+    payload = draw(st.binary(max_size=40)) if code == 0x14 else b""
+    return framed(types.described(code, types.list_of(*fields)) + payload)
+
+
+OPEN = types.described(0x10, types.list_of(types.string("fuzz")))
+BEGIN = types.described(0x11, types.list_of(types.NULL, types.uint(0), types.uint(100)))
+
+
+def framed(body: bytes, channel: int = 0) -> bytes:
+    return struct.pack(">IBBH", 8 + len(body), 2, 0, channel) + body
+
+
+@FAST
+@given(st.lists(performatives() | plausible_performatives(), max_size=12))
+def test_any_performatives_after_open_end_in_a_clean_close_or_a_wait(frames: list[bytes]) -> None:
+    connection = AmqpConnection()
+    app = Application(connection)
+    start = AMQP_HEADER + framed(OPEN) + framed(BEGIN)
+    for data in [start, *frames]:
+        app.handle(connection.receive_data(data))
+        connection.data_to_send()
+        connection.tick(100.0)
+    assert all(not isinstance(event, Closed) for event in app.events[:-1])
