@@ -10,9 +10,10 @@ credit, transfers over several frames, settlement both ways, heartbeats and the 
 timeout) and refuses the rest with a CLOSE that names it; its state per idle device is a
 few hundred bytes of Python objects.
 
-What it does not do, and answers: transactions, link recovery (``unsettled`` maps and
-resumed transfers are ignored), ``drain`` (credit is left as granted), and a session over
-its ``handle-max`` or a connection over its ``channel-max`` is closed.
+What it leaves out: transactions (a coordinator link has no registration address, and the
+application refuses it as any other), link recovery (``unsettled`` maps and resumed
+transfers are ignored) and ``drain`` (credit is left as granted). A session begun on a
+channel over dpsd's ``channel-max`` closes the connection.
 
 The application decides: ``open`` (or a refusal), ``begin``, ``attach`` (echoing the
 client's source and target byte for byte) or ``refuse``, ``flow``, ``send``, ``settle``,
