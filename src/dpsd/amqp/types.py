@@ -286,6 +286,12 @@ def list_of(*items: bytes) -> bytes:
     return _compound_of(0xC0, 0xD0, count, b"".join(items[:count]))
 
 
+def symbol_array(names: tuple[str, ...]) -> bytes:
+    """An array of symbols (each under 256 bytes, as mechanism and capability names are)."""
+    elements = b"".join(bytes((len(name),)) + name.encode("ascii") for name in names)
+    return _compound_of(0xE0, 0xF0, len(names), b"\xa3" + elements)
+
+
 def map_of(pairs: list[tuple[bytes, bytes]]) -> bytes:
     return _compound_of(0xC1, 0xD1, 2 * len(pairs), b"".join(k + v for k, v in pairs))
 
