@@ -11,8 +11,8 @@ timeout) and refuses the rest with a CLOSE that names it; its state per idle dev
 few hundred bytes of Python objects.
 
 What it leaves out: transactions (a coordinator link has no registration address, and the
-application refuses it as any other), link recovery (``unsettled`` maps and resumed
-transfers are ignored) and ``drain`` (credit is left as granted). A session begun on a
+application refuses it as any other) and link recovery (``unsettled`` maps and resumed
+transfers are ignored). A session begun on a
 channel over dpsd's ``channel-max`` closes the connection.
 
 The application decides: ``open`` (or a refusal), ``begin``, ``attach`` (echoing the
@@ -267,6 +267,7 @@ class Engine:
         "_closed_local",
         "_closed_remote",
         "_deliveries",
+        "_draining",
         "_events",
         "_failed",
         "_header_read",
@@ -300,6 +301,7 @@ class Engine:
         self._remote_idle = 0.0
         self._sessions: tuple[_Session, ...] = ()  # tuples: smaller than lists, rarely changed
         self._deliveries: dict[DeliveryId, tuple[_Session, int, bool]] | None = None
+        self._draining: tuple[_Link, ...] | None = None  # links to answer a drain on
         self._next_id = 0
         self._heard = self._spoke = True  # since the last tick
         self._last_in = self._last_out = 0.0
@@ -318,12 +320,25 @@ class Engine:
         return self.events()
 
     def data_to_send(self) -> bytes:
+        if self._draining is not None:
+            self._drain()
         if not self._output:
             return b""
         data = b"".join(self._output)
         self._output = None
         self._spoke = True
         return data
+
+    def _drain(self) -> None:
+        """Answer a drain once the application had its chance to send: the client's
+        remaining credit is used up, as if spent, and told back (AMQP 2.6.7)."""
+        draining, self._draining = self._draining or (), None
+        for link in draining:
+            if link.detached or self._closed_local or link.session not in self._sessions:
+                continue
+            link.delivery_count = (link.delivery_count + max(link.credit, 0)) & _UINT_MAX
+            link.credit = 0
+            self._write_flow(link.session, link, drained=True)
 
     @property
     def finished(self) -> bool:
@@ -564,7 +579,7 @@ class Engine:
             max_message_size,
         )
 
-    def _write_flow(self, session: _Session, link: _Link | None) -> None:
+    def _write_flow(self, session: _Session, link: _Link | None, *, drained: bool = False) -> None:
         session.incoming_window = _INCOMING_WINDOW
         link_fields: tuple[bytes, ...] = ()
         if link is not None:
@@ -572,6 +587,8 @@ class Engine:
                 types.uint(link.handle),
                 types.uint(link.delivery_count),
                 types.uint(max(link.credit, 0)),
+                types.NULL,
+                types.boolean(drained),
             )
         self._write(
             session.channel,
@@ -761,6 +778,8 @@ class Engine:
             credit = _optional_uint(fields[6], "link-credit") or 0
             link.credit = delivery_count + credit - link.delivery_count
             self._emit(CreditGranted(link.id))
+            if fields[8] is True:  # drain: what credit the answers leave is used up
+                self._draining = (*(self._draining or ()), link)
         if session.waiting:
             self._release_waiting(session)
         if fields[9] is True:  # echo

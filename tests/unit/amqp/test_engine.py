@@ -200,3 +200,24 @@ def test_any_performatives_after_open_end_in_a_clean_close_or_a_wait(frames: lis
         connection.data_to_send()
         connection.tick(100.0)
     assert all(not isinstance(event, Closed) for event in app.events[:-1])
+
+
+def test_a_drain_is_answered_with_the_credit_used_up() -> None:
+    peer, connection, app = connected()
+    peer.receiver.drain(0)  # the credit it gave (10), drained
+    run(peer, connection, app)
+    assert not peer.receiver.draining()
+    assert peer.receiver.credit == 0
+    peer.receiver.flow(3)
+    peer.request(REGISTER, b"{}", correlation_id="after the drain")
+    run(peer, connection, app)
+    assert [message.correlation_id for message in peer.messages] == ["after the drain"]
+
+
+def test_answers_waiting_go_before_a_drain_is_answered() -> None:
+    peer, connection, app = connected()
+    peer.request(REGISTER, b"{}", correlation_id="before the drain")
+    peer.receiver.drain(0)
+    run(peer, connection, app)
+    assert [message.correlation_id for message in peer.messages] == ["before the drain"]
+    assert not peer.receiver.draining()
