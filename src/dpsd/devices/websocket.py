@@ -41,6 +41,7 @@ from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
 from dpsd.devices.listener import DeviceListener
+from dpsd.tls_transport import TlsTransport
 
 logger = logging.getLogger("dpsd.devices")
 _frames_logger = logging.getLogger("dpsd.devices.websocket")
@@ -268,6 +269,8 @@ class DeviceWebSocket(asyncio.Protocol, asyncio.Transport):
             self._address = address
             self._device = listener.connection_protocol("websocket")
             self._device.connection_made(self)
+            if isinstance(transport, TlsTransport):
+                transport.forget_socket_details()  # read above and by the device, never again
 
     def _send_response(self, handshake: ServerProtocol, response: Response) -> bool:
         """Answer the upgrade; True: accepted, else the connection is closed."""
