@@ -221,3 +221,23 @@ def test_answers_waiting_go_before_a_drain_is_answered() -> None:
     run(peer, connection, app)
     assert [message.correlation_id for message in peer.messages] == ["before the drain"]
     assert not peer.receiver.draining()
+
+
+@FAST
+@given(st.integers(min_value=1, max_value=40))
+def test_bytes_in_any_pieces_read_as_whole(piece: int) -> None:
+    peer = ProtonPeer(USER, PASSWORD)
+    peer.open_links(f"amqps://localhost/{ADDRESS}")
+    connection = AmqpConnection()
+    app = Application(connection)
+    for _ in range(50):
+        outgoing = peer.outgoing()
+        for start in range(0, len(outgoing), piece):
+            app.handle(connection.receive_data(outgoing[start : start + piece]))
+        answer = connection.data_to_send()
+        peer.incoming(answer)
+        if not outgoing and not answer:
+            break
+        if connection.state is State.OPEN and not peer.messages and not app.answered:
+            peer.request(REGISTER, b"{}", correlation_id="in pieces")
+    assert [message.correlation_id for message in peer.messages] == ["in pieces"]
