@@ -24,7 +24,7 @@ AMQP_HEADER = b"AMQP\x00\x01\x00\x00"
 SASL_HEADER = b"AMQP\x03\x01\x00\x00"
 MAX_SASL_FRAME_SENT = 512
 SASL_FRAME_TYPE = 0x01
-_FRAME_HEADER = struct.Struct(">IBBH")
+FRAME_HEADER = struct.Struct(">IBBH")  # size, data offset, type, channel: SASL and AMQP
 
 
 class ProtocolId(enum.IntEnum):
@@ -110,18 +110,18 @@ def could_be_header(data: bytes) -> bool:
 def encode_frame(frame: SaslFrame, max_size: int = MAX_SASL_FRAME_SENT) -> bytes:
     code, _ = _DESCRIPTORS[type(frame)]
     body = types.described(code, types.list_of(*_fields_of(frame)))
-    size = _FRAME_HEADER.size + len(body)
+    size = FRAME_HEADER.size + len(body)
     if size > max_size:
         raise ValueError(f"a SASL frame of {size} bytes exceeds {max_size}")
-    return _FRAME_HEADER.pack(size, 2, SASL_FRAME_TYPE, 0) + body
+    return FRAME_HEADER.pack(size, 2, SASL_FRAME_TYPE, 0) + body
 
 
 def read_frame(buffer: bytes | bytearray, max_size: int) -> tuple[SaslFrame | None, int]:
     """The first frame of ``buffer`` and the bytes it took; ``(None, 0)`` while incomplete,
     ``(None, n)`` for an empty (heartbeat) frame."""
-    if len(buffer) < _FRAME_HEADER.size:
+    if len(buffer) < FRAME_HEADER.size:
         return None, 0
-    size, doff, kind, _ = _FRAME_HEADER.unpack_from(buffer)
+    size, doff, kind, _ = FRAME_HEADER.unpack_from(buffer)
     if size > max_size:
         raise SaslDecodeError(f"a SASL frame of {size} bytes exceeds {max_size}")
     if doff < 2 or size < doff * 4:

@@ -298,7 +298,6 @@ class AmqpConnection:
     def _start_engine(self) -> None:
         self._engine = Engine(self.limits.engine)
         self._links = Links(self._engine, self.limits.links)
-        self._buffer = AMQP_HEADER + self._buffer
         self.state = State.OPENING
 
     def _feed_engine(self, events: list[Event]) -> None:

@@ -23,11 +23,11 @@ integer ids, never reused within a connection.
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
-from typing import NewType
+from typing import NamedTuple, NewType
 
 from dpsd.amqp import types
+from dpsd.amqp.codec import AMQP_HEADER, FRAME_HEADER
 from dpsd.amqp.types import DecodeError, Described
 
 LinkId = NewType("LinkId", int)
@@ -35,10 +35,8 @@ SessionId = NewType("SessionId", int)
 DeliveryId = NewType("DeliveryId", int)
 OPEN_ERROR = "com.microsoft:open-error"
 
-AMQP_HEADER = b"AMQP\x00\x01\x00\x00"
 MIN_MAX_FRAME_SIZE = 512
 EMPTY_FRAME = b"\x00\x00\x00\x08\x02\x00\x00\x00"
-_FRAME_HEADER = struct.Struct(">IBBH")
 _UINT_MAX = 0xFFFFFFFF
 _INCOMING_WINDOW = 2048  # transfer frames a session takes before dpsd renews its window
 _OUTGOING_WINDOW = 0x7FFFFFFF
@@ -96,6 +94,15 @@ class AmqpError:
     condition: str
     description: str
     info: tuple[tuple[str, str], ...] = ()
+
+
+class LinkState(NamedTuple):
+    """A link not detached: its session, whether dpsd sends on it, and whether dpsd
+    answered its ATTACH (accepted it)."""
+
+    session: SessionId
+    sending: bool
+    answered: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,9 +265,10 @@ class _Incoming:
 
 
 class Engine:
-    """One server connection's AMQP engine, from the client's ``AMQP 0.1.0.0`` header on.
+    """One server connection's AMQP engine, made once the client's ``AMQP 0.1.0.0`` header
+    was read (``dpsd.amqp.connection`` reads headers): it answers with its own.
 
-    Its containers are lists scanned (a device keeps a session or two, a few links) and
+    Its containers are tuples scanned (a device keeps a session or two, a few links) and
     made only while they hold something: an idle device costs what it must and no more."""
 
     __slots__ = (
@@ -270,7 +278,6 @@ class Engine:
         "_draining",
         "_events",
         "_failed",
-        "_header_read",
         "_heard",
         "_input",
         "_last_in",
@@ -289,9 +296,8 @@ class Engine:
     def __init__(self, settings: EngineSettings) -> None:
         self._settings = settings
         self._input = b""
-        self._output: list[bytes] | None = None
+        self._output: list[bytes] | None = [AMQP_HEADER]  # the answer to the client's
         self._events: list[EngineEvent] | None = None
-        self._header_read = False
         self._opened_remote = False
         self._opened_local = False
         self._closed_remote = False
@@ -525,13 +531,11 @@ class Engine:
         """Links attached by the client and not detached by either side."""
         return sum(not link.detached for session in self._sessions for link in session.links)
 
-    def link_state(self, link: LinkId) -> tuple[SessionId, bool, bool] | None:
-        """``(session, sending, answered)`` of a link not detached; ``answered``: dpsd
-        attached it too."""
+    def link_state(self, link: LinkId) -> LinkState | None:
         found = self._link(link)
         if found is None or found.detached:
             return None
-        return found.session.id, found.sending, found.requested is None
+        return LinkState(found.session.id, found.sending, found.requested is None)
 
     def first_sending_link(self, session: SessionId) -> LinkId | None:
         """The session's first link dpsd attached to send on."""
@@ -545,7 +549,7 @@ class Engine:
 
     def _write(self, channel: int, code: int, *fields: bytes, payload: bytes = b"") -> None:
         body = types.described(code, types.list_of(*fields))
-        self._out(_FRAME_HEADER.pack(8 + len(body) + len(payload), 2, 0, channel))
+        self._out(FRAME_HEADER.pack(8 + len(body) + len(payload), 2, 0, channel))
         self._out(body + payload if payload else body)
 
     def _out(self, data: bytes) -> None:
@@ -640,18 +644,10 @@ class Engine:
     # --- reading ----------------------------------------------------------------------------
 
     def _read_frames(self) -> None:
-        if not self._header_read:
-            if len(self._input) < len(AMQP_HEADER):
-                return
-            if self._input[:8] != AMQP_HEADER:
-                raise _Violation(FRAMING_ERROR, "not the AMQP 1.0 protocol header")
-            self._header_read = True
-            self._out(AMQP_HEADER)
-            self._input = self._input[8:]
         data, at = self._input, 0
         limit = self._settings.max_frame_size
         while len(data) - at >= 8 and not self._closed_remote and not self._failed:
-            size, offset, kind, channel = _FRAME_HEADER.unpack_from(data, at)
+            size, offset, kind, channel = FRAME_HEADER.unpack_from(data, at)
             if size > limit or offset < 2 or offset * 4 > size:
                 raise _Violation(FRAMING_ERROR, f"a malformed frame header ({size} bytes)")
             if kind != 0:

@@ -111,31 +111,30 @@ class Links:
 
     def accept(self, link: LinkId) -> None:
         state = self._engine.link_state(link)
-        if state is None or state[2]:
+        if state is None or state.answered:
             return
         limits = self._limits
         self._engine.attach(
             link, credit=limits.receiver_credit, max_message_size=limits.max_message_size
         )
-        session, sending, _ = state
-        if sending:
-            self._flush(session)
+        if state.sending:
+            self._flush(state.session)
 
     def refuse(self, link: LinkId, error: AmqpError) -> None:
         state = self._engine.link_state(link)
-        if state is not None and not state[2]:
+        if state is not None and not state.answered:
             self._engine.refuse(link, error)
 
     def detached(self, link: LinkId) -> None:
         state = self._engine.link_state(link)
         self._engine.detach(link)
-        if state is not None and state[1] and state[2]:
-            self._flush(state[0])  # on the session's next link towards the client
+        if state is not None and state.sending and state.answered:
+            self._flush(state.session)  # on the session's next link towards the client
 
     def credit_granted(self, link: LinkId) -> None:
         state = self._engine.link_state(link)
-        if state is not None and state[2]:
-            self._flush(state[0])
+        if state is not None and state.answered:
+            self._flush(state.session)
 
     # --- messages ---------------------------------------------------------------------------
 
@@ -146,7 +145,7 @@ class Links:
     def arrived(self, transfer: TransferArrived) -> RequestReceived | None:
         """The request for the application, if it is one."""
         state = self._engine.link_state(transfer.link)
-        if state is None or not state[2] or state[1]:
+        if state is None or not state.answered or state.sending:
             self._engine.settle(transfer.delivery, AmqpError("amqp:not-allowed", "not attached"))
             return None
         if self._engine.credit(transfer.link) < 0 or self._backlog >= self._limits.max_backlog:
@@ -160,7 +159,7 @@ class Links:
             return None
         if self._in_flight is None:
             self._in_flight = {}
-        self._in_flight[transfer.delivery] = (transfer.link, state[0])
+        self._in_flight[transfer.delivery] = (transfer.link, state.session)
         return RequestReceived(transfer.delivery, message)
 
     def respond(self, request: DeliveryId, message: ResponseMessage) -> None:
@@ -214,7 +213,7 @@ class Links:
         """More credit for the client's requests while it takes its answers."""
         wanted = self._limits.receiver_credit
         state = self._engine.link_state(link)
-        if state is None or not state[2] or self._backlog >= self._limits.max_backlog:
+        if state is None or not state.answered or self._backlog >= self._limits.max_backlog:
             return
         credit = self._engine.credit(link)
         if credit <= wanted // 2:
