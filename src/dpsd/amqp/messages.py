@@ -62,10 +62,6 @@ def decode_request(payload: bytes) -> RequestMessage:
         return _read_generally(payload)
 
 
-def encode_response(response: ResponseMessage) -> bytes:
-    return _write_response(response)
-
-
 # --- the general reader ---------------------------------------------------------------------
 
 _SECTION_NAMES = {
@@ -346,7 +342,7 @@ def _body_value(reader: _Reader, at: int, code: int) -> bytes | str | None:
 _CONTENT_TYPE_FIELD = b"\xa3" + bytes([len(CONTENT_TYPE)]) + CONTENT_TYPE.encode("ascii")
 
 
-def _write_response(response: ResponseMessage) -> bytes:
+def encode_response(response: ResponseMessage) -> bytes:
     fields = b"\x40" * _CORRELATION_ID + _correlation_field(response.correlation_id)
     sections = [b"\x00\x53\x73" + _compound(0xC0, 0xD0, 7, fields + _CONTENT_TYPE_FIELD)]
     properties = response.application_properties  # written even when empty
