@@ -5,7 +5,6 @@ enrollment group derives for it."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 from urllib.parse import unquote
 
@@ -18,8 +17,8 @@ DEVICE_KEY_NAME = "registration"
 def derive_device_key(group_key: str, registration_id: str) -> str:
     """The key a device of a symmetric-key group signs with: HMAC-SHA256 of its registration
     id under the group key, base64 (as ``az iot dps compute-device-key``)."""
-    digest = hmac.new(base64.b64decode(group_key), registration_id.encode(), hashlib.sha256)
-    return base64.b64encode(digest.digest()).decode()
+    digest = hmac.digest(base64.b64decode(group_key), registration_id.encode(), "sha256")
+    return base64.b64encode(digest).decode()
 
 
 def device_audience(id_scope: str, registration_id: str) -> str:

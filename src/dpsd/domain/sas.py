@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
-import hashlib
 import hmac
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
@@ -122,7 +121,7 @@ def parse_token(header: str) -> SasToken:
 
 def sign(resource: str, expiry: int, key: bytes) -> bytes:
     message = f"{resource}\n{expiry}".encode()
-    return hmac.new(key, message, hashlib.sha256).digest()
+    return hmac.digest(key, message, "sha256")
 
 
 def signed_by(token: SasToken, key: bytes) -> bool:

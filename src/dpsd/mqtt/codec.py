@@ -160,32 +160,46 @@ Packet = (
 
 
 class _Cursor:
-    def __init__(self, data: memoryview) -> None:
+    """Reads the fields of one packet, ``data[offset:stop]``, without copying the rest."""
+
+    __slots__ = ("data", "offset", "stop")
+
+    def __init__(self, data: bytes, offset: int, stop: int) -> None:
         self.data = data
-        self.offset = 0
+        self.offset = offset
+        self.stop = stop
 
     def remaining(self) -> int:
-        return len(self.data) - self.offset
+        return self.stop - self.offset
 
     def take(self, count: int) -> bytes:
-        if count > self.remaining():
+        start = self.offset
+        end = start + count
+        if end > self.stop:
             raise MalformedPacket("a packet is shorter than its fields say")
-        chunk = bytes(self.data[self.offset : self.offset + count])
-        self.offset += count
-        return chunk
+        self.offset = end
+        return self.data[start:end]
 
     def byte(self) -> int:
-        return self.take(1)[0]
+        offset = self.offset
+        if offset >= self.stop:
+            raise MalformedPacket("a packet is shorter than its fields say")
+        self.offset = offset + 1
+        return self.data[offset]
 
     def uint16(self) -> int:
-        value: int = struct.unpack("!H", self.take(2))[0]
-        return value
+        offset = self.offset
+        if offset + 2 > self.stop:
+            raise MalformedPacket("a packet is shorter than its fields say")
+        self.offset = offset + 2
+        data = self.data
+        return data[offset] << 8 | data[offset + 1]
 
     def binary(self) -> bytes:
         return self.take(self.uint16())
 
     def text(self) -> str:
-        raw = self.binary()
+        raw = self.take(self.uint16())
         try:
             value = raw.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -201,7 +215,7 @@ class _Cursor:
         return value
 
     def end(self) -> None:
-        if self.remaining():
+        if self.offset != self.stop:
             raise MalformedPacket("a packet is longer than its fields")
 
 
@@ -325,15 +339,17 @@ _DECODERS: dict[PacketType, Callable[[_Cursor], Packet]] = {
 }
 
 
-def decode_packet(first_byte: int, body: memoryview) -> Packet:
-    """One packet from its first byte and its remaining bytes."""
-    try:
-        packet_type = PacketType(first_byte >> 4)
-    except ValueError as error:
-        raise MalformedPacket(f"packet type {first_byte >> 4} does not exist") from error
+_PACKET_TYPES = {member.value: member for member in PacketType}
+
+
+def decode_packet(first_byte: int, body: bytes, start: int = 0, stop: int | None = None) -> Packet:
+    """One packet from its first byte and its remaining bytes (``body[start:stop]``)."""
+    packet_type = _PACKET_TYPES.get(first_byte >> 4)
+    if packet_type is None:
+        raise MalformedPacket(f"packet type {first_byte >> 4} does not exist")
     flags = first_byte & 0x0F
-    cursor = _Cursor(body)
-    if packet_type == PacketType.PUBLISH:
+    cursor = _Cursor(body, start, len(body) if stop is None else stop)
+    if packet_type is PacketType.PUBLISH:
         return _decode_publish(flags, cursor)
     if flags != _FIXED_FLAGS.get(packet_type, 0):
         raise MalformedPacket(f"{packet_type.name} with flags {flags:04b}")
@@ -345,45 +361,68 @@ def decode_packet(first_byte: int, body: memoryview) -> Packet:
 
 @dataclass(slots=True)
 class PacketReader:
-    """Turns a byte stream into packets; ``max_packet_size`` bounds every packet."""
+    """Turns a byte stream into packets; ``max_packet_size`` bounds every packet.
+
+    Between calls it keeps only the start of a packet still coming: nothing, for a device
+    whose packets each come whole. A packet that trickles in is gathered in one buffer and
+    read once it is all there, so its bytes are copied a bounded number of times however
+    small the pieces."""
 
     max_packet_size: int = 128 * 1024
-    _buffer: bytearray = field(default_factory=bytearray)
+    _partial: bytearray = field(default_factory=bytearray)
 
     def feed(self, data: bytes) -> list[Packet]:
-        self._buffer += data
+        if self._partial:
+            self._partial += data
+            if not self._first_complete():
+                return []
+            data = bytes(self._partial)
+            self._partial.clear()
+        elif type(data) is not bytes:
+            data = bytes(data)
         packets: list[Packet] = []
-        while True:
-            header = self._header()
-            if header is None:
-                return packets
-            header_length, remaining = header
-            total = header_length + remaining
-            if total > self.max_packet_size:
-                raise PacketTooLarge(
-                    f"a packet of {total} bytes; the limit is {self.max_packet_size}"
-                )
-            if len(self._buffer) < total:
-                return packets
-            view = memoryview(self._buffer)
-            try:
-                packets.append(decode_packet(self._buffer[0], view[header_length:total]))
-            finally:
-                view.release()
-            del self._buffer[:total]
+        start, size = 0, len(data)
+        while start < size:
+            bounds = self._bounds(data, start)
+            if bounds is None or size - start < bounds[1]:
+                self._partial += data[start:]
+                break
+            header_length, total = bounds
+            packets.append(decode_packet(data[start], data, start + header_length, start + total))
+            start += total
+        return packets
 
-    def _header(self) -> tuple[int, int] | None:
-        """(length of the fixed header, remaining length), or None until both are here."""
-        multiplier, value = 1, 0
-        for index in range(1, 5):
-            if index >= len(self._buffer):
-                return None
-            byte = self._buffer[index]
-            value += (byte & 0x7F) * multiplier
-            if not byte & 0x80:
-                return index + 1, value
-            multiplier *= 128
-        raise MalformedPacket("the remaining length takes more than four bytes")
+    def _first_complete(self) -> bool:
+        """The gathered bytes hold a whole packet (one too large raises)."""
+        bounds = self._bounds(self._partial, 0)
+        return bounds is not None and len(self._partial) >= bounds[1]
+
+    def _bounds(self, data: bytes | bytearray, start: int) -> tuple[int, int] | None:
+        """(length of the fixed header, size of the whole packet) of the packet at
+        ``start``; None until its header is all here. Too large a packet raises as soon
+        as its header says so."""
+        header = _header(data, start)
+        if header is None:
+            return None
+        total = header[0] + header[1]
+        if total > self.max_packet_size:
+            raise PacketTooLarge(f"a packet of {total} bytes; the limit is {self.max_packet_size}")
+        return header[0], total
+
+
+def _header(data: bytes | bytearray, start: int) -> tuple[int, int] | None:
+    """(length of the fixed header, remaining length) of the packet at ``start``, or None
+    until both are here."""
+    multiplier, value = 1, 0
+    for index in range(1, 5):
+        if start + index >= len(data):
+            return None
+        byte = data[start + index]
+        value += (byte & 0x7F) * multiplier
+        if not byte & 0x80:
+            return index + 1, value
+        multiplier *= 128
+    raise MalformedPacket("the remaining length takes more than four bytes")
 
 
 # --- writing --------------------------------------------------------------------------

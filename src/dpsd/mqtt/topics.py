@@ -9,7 +9,7 @@ Responses: ``$dps/registrations/res/{status}/?$rid={rid}[&retry-after={s}]``, ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote
+from urllib.parse import quote, unquote
 
 RESPONSE_FILTER = "$dps/registrations/res/#"
 _REGISTER = "$dps/registrations/PUT/iotdps-register/"
@@ -36,12 +36,15 @@ DeviceRequest = RegisterRequest | OperationStatusRequest
 
 
 def _properties(query: str) -> dict[str, str]:
-    try:
-        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=True)
-    except ValueError as error:
-        raise InvalidTopic("the topic's properties cannot be read") from error
+    """The ``name=value`` pairs after the ``?``, percent-decoded: each exactly once, with
+    its ``=``, and a ``$rid`` among them."""
     properties: dict[str, str] = {}
-    for name, value in pairs:
+    for pair in query.split("&"):
+        name, equals, value = pair.partition("=")
+        if not equals or not name:
+            raise InvalidTopic("the topic's properties cannot be read")
+        if "%" in pair or "+" in pair:
+            name, value = unquote(name.replace("+", " ")), unquote(value.replace("+", " "))
         if name in properties:
             raise InvalidTopic(f"the topic repeats {name!r}")
         properties[name] = value
@@ -67,7 +70,9 @@ def parse_request(topic: str) -> DeviceRequest:
 
 
 def response_topic(status: int, rid: str, retry_after: int | None = None) -> str:
-    topic = f"$dps/registrations/res/{status}/?$rid={quote(rid, safe='-._~')}"
+    if not (rid.isascii() and rid.isdigit()):  # most devices number their requests
+        rid = quote(rid, safe="-._~")
+    topic = f"$dps/registrations/res/{status}/?$rid={rid}"
     return topic if retry_after is None else f"{topic}&retry-after={retry_after}"
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, quote, unquote
 
 import pytest
 from hypothesis import given, settings
@@ -41,6 +41,33 @@ def test_requests_as_the_sdks_send_them() -> None:
 def test_other_topics_are_refused(topic: str) -> None:
     with pytest.raises(InvalidTopic):
         parse_request(topic)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    rid=st.text(min_size=1, max_size=40),
+    operation_id=st.text(min_size=1, max_size=60),
+    escape=st.booleans(),
+)
+def test_properties_read_as_a_query_string_reads(rid: str, operation_id: str, escape: bool) -> None:
+    """The properties mean what the standard library's query-string reader says they do."""
+    if escape:
+        rid, operation_id = quote(rid, safe=""), quote(operation_id, safe="")
+    query = f"$rid={rid}&operationId={operation_id}"
+    topic = f"$dps/registrations/GET/iotdps-get-operationstatus/?{query}"
+    try:
+        expected = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=True))
+    except ValueError:
+        expected = None
+    if expected is None or len(expected) != 2 or not 0 < len(expected["$rid"]) <= 128:
+        with pytest.raises(InvalidTopic):
+            parse_request(topic)
+        return
+    if not expected.get("operationId"):
+        with pytest.raises(InvalidTopic):
+            parse_request(topic)
+        return
+    assert parse_request(topic) == OperationStatusRequest(expected["$rid"], expected["operationId"])
 
 
 @settings(max_examples=200, deadline=None, derandomize=True)
