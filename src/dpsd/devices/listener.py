@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -63,8 +63,9 @@ class DeviceConnection(Protocol):
         """Once established: how long to wait for bytes before ``time_passed`` (None: ever)."""
         ...
 
-    async def receive(self, data: bytes) -> bytes:
-        """Take bytes read; answer the bytes to write."""
+    def receive(self, data: bytes) -> bytes | Awaitable[bytes]:
+        """Take bytes read; answer the bytes to write: at once when nothing needs a use
+        case (an MQTT SUBSCRIBE, a PINGREQ), else once awaited."""
         ...
 
     def time_passed(self) -> bytes:
@@ -205,9 +206,10 @@ class _StreamDevice(asyncio.Protocol):
 
     Between bytes, an idle device holds its protocol state, this object and at most one
     timer: no task, stream or suspended coroutine (asyncio streams and a task per
-    connection cost about 4 KB per idle device). Bytes are answered in a task of their own,
-    as a use case may wait on the store; bytes that come meanwhile wait, reading paused,
-    and are answered next, in order. When what dpsd wrote is not read (the transport's
+    connection cost about 4 KB per idle device). Bytes that need a use case (which may
+    wait on the store) are answered in a task of their own, the rest (an MQTT SUBSCRIBE, a
+    PINGREQ) at once; bytes that come while a task answers wait, reading paused, and are
+    answered next, in order. When what dpsd wrote is not read (the transport's
     write buffer passes its high-water mark: ``pause_writing``), nothing more is read until
     it is, and the connection ends after ``write_timeout``.
 
@@ -310,17 +312,26 @@ class _StreamDevice(asyncio.Protocol):
     # --- answering ------------------------------------------------------------------
 
     def _answer(self, data: bytes) -> None:
-        self._task = self._loop.create_task(self._answered(data))
-
-    async def _answered(self, data: bytes) -> None:
         connection = self.connection
         assert connection is not None
         try:
-            outgoing = await connection.receive(data)
-        except Exception:
-            logger.exception("answering a %s device failed", self._listener.protocol)
+            answer = connection.receive(data)
+        except Exception:  # noqa: BLE001 - logged with its traceback, the connection ended
+            self._failed()
+            return
+        if isinstance(answer, bytes):
+            self._write(answer)  # answered in place: no task for it
+            if not self._ended:
+                self._next()
+        else:
+            self._task = self._loop.create_task(self._answered(answer))
+
+    async def _answered(self, answer: Awaitable[bytes]) -> None:
+        try:
+            outgoing = await answer
+        except Exception:  # noqa: BLE001 - logged with its traceback, the connection ended
             self._task = None
-            self._end("dpsd failed to answer the device")
+            self._failed()
             return
         self._task = None
         if not self._ended:
@@ -328,6 +339,11 @@ class _StreamDevice(asyncio.Protocol):
             self._next()
         else:
             self._answer_what_waited()
+
+    def _failed(self) -> None:
+        """Answering failed (called while its exception is handled)."""
+        logger.exception("answering a %s device failed", self._listener.protocol)
+        self._end("dpsd failed to answer the device")
 
     def _next(self) -> None:
         """After an answer or a write the device took: end, answer what waits, or wait."""

@@ -9,14 +9,21 @@ AMQP; the protocol lives in ``dpsd.mqtt.connection`` and the meaning of requests
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from dpsd.devices.answers import DeviceRequests
 from dpsd.devices.listener import Admission, ConnectionLimits, DeviceListener
-from dpsd.mqtt.connection import Closed, ConnectRequested, MqttConnection, RequestReceived, State
+from dpsd.mqtt.connection import (
+    Closed,
+    ConnectRequested,
+    Event,
+    MqttConnection,
+    RequestReceived,
+    State,
+)
 from dpsd.mqtt.handlers import DeviceSession
 from dpsd.service.device_events import DeviceProtocol
 from dpsd.service.device_registration import DeviceRegistrationService
@@ -104,9 +111,19 @@ class MqttDevice:
         self.close_reason = closed.reason
         return b""
 
-    async def receive(self, data: bytes) -> bytes:
+    def receive(self, data: bytes) -> bytes | Awaitable[bytes]:
+        """The answer at once when no packet asks a use case (SUBSCRIBE, PINGREQ,
+        DISCONNECT), else once the use cases answered, in order."""
         connection = self._connection
-        events = deque(connection.receive_data(data))
+        events = connection.receive_data(data)
+        for event in events:
+            if not isinstance(event, Closed):
+                return self._answered(deque(events))
+            self.close_reason = event.reason
+        return connection.data_to_send()
+
+    async def _answered(self, events: deque[Event]) -> bytes:
+        connection = self._connection
         while events:
             match events.popleft():
                 case ConnectRequested(connect=connect):
