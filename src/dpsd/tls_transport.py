@@ -267,6 +267,7 @@ class TlsServerProtocol(asyncio.BufferedProtocol):
         self._app.connection_made(TlsTransport(self))
 
     def _read_plaintext(self) -> None:
+        incoming = self._incoming
         while not self._paused and self._tls is not None and not self._closing:
             data = self._tls.read(READ_CHUNK)  # raises SSLWantReadError when no record is left
             if not data:
@@ -275,6 +276,9 @@ class TlsServerProtocol(asyncio.BufferedProtocol):
             app = self._app
             if app is not None:
                 app.data_received(data)  # type: ignore[attr-defined]
+            tls = self._tls
+            if not incoming.pending and (tls is None or not tls.pending()):
+                return  # nothing left to read: spare the read that would only say so
 
     def _flush(self) -> None:
         socket = self._socket
