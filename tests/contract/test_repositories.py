@@ -21,7 +21,11 @@ from dpsd.domain.enrollment import IndividualEnrollment, ProvisioningStatus
 from dpsd.domain.etag import new_etag
 from dpsd.domain.hub import LinkedHub
 from dpsd.domain.query import ENROLLMENT_QUERY_FIELDS, parse_query
-from dpsd.domain.registration import DeviceRegistrationState, RegistrationStatus
+from dpsd.domain.registration import (
+    DeviceRegistrationState,
+    RegistrationOperation,
+    RegistrationStatus,
+)
 from dpsd.domain.sas import ALL_RIGHTS, AccessRights, SharedAccessPolicy
 from dpsd.storage import codec
 from dpsd.storage import migrate as migrate_module
@@ -285,6 +289,49 @@ async def test_registration_states_replace_earlier_ones(store: Store) -> None:
     assert found is not None
     assert found.status == RegistrationStatus.FAILED
     assert found.error_code == 400209
+
+
+async def test_a_finished_operation_is_kept_with_the_state_it_left(store: Store) -> None:
+    moment = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+    state = DeviceRegistrationState(
+        registration_id="device-1",
+        status=RegistrationStatus.ASSIGNED,
+        etag=new_etag(b"o" * 16),
+        created=moment,
+        last_updated=moment,
+        assigned_hub="hub-a.example",
+        device_id="device-1",
+    )
+    operation = RegistrationOperation(
+        operation_id="4.0123456789abcdef.op-1",
+        registration_id="device-1",
+        status=RegistrationStatus.ASSIGNED,
+        created=moment,
+        last_updated=moment,
+        state=state,
+        attestation_type="symmetricKey",
+        authentication_key="a2V5",
+    )
+    await store.states.record_finished(operation)
+    assert await store.states.get("device-1") == state
+    assert await store.states.finished_operation("DEVICE-1", operation.operation_id) == operation
+    assert await store.states.finished_operation("device-1", "4.0123456789abcdef.op-2") is None
+    assert await store.states.finished_operation("device-2", operation.operation_id) is None
+
+    # The next operation takes the place of the first.
+    later = replace(operation, operation_id="4.0123456789abcdef.op-2", authentication_key=None)
+    await store.states.record_finished(later)
+    assert await store.states.finished_operation("device-1", operation.operation_id) is None
+    assert await store.states.finished_operation("device-1", later.operation_id) == later
+
+    # A state written by itself, or deleted, was left by no operation.
+    await store.states.put(replace(state, status=RegistrationStatus.FAILED))
+    assert await store.states.finished_operation("device-1", later.operation_id) is None
+    await store.states.record_finished(later)
+    assert await store.states.delete("device-1", expected_etag=None)
+    assert await store.states.finished_operation("device-1", later.operation_id) is None
+    assert await store.states.add(state)
+    assert await store.states.finished_operation("device-1", later.operation_id) is None
 
 
 def _policy(name: str, rights: AccessRights) -> SharedAccessPolicy:

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from dpsd.domain.device_auth import derive_device_key
-from tests.conftest import ServiceApi, sas_token
+from tests.conftest import API, ServiceApi, sas_token
 from tests.integration.test_enrollments_api import assert_dps_error
 
 DEVICE_API = "?api-version=2019-03-31"
@@ -260,3 +260,24 @@ async def test_status_lookup(service_api: ServiceApi) -> None:
     found = await service_api.client.post(path, json={"registrationId": "dev-1"}, headers=headers)
     assert found.status_code == 200
     assert found.json()["assignedHub"] == "hub-a.example"
+
+
+async def test_a_settled_operation_lives_with_the_state_it_left(service_api: ServiceApi) -> None:
+    """A registration settled within its register is one write: the state, its operation
+    kept with it. Polls find the operation as long as that state stands."""
+    await service_api.runtime.hubs.link("hub-a.example")
+    await enroll(service_api, "dev-1")
+    first = (await register(service_api, "dev-1", KEY)).json()["operationId"]
+    assert await service_api.runtime.devices.operations.get(first) is None  # nothing apart
+    assert (await poll(service_api, "dev-1", KEY, first)).json()["status"] == "assigned"
+
+    second = (await register(service_api, "dev-1", KEY)).json()["operationId"]
+    assert (await poll(service_api, "dev-1", KEY, second)).json()["status"] == "assigned"
+    # The state the first operation left is gone: so is the first operation.
+    assert_dps_error(await poll(service_api, "dev-1", KEY, first), 404, 404205)
+
+    deleted = await service_api.client.delete(
+        f"/registrations/dev-1{API}", headers=service_api.auth()
+    )
+    assert deleted.status_code == 204, deleted.text
+    assert_dps_error(await poll(service_api, "dev-1", KEY, second), 404, 404205)

@@ -364,8 +364,8 @@ class DeviceRegistrationService:
         self._admitted(
             registration_id, protocol, "poll", lambda: self.throttle.admit_poll(registration_id)
         )
-        found = await self.operations.get(operation_id)
-        if found is None or found.registration_id.lower() != registration_id.lower():
+        found = await self._find_operation(registration_id, operation_id)
+        if found is None:
             raise OperationNotFound(operation_id)
         abandoned = found.created + timedelta(seconds=self._completion_bound + _GRACE_SECONDS)
         if not found.finished and self.clock.now() > abandoned:
@@ -382,6 +382,21 @@ class DeviceRegistrationService:
                     self.clock.now(),
                 ),
             )
+        return found
+
+    async def _find_operation(
+        self, registration_id: str, operation_id: str
+    ) -> RegistrationOperation | None:
+        """The operation that left the device's registration state (most polls: one
+        read), else one stored apart (assigning, or failed where the state stayed)."""
+        found = await self.states.finished_operation(registration_id, operation_id)
+        if found is not None:
+            if found.created >= self.clock.now() - OPERATION_LIFETIME:
+                return found
+            return None  # as long as an operation stored apart lasts
+        found = await self.operations.get(operation_id)
+        if found is None or found.registration_id.lower() != registration_id.lower():
+            return None
         return found
 
     async def registration_state(
@@ -575,8 +590,6 @@ class DeviceRegistrationService:
                 # The device stays where it was last assigned: its next registration
                 # tries the hub again, and migrates from there.
                 record = _assigned_hub(previous) is None
-        if record:
-            await self.states.put(state)
         finished = replace(
             operation,
             status=state.status,
@@ -584,7 +597,13 @@ class DeviceRegistrationService:
             last_updated=now,
             authentication_key=authentication_key,
         )
-        await self.operations.save(finished)
+        if record:
+            # One write: the state, and the operation the device polls kept with it.
+            await self.states.record_finished(finished)
+        if not record or attested.custom:
+            # Stored apart: the device stays where it was, or its operation was stored
+            # assigning when the register was answered (the record polls found till now).
+            await self.operations.save(finished)
         return finished
 
     async def _assign(

@@ -157,6 +157,19 @@ class RegistrationStateStore(Protocol):
 
     async def put(self, state: DeviceRegistrationState) -> None: ...
 
+    async def record_finished(self, operation: RegistrationOperation) -> None:
+        """Store the state a finished operation leaves (``operation.state``) and the
+        operation with it, in one write: ``finished_operation`` reads it back until the
+        state is written or deleted again."""
+        ...
+
+    async def finished_operation(
+        self, registration_id: str, operation_id: str
+    ) -> RegistrationOperation | None:
+        """Operation ``operation_id`` of the device, when it is the one that left its
+        registration state as it stands."""
+        ...
+
     async def query_group(
         self, enrollment_group_id: str, *, after: str | None, limit: int
     ) -> list[DeviceRegistrationState]: ...

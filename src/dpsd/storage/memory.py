@@ -222,6 +222,42 @@ class InMemoryOperationRepository(InMemoryDocumentRepository[RegistrationOperati
 class InMemoryRegistrationStateRepository(InMemoryDocumentRepository[DeviceRegistrationState]):
     def __init__(self) -> None:
         super().__init__(lambda record: record.registration_id)
+        self._operations: dict[str, RegistrationOperation] = {}  # what left each state
+
+    async def add(self, record: DeviceRegistrationState) -> bool:
+        added = await super().add(record)
+        if added:
+            self._operations.pop(id_key(record.registration_id), None)
+        return added
+
+    async def replace(self, record: DeviceRegistrationState, *, expected_etag: str) -> bool:
+        replaced = await super().replace(record, expected_etag=expected_etag)
+        if replaced:
+            self._operations.pop(id_key(record.registration_id), None)
+        return replaced
+
+    async def delete(self, record_id: str, *, expected_etag: str | None) -> bool:
+        deleted = await super().delete(record_id, expected_etag=expected_etag)
+        if deleted:
+            self._operations.pop(id_key(record_id), None)
+        return deleted
+
+    async def put(self, record: DeviceRegistrationState) -> None:
+        await super().put(record)
+        self._operations.pop(id_key(record.registration_id), None)
+
+    async def record_finished(self, operation: RegistrationOperation) -> None:
+        state = operation.state
+        assert state is not None
+        assert state.registration_id == operation.registration_id
+        await super().put(state)
+        self._operations[id_key(state.registration_id)] = operation
+
+    async def finished_operation(
+        self, registration_id: str, operation_id: str
+    ) -> RegistrationOperation | None:
+        operation = self._operations.get(id_key(registration_id))
+        return operation if operation and operation.operation_id == operation_id else None
 
     async def query_group(
         self, enrollment_group_id: str, *, after: str | None, limit: int

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 if TYPE_CHECKING:
     from alembic.config import Config
 
-NEWEST_REVISION = "0009"
+NEWEST_REVISION = "0010"
 """The revision of the newest migration (a test holds it to Alembic's head)."""
 
 _MIGRATIONS = Path(__file__).with_name("migrations")

@@ -52,6 +52,9 @@ registration_states = sa.Table(
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("group_key", sa.String(128), nullable=True),
     sa.Column("document", sa.Text, nullable=False),
+    # The operation that left this state (its document, the state in it): written with the
+    # state in one row, so that settling a registration is one write.
+    sa.Column("operation", sa.Text, nullable=True),
 )
 
 ca_certificates = sa.Table(

@@ -270,6 +270,7 @@ REGISTRATION_STATES: DocumentKind[DeviceRegistrationState] = DocumentKind(
         "group_key": None
         if record.enrollment_group_id is None
         else id_key(record.enrollment_group_id),
+        "operation": None,  # a state written by itself was left by no operation
     },
     decode=codec.decoder(DeviceRegistrationState),
     query_columns={},
@@ -292,6 +293,8 @@ LINKED_HUBS: DocumentKind[LinkedHub] = DocumentKind(
     query_columns={},
 )
 
+_decode_operation = codec.decoder(RegistrationOperation)
+
 REGISTRATION_OPERATIONS: DocumentKind[RegistrationOperation] = DocumentKind(
     table=registration_operations,
     record_id=lambda record: record.operation_id,
@@ -299,7 +302,7 @@ REGISTRATION_OPERATIONS: DocumentKind[RegistrationOperation] = DocumentKind(
         "registration_id": record.registration_id,
         "created_at": record.created.timestamp(),
     },
-    decode=codec.decoder(RegistrationOperation),
+    decode=_decode_operation,
     query_columns={},
 )
 
@@ -474,6 +477,28 @@ class SqlCertificateRepository(SqlDocumentRepository[CACertificate]):
 class SqlRegistrationStateRepository(SqlDocumentRepository[DeviceRegistrationState]):
     def __init__(self, executor: Executor) -> None:
         super().__init__(executor, REGISTRATION_STATES)
+        key: sa.BindParameter[str] = sa.bindparam("key")
+        table = registration_states
+        self._operation = executor.prepare(
+            sa.select(table.c.operation).where(table.c.id_key == key)
+        )
+
+    async def record_finished(self, operation: RegistrationOperation) -> None:
+        state = operation.state
+        assert state is not None
+        assert state.registration_id == operation.registration_id
+        row = self._kind.row(state)
+        row["operation"] = codec.encode(operation)
+        await self._executor.write(self._upsert, row)
+
+    async def finished_operation(
+        self, registration_id: str, operation_id: str
+    ) -> RegistrationOperation | None:
+        document = await self._executor.scalar(self._operation, {"key": id_key(registration_id)})
+        if document is None:
+            return None
+        operation = _decode_operation(document)
+        return operation if operation.operation_id == operation_id else None
 
     async def query_group(
         self, enrollment_group_id: str, *, after: str | None, limit: int
