@@ -182,7 +182,9 @@ class Metrics:
         )
         for protocol in DEVICE_PROTOCOLS:
             self._connections.labels(protocol)
+        # Children by label values, as the lookup of a label set costs a lock and a tuple.
         self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._registration_children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
 
     def request(self, api: str, operation: str, status: int, seconds: float) -> None:
         """An HTTP request answered; ``operation``: its method and route template."""
@@ -201,9 +203,17 @@ class Metrics:
         self, protocol: str, attestation: str, outcome: str, seconds: float | None = None
     ) -> None:
         """A registration ended (or was refused: no ``seconds``)."""
-        self._registrations.labels(protocol, attestation, outcome).inc()
+        key = (protocol, attestation, outcome)
+        children = self._registration_children.get(key)
+        if children is None:
+            children = (
+                self._registrations.labels(protocol, attestation, outcome),
+                self._registration_seconds.labels(protocol, outcome),
+            )
+            self._registration_children[key] = children
+        children[0].inc()
         if seconds is not None:
-            self._registration_seconds.labels(protocol, outcome).observe(seconds)
+            children[1].observe(seconds)
 
     def throttled(self, protocol: str, request: str, limit: str) -> None:
         """A device request answered 429."""

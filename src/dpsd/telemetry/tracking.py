@@ -11,9 +11,7 @@ created in).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 
 TRACKING_ID: ContextVar[str | None] = ContextVar("dpsd_tracking_id", default=None)
 """Set and reset it directly on hot paths (``token = TRACKING_ID.set(...)``)."""
@@ -28,15 +26,23 @@ def new_tracking_id() -> str:
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
 
 
-@contextmanager
-def tracking(tracking_id: str | None = None) -> Iterator[str]:
-    """Serve a request under ``tracking_id`` (a new one by default)."""
-    current = tracking_id or new_tracking_id()
-    token = TRACKING_ID.set(current)
-    try:
-        yield current
-    finally:
-        TRACKING_ID.reset(token)
+class tracking:  # noqa: N801 - used as a function: ``with tracking() as tracking_id:``
+    """Serve a request under ``tracking_id`` (a new one by default). A class rather than a
+    generator: every device request enters one."""
+
+    __slots__ = ("_id", "_token")
+
+    def __init__(self, tracking_id: str | None = None) -> None:
+        self._id = tracking_id or new_tracking_id()
+        self._token: Token[str | None] | None = None
+
+    def __enter__(self) -> str:
+        self._token = TRACKING_ID.set(self._id)
+        return self._id
+
+    def __exit__(self, *_exc: object) -> None:
+        assert self._token is not None
+        TRACKING_ID.reset(self._token)
 
 
 def current_tracking_id() -> str:
