@@ -372,9 +372,9 @@ class _StreamDevice(asyncio.Protocol):
         data = b"".join(waiting)
         if not data:
             return False
-        self._answer(data)
         if not waiting[-1]:
-            self._wait(b"")
+            self._wait(b"")  # first: an answer given in place looks for it at once
+        self._answer(data)
         return True
 
     def _wait(self, data: bytes) -> None:

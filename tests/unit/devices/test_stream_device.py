@@ -5,6 +5,7 @@ deadlines, flow control and the end."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
 from hypothesis import given, settings
@@ -179,6 +180,32 @@ async def test_the_end_of_stream_after_waiting_bytes_answers_them_first() -> Non
     (line,) = events(stream, "disconnected")
     assert line["reason"] == "the device closed the connection"
     assert line["registration_id"] == "dev-1"
+
+
+class InPlaceEchoConnection(EchoConnection):
+    """Answers b"ping..." in place, without a coroutine; the rest as EchoConnection."""
+
+    def receive(self, data: bytes) -> bytes | Coroutine[Any, Any, bytes]:  # type: ignore[override]
+        if data.startswith(b"ping"):
+            self.received.append(data)
+            return b"[" + data + b"]"
+        return super().receive(data)
+
+
+async def test_the_end_of_stream_after_bytes_answered_in_place_ends_the_connection() -> None:
+    gate = asyncio.Event()
+    connection = InPlaceEchoConnection(gate)
+    protocol, transport = connected(listener(connection))
+    protocol.data_received(b"one")
+    await asyncio.sleep(0)
+    with captured_logs() as stream:
+        protocol.data_received(b"ping")
+        protocol.eof_received()
+        gate.set()
+        assert await asyncio.wait_for(transport.closed, 5) == "close"
+    assert bytes(transport.written) == b"<one>[ping]"
+    (line,) = events(stream, "disconnected")
+    assert line["reason"] == "the device closed the connection"
 
 
 async def test_no_handshake_within_the_deadline_ends_the_connection() -> None:
