@@ -31,7 +31,7 @@ from dpsd.mqtt.codec import (
 from dpsd.mqtt.server import MqttLimits, MqttServer
 from dpsd.service.device_registration import ATTESTATION_STANDS_SECONDS
 from dpsd.tls_transport import serve_tls
-from tests.conftest import ServiceApi
+from tests.conftest import API, ServiceApi
 from tests.integration.test_device_registration_api import (
     GROUP_KEY,
     KEY,
@@ -360,4 +360,35 @@ async def test_a_group_device_meets_an_enrollment_of_its_own_made_after_connect(
     await overwrite(api, "/enrollmentGroups/fleet", group_body("fleet", OTHER_GROUP_KEY))
     listener.clock.move_past_the_connect_attestation()
     assert (await registered(reader, writer, "dev-5"))[0] == "401"
+    writer.close()
+
+
+async def test_a_poll_of_the_operation_its_connection_settled_needs_no_store(
+    listener: Listener,
+) -> None:
+    """The register settled the operation on this connection: its poll is answered from
+    what the register settled, even with the state deleted meanwhile; a second poll of it
+    reads the store (where the deleted state took it along)."""
+    api = listener.api
+    await api.runtime.hubs.link("hub-a.example")
+    await enroll(api, "dev-5")
+    reader, writer = await connected_device(listener, "dev-5")
+    body = json.dumps({"registrationId": "dev-5"}).encode()
+    writer.write(encode(Publish(REGISTER_TOPIC, body, qos=0)))
+    (started,) = await packets_until(reader, 1)
+    assert isinstance(started, Publish)
+    operation_id = json.loads(started.payload)["operationId"]
+    deleted = await api.client.delete(f"/registrations/dev-5{API}", headers=api.auth())
+    assert deleted.status_code == 204
+    topic = f"$dps/registrations/GET/iotdps-get-operationstatus/?$rid=8&operationId={operation_id}"
+    polls = []
+    for _ in range(2):
+        writer.write(encode(Publish(topic, b"", qos=0)))
+        (polled,) = await packets_until(reader, 1)
+        assert isinstance(polled, Publish)
+        polls.append((polled.topic.split("/")[3], json.loads(polled.payload)))
+    (first_status, first), (second_status, second) = polls
+    assert (first_status, first["status"]) == ("200", "assigned")
+    assert first["registrationState"]["assignedHub"] == "hub-a.example"
+    assert (second_status, second["errorCode"]) == ("404", 404205)
     writer.close()

@@ -45,6 +45,7 @@ from dpsd.amqp.sasl import (
 )
 from dpsd.devices.answers import Answer, ConnectedDevice, DeviceRequests
 from dpsd.domain.errors import DomainError
+from dpsd.domain.registration import RegistrationOperation
 from dpsd.domain.tpm_public import TpmKeys
 from dpsd.domain.x509_attestation import read_chain
 from dpsd.service.device_registration import Credential
@@ -89,6 +90,7 @@ class AmqpDeviceSession:
         "_requests",
         "_retry_after",
         "_sasl_credentials",
+        "_settled",
         "_tpm_claim",
         "_tpm_segment",
     )
@@ -108,6 +110,8 @@ class AmqpDeviceSession:
         self._tpm_claim: ConnectedDevice | None = None
         self._tpm_segment = b""
         self._device: ConnectedDevice | None = None
+        # The operation the last register settled, until the device polls it.
+        self._settled: RegistrationOperation | None = None
 
     @property
     def device(self) -> ConnectedDevice | None:
@@ -256,12 +260,15 @@ class AmqpDeviceSession:
         properties = message.application_properties
         operation = properties.get(OPERATION_TYPE)
         if operation == REGISTER:
-            return await self._requests.register(self._device, _payload(message.body))
+            answer = await self._requests.register(self._device, _payload(message.body))
+            self._settled = answer.settled
+            return answer
         if operation == GET_OPERATION_STATUS:
             operation_id = properties.get(OPERATION_ID)
             if not isinstance(operation_id, str) or not operation_id:
                 return self._requests.error(DomainError(f"{OPERATION_ID} is missing"))
-            return await self._requests.poll(self._device, operation_id)
+            settled, self._settled = self._settled, None
+            return await self._requests.poll(self._device, operation_id, settled)
         return self._requests.error(
             DomainError(
                 f"{OPERATION_TYPE} {operation!r} is not {REGISTER} or {GET_OPERATION_STATUS}"

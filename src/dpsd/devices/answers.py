@@ -18,6 +18,7 @@ import msgspec
 
 from dpsd.domain.errors import DomainError
 from dpsd.domain.json_depth import JsonTooDeep
+from dpsd.domain.registration import RegistrationOperation
 from dpsd.domain.timestamps import format_timestamp
 from dpsd.domain.tpm_public import TpmKeys
 from dpsd.json_decoding import decode_json
@@ -63,11 +64,14 @@ _ERRORS: dict[type[Exception], tuple[int, int]] = {
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """``status`` as the HTTPS device API would send it; ``body`` the DPS JSON."""
+    """``status`` as the HTTPS device API would send it; ``body`` the DPS JSON;
+    ``settled``: the operation a register settled within the request, for the connection's
+    poll of it (``DeviceRequests.poll``)."""
 
     status: int
     body: bytes
     retry_after: int | None = None
+    settled: RegistrationOperation | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,10 +157,16 @@ class DeviceRequests:
             except Exception as error:  # noqa: BLE001 - every failure becomes a DPS error answer
                 return self._failed("register", device, error)
 
-    async def poll(self, device: ConnectedDevice, operation_id: str) -> Answer:
+    async def poll(
+        self,
+        device: ConnectedDevice,
+        operation_id: str,
+        settled: RegistrationOperation | None = None,
+    ) -> Answer:
+        """``settled``: what the device's register on this connection answered."""
         with tracking():
             try:
-                return await self._poll(device, operation_id)
+                return await self._poll(device, operation_id, settled)
             except Exception as error:  # noqa: BLE001 - every failure becomes a DPS error answer
                 return self._failed("poll", device, error)
 
@@ -216,9 +226,12 @@ class DeviceRequests:
             connection=device.attested,
         )
         answer = RegistrationOperationStatusWire(operation.operation_id, "assigning")
-        return Answer(202, _encoder.encode(answer), self._retry_after)
+        settled = operation if operation.finished else None
+        return Answer(202, _encoder.encode(answer), self._retry_after, settled)
 
-    async def _poll(self, device: ConnectedDevice, operation_id: str) -> Answer:
+    async def _poll(
+        self, device: ConnectedDevice, operation_id: str, settled: RegistrationOperation | None
+    ) -> Answer:
         operation = await self.service.operation(
             device.id_scope,
             device.registration_id,
@@ -226,6 +239,7 @@ class DeviceRequests:
             device.credential,
             connection_attested=True,
             protocol=self.protocol,
+            settled=settled,
         )
         if operation.finished and operation.state is not None:
             result = result_to_wire(

@@ -4,6 +4,7 @@ errors travel back (the same DPS bodies as over HTTPS, the status in the topic).
 from __future__ import annotations
 
 from dpsd.devices.answers import Answer, ConnectedDevice, DeviceRequests
+from dpsd.domain.registration import RegistrationOperation
 from dpsd.mqtt.codec import Connect, ConnectReturnCode
 from dpsd.mqtt.topics import DeviceRequest, RegisterRequest
 from dpsd.service.device_registration import Credential
@@ -21,13 +22,15 @@ def parse_username(username: str) -> tuple[str, str]:
 class DeviceSession:
     """One connected device: who it said it is, and its requests."""
 
-    __slots__ = ("_attested", "_client_chain", "_device", "_requests")
+    __slots__ = ("_attested", "_client_chain", "_device", "_requests", "_settled")
 
     def __init__(self, requests: DeviceRequests, client_chain: tuple[str, ...]) -> None:
         self._requests = requests
         self._client_chain = client_chain
         self._device = ConnectedDevice("", "", Credential())
         self._attested = False
+        # The operation the last register settled, until the device polls it.
+        self._settled: RegistrationOperation | None = None
 
     @property
     def device(self) -> ConnectedDevice | None:
@@ -61,5 +64,8 @@ class DeviceSession:
 
     async def request(self, request: DeviceRequest, payload: bytes) -> Answer:
         if isinstance(request, RegisterRequest):
-            return await self._requests.register(self._device, payload)
-        return await self._requests.poll(self._device, request.operation_id)
+            answer = await self._requests.register(self._device, payload)
+            self._settled = answer.settled
+            return answer
+        settled, self._settled = self._settled, None
+        return await self._requests.poll(self._device, request.operation_id, settled)

@@ -219,8 +219,9 @@ class DeviceRegistrationService:
         protocol: DeviceProtocol = DeviceProtocol.HTTPS,
         connection: Attested | None = None,
     ) -> RegistrationOperation:
-        """Attest the device and start its operation. The answer is always ``assigning``;
-        the outcome is in the operation the device then polls. ``tpm``: the keys a TPM
+        """Attest the device and start its operation: the operation settled already when it
+        finished within the call, else as started. The device is answered ``assigning``
+        either way, and polls for the outcome. ``tpm``: the keys a TPM
         device sends along (checked, and the EK must be the one it attested with).
         ``connection``: how the device attested when its connection opened (MQTT CONNECT,
         AMQP OPEN) with the same credential; it stands while what it rests on is unchanged
@@ -272,9 +273,9 @@ class DeviceRegistrationService:
         if not attested.custom:
             done, _ = await asyncio.wait({task}, timeout=self.inline_completion)
             if task in done:
-                task.result()  # a store failure reaches the caller
+                settled = task.result()  # a store failure reaches the caller
                 await self._clean_up(now)
-                return started
+                return settled
         # Answered before it finished (nothing of it was reported yet): reported as started,
         # and the operation stored as such, unless it finished meanwhile (an operation's
         # status only moves forward).
@@ -356,14 +357,19 @@ class DeviceRegistrationService:
         *,
         connection_attested: bool = False,
         protocol: DeviceProtocol = DeviceProtocol.HTTPS,
+        settled: RegistrationOperation | None = None,
     ) -> RegistrationOperation:
         """``connection_attested``: the device proved who it is when its connection opened
-        (MQTT CONNECT), so a poll, which only reads, need not prove it again."""
+        (MQTT CONNECT), so a poll, which only reads, need not prove it again. ``settled``:
+        the operation the device's register on this connection settled (``register``'s
+        answer), which a poll of it reads without the store."""
         if not connection_attested:
             await self.attest(id_scope, registration_id, credential)
         self._admitted(
             registration_id, protocol, "poll", lambda: self.throttle.admit_poll(registration_id)
         )
+        if settled is not None and settled.operation_id == operation_id and settled.finished:
+            return settled
         found = await self._find_operation(registration_id, operation_id)
         if found is None:
             raise OperationNotFound(operation_id)
