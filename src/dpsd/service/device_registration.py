@@ -270,12 +270,10 @@ class DeviceRegistrationService:
             raise
         # A slow webhook or hub must not hold the register call: the device polls meanwhile.
         task = self._in_background(self._complete(started, attested, payload, protocol), slot)
-        if not attested.custom:
-            done, _ = await asyncio.wait({task}, timeout=self.inline_completion)
-            if task in done:
-                settled = task.result()  # a store failure reaches the caller
-                await self._clean_up(now)
-                return settled
+        if not attested.custom and await _finished_within(task, self.inline_completion):
+            settled = task.result()  # a store failure reaches the caller
+            await self._clean_up(now)
+            return settled
         # Answered before it finished (nothing of it was reported yet): reported as started,
         # and the operation stored as such, unless it finished meanwhile (an operation's
         # status only moves forward).
@@ -844,6 +842,27 @@ def _substatus(
     if settings.reprovision_policy.migrate_device_data:
         return AssignedDeviceSubstatus.DEVICE_DATA_MIGRATED
     return AssignedDeviceSubstatus.DEVICE_DATA_RESET
+
+
+async def _finished_within(task: asyncio.Task[Any], seconds: float) -> bool:
+    """Wait for ``task`` at most ``seconds`` (it goes on either way): whether it finished.
+    ``asyncio.wait`` for one task, without its sets."""
+    if not task.done():
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: object) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        task.add_done_callback(wake)
+        timer = loop.call_later(seconds, wake, None)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            task.remove_done_callback(wake)
+    return task.done()
 
 
 async def _readable_answer(
