@@ -302,12 +302,17 @@ class TlsServerProtocol(asyncio.BufferedProtocol):
     # --- for the transport ----------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._tls is None or self._closing or not data:
+        tls = self._tls
+        if tls is None or self._closing or not data:
             return
-        view = memoryview(data)
         try:
+            if len(data) <= RECORD_SLICE:  # most answers: one record
+                tls.write(data)
+                self._flush()
+                return
+            view = memoryview(data)
             for start in range(0, len(view), RECORD_SLICE):
-                self._tls.write(view[start : start + RECORD_SLICE])
+                tls.write(view[start : start + RECORD_SLICE])
                 self._flush()
         except ssl.SSLError:
             self._abort()  # the TLS connection failed earlier: nothing can be sent

@@ -429,6 +429,8 @@ def _header(data: bytes | bytearray, start: int) -> tuple[int, int] | None:
 
 
 def _remaining_length(length: int) -> bytes:
+    if length < 128:
+        return _ONE_BYTE[length]
     if length > MAX_REMAINING_LENGTH:
         raise ValueError("a packet too large for MQTT")
     out = bytearray()
@@ -437,6 +439,9 @@ def _remaining_length(length: int) -> bytes:
         out.append(byte | (0x80 if length else 0))
         if not length:
             return bytes(out)
+
+
+_ONE_BYTE = [bytes([value]) for value in range(128)]
 
 
 def _text(value: str) -> bytes:
