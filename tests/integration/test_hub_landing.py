@@ -20,7 +20,7 @@ from dpsd.integrations.hub_http import HttpxHubTransport
 from dpsd.integrations.iothub import IotHubRestRegistry
 from dpsd.settings import Settings
 from tests.conftest import ServiceApi
-from tests.integration.test_device_registration_api import provision
+from tests.integration.test_device_registration_api import poll, provision, register
 
 HUB = "remote-hub.example"
 OTHER = "other-hub.example"
@@ -152,6 +152,29 @@ async def test_a_hub_that_never_answers_fails_the_landing_in_time(
 
     writing_to.silent = False
     assert (await provision(service_api, "thermo-4", KEY))["status"] == "assigned"
+
+
+async def test_an_operation_answered_before_it_settled_stays_readable_after_the_next(
+    service_api: ServiceApi, writing_to: RemoteHub
+) -> None:
+    """A register answered before its operation settled (a slow hub) stored the operation
+    assigning; once it settles, that stored copy settles too, so a poll of it still reads
+    its outcome after the device registered again."""
+    devices = service_api.runtime.devices
+    devices.inline_completion, devices.hub_timeout = 0.01, 0.2
+    await link_remote(service_api, writing_to.connection_string)
+    await enroll(service_api, "thermo-5")
+    writing_to.silent = True
+    started = await register(service_api, "thermo-5", KEY)
+    first = started.json()["operationId"]
+    pending = await poll(service_api, "thermo-5", KEY, first)
+    assert pending.status_code == 202
+    await devices.drain()
+    writing_to.silent = False
+    assert (await provision(service_api, "thermo-5", KEY))["status"] == "assigned"
+    earlier = await poll(service_api, "thermo-5", KEY, first)
+    assert earlier.status_code == 200
+    assert earlier.json()["status"] == "failed"
 
 
 async def test_a_failing_hub_keeps_the_previous_assignment(

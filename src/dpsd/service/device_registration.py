@@ -207,6 +207,8 @@ class DeviceRegistrationService:
     """The load limits device requests are let in under (none by default)."""
     _registrations: int = 0
     _background: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Operations whose register was answered before they settled (stored assigning apart).
+    _answered_early: set[str] = field(default_factory=set)
 
     async def register(
         self,
@@ -279,6 +281,7 @@ class DeviceRegistrationService:
         # status only moves forward).
         self.events.started(RegistrationStarted(protocol, started, _policy_name(attested)))
         if not attested.custom:
+            self._answered_early.add(started.operation_id)
             await self.operations.add(started)
         await self._clean_up(now)
         return started
@@ -397,7 +400,7 @@ class DeviceRegistrationService:
         if found is not None:
             if found.created >= self.clock.now() - OPERATION_LIFETIME:
                 return found
-            return None  # as long as an operation stored apart lasts
+            return None  # older than operations are kept
         found = await self.operations.get(operation_id)
         if found is None or found.registration_id.lower() != registration_id.lower():
             return None
@@ -547,6 +550,8 @@ class DeviceRegistrationService:
         except Exception:
             self._report_finished(protocol, operation, None, policy)
             raise
+        finally:
+            self._answered_early.discard(operation.operation_id)
         self._report_finished(protocol, operation, finished.state, policy)
         return finished
 
@@ -604,9 +609,11 @@ class DeviceRegistrationService:
         if record:
             # One write: the state, and the operation the device polls kept with it.
             await self.states.record_finished(finished)
-        if not record or attested.custom:
-            # Stored apart: the device stays where it was, or its operation was stored
-            # assigning when the register was answered (the record polls found till now).
+        stored_apart = attested.custom or operation.operation_id in self._answered_early
+        if not record or stored_apart:
+            # Stored apart too: the state stays as it was, or the operation was stored
+            # there assigning when its register was answered (so that it does not stay so
+            # once the state moves on to a later operation).
             await self.operations.save(finished)
         return finished
 
