@@ -224,6 +224,7 @@ class _StreamDevice(asyncio.Protocol):
         "_ended",
         "_listener",
         "_loop",
+        "_reading_paused",
         "_task",
         "_timer",
         "_transport",
@@ -248,6 +249,7 @@ class _StreamDevice(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
         self._write_blocked = False
+        self._reading_paused = False
         self._ended = False
 
     # --- from the transport ---------------------------------------------------------
@@ -452,9 +454,13 @@ class _StreamDevice(asyncio.Protocol):
             self._answer_waiting()
 
     def _pause(self) -> None:
-        if self._transport is not None and self._transport.is_reading():
-            self._transport.pause_reading()
+        transport = self._transport
+        if transport is not None and transport.is_reading():
+            transport.pause_reading()
+            self._reading_paused = True
 
     def _resume(self) -> None:
-        if self._transport is not None and not self._transport.is_reading():
-            self._transport.resume_reading()
+        if self._reading_paused:  # known here: no question to the transport per answer
+            self._reading_paused = False
+            if self._transport is not None:
+                self._transport.resume_reading()
