@@ -270,18 +270,25 @@ async def test_query_filters_and_pages_in_id_order(store: Store) -> None:
     assert await _ids(store, both) == ["c-x509"]
 
 
-async def test_registration_states_replace_earlier_ones(store: Store) -> None:
-    moment = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
-    state = DeviceRegistrationState(
+STATE_MOMENT = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+
+
+def assigned_state(**extra: Any) -> DeviceRegistrationState:
+    """device-1, assigned to hub-a.example."""
+    return DeviceRegistrationState(
         registration_id="device-1",
         status=RegistrationStatus.ASSIGNED,
         etag=new_etag(b"s" * 16),
-        created=moment,
-        last_updated=moment,
+        created=STATE_MOMENT,
+        last_updated=STATE_MOMENT,
         assigned_hub="hub-a.example",
         device_id="device-1",
-        payload={"model": "x"},
+        **extra,
     )
+
+
+async def test_registration_states_replace_earlier_ones(store: Store) -> None:
+    state = assigned_state(payload={"model": "x"})
     assert await store.states.get("device-1") is None
     await store.states.put(state)
     await store.states.put(replace(state, status=RegistrationStatus.FAILED, error_code=400209))
@@ -292,22 +299,13 @@ async def test_registration_states_replace_earlier_ones(store: Store) -> None:
 
 
 async def test_a_finished_operation_is_kept_with_the_state_it_left(store: Store) -> None:
-    moment = datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
-    state = DeviceRegistrationState(
-        registration_id="device-1",
-        status=RegistrationStatus.ASSIGNED,
-        etag=new_etag(b"o" * 16),
-        created=moment,
-        last_updated=moment,
-        assigned_hub="hub-a.example",
-        device_id="device-1",
-    )
+    state = assigned_state()
     operation = RegistrationOperation(
         operation_id="4.0123456789abcdef.op-1",
         registration_id="device-1",
         status=RegistrationStatus.ASSIGNED,
-        created=moment,
-        last_updated=moment,
+        created=STATE_MOMENT,
+        last_updated=STATE_MOMENT,
         state=state,
         attestation_type="symmetricKey",
         authentication_key="a2V5",

@@ -129,11 +129,12 @@ def connected(device_listener: DeviceListener) -> tuple[asyncio.Protocol, FakeTr
 
 
 async def answering(
-    first: bytes,
+    first: bytes, kind: type[EchoConnection] = EchoConnection
 ) -> tuple[asyncio.Event, EchoConnection, asyncio.Protocol, FakeTransport]:
-    """A connection whose answer to ``first`` is under way, held until the gate opens."""
+    """A connection (of ``kind``) whose answer to ``first`` is under way, held until the
+    gate opens."""
     gate = asyncio.Event()
-    connection = EchoConnection(gate)
+    connection = kind(gate)
     protocol, transport = connected(listener(connection))
     protocol.data_received(first)
     await asyncio.sleep(0)
@@ -193,11 +194,7 @@ class InPlaceEchoConnection(EchoConnection):
 
 
 async def test_the_end_of_stream_after_bytes_answered_in_place_ends_the_connection() -> None:
-    gate = asyncio.Event()
-    connection = InPlaceEchoConnection(gate)
-    protocol, transport = connected(listener(connection))
-    protocol.data_received(b"one")
-    await asyncio.sleep(0)
+    gate, _, protocol, transport = await answering(b"one", InPlaceEchoConnection)
     with captured_logs() as stream:
         protocol.data_received(b"ping")
         protocol.eof_received()

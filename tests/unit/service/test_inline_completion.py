@@ -7,14 +7,15 @@ import asyncio
 from dpsd.service.device_registration import _finished_within
 
 
+async def settle(release: asyncio.Event) -> str:
+    """An operation that settles once ``release`` is set."""
+    await release.wait()
+    return "settled"
+
+
 async def test_a_task_that_finishes_in_time_is_waited_for() -> None:
     release = asyncio.Event()
-
-    async def settle() -> str:
-        await release.wait()
-        return "settled"
-
-    task = asyncio.create_task(settle())
+    task = asyncio.create_task(settle(release))
     asyncio.get_running_loop().call_soon(release.set)
     assert await _finished_within(task, 30)
     assert task.result() == "settled"
@@ -22,12 +23,7 @@ async def test_a_task_that_finishes_in_time_is_waited_for() -> None:
 
 async def test_a_task_still_running_at_the_deadline_goes_on_without_the_waiter() -> None:
     release = asyncio.Event()
-
-    async def settle() -> str:
-        await release.wait()
-        return "settled"
-
-    task = asyncio.create_task(settle())
+    task = asyncio.create_task(settle(release))
     assert not await _finished_within(task, 0.001)
     assert not task.done()
     release.set()
@@ -35,9 +31,8 @@ async def test_a_task_still_running_at_the_deadline_goes_on_without_the_waiter()
 
 
 async def test_a_finished_task_needs_no_wait() -> None:
-    async def settle() -> str:
-        return "settled"
-
-    task = asyncio.create_task(settle())
+    release = asyncio.Event()
+    release.set()
+    task = asyncio.create_task(settle(release))
     await task
     assert await _finished_within(task, 0)
