@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 
 import msgspec
@@ -114,7 +114,7 @@ class DeviceRequests:
                 if not isinstance(error, DeviceUnauthorized):
                     self._log_refused(device.registration_id, error.message)
                 return self.error(error)
-        return replace(device, attested=attested)
+        return ConnectedDevice(device.id_scope, device.registration_id, device.credential, attested)
 
     async def tpm_challenge(
         self, id_scope: str, registration_id: str, keys: TpmKeys

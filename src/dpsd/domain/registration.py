@@ -67,3 +67,22 @@ class RegistrationOperation:
     @property
     def finished(self) -> bool:
         return self.status not in (RegistrationStatus.ASSIGNING, RegistrationStatus.UNASSIGNED)
+
+    def settled(
+        self,
+        state: DeviceRegistrationState,
+        at: datetime,
+        authentication_key: str | None = None,
+    ) -> RegistrationOperation:
+        """This operation ended in ``state`` at ``at``."""
+        return RegistrationOperation(
+            self.operation_id,
+            self.registration_id,
+            state.status,
+            self.created,
+            at,
+            state,
+            self.enrollment_group_id,
+            self.attestation_type,
+            authentication_key,
+        )

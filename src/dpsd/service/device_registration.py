@@ -271,9 +271,10 @@ class DeviceRegistrationService:
             slot.release()
             raise
         # A slow webhook or hub must not hold the register call: the device polls meanwhile.
-        task = self._in_background(self._complete(started, attested, payload, protocol), slot)
-        if not attested.custom and await _finished_within(task, self.inline_completion):
-            settled = task.result()  # a store failure reaches the caller
+        completion = self._complete(started, attested, payload, protocol)
+        settling = _Settling(completion, slot, self._background)
+        settled = await settling.within(0 if attested.custom else self.inline_completion)
+        if settled is not None:  # a store failure reaches the caller
             await self._clean_up(now)
             return settled
         # Answered before it finished (nothing of it was reported yet): reported as started,
@@ -285,17 +286,6 @@ class DeviceRegistrationService:
             await self.operations.add(started)
         await self._clean_up(now)
         return started
-
-    def _in_background(
-        self, completion: Coroutine[Any, Any, RegistrationOperation], slot: RegistrationSlot
-    ) -> asyncio.Task[RegistrationOperation]:
-        """Settle an operation in a task of its own; its registration stays in flight until
-        the task ends."""
-        task = asyncio.create_task(completion)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        task.add_done_callback(lambda _: slot.release())
-        return task
 
     def _admitted(
         self,
@@ -599,13 +589,7 @@ class DeviceRegistrationService:
                 # The device stays where it was last assigned: its next registration
                 # tries the hub again, and migrates from there.
                 record = _assigned_hub(previous) is None
-        finished = replace(
-            operation,
-            status=state.status,
-            state=state,
-            last_updated=now,
-            authentication_key=authentication_key,
-        )
+        finished = operation.settled(state, now, authentication_key)
         if record:
             # One write: the state, and the operation the device polls kept with it.
             await self.states.record_finished(finished)
@@ -851,25 +835,64 @@ def _substatus(
     return AssignedDeviceSubstatus.DEVICE_DATA_RESET
 
 
-async def _finished_within(task: asyncio.Task[Any], seconds: float) -> bool:
-    """Wait for ``task`` at most ``seconds`` (it goes on either way): whether it finished.
-    ``asyncio.wait`` for one task, without its sets."""
-    if not task.done():
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
+class _Settling:
+    """An operation settling in a task of its own, which its register waits for a while.
+    The task releases the registration's slot and leaves ``background`` itself when it
+    ends, and hands its outcome to the register still waiting: no done-callbacks, each of
+    which would cost the event loop a turn."""
 
-        def wake(_: object) -> None:
-            if not waiter.done():
-                waiter.set_result(None)
+    __slots__ = ("_background", "_outcome", "_slot", "task")
 
-        task.add_done_callback(wake)
-        timer = loop.call_later(seconds, wake, None)
+    def __init__(
+        self,
+        completion: Coroutine[Any, Any, RegistrationOperation],
+        slot: RegistrationSlot,
+        background: set[asyncio.Task[Any]],
+    ) -> None:
+        self._outcome: asyncio.Future[RegistrationOperation | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._slot = slot
+        self._background = background
+        self.task = asyncio.create_task(self._run(completion))
+        background.add(self.task)
+
+    async def within(self, seconds: float) -> RegistrationOperation | None:
+        """The settled operation if it settles within ``seconds``, else None (it goes on);
+        how it failed, if it failed in time. Not waited for at all with 0 seconds."""
+        outcome = self._outcome
+        if not outcome.done() and seconds <= 0:
+            _give_up(outcome)
+        elif not outcome.done():
+            timer = asyncio.get_running_loop().call_later(seconds, _give_up, outcome)
+            try:
+                return await outcome
+            finally:
+                timer.cancel()
+        return outcome.result()
+
+    async def _run(
+        self, completion: Coroutine[Any, Any, RegistrationOperation]
+    ) -> RegistrationOperation | None:
+        outcome = self._outcome
         try:
-            await waiter
+            settled = await completion
+        except Exception as error:
+            if outcome.done():
+                raise  # nobody waits for it any more: the task's own failure
+            outcome.set_exception(error)
+            return None
         finally:
-            timer.cancel()
-            task.remove_done_callback(wake)
-    return task.done()
+            self._slot.release()
+            self._background.discard(self.task)
+        if not outcome.done():
+            outcome.set_result(settled)
+        return settled
+
+
+def _give_up(outcome: asyncio.Future[RegistrationOperation | None]) -> None:
+    if not outcome.done():
+        outcome.set_result(None)
 
 
 async def _readable_answer(
