@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from dpsd.devices.answers import DeviceRequests
 from dpsd.domain.device_auth import derive_device_key
 from dpsd.mqtt.codec import (
     ConnAck,
@@ -28,7 +29,10 @@ from dpsd.mqtt.codec import (
     Subscribe,
     encode,
 )
-from dpsd.mqtt.server import MqttLimits, MqttServer
+from dpsd.mqtt.connection import MqttConnection
+from dpsd.mqtt.handlers import DeviceSession
+from dpsd.mqtt.server import MqttDevice, MqttLimits, MqttServer
+from dpsd.service.device_events import DeviceProtocol
 from dpsd.service.device_registration import ATTESTATION_STANDS_SECONDS
 from dpsd.tls_transport import serve_tls
 from tests.conftest import API, ServiceApi
@@ -392,3 +396,46 @@ async def test_a_poll_of_the_operation_its_connection_settled_needs_no_store(
     assert first["registrationState"]["assignedHub"] == "hub-a.example"
     assert (second_status, second["errorCode"]) == ("404", 404205)
     writer.close()
+
+
+async def answer_of(device: MqttDevice, packet: Packet) -> tuple[bool, list[Packet]]:
+    """Whether ``device`` answered ``packet`` at once (without a use case to wait for), and
+    what it answered."""
+    answered = device.receive(encode(packet))
+    at_once = isinstance(answered, bytes)
+    data = answered if isinstance(answered, bytes) else await answered
+    return at_once, PacketReader(1 << 20).feed(data)
+
+
+async def test_a_poll_of_what_the_register_settled_is_answered_at_once(
+    service_api: ServiceApi,
+) -> None:
+    """Driven without a socket: the poll of the operation the connection's register settled
+    needs nothing to wait for, so it is answered in place; a later poll of it, or a poll of
+    another operation, goes to the store."""
+    runtime = service_api.runtime
+    await runtime.hubs.link("hub-a.example")
+    await enroll(service_api, "dev-6")
+    requests = DeviceRequests(runtime.devices, 1, runtime.now, protocol=DeviceProtocol.MQTT)
+    device = MqttDevice(MqttConnection(4096), DeviceSession(requests, ()))
+    at_once, (connack,) = await answer_of(device, device_connect(service_api, "dev-6"))
+    assert (at_once, connack) == (False, ConnAck(False, ConnectReturnCode.ACCEPTED))
+    subscribe = Subscribe(1, (("$dps/registrations/res/#", 1),))
+    assert (await answer_of(device, subscribe))[0]
+    body = json.dumps({"registrationId": "dev-6"}).encode()
+    at_once, (started,) = await answer_of(device, Publish(REGISTER_TOPIC, body, qos=0))
+    assert not at_once
+    assert isinstance(started, Publish)
+    operation_id = json.loads(started.payload)["operationId"]
+    poll = "$dps/registrations/GET/iotdps-get-operationstatus/?$rid={rid}&operationId={op}"
+    at_once, (polled,) = await answer_of(device, Publish(poll.format(rid=8, op=operation_id), b""))
+    assert at_once
+    assert isinstance(polled, Publish)
+    assert polled.topic.startswith("$dps/registrations/res/200/?$rid=8")
+    assert json.loads(polled.payload)["registrationState"]["assignedHub"] == "hub-a.example"
+    again = await answer_of(device, Publish(poll.format(rid=9, op=operation_id), b""))
+    unknown = await answer_of(device, Publish(poll.format(rid=10, op="4.0.unknown"), b""))
+    for (at_once, (answer,)), status in ((again, 200), (unknown, 404)):
+        assert not at_once
+        assert isinstance(answer, Publish)
+        assert answer.topic.startswith(f"$dps/registrations/res/{status}/")

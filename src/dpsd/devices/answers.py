@@ -170,6 +170,21 @@ class DeviceRequests:
             except Exception as error:  # noqa: BLE001 - every failure becomes a DPS error answer
                 return self._failed("poll", device, error)
 
+    def poll_settled(
+        self, device: ConnectedDevice, operation_id: str, settled: RegistrationOperation
+    ) -> Answer | None:
+        """The answer to a poll of ``settled`` (what the device's register on this
+        connection settled) without waiting for anything; None: a poll of another
+        operation, for ``poll``."""
+        with tracking():
+            try:
+                operation = self.service.poll_settled(
+                    device.registration_id, operation_id, settled, self.protocol
+                )
+            except Exception as error:  # noqa: BLE001 - every failure becomes a DPS error answer
+                return self._failed("poll", device, error)
+            return None if operation is None else self._status(operation)
+
     def error(self, error: Exception) -> Answer:
         """The DPS error body of ``error``, under the tracking id of the request being
         served; failures of dpsd itself are 500 without detail, and a store that cannot
@@ -241,6 +256,10 @@ class DeviceRequests:
             protocol=self.protocol,
             settled=settled,
         )
+        return self._status(operation)
+
+    def _status(self, operation: RegistrationOperation) -> Answer:
+        """A poll's answer: the outcome of a finished operation, else still assigning."""
         if operation.finished and operation.state is not None:
             result = result_to_wire(
                 operation.state, operation.attestation_type, operation.authentication_key

@@ -62,6 +62,17 @@ class DeviceSession:
             return ConnectReturnCode.SERVER_UNAVAILABLE
         return ConnectReturnCode.BAD_USERNAME_OR_PASSWORD
 
+    def answer_at_once(self, request: DeviceRequest) -> Answer | None:
+        """The answer to a poll of the operation this connection's last register settled,
+        which needs no wait; None: ``request`` needs ``request()``."""
+        settled = self._settled
+        if settled is None or isinstance(request, RegisterRequest):
+            return None
+        answer = self._requests.poll_settled(self._device, request.operation_id, settled)
+        if answer is not None:
+            self._settled = None
+        return answer
+
     async def request(self, request: DeviceRequest, payload: bytes) -> Answer:
         if isinstance(request, RegisterRequest):
             answer = await self._requests.register(self._device, payload)

@@ -112,14 +112,22 @@ class MqttDevice:
         return b""
 
     def receive(self, data: bytes) -> bytes | Awaitable[bytes]:
-        """The answer at once when no packet asks a use case (SUBSCRIBE, PINGREQ,
-        DISCONNECT), else once the use cases answered, in order."""
+        """The answer at once when no packet needs a use case to wait (SUBSCRIBE, PINGREQ,
+        DISCONNECT, a poll of the operation the last register settled), else once the use
+        cases answered, in order."""
         connection = self._connection
         events = connection.receive_data(data)
-        for event in events:
-            if not isinstance(event, Closed):
-                return self._answered(deque(events))
-            self.close_reason = event.reason
+        for index, event in enumerate(events):
+            if isinstance(event, Closed):
+                self.close_reason = event.reason
+                continue
+            if isinstance(event, RequestReceived):
+                answer = self._session.answer_at_once(event.request)
+                if answer is not None:
+                    rid = event.request.rid
+                    connection.respond(rid, answer.status, answer.body, answer.retry_after)
+                    continue
+            return self._answered(deque(events[index:]))
         return connection.data_to_send()
 
     async def _answered(self, events: deque[Event]) -> bytes:

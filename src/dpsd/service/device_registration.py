@@ -356,11 +356,13 @@ class DeviceRegistrationService:
         answer), which a poll of it reads without the store."""
         if not connection_attested:
             await self.attest(id_scope, registration_id, credential)
+        if settled is not None:
+            answered = self.poll_settled(registration_id, operation_id, settled, protocol)
+            if answered is not None:
+                return answered
         self._admitted(
             registration_id, protocol, "poll", lambda: self.throttle.admit_poll(registration_id)
         )
-        if settled is not None and settled.operation_id == operation_id and settled.finished:
-            return settled
         found = await self._find_operation(registration_id, operation_id)
         if found is None:
             raise OperationNotFound(operation_id)
@@ -380,6 +382,24 @@ class DeviceRegistrationService:
                 ),
             )
         return found
+
+    def poll_settled(
+        self,
+        registration_id: str,
+        operation_id: str,
+        settled: RegistrationOperation,
+        protocol: DeviceProtocol,
+    ) -> RegistrationOperation | None:
+        """A poll by a device attested when its connection opened, answered at once when it
+        asks for ``settled``, the operation its register on this connection settled (and
+        let in under the poll limits like any poll). None: another operation, which
+        ``operation`` looks up."""
+        if settled.operation_id != operation_id or not settled.finished:
+            return None
+        self._admitted(
+            registration_id, protocol, "poll", lambda: self.throttle.admit_poll(registration_id)
+        )
+        return settled
 
     async def _find_operation(
         self, registration_id: str, operation_id: str
