@@ -38,6 +38,7 @@ DPSD_LOGGER = "dpsd"
 OTHER_LIBRARIES_LEVEL = logging.WARNING
 _NAMED = re.compile(r"%\((\w+)\)")
 _BARE = re.compile(r"[\w.:/@+-]*")
+_bare = _BARE.fullmatch
 
 
 _LIBRARY_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
@@ -134,11 +135,18 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         named = _named_in(record.msg) if isinstance(record.msg, str) else frozenset()
-        facts = [
-            f"{key}={text_value(value)}"
-            for key, value in facts_of(record).items()
-            if value is not None and key not in named
-        ]
+        facts = []
+        for key, value in facts_of(record).items():
+            if value is None or key in named:
+                continue
+            # text_value's two commonest cases inline: every device line has ten or so
+            if type(value) is str:
+                text = value if value and _bare(value) else json.dumps(value)
+            elif type(value) is int:
+                text = str(value)
+            else:
+                text = text_value(value)
+            facts.append(f"{key}={text}")
         tracking_id = getattr(record, "tracking_id", None)
         if tracking_id:
             facts.append(f"tracking_id={tracking_id}")
@@ -197,6 +205,6 @@ def text_value(value: object) -> str:
     if isinstance(value, int):
         return str(value)
     text = f"{value:.1f}" if isinstance(value, float) else str(value)
-    if text and _BARE.fullmatch(text):
+    if text and _bare(text):
         return text
     return json.dumps(text)

@@ -4,9 +4,13 @@ text lines cannot be forged; other libraries are heard from warnings up."""
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import re
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dpsd.telemetry.logs import LogFormat, LogLevel, printable, text_value, timestamp
 from dpsd.telemetry.tracking import TRACKING_ID, current_tracking_id, new_tracking_id, tracking
@@ -119,3 +123,22 @@ def test_tracking_ids() -> None:
 def test_timestamps_are_utc_to_the_millisecond() -> None:
     assert timestamp(0.5) == "1970-01-01T00:00:00.500Z"
     assert timestamp(1_700_000_000.0) == "2023-11-14T22:13:20.000Z"
+
+
+class Kind(enum.StrEnum):
+    ASSIGNED = "assigned"
+
+
+@given(
+    value=st.one_of(
+        st.text(max_size=20),
+        st.integers(),
+        st.booleans(),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.sampled_from(Kind),
+    )
+)
+def test_a_fact_in_a_text_line_is_written_as_text_value_writes_it(value: object) -> None:
+    with captured_logs(LogFormat.TEXT) as stream:
+        logger.info("line", {"fact": value, "last": 1})
+    assert f"  fact={text_value(value)} last=1" in stream.getvalue()
