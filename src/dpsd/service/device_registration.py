@@ -861,7 +861,7 @@ class _Settling:
     ends, and hands its outcome to the register still waiting: no done-callbacks, each of
     which would cost the event loop a turn."""
 
-    __slots__ = ("_background", "_outcome", "_slot", "task")
+    __slots__ = ("_background", "_loop", "_outcome", "_slot", "task")
 
     def __init__(
         self,
@@ -869,12 +869,13 @@ class _Settling:
         slot: RegistrationSlot,
         background: set[asyncio.Task[Any]],
     ) -> None:
-        self._outcome: asyncio.Future[RegistrationOperation | None] = (
-            asyncio.get_running_loop().create_future()
-        )
+        # The loop's own methods: asking asyncio for the running loop costs a getpid() each
+        # time on Python 3.11.
+        self._loop = loop = asyncio.get_running_loop()
+        self._outcome: asyncio.Future[RegistrationOperation | None] = loop.create_future()
         self._slot = slot
         self._background = background
-        self.task = asyncio.create_task(self._run(completion))
+        self.task = loop.create_task(self._run(completion))
         background.add(self.task)
 
     async def within(self, seconds: float) -> RegistrationOperation | None:
@@ -884,7 +885,7 @@ class _Settling:
         if not outcome.done() and seconds <= 0:
             _give_up(outcome)
         elif not outcome.done():
-            timer = asyncio.get_running_loop().call_later(seconds, _give_up, outcome)
+            timer = self._loop.call_later(seconds, _give_up, outcome)
             try:
                 return await outcome
             finally:
