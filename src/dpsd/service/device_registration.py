@@ -304,6 +304,14 @@ class DeviceRegistrationService:
             self.events.throttled(event)
             raise
 
+    def _admit_poll(
+        self, registration_id: str, protocol: DeviceProtocol, request: str = "poll"
+    ) -> None:
+        """Let a read of the device's operation or state in under the poll limits."""
+        self._admitted(
+            registration_id, protocol, request, lambda: self.throttle.admit_poll(registration_id)
+        )
+
     async def tpm_challenge(
         self,
         id_scope: str,
@@ -360,9 +368,7 @@ class DeviceRegistrationService:
             answered = self.poll_settled(registration_id, operation_id, settled, protocol)
             if answered is not None:
                 return answered
-        self._admitted(
-            registration_id, protocol, "poll", lambda: self.throttle.admit_poll(registration_id)
-        )
+        self._admit_poll(registration_id, protocol)
         found = await self._find_operation(registration_id, operation_id)
         if found is None:
             raise OperationNotFound(operation_id)
@@ -396,9 +402,7 @@ class DeviceRegistrationService:
         ``operation`` looks up."""
         if settled.operation_id != operation_id or not settled.finished:
             return None
-        self._admitted(
-            registration_id, protocol, "poll", lambda: self.throttle.admit_poll(registration_id)
-        )
+        self._admit_poll(registration_id, protocol)
         return settled
 
     async def _find_operation(
@@ -420,12 +424,7 @@ class DeviceRegistrationService:
         self, id_scope: str, registration_id: str, credential: Credential
     ) -> DeviceRegistrationState:
         await self.attest(id_scope, registration_id, credential)
-        self._admitted(
-            registration_id,
-            DeviceProtocol.HTTPS,
-            "status",
-            lambda: self.throttle.admit_poll(registration_id),
-        )
+        self._admit_poll(registration_id, DeviceProtocol.HTTPS, "status")
         state = await self.states.get(registration_id)
         if state is None:
             raise RegistrationNotFound(registration_id)
