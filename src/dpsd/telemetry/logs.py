@@ -135,18 +135,11 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         named = _named_in(record.msg) if isinstance(record.msg, str) else frozenset()
-        facts = []
-        for key, value in facts_of(record).items():
-            if value is None or key in named:
-                continue
-            # text_value's two commonest cases inline: every device line has ten or so
-            if type(value) is str:
-                text = value if value and _bare(value) else json.dumps(value)
-            elif type(value) is int:
-                text = str(value)
-            else:
-                text = text_value(value)
-            facts.append(f"{key}={text}")
+        facts = [
+            f"{key}={text_value(value)}"
+            for key, value in facts_of(record).items()
+            if value is not None and key not in named
+        ]
         tracking_id = getattr(record, "tracking_id", None)
         if tracking_id:
             facts.append(f"tracking_id={tracking_id}")
@@ -202,9 +195,12 @@ def printable(text: str) -> str:
 
 def text_value(value: object) -> str:
     """A fact as the text format writes it: bare when it is one plain word, else quoted."""
-    if isinstance(value, int):
+    if type(value) is str:  # most facts: checked first
+        text = value
+    elif isinstance(value, int):
         return str(value)
-    text = f"{value:.1f}" if isinstance(value, float) else str(value)
+    else:
+        text = f"{value:.1f}" if isinstance(value, float) else str(value)
     if text and _bare(text):
         return text
     return json.dumps(text)
