@@ -427,6 +427,24 @@ def start_dpsd(
     return server, int(str(endpoint).rsplit(":", 1)[1])
 
 
+def start_fleet(
+    data_dir: Path, logs: Path, retry_after: int, protocol: DeviceProtocol
+) -> tuple[ServerProcess, Target]:
+    """dpsd on a fresh ``data_dir`` with the benchmark's hub linked and its enrollment
+    group created, serving ``protocol``: (server, where its devices connect)."""
+    info = dpsd_info(data_dir)
+    link_hubs(data_dir, [HUB])
+    ca = Path(info["caCertificatePath"])
+    server, port = start_dpsd(data_dir, logs, retry_after, protocol)
+    try:
+        create_group(server, shared_access_key(info["serviceConnectionString"]), ca)
+    except BaseException:
+        server.stop()
+        raise
+    context = ssl.create_default_context(cafile=str(ca))
+    return server, Target(HOST, port, context, info["idScope"])
+
+
 def raise_open_files(needed: int) -> None:
     """Idle devices each hold a socket here and in dpsd (which inherits the limit)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -459,9 +477,6 @@ def _run_in(work: Path, arguments: argparse.Namespace, protocol: DeviceProtocol)
     if data_dir.exists():
         raise BenchError(f"{data_dir} exists; the benchmark needs a fresh data dir")
     raise_open_files(arguments.idle + arguments.concurrency + 256)
-    info = dpsd_info(data_dir)
-    link_hubs(data_dir, [HUB])
-    ca = Path(info["caCertificatePath"])
     print(f"code: {describe_code()}")
     print(f"machine: {describe_machine()}, {ssl.OPENSSL_VERSION}")
     print(
@@ -471,13 +486,10 @@ def _run_in(work: Path, arguments: argparse.Namespace, protocol: DeviceProtocol)
         f"{arguments.idle} idle devices; work dir {work}",
         flush=True,
     )
-    server, port = start_dpsd(data_dir, work, arguments.retry_after, protocol)
+    server, target = start_fleet(data_dir, work, arguments.retry_after, protocol)
     results: list[PhaseResult] = []
     idle: list[IdleResult] = []
     try:
-        create_group(server, shared_access_key(info["serviceConnectionString"]), ca)
-        context = ssl.create_default_context(cafile=str(ca))
-        target = Target(HOST, port, context, info["idScope"])
         asyncio.run(_phases(Setup(server, target, arguments, protocol), results, idle))
     finally:
         server.stop()

@@ -18,17 +18,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
-import ssl
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from device_bench import Target, start_dpsd
+from device_bench import Target, start_fleet
 from mqtt import MQTT, Device
-from registrations import HUB, create_group
-from service_api import HOST, ServerProcess, dpsd_info, link_hubs, shared_access_key
+from service_api import ServerProcess
 
 
 async def exchanges(
@@ -69,14 +67,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="dpsd-bench-exchange-"))
     data_dir = work / "dpsd-data"
     try:
-        info = dpsd_info(data_dir)
-        link_hubs(data_dir, [HUB])
-        ca = Path(info["caCertificatePath"])
-        server, port = start_dpsd(data_dir, work, 1, MQTT)
+        server, target = start_fleet(data_dir, work, 1, MQTT)
         try:
-            create_group(server, shared_access_key(info["serviceConnectionString"]), ca)
-            context = ssl.create_default_context(cafile=str(ca))
-            target = Target(HOST, port, context, info["idScope"])
             per_round = asyncio.run(exchanges(server, target, arguments))
         finally:
             server.stop()
