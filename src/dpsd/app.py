@@ -62,6 +62,7 @@ from dpsd.storage.executor import Executor
 from dpsd.storage.health import ErrorCountingExecutor, store_answers
 from dpsd.storage.sql import (
     SqlOperationRepository,
+    SqlRegistrationReads,
     SqlTpmChallengeRepository,
     SqlTpmHubKeyRepository,
 )
@@ -202,7 +203,7 @@ async def _served(
             id_scope=store.id_scope,
             enrollments=store.enrollments,
             groups=store.groups,
-            hubs=store.hubs,
+            reads=SqlRegistrationReads(store.executor),
             certificates=store.certificates,
             states=store.states,
             operations=SqlOperationRepository(store.executor),

@@ -156,7 +156,8 @@ async def test_a_builtin_hub_answers_503_with_retry_after(full: Endpoint) -> Non
 
 
 class UnreadableStore:
-    """Enrollments and groups whose every read meets a fault of the store."""
+    """Enrollments, groups and a registration's reads, each read meeting a fault of the
+    store."""
 
     async def get(self, record_id: str) -> None:
         raise StorageUnavailable(StorageFault.CONNECTION_LOST, "the test's store is down")
@@ -164,12 +165,18 @@ class UnreadableStore:
     async def query(self, *args: object, **kwargs: object) -> list[object]:
         raise StorageUnavailable(StorageFault.CONNECTION_LOST, "the test's store is down")
 
+    async def enrollment_or_groups(self, *args: object) -> None:
+        raise StorageUnavailable(StorageFault.CONNECTION_LOST, "the test's store is down")
+
+    async def state_and_hubs(self, registration_id: str) -> None:
+        raise StorageUnavailable(StorageFault.CONNECTION_LOST, "the test's store is down")
+
 
 @pytest.fixture
 async def unreadable(service_api: ServiceApi, tmp_path: Path) -> AsyncIterator[Endpoint]:
     runtime = service_api.runtime
     store = UnreadableStore()
-    devices = replace(runtime.devices, enrollments=store, groups=store)
+    devices = replace(runtime.devices, enrollments=store, groups=store, reads=store)
     async with device_listeners(service_api, devices, tmp_path) as endpoint:
         yield endpoint
 

@@ -30,7 +30,6 @@ from dpsd.domain.hub import LinkedHub
 from dpsd.domain.hub_device import DeviceIdentity, TwinContent
 from dpsd.domain.ids import validate_registration_id
 from dpsd.domain.json_depth import MAX_JSON_DEPTH, JsonTooDeep, nests_deeper_than
-from dpsd.domain.query import ENROLLMENT_GROUP_QUERY_FIELDS, parse_query
 from dpsd.domain.registration import (
     AssignedDeviceSubstatus,
     DeviceRegistrationState,
@@ -68,9 +67,9 @@ from dpsd.service.ports import (
     EnrollmentRepository,
     Entropy,
     HubRegistryError,
-    HubRepository,
     IotHubRegistry,
     OperationRepository,
+    RegistrationReads,
     RegistrationStateStore,
 )
 from dpsd.service.throttling import RegistrationSlot, Throttle
@@ -84,12 +83,9 @@ INLINE_COMPLETION_SECONDS = 2.0
 # registers without the store asked again: a device registers right after it connects.
 ATTESTATION_STANDS_SECONDS = 5.0
 _CLEANUP_EVERY = 200
-_SYMMETRIC_GROUPS = parse_query(
-    "SELECT * WHERE attestation.type = 'symmetricKey'", ENROLLMENT_GROUP_QUERY_FIELDS
-).where
-_X509_GROUPS = parse_query(
-    "SELECT * WHERE attestation.type = 'x509'", ENROLLMENT_GROUP_QUERY_FIELDS
-).where
+# The enrollment groups a device without an enrollment of its own is attested against:
+# those of its attestation type, the first this many by id.
+GROUPS_ATTESTED = 1000
 DISABLED_ERROR_CODE = 401008
 CUSTOM_ALLOCATION_ERROR_CODE = 400210
 _GRACE_SECONDS = 30
@@ -187,7 +183,7 @@ class DeviceRegistrationService:
     id_scope: str
     enrollments: EnrollmentRepository
     groups: EnrollmentGroupRepository
-    hubs: HubRepository
+    reads: RegistrationReads
     certificates: CertificateRepository
     states: RegistrationStateStore
     operations: OperationRepository
@@ -495,7 +491,9 @@ class DeviceRegistrationService:
                 f"The certificate's subject CN {chain.common_name!r} is not the registration "
                 f"id {registration_id!r}"
             )
-        enrollment = await self.enrollments.get(registration_id)
+        enrollment, groups = await self.reads.enrollment_or_groups(
+            registration_id, AttestationType.X509, GROUPS_ATTESTED
+        )
         if enrollment is not None:
             if individual_matches(enrollment.settings.attestation, chain):
                 return Attested.individual(enrollment, chain.thumbprints[0])
@@ -506,7 +504,7 @@ class DeviceRegistrationService:
             if record.is_verified
         }
         best: tuple[int, EnrollmentGroup] | None = None
-        for group in await self.groups.query(_X509_GROUPS, after=None, limit=1000):
+        for group in groups:
             position = group_position(group.settings.attestation, chain, verified)
             if position is not None and (best is None or position < best[0]):
                 best = (position, group)
@@ -522,7 +520,9 @@ class DeviceRegistrationService:
             token = parse_device_token(authorization, id_scope, registration_id, now=int(now))
         except InvalidToken as error:
             raise DeviceUnauthorized(error.message) from error
-        enrollment = await self.enrollments.get(registration_id)
+        enrollment, groups = await self.reads.enrollment_or_groups(
+            registration_id, AttestationType.SYMMETRIC_KEY, GROUPS_ATTESTED
+        )
         if enrollment is not None and enrollment.settings.attestation.type == AttestationType.TPM:
             return Attested.individual(enrollment, tpm=await self.tpm.verify(enrollment, token))
         if enrollment is not None:
@@ -532,7 +532,7 @@ class DeviceRegistrationService:
             ):
                 return Attested.individual(enrollment, token_expiry=token.expiry, checked_at=now)
             raise DeviceUnauthorized("The token is not signed with this device's enrollment keys")
-        for group in await self.groups.query(_SYMMETRIC_GROUPS, after=None, limit=1000):
+        for group in groups:
             keys = group.settings.attestation.symmetric_key
             if keys is None:
                 continue
@@ -578,7 +578,7 @@ class DeviceRegistrationService:
         self, operation: RegistrationOperation, attested: Attested, payload: Any
     ) -> RegistrationOperation:
         now = self.clock.now()
-        previous = await self.states.get(operation.registration_id)
+        previous, linked = await self.reads.state_and_hubs(operation.registration_id)
         record = True
         authentication_key = None
         if attested.settings.provisioning_status == ProvisioningStatus.DISABLED:
@@ -592,7 +592,7 @@ class DeviceRegistrationService:
             )
         else:
             try:
-                assignment = await self._assign(operation, attested, previous, now, payload)
+                assignment = await self._assign(operation, attested, previous, linked, now, payload)
                 hub_keys = None
                 if attested.tpm is not None:
                     hub_keys = await self.tpm.hub_key(operation.registration_id, attested.tpm)
@@ -625,11 +625,11 @@ class DeviceRegistrationService:
         operation: RegistrationOperation,
         attested: Attested,
         previous: DeviceRegistrationState | None,
+        linked: list[LinkedHub],
         now: datetime,
         payload: Any,
     ) -> _Assignment:
         settings = attested.settings
-        linked = await self.hubs.list()
         kept = _assigned_hub(previous)
         linked_names = {hub.host_name.lower() for hub in linked}
         twin_override = None

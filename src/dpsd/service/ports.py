@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from dpsd.domain.attestation import AttestationType
 from dpsd.domain.ca_certificate import CACertificate
 from dpsd.domain.enrollment import IndividualEnrollment
 from dpsd.domain.enrollment_group import EnrollmentGroup
@@ -191,6 +192,24 @@ class HubRepository(Protocol):
     async def delete(self, record_id: str, *, expected_etag: str | None) -> bool: ...
 
     async def list(self) -> list[LinkedHub]: ...
+
+
+class RegistrationReads(Protocol):
+    """The reads of a device registration that span kinds of record, each in one statement
+    (on PostgreSQL one round trip, not two)."""
+
+    async def enrollment_or_groups(
+        self, registration_id: str, attestation: AttestationType, limit: int
+    ) -> tuple[IndividualEnrollment | None, list[EnrollmentGroup]]:
+        """The device's individual enrollment (of any attestation) and no group; when it
+        has none, the first ``limit`` enrollment groups of ``attestation``, by id."""
+        ...
+
+    async def state_and_hubs(
+        self, registration_id: str
+    ) -> tuple[DeviceRegistrationState | None, list[LinkedHub]]:
+        """The device's registration state, and every linked IoT hub (by host name)."""
+        ...
 
 
 class OperationRepository(Protocol):

@@ -87,6 +87,12 @@ class Executor(Protocol):
         self, statement: Prepared | sa.Executable, params: Params = None
     ) -> list[Any]: ...
 
+    async def rows(
+        self, statement: Prepared | sa.Executable, params: Params = None
+    ) -> list[tuple[Any, ...]]:
+        """Every row a read returns, each as a tuple of its columns."""
+        ...
+
     async def write(self, statement: Prepared | sa.Executable, params: Params = None) -> int:
         """Run one statement in its own transaction; the number of rows it touched.
         Raises DuplicateKey when an insert meets an existing key."""
@@ -121,6 +127,11 @@ class AsyncEngineExecutor:
         self, statement: Prepared | sa.Executable, params: Params = None
     ) -> list[Any]:
         return await self._run(self._read, statement, params, _scalars_of)
+
+    async def rows(
+        self, statement: Prepared | sa.Executable, params: Params = None
+    ) -> list[tuple[Any, ...]]:
+        return await self._run(self._read, statement, params, _rows_of)
 
     async def write(self, statement: Prepared | sa.Executable, params: Params = None) -> int:
         return await self._run(self._write, statement, params, _rowcount_of)
@@ -218,6 +229,10 @@ def _scalars_of(result: CursorResult[Any]) -> list[Any]:
     return list(result.scalars().all())
 
 
+def _rows_of(result: CursorResult[Any]) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in result]
+
+
 def _rowcount_of(result: CursorResult[Any]) -> int:
     return int(result.rowcount)
 
@@ -267,6 +282,14 @@ class InlineSqliteExecutor:
         except _SQLITE_ERRORS as error:
             return await self._retry_while_locked(error, self._scalars, statement, params)
 
+    async def rows(
+        self, statement: Prepared | sa.Executable, params: Params = None
+    ) -> list[tuple[Any, ...]]:
+        try:
+            return self._rows(statement, params)
+        except _SQLITE_ERRORS as error:
+            return await self._retry_while_locked(error, self._rows, statement, params)
+
     async def write(self, statement: Prepared | sa.Executable, params: Params = None) -> int:
         try:
             return self._write(statement, params)
@@ -295,6 +318,14 @@ class InlineSqliteExecutor:
         if isinstance(statement, Prepared) and statement.sql is not None:
             return [row[0] for row in self._raw.execute(statement.sql, statement.bound(params))]
         return list(self._connection.execute(_statement(statement), params).scalars().all())
+
+    def _rows(self, statement: Prepared | sa.Executable, params: Params) -> list[tuple[Any, ...]]:
+        if isinstance(statement, Prepared) and statement.sql is not None:
+            rows: list[tuple[Any, ...]] = self._raw.execute(
+                statement.sql, statement.bound(params)
+            ).fetchall()
+            return rows
+        return [tuple(row) for row in self._connection.execute(_statement(statement), params)]
 
     def _write(self, statement: Prepared | sa.Executable, params: Params) -> int:
         try:

@@ -49,6 +49,11 @@ class ErrorCountingExecutor:
     ) -> list[Any]:
         return await self._counted(self._executor.scalars(statement, params))
 
+    async def rows(
+        self, statement: Prepared | sa.Executable, params: Params = None
+    ) -> list[tuple[Any, ...]]:
+        return await self._counted(self._executor.rows(statement, params))
+
     async def write(self, statement: Prepared | sa.Executable, params: Params = None) -> int:
         return await self._counted(self._executor.write(statement, params))
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Generic, Protocol, TypeVar
 
+from dpsd.domain.attestation import AttestationType
 from dpsd.domain.ca_certificate import CACertificate
 from dpsd.domain.enrollment import EnrollmentSettings, IndividualEnrollment
 from dpsd.domain.enrollment_group import EnrollmentGroup
@@ -270,6 +271,36 @@ class InMemoryRegistrationStateRepository(InMemoryDocumentRepository[DeviceRegis
             )
 
         return self._select(belongs, after, limit)
+
+
+class InMemoryRegistrationReads:
+    """The reads of a registration from the repositories that hold each kind."""
+
+    def __init__(
+        self,
+        enrollments: InMemoryEnrollmentRepository,
+        groups: InMemoryEnrollmentGroupRepository,
+        states: InMemoryRegistrationStateRepository,
+        hubs: InMemoryHubRepository,
+    ) -> None:
+        self._enrollments = enrollments
+        self._groups = groups
+        self._states = states
+        self._hubs = hubs
+
+    async def enrollment_or_groups(
+        self, registration_id: str, attestation: AttestationType, limit: int
+    ) -> tuple[IndividualEnrollment | None, list[EnrollmentGroup]]:
+        enrollment = await self._enrollments.get(registration_id)
+        if enrollment is not None:
+            return enrollment, []
+        of_type = Comparison("attestation.type", "=", attestation.value)
+        return None, await self._groups.query(of_type, after=None, limit=limit)
+
+    async def state_and_hubs(
+        self, registration_id: str
+    ) -> tuple[DeviceRegistrationState | None, list[LinkedHub]]:
+        return await self._states.get(registration_id), await self._hubs.list()
 
 
 class InMemoryHubDeviceRepository:

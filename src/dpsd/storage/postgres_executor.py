@@ -111,6 +111,13 @@ class PostgresExecutor:
             return await self._through_engine.scalars(statement, params)
         return await self._run(_first_values, statement, params, writes=False)
 
+    async def rows(
+        self, statement: Prepared | sa.Executable, params: Params = None
+    ) -> list[tuple[Any, ...]]:
+        if not _direct(statement):
+            return await self._through_engine.rows(statement, params)
+        return await self._run(_all_rows, statement, params, writes=False)
+
     async def write(self, statement: Prepared | sa.Executable, params: Params = None) -> int:
         if not _direct(statement):
             return await self._through_engine.write(statement, params)
@@ -205,6 +212,12 @@ async def _first_values(
     connection: asyncpg.Connection, sql: str, arguments: list[Any]
 ) -> list[Any]:
     return [row[0] for row in await connection.fetch(sql, *arguments)]
+
+
+async def _all_rows(
+    connection: asyncpg.Connection, sql: str, arguments: list[Any]
+) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in await connection.fetch(sql, *arguments)]
 
 
 async def _rows_touched(connection: asyncpg.Connection, sql: str, arguments: list[Any]) -> int:

@@ -19,6 +19,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from dpsd.domain.attestation import AttestationType
 from dpsd.domain.ca_certificate import CACertificate
 from dpsd.domain.enrollment import IndividualEnrollment
 from dpsd.domain.enrollment_group import EnrollmentGroup
@@ -535,6 +536,67 @@ class SqlHubRepository(SqlDocumentRepository[LinkedHub]):
 
     async def list(self) -> list[LinkedHub]:
         return await self.query(None, after=None, limit=1_000_000)
+
+
+_ORDER: tuple[sa.ColumnClause[Any], ...] = (
+    sa.literal_column("kind"),
+    sa.literal_column("id_key"),
+)
+
+
+def _tagged(table: sa.Table, kind: int) -> sa.Select[Any]:
+    """The table's documents, each row tagged with ``kind`` (written into the SQL)."""
+    return sa.select(sa.literal_column(str(kind)).label("kind"), table.c.id_key, table.c.document)
+
+
+class SqlRegistrationReads:
+    """Each read of several kinds of record as one UNION ALL, its rows tagged with their kind:
+    one statement for the store where two would do, so one round trip to PostgreSQL."""
+
+    def __init__(self, executor: Executor) -> None:
+        self._executor = executor
+        key: sa.BindParameter[str] = sa.bindparam("key")
+        state = _tagged(registration_states, 0).where(registration_states.c.id_key == key)
+        self._state_and_hubs = executor.prepare(
+            sa.union_all(state, _tagged(linked_hubs, 1)).order_by(*_ORDER)
+        )
+        self._enrollment_or_groups: dict[tuple[AttestationType, int], Prepared] = {}
+
+    async def enrollment_or_groups(
+        self, registration_id: str, attestation: AttestationType, limit: int
+    ) -> tuple[IndividualEnrollment | None, list[EnrollmentGroup]]:
+        statement = self._enrollment_or_groups.get((attestation, limit))
+        if statement is None:
+            statement = self._enrollment_or_groups_statement(attestation, limit)
+            self._enrollment_or_groups[(attestation, limit)] = statement
+        rows = await self._executor.rows(statement, {"key": id_key(registration_id)})
+        if rows and rows[0][0] == 0:
+            return ENROLLMENTS.decode(rows[0][2]), []
+        return None, [ENROLLMENT_GROUPS.decode(document) for _, _, document in rows]
+
+    def _enrollment_or_groups_statement(self, attestation: AttestationType, limit: int) -> Prepared:
+        key: sa.BindParameter[str] = sa.bindparam("key")
+        enrollment = _tagged(enrollments, 0).where(enrollments.c.id_key == key)
+        groups = (
+            _tagged(enrollment_groups, 1)
+            # written into the SQL: one of the domain's attestation types
+            .where(enrollment_groups.c.attestation_type == sa.literal_column(f"'{attestation}'"))
+            .where(~sa.exists().where(enrollments.c.id_key == key))
+            .order_by(enrollment_groups.c.id_key)
+            .limit(limit)
+            .subquery()
+        )
+        return self._executor.prepare(sa.union_all(enrollment, sa.select(groups)).order_by(*_ORDER))
+
+    async def state_and_hubs(
+        self, registration_id: str
+    ) -> tuple[DeviceRegistrationState | None, list[LinkedHub]]:
+        rows = await self._executor.rows(self._state_and_hubs, {"key": id_key(registration_id)})
+        state = None
+        if rows and rows[0][0] == 0:
+            state = REGISTRATION_STATES.decode(rows[0][2])
+            rows = rows[1:]
+        return state, [LINKED_HUBS.decode(document) for _, _, document in rows]
 
 
 class SqlOperationRepository(SqlDocumentRepository[RegistrationOperation]):
