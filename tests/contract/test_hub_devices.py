@@ -27,13 +27,12 @@ from dpsd.domain.hub_device import (
     patch_twin,
 )
 from dpsd.storage import migrate as migrate_module
-from dpsd.storage.engine import create_engine
 from dpsd.storage.executor import create_executor
 from dpsd.storage.hub_devices import SqlHubDeviceRepository
 from dpsd.storage.memory import InMemoryEnrollmentRepository, InMemoryHubDeviceRepository
 from dpsd.storage.migrate import migrate
 from dpsd.storage.sql import ENROLLMENTS, SqlEnrollmentRepository
-from tests.contract.test_repositories import _clean
+from tests.contract.databases import sql_database
 from tests.factories import KEY, enrollment
 
 MOMENT = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
@@ -51,21 +50,12 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     if request.param == "memory":
         yield Store(InMemoryHubDeviceRepository(), None, InMemoryEnrollmentRepository())
         return
-    url = (
-        f"sqlite:///{tmp_path / 'hub.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_server")
-    )
-    engine = create_engine(url)
-    await migrate(engine)
-    await _clean(engine)
-    executor = create_executor(url, engine)
-    try:
-        yield Store(SqlHubDeviceRepository(executor), engine, SqlEnrollmentRepository(executor))
-    finally:
-        await executor.close()
-        await _clean(engine)  # the PostgreSQL database is shared with later tests
-        await engine.dispose()
+    async with sql_database(request, tmp_path) as (url, engine):
+        executor = create_executor(url, engine)
+        try:
+            yield Store(SqlHubDeviceRepository(executor), engine, SqlEnrollmentRepository(executor))
+        finally:
+            await executor.close()
 
 
 def hub_device(device_id: str = "dev-1", hub: str = "Hub.Example", **changes: Any) -> HubDevice:

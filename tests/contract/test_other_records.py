@@ -20,10 +20,9 @@ from dpsd.domain.query import ENROLLMENT_GROUP_QUERY_FIELDS, parse_query
 from dpsd.domain.registration import RegistrationOperation, RegistrationStatus
 from dpsd.domain.x509 import CertificateInfo
 from dpsd.storage import memory, sql
-from dpsd.storage.engine import create_engine
 from dpsd.storage.executor import create_executor
-from dpsd.storage.migrate import migrate
-from tests.contract.test_repositories import _clean, check_creation_times_filled, downgrade
+from tests.contract.databases import sql_database
+from tests.contract.test_repositories import check_creation_times_filled, downgrade
 from tests.factories import MOMENT, enrollment
 
 INFO = CertificateInfo(
@@ -51,26 +50,18 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
             memory.InMemoryOperationRepository(),
         )
         return
-    url = (
-        f"sqlite:///{tmp_path / 'c.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_server")
-    )
-    engine = create_engine(url)
-    await migrate(engine)
-    await _clean(engine)
-    executor = create_executor(url, engine)
-    try:
-        yield Stores(
-            sql.SqlEnrollmentGroupRepository(executor),
-            sql.SqlHubRepository(executor),
-            sql.SqlCertificateRepository(executor),
-            sql.SqlOperationRepository(executor),
-            engine,
-        )
-    finally:
-        await executor.close()
-        await engine.dispose()
+    async with sql_database(request, tmp_path) as (url, engine):
+        executor = create_executor(url, engine)
+        try:
+            yield Stores(
+                sql.SqlEnrollmentGroupRepository(executor),
+                sql.SqlHubRepository(executor),
+                sql.SqlCertificateRepository(executor),
+                sql.SqlOperationRepository(executor),
+                engine,
+            )
+        finally:
+            await executor.close()
 
 
 def group(group_id: str) -> EnrollmentGroup:

@@ -15,10 +15,8 @@ from dpsd.domain.enrollment_group import EnrollmentGroup
 from dpsd.domain.hub import LinkedHub
 from dpsd.domain.registration import DeviceRegistrationState, RegistrationStatus
 from dpsd.storage import memory, sql
-from dpsd.storage.engine import create_engine
 from dpsd.storage.executor import create_executor
-from dpsd.storage.migrate import migrate
-from tests.contract.test_repositories import _clean
+from tests.contract.databases import sql_database
 from tests.factories import MOMENT, enrollment, x509_enrollment
 
 SYMMETRIC = AttestationType.SYMMETRIC_KEY
@@ -44,27 +42,18 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         reads = memory.InMemoryRegistrationReads(enrollments, groups, states, hubs)
         yield Stores(reads, enrollments, groups, states, hubs)
         return
-    url = (
-        f"sqlite:///{tmp_path / 'reads.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_server")
-    )
-    engine = create_engine(url)
-    await migrate(engine)
-    await _clean(engine)
-    executor = create_executor(url, engine)
-    try:
-        yield Stores(
-            sql.SqlRegistrationReads(executor),
-            sql.SqlEnrollmentRepository(executor),
-            sql.SqlEnrollmentGroupRepository(executor),
-            sql.SqlRegistrationStateRepository(executor),
-            sql.SqlHubRepository(executor),
-        )
-    finally:
-        await executor.close()
-        await _clean(engine)  # the PostgreSQL database is shared with later tests
-        await engine.dispose()
+    async with sql_database(request, tmp_path) as (url, engine):
+        executor = create_executor(url, engine)
+        try:
+            yield Stores(
+                sql.SqlRegistrationReads(executor),
+                sql.SqlEnrollmentRepository(executor),
+                sql.SqlEnrollmentGroupRepository(executor),
+                sql.SqlRegistrationStateRepository(executor),
+                sql.SqlHubRepository(executor),
+            )
+        finally:
+            await executor.close()
 
 
 def group(group_id: str, attestation: AttestationType = SYMMETRIC) -> EnrollmentGroup:

@@ -38,7 +38,6 @@ from dpsd.storage.memory import (
     InMemoryRegistrationStateRepository,
 )
 from dpsd.storage.migrate import migrate, migrations_config
-from dpsd.storage.schema import metadata
 from dpsd.storage.sql import (
     ENROLLMENTS,
     DocumentKind,
@@ -48,6 +47,7 @@ from dpsd.storage.sql import (
     SqlRegistrationStateRepository,
     document_around_created,
 )
+from tests.contract.databases import sql_database
 from tests.factories import enrollment, with_settings, x509_enrollment
 
 
@@ -59,12 +59,6 @@ class Store:
     hubs: InMemoryHubRepository | SqlHubRepository
 
 
-async def _clean(engine: AsyncEngine) -> None:
-    async with engine.begin() as connection:
-        for table in reversed(metadata.sorted_tables):
-            await connection.execute(table.delete())
-
-
 @pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     if request.param == "memory":
@@ -73,25 +67,17 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
             InMemoryEnrollmentRepository(hubs), InMemoryRegistrationStateRepository(), None, hubs
         )
         return
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'contract.db'}"
-    else:
-        url = request.getfixturevalue("postgres_server")
-    engine = create_engine(url)
-    await migrate(engine)
-    await _clean(engine)
-    executor = create_executor(url, engine)
-    try:
-        yield Store(
-            SqlEnrollmentRepository(executor),
-            SqlRegistrationStateRepository(executor),
-            engine,
-            SqlHubRepository(executor),
-        )
-    finally:
-        await executor.close()
-        await _clean(engine)  # the PostgreSQL database is shared with later tests
-        await engine.dispose()
+    async with sql_database(request, tmp_path) as (url, engine):
+        executor = create_executor(url, engine)
+        try:
+            yield Store(
+                SqlEnrollmentRepository(executor),
+                SqlRegistrationStateRepository(executor),
+                engine,
+                SqlHubRepository(executor),
+            )
+        finally:
+            await executor.close()
 
 
 async def test_a_record_comes_back_as_it_was_stored(store: Store) -> None:

@@ -17,7 +17,8 @@ from dpsd.storage import memory, sql
 from dpsd.storage.engine import create_engine
 from dpsd.storage.executor import create_executor
 from dpsd.storage.migrate import migrate
-from tests.contract.test_repositories import _clean, downgrade
+from tests.contract.databases import clean, sql_database
+from tests.contract.test_repositories import downgrade
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -35,25 +36,17 @@ async def stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         challenges = memory.InMemoryTpmChallengeRepository()
         yield TpmStores(challenges, memory.InMemoryTpmHubKeyRepository(), challenges)
         return
-    url = (
-        f"sqlite:///{tmp_path / 't.db'}"
-        if request.param == "sqlite"
-        else request.getfixturevalue("postgres_server")
-    )
-    engine = create_engine(url)
-    await migrate(engine)
-    await _clean(engine)
-    first, second = create_executor(url, engine), create_executor(url, engine)
-    try:
-        yield TpmStores(
-            sql.SqlTpmChallengeRepository(first),
-            sql.SqlTpmHubKeyRepository(first),
-            sql.SqlTpmChallengeRepository(second),
-        )
-    finally:
-        await first.close()
-        await second.close()
-        await engine.dispose()
+    async with sql_database(request, tmp_path) as (url, engine):
+        first, second = create_executor(url, engine), create_executor(url, engine)
+        try:
+            yield TpmStores(
+                sql.SqlTpmChallengeRepository(first),
+                sql.SqlTpmHubKeyRepository(first),
+                sql.SqlTpmChallengeRepository(second),
+            )
+        finally:
+            await first.close()
+            await second.close()
 
 
 def challenge(registration_id: str = "Device-1", etag: str = "c1", **changes: Any) -> TpmChallenge:
@@ -128,7 +121,7 @@ async def test_the_tpm_tables_migrate_down_and_up(
     engine = create_engine(url)
     try:
         await migrate(engine)
-        await _clean(engine)
+        await clean(engine)
         await downgrade(engine, "0008")
         await migrate(engine)
         executor = create_executor(url, engine)
