@@ -12,6 +12,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +146,15 @@ class Statements:
     async def scalar(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> Any:
         return await self.executor.scalar(self.executor.prepare(statement), params)
 
-    async def write(self, statement: sa.Executable, params: dict[str, Any] | None = None) -> int:
-        return await self.executor.write(self.executor.prepare(statement), params)
+    async def write(
+        self,
+        statement: sa.Executable,
+        params: dict[str, Any] | None = None,
+        *,
+        repeatable: bool = False,
+    ) -> int:
+        prepared = replace(self.executor.prepare(statement), repeatable=repeatable)
+        return await self.executor.write(prepared, params)
 
 
 @pytest.fixture(params=PG_EXECUTORS)
@@ -194,6 +202,21 @@ class Killer:
             )
         )
 
+    async def transaction_of_its_own(self, statement: Awaitable[Any]) -> bool:
+        """Run ``statement`` (one that sleeps), and say whether its transaction began
+        before it did (BEGIN, then the statement), as seen while it runs."""
+        task = asyncio.ensure_future(statement)
+        seen: list[asyncpg.Record] = []
+        while not seen and not task.done():
+            seen = await self.run(
+                "SELECT xact_start < query_start AS begun_before FROM pg_stat_activity "
+                "WHERE datname = $1 AND query LIKE '%pg_sleep%' AND state = 'active'"
+            )
+            await asyncio.wait({task}, timeout=0.02)
+        await task
+        assert seen, "the statement ended before it was seen running"
+        return bool(seen[0]["begun_before"])
+
     async def terminate_while(self, statement: Awaitable[Any], *, times: int) -> Any:
         """Run ``statement``, terminating its connection each time it is seen running (at
         most ``times`` times)."""
@@ -238,6 +261,34 @@ async def test_a_statement_that_loses_its_connection_runs_again_once(
     insert = killer.sql("INSERT INTO probe SELECT 'once', 'v' FROM pg_sleep(0.5)")
     assert await killer.terminate_while(executor.write(insert), times=1) == 1
     assert await executor.scalar(killer.sql("SELECT count(*) FROM probe")) == 1
+
+
+@pytest.mark.postgres
+async def test_a_repeatable_write_that_loses_its_connection_runs_again_once(
+    postgres: tuple[Statements, Killer],
+) -> None:
+    executor, killer = postgres
+    upsert = killer.sql(
+        "INSERT INTO probe SELECT 'k', 'v' FROM pg_sleep(0.5) "
+        "ON CONFLICT (k) DO UPDATE SET v = excluded.v"
+    )
+    assert await killer.terminate_while(executor.write(upsert, repeatable=True), times=1) == 1
+    assert await executor.scalar(killer.sql("SELECT count(*) FROM probe")) == 1
+
+
+@pytest.mark.postgres
+async def test_a_repeatable_write_runs_without_begin_and_commit(
+    postgres: tuple[Statements, Killer],
+) -> None:
+    executor, killer = postgres
+    upsert = killer.sql(
+        "INSERT INTO probe SELECT 'k', 'v' FROM pg_sleep(0.3) "
+        "ON CONFLICT (k) DO UPDATE SET v = excluded.v"
+    )
+    assert await killer.transaction_of_its_own(executor.write(upsert))
+    # Prepared statements on asyncpg's pool; through SQLAlchemy's engine every write begins one.
+    alone = executor.kind == "asyncpg"
+    assert await killer.transaction_of_its_own(executor.write(upsert, repeatable=True)) != alone
 
 
 @pytest.mark.postgres

@@ -63,12 +63,16 @@ class Prepared:
     ``sql``: the statement as the executor runs it itself, without SQLAlchemy (None: it
     goes through SQLAlchemy); ``defaults``: the values the statement itself binds (a
     comparison with a constant, a LIMIT), which the parameters of each execution complete;
-    ``order``: the parameters' names in the order of numbered placeholders (PostgreSQL)."""
+    ``order``: the parameters' names in the order of numbered placeholders (PostgreSQL);
+    ``repeatable``: a write that, run twice, leaves what running it once leaves and answers
+    the same (an upsert), so it needs no transaction of its own to be run again safely after
+    its connection was lost (see ``storage.postgres_executor``)."""
 
     statement: sa.Executable
     sql: str | None = None
     defaults: Mapping[str, Any] | None = None
     order: tuple[str, ...] | None = None
+    repeatable: bool = False
 
     def bound(self, params: Params) -> dict[str, Any]:
         if self.defaults is None:

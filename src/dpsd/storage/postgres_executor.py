@@ -11,6 +11,10 @@ Statements built per call (queries, listings, migrations) keep going through the
 Every write runs in a transaction of its own, as through the engine: a statement that
 failed before its COMMIT changed nothing, so one that lost its connection then runs once
 more on another; one that failed in its COMMIT may have been made and is not repeated.
+A write whose statement is repeatable (``Prepared.repeatable``: an upsert, such as the one
+write of a registration) runs alone instead, without BEGIN and COMMIT: one round trip, not
+three; having lost its connection at any point, it runs once more, which leaves what it
+would have left.
 Faults of the store become StorageUnavailable as through the engine (``storage.faults``);
 a statement that waits longer than ``acquire_timeout`` for a connection is the store out
 of resources.
@@ -148,16 +152,19 @@ class PostgresExecutor:
         sql = cast(str, prepared.sql)
         bound = prepared.bound(params)
         arguments = [bound[name] for name in prepared.order or ()]
+        transaction = writes and not prepared.repeatable
         return await once_more_if_lost(
-            lambda: self._once(attempt, sql, arguments, writes), _STORE_ERRORS
+            lambda: self._once(attempt, sql, arguments, transaction), _STORE_ERRORS
         )
 
-    async def _once(self, attempt: Attempt[T], sql: str, arguments: list[Any], writes: bool) -> T:
+    async def _once(
+        self, attempt: Attempt[T], sql: str, arguments: list[Any], transaction: bool
+    ) -> T:
         try:
             pool = await self._ready_pool()
             async with pool.acquire(timeout=self._acquire_timeout) as connection:
                 try:
-                    if not writes:
+                    if not transaction:
                         return await attempt(connection, sql, arguments)
                     return await _in_transaction(connection, attempt, sql, arguments)
                 except asyncpg.InternalClientError:

@@ -134,12 +134,15 @@ class SqlDocumentRepository(Generic[R]):
             table.delete().where(table.c.id_key == key).where(table.c.etag == etag)
         )
         upsert = (sqlite_insert if executor.dialect == "sqlite" else postgresql_insert)(table)
-        self._upsert = prepare(
-            upsert.on_conflict_do_update(
-                index_elements=["id_key"],
-                set_={name: upsert.excluded[name] for name in columns if name != "id_key"},
+        self._upsert = dataclasses.replace(
+            prepare(
+                upsert.on_conflict_do_update(
+                    index_elements=["id_key"],
+                    set_={name: upsert.excluded[name] for name in columns if name != "id_key"},
+                ),
+                columns,
             ),
-            columns,
+            repeatable=True,
         )
         self._queries: dict[tuple[Condition | None, bool, int], Prepared] = {}
 
