@@ -117,12 +117,18 @@ class AmqpDevice:
         self._send(properties, body)
         await self._until(self._answer_arrived)
         delivery = self._receiver.current
+        if delivery is None:
+            raise Failure("an answer arrived without a delivery")
         data = self._receiver.recv(delivery.pending)
         self._receiver.advance()
         delivery.settle()
         self._receiver.flow(1)
+        if data is None:
+            raise Failure("an answer arrived without a body")
         message = Message()
         message.decode(data)
+        if not isinstance(message.body, bytes | memoryview):
+            raise Failure(f"an answer's body is {type(message.body).__name__}, not binary")
         answer: dict[str, Any] = json.loads(bytes(message.body))
         return answer
 
@@ -183,7 +189,9 @@ class AmqpDevice:
     def _flush(self) -> None:
         pending = self._transport.pending()
         if pending > 0:
-            self._writer.write(self._transport.peek(pending))
+            data = self._transport.peek(pending)
+            if data is not None:
+                self._writer.write(data)
             self._transport.pop(pending)
 
 

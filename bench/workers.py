@@ -48,6 +48,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.engine import make_url
 
@@ -165,7 +166,7 @@ def start_server(
     return Target(server, info["idScope"], ca)
 
 
-def _info_on(data_dir: Path, store: list[str]) -> dict[str, object]:
+def _info_on(data_dir: Path, store: list[str]) -> dict[str, Any]:
     """``dpsd info`` on a shared PostgreSQL store, and the hub linked there (once is enough;
     again is refused as a duplicate, which is fine)."""
     command = [sys.executable, "-m", "dpsd", "info", "--json", "--data-dir", str(data_dir)]
@@ -174,7 +175,7 @@ def _info_on(data_dir: Path, store: list[str]) -> dict[str, object]:
         raise BenchError(f"dpsd info failed: {done.stderr}")
     hub = [sys.executable, "-m", "dpsd", "hub", "add", HUB, "--data-dir", str(data_dir), *store]
     subprocess.run(hub, capture_output=True, check=False)
-    info: dict[str, object] = json.loads(done.stdout)
+    info: dict[str, Any] = json.loads(done.stdout)
     return info
 
 
