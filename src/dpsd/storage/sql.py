@@ -111,7 +111,7 @@ _QUERIES_KEPT = 64  # prepared queries kept per repository (the service's own, m
 
 class SqlDocumentRepository(Generic[R]):
     """The point statements are built once, and so are the queries the service repeats
-    (its attestation's lookup of the groups, the list of linked hubs): a query is prepared
+    (the list of linked hubs, the service API's queries of its clients): a query is prepared
     the first time its condition and limit are asked for, and kept (up to
     ``_QUERIES_KEPT`` of them), so that running it again skips building and compiling it."""
 
