@@ -202,34 +202,43 @@ class Killer:
             )
         )
 
-    async def transaction_of_its_own(self, statement: Awaitable[Any]) -> bool:
-        """Run ``statement`` (one that sleeps), and say whether its transaction began
-        before it did (BEGIN, then the statement), as seen while it runs."""
+    async def while_running(
+        self, statement: Awaitable[Any], select: str, *, rows: int
+    ) -> tuple[Any, list[asyncpg.Record]]:
+        """Run ``statement`` (one that sleeps), selecting ``select`` over its connection in
+        pg_stat_activity each time it is seen running, until ``rows`` rows came back in
+        all; what the statement returned, and those rows."""
         task = asyncio.ensure_future(statement)
         seen: list[asyncpg.Record] = []
-        while not seen and not task.done():
-            seen = await self.run(
-                "SELECT xact_start < query_start AS begun_before FROM pg_stat_activity "
+        while not task.done() and len(seen) < rows:
+            seen += await self.run(
+                f"SELECT {select} FROM pg_stat_activity "
                 "WHERE datname = $1 AND query LIKE '%pg_sleep%' AND state = 'active'"
             )
             await asyncio.wait({task}, timeout=0.02)
-        await task
+        return await task, seen
+
+    async def transaction_of_its_own(self, statement: Awaitable[Any]) -> bool:
+        """Run ``statement`` (one that sleeps), and say whether its transaction began
+        before it did (BEGIN, then the statement), as seen while it runs."""
+        _, seen = await self.while_running(
+            statement, "xact_start < query_start AS begun_before", rows=1
+        )
         assert seen, "the statement ended before it was seen running"
         return bool(seen[0]["begun_before"])
 
     async def terminate_while(self, statement: Awaitable[Any], *, times: int) -> Any:
         """Run ``statement``, terminating its connection each time it is seen running (at
         most ``times`` times)."""
-        task = asyncio.ensure_future(statement)
-        killed = 0
-        while not task.done() and killed < times:
-            running = await self.run(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = $1 AND query LIKE '%pg_sleep%' AND state = 'active'"
-            )
-            killed += len(running)
-            await asyncio.wait({task}, timeout=0.02)
-        return await task
+        result, _ = await self.while_running(statement, "pg_terminate_backend(pid)", rows=times)
+        return result
+
+    def sleeping_upsert(self, seconds: float) -> sa.TextClause:
+        """An upsert of one row into the probe table that sleeps ``seconds`` first."""
+        return self.sql(
+            f"INSERT INTO probe SELECT 'k', 'v' FROM pg_sleep({seconds}) "
+            "ON CONFLICT (k) DO UPDATE SET v = excluded.v"
+        )
 
 
 @pytest.mark.postgres
@@ -268,10 +277,7 @@ async def test_a_repeatable_write_that_loses_its_connection_runs_again_once(
     postgres: tuple[Statements, Killer],
 ) -> None:
     executor, killer = postgres
-    upsert = killer.sql(
-        "INSERT INTO probe SELECT 'k', 'v' FROM pg_sleep(0.5) "
-        "ON CONFLICT (k) DO UPDATE SET v = excluded.v"
-    )
+    upsert = killer.sleeping_upsert(0.5)
     assert await killer.terminate_while(executor.write(upsert, repeatable=True), times=1) == 1
     assert await executor.scalar(killer.sql("SELECT count(*) FROM probe")) == 1
 
@@ -281,10 +287,7 @@ async def test_a_repeatable_write_runs_without_begin_and_commit(
     postgres: tuple[Statements, Killer],
 ) -> None:
     executor, killer = postgres
-    upsert = killer.sql(
-        "INSERT INTO probe SELECT 'k', 'v' FROM pg_sleep(0.3) "
-        "ON CONFLICT (k) DO UPDATE SET v = excluded.v"
-    )
+    upsert = killer.sleeping_upsert(0.3)
     assert await killer.transaction_of_its_own(executor.write(upsert))
     # Prepared statements on asyncpg's pool; through SQLAlchemy's engine every write begins one.
     alone = executor.kind == "asyncpg"
