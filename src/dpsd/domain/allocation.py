@@ -53,6 +53,8 @@ def _score(hub: LinkedHub, registration_id: str) -> float:
 
 
 def hashed(hubs: Sequence[LinkedHub], registration_id: str) -> LinkedHub:
+    if len(hubs) == 1:
+        return hubs[0]  # nothing to weigh: spare the hash
     return max(hubs, key=lambda hub: _score(hub, registration_id))
 
 

@@ -29,6 +29,11 @@ def test_the_derived_key_matches_the_documented_vector() -> None:
     assert derive_device_key(group_key, device) == "Jsm0lyGpjaVYVP2g3FnmnmG9dI/9qU24wNoykUmermc="
 
 
+def test_a_single_hub_takes_every_device_whatever_its_weight() -> None:
+    for only in (hub("a.example"), hub("b.example", weight=0)):
+        assert {hashed([only], f"d-{n}").host_name for n in range(50)} == {only.host_name}
+
+
 def test_hashing_is_stable_and_follows_weights() -> None:
     hubs = [hub("a.example", 1), hub("b.example", 3)]
     devices = [f"device-{n}" for n in range(4000)]
