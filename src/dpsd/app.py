@@ -197,6 +197,8 @@ async def _served(
         groups = EnrollmentGroupService(
             store.groups, store.certificates, clock, entropy, store.hubs, trust
         )
+        # The SQLite store answers inline: device requests need no task unless they wait.
+        at_once = store.executor.dialect == "sqlite"
         throttle = Throttle(settings.throttle_limits)
         metrics.watch_in_flight(lambda: throttle.in_flight)
         devices = DeviceRegistrationService(
@@ -228,6 +230,7 @@ async def _served(
             hub_timeout=settings.hub_timeout,
             events=ReportedRegistrations(metrics),
             throttle=throttle,
+            settle_at_once=at_once,
         )
         routes = [
             *ProvisioningRecords(ENROLLMENTS, enrollments).routes(),
@@ -237,10 +240,20 @@ async def _served(
         ]
         admission = Admission()  # one count of device connections for every protocol
         mqtt = MqttServer(
-            devices, settings.retry_after, clock.now, admission=admission, metrics=metrics
+            devices,
+            settings.retry_after,
+            clock.now,
+            admission=admission,
+            metrics=metrics,
+            answer_at_once=at_once,
         )
         amqp = AmqpServer(
-            devices, settings.retry_after, clock.now, admission=admission, metrics=metrics
+            devices,
+            settings.retry_after,
+            clock.now,
+            admission=admission,
+            metrics=metrics,
+            answer_at_once=at_once,
         )
         dps_app = ServiceApiApp(
             Router(routes),
