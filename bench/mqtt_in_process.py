@@ -3,7 +3,7 @@ dpsd's own MQTT core, device answers, use cases, store and logging cost a regist
 none of the noise of a load client sharing the machine.
 
     .venv/bin/python bench/mqtt_in_process.py [--registrations 3000] [--rounds 3]
-        [--database postgresql://...] [--alternate-tasks]
+        [--database postgresql://...]
 
 Builds dpsd's runtime in this process (``dpsd.app.build_runtime``, the composition root
 ``dpsd serve`` uses: SQLite store in a temporary directory, logging at the default level to
@@ -17,12 +17,6 @@ decoded and the poll's checked to be "assigned". Every device is new (its own re
 id), so each registration writes a new registration state. With ``--database``, the store
 is a scratch database made for the run on that PostgreSQL server (and dropped after it);
 the CPU counted is still this process's alone, not the PostgreSQL server's.
-
-With ``--alternate-tasks``, every other round runs as dpsd does on PostgreSQL, where any
-store call may wait: each answer that needs a use case in a task of its own (as the
-listener gives it one) and each operation settling in a task, rather than at once in the
-turn the packet came in (``dpsd.eager``, what ``dpsd serve`` does on SQLite). The two ways
-then get a median each, from rounds run alternately in one process.
 
 Prints, per round, the CPU microseconds per registration (``time.process_time`` over the
 round, the client's work included: building and signing its packets, about a tenth) and the
@@ -100,19 +94,13 @@ def answers(data: bytes) -> list[object]:
     return list(PacketReader(1 << 20).feed(data))
 
 
-async def register(
-    requests: DeviceRequests, id_scope: str, registration_id: str, in_tasks: bool = False
-) -> None:
-    """One device's registration, packet by packet, as the listener hands them over;
-    ``in_tasks``: each answer that waits for a use case in a task of its own."""
+async def register(requests: DeviceRequests, id_scope: str, registration_id: str) -> None:
+    """One device's registration, packet by packet, as the listener hands them over."""
     device = MqttDevice(MqttConnection(128 * 1024), DeviceSession(requests, ()))
-    loop = asyncio.get_running_loop()
 
     async def send(packet: bytes) -> bytes:
         answer = device.receive(packet)
-        if isinstance(answer, bytes):
-            return answer
-        return await (loop.create_task(answer) if in_tasks else answer)  # type: ignore[arg-type]
+        return answer if isinstance(answer, bytes) else await answer
 
     username = f"{id_scope}/registrations/{registration_id}/api-version=2019-03-31"
     token = device_token(id_scope, registration_id, device_key(registration_id))
@@ -128,29 +116,21 @@ async def register(
     await send(DISCONNECT)
 
 
-async def run(arguments: argparse.Namespace, data_dir: Path) -> dict[str, list[float]]:
+async def run(arguments: argparse.Namespace, data_dir: Path) -> list[float]:
     async with build_runtime(Settings(data_dir=data_dir, database=arguments.database)) as runtime:
         await runtime.hubs.link(HUB)
         await create_group(runtime)
         requests = DeviceRequests(runtime.devices, 1, runtime.now, protocol=DeviceProtocol.MQTT)
         for number in range(arguments.warmup):
             await register(requests, runtime.id_scope, f"warm-{number}")
-        at_once = runtime.devices.settle_at_once
-        per_round: dict[str, list[float]] = {}
+        per_round = []
         for round_number in range(1, arguments.rounds + 1):
-            in_tasks = arguments.alternate_tasks and round_number % 2 == 0
-            runtime.devices.settle_at_once = at_once and not in_tasks
-            way = "in tasks" if in_tasks else "as dpsd runs"
             started = time.process_time()
             for number in range(arguments.registrations):
-                name = f"r{round_number}-{number}"
-                await register(requests, runtime.id_scope, name, in_tasks)
+                await register(requests, runtime.id_scope, f"r{round_number}-{number}")
             seconds = time.process_time() - started
-            per_round.setdefault(way, []).append(seconds / arguments.registrations * 1e6)
-            label = f" ({way})" if arguments.alternate_tasks else ""
-            print(
-                f"  round {round_number}{label}: {per_round[way][-1]:.1f} µs CPU per registration"
-            )
+            per_round.append(seconds / arguments.registrations * 1e6)
+            print(f"  round {round_number}: {per_round[-1]:.1f} µs CPU per registration")
         return per_round
 
 
@@ -160,11 +140,6 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=200, help="registrations first")
     parser.add_argument("--database", help="a PostgreSQL server (URL); default: SQLite")
-    parser.add_argument(
-        "--alternate-tasks",
-        action="store_true",
-        help="every other round: answers and settlings in tasks of their own",
-    )
     arguments = parser.parse_args()
     with (
         scratch_database(arguments.database) as arguments.database,
@@ -177,9 +152,7 @@ def main() -> int:
         except Failed as error:
             print(f"error: {error}", file=sys.stderr)
             return 1
-    for way, figures in per_round.items():
-        label = f" ({way})" if arguments.alternate_tasks else ""
-        print(f"median{label}: {statistics.median(figures):.1f} µs CPU per registration")
+    print(f"median: {statistics.median(per_round):.1f} µs CPU per registration")
     return 0
 
 
