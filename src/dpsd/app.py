@@ -197,8 +197,6 @@ async def _served(
         groups = EnrollmentGroupService(
             store.groups, store.certificates, clock, entropy, store.hubs, trust
         )
-        # The SQLite store answers inline: device requests need no task unless they wait.
-        at_once = store.executor.dialect == "sqlite"
         throttle = Throttle(settings.throttle_limits)
         metrics.watch_in_flight(lambda: throttle.in_flight)
         devices = DeviceRegistrationService(
@@ -230,7 +228,6 @@ async def _served(
             hub_timeout=settings.hub_timeout,
             events=ReportedRegistrations(metrics),
             throttle=throttle,
-            settle_at_once=at_once,
         )
         routes = [
             *ProvisioningRecords(ENROLLMENTS, enrollments).routes(),
@@ -240,20 +237,10 @@ async def _served(
         ]
         admission = Admission()  # one count of device connections for every protocol
         mqtt = MqttServer(
-            devices,
-            settings.retry_after,
-            clock.now,
-            admission=admission,
-            metrics=metrics,
-            answer_at_once=at_once,
+            devices, settings.retry_after, clock.now, admission=admission, metrics=metrics
         )
         amqp = AmqpServer(
-            devices,
-            settings.retry_after,
-            clock.now,
-            admission=admission,
-            metrics=metrics,
-            answer_at_once=at_once,
+            devices, settings.retry_after, clock.now, admission=admission, metrics=metrics
         )
         dps_app = ServiceApiApp(
             Router(routes),

@@ -106,16 +106,8 @@ async def device_listeners(
     """AMQP and MQTT over TLS on 127.0.0.1:0 for ``devices`` (one admission count)."""
     runtime = api.runtime
     admission = admission or Admission()
-    # Answered at once, as `dpsd serve` does on SQLite (the store of these tests).
-    amqp = AmqpServer(
-        devices,
-        1,
-        runtime.now,
-        admission,
-        handshake_timeout=handshake_timeout,
-        answer_at_once=True,
-    )
-    mqtt = MqttServer(devices, 1, runtime.now, admission=admission, answer_at_once=True)
+    amqp = AmqpServer(devices, 1, runtime.now, admission, handshake_timeout=handshake_timeout)
+    mqtt = MqttServer(devices, 1, runtime.now, admission=admission)
     listeners = (amqp.listener, mqtt.listener)
     async with serving(listeners, runtime.client_trust.context) as ports:
         yield Endpoint(api, ports[0], ports[1], folder)

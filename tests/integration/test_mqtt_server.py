@@ -78,9 +78,7 @@ class Listener:
 async def listener(service_api: ServiceApi) -> AsyncIterator[Listener]:
     runtime = service_api.runtime
     clock = MovableClock()
-    # Answered at once, as `dpsd serve` does on SQLite (the store of these tests).
-    devices = replace(runtime.devices, clock=clock)
-    handler = MqttServer(devices, 1, runtime.now, LIMITS, answer_at_once=True)
+    handler = MqttServer(replace(runtime.devices, clock=clock), 1, runtime.now, LIMITS)
     server = await serve_tls(
         handler.listener.connection_protocol,
         runtime.client_trust.context,

@@ -43,7 +43,6 @@ class AmqpServer:
     handshake_timeout: float = 10.0
     clock: Callable[[], float] = time.monotonic
     metrics: Metrics | None = None
-    answer_at_once: bool = False
     listener: DeviceListener = field(init=False)
     _requests: DeviceRequests = field(init=False)
 
@@ -58,7 +57,6 @@ class AmqpServer:
             handshake_timeout=self.handshake_timeout,
             protocol=DeviceProtocol.AMQP.value,
             metrics=self.metrics,
-            answer_at_once=self.answer_at_once,
         )
 
     def close_all(self) -> None:

@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from dpsd import eager
 from dpsd.client_tls import verified_chain
 from dpsd.tls_transport import DEADLINE_SLACK, TIMER_CONTEXT, TlsTransport
 
@@ -118,9 +117,7 @@ class DeviceListener:
 
     ``subprotocol``: the WebSocket subprotocol of the protocol (lower case; the upgrade is
     answered with the client's own spelling); ``protocol``: its name in logs and metrics
-    (the subprotocol by default); ``answer_at_once``: the use cases answer without
-    waiting (the store is SQLite), so bytes are answered in the turn they came in until the
-    answer first waits, a task only taking over then (``dpsd.eager``)."""
+    (the subprotocol by default)."""
 
     def __init__(
         self,
@@ -132,10 +129,8 @@ class DeviceListener:
         write_timeout: float = 30.0,
         protocol: str | None = None,
         metrics: Metrics | None = None,
-        answer_at_once: bool = False,
     ) -> None:
         self._new_connection = new_connection
-        self._answer_at_once = answer_at_once
         self._admission = admission
         self.subprotocol = subprotocol
         self.protocol = protocol or subprotocol
@@ -330,10 +325,6 @@ class _StreamDevice(asyncio.Protocol):
             self._write(answer)  # answered in place: no task for it
             if not self._ended:
                 self._next()
-        elif self._listener._answer_at_once:
-            started = eager.start(self._answered(answer), self._loop)
-            if isinstance(started, asyncio.Task):
-                self._task = started  # it waits: the rest of the answer runs in the task
         else:
             self._task = self._loop.create_task(self._answered(answer))
 

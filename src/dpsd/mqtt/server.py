@@ -51,7 +51,6 @@ class MqttServer:
     limits: MqttLimits = field(default_factory=MqttLimits)
     admission: Admission | None = None
     metrics: Metrics | None = None
-    answer_at_once: bool = False
     listener: DeviceListener = field(init=False)
     _requests: DeviceRequests = field(init=False)
 
@@ -68,7 +67,6 @@ class MqttServer:
             "mqtt",
             handshake_timeout=self.limits.connect_timeout,
             metrics=self.metrics,
-            answer_at_once=self.answer_at_once,
         )
 
     def close_all(self) -> None:

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
-from dpsd import eager
 from dpsd.domain.allocation import AllocationFailed, allocate, candidate_hubs
 from dpsd.domain.attestation import AttestationType
 from dpsd.domain.device_auth import derive_device_key, parse_device_token, signed_with_any
@@ -198,10 +197,6 @@ class DeviceRegistrationService:
     webhook_timeout: float = 10.0
     hub_timeout: float = 10.0
     inline_completion: float = INLINE_COMPLETION_SECONDS
-    settle_at_once: bool = False
-    """The store answers without waiting (SQLite): a register settles its operation in its
-    own turn of the event loop until something makes it wait, a task only taking over then
-    (``dpsd.eager``); else the operation settles in a task from the start."""
     events: RegistrationEvents = field(default_factory=NoRegistrationEvents)
     """Where refusals, starts and outcomes are reported (logs and metrics)."""
     throttle: Throttle = field(default_factory=Throttle)
@@ -273,9 +268,7 @@ class DeviceRegistrationService:
             raise
         # A slow webhook or hub must not hold the register call: the device polls meanwhile.
         completion = self._complete(started, attested, payload, protocol)
-        # A webhook is answered in a task from the start: httpx needs one to run in.
-        at_once = self.settle_at_once and not attested.custom
-        settling = _Settling(completion, slot, self._background, at_once=at_once)
+        settling = _Settling(completion, slot, self._background)
         settled = await settling.within(0 if attested.custom else self.inline_completion)
         if settled is not None:  # a store failure reaches the caller
             await self._clean_up(now)
@@ -722,9 +715,8 @@ class DeviceRegistrationService:
             previous=left,
         )
         try:
-            # wait_for, not asyncio.timeout: the landing gets a task of its own (an
-            # operation settling at once has none: see dpsd.eager).
-            await asyncio.wait_for(land(self.hub_registry, landing), self.hub_timeout)
+            async with asyncio.timeout(self.hub_timeout):
+                await land(self.hub_registry, landing)
         except TimeoutError:
             raise HubRegistryError(
                 None,
@@ -863,9 +855,8 @@ def _substatus(
 
 
 class _Settling:
-    """An operation settling in a task of its own (``at_once``: in the register's own turn
-    until it first waits, see ``dpsd.eager``), which its register waits for a while. The
-    settling releases the registration's slot and leaves ``background`` itself when it
+    """An operation settling in a task of its own, which its register waits for a while.
+    The task releases the registration's slot and leaves ``background`` itself when it
     ends, and hands its outcome to the register still waiting: no done-callbacks, each of
     which would cost the event loop a turn."""
 
@@ -876,8 +867,6 @@ class _Settling:
         completion: Coroutine[Any, Any, RegistrationOperation],
         slot: RegistrationSlot,
         background: set[asyncio.Task[Any]],
-        *,
-        at_once: bool = False,
     ) -> None:
         # The loop's own methods: asking asyncio for the running loop costs a getpid() each
         # time on Python 3.11.
@@ -885,12 +874,8 @@ class _Settling:
         self._outcome: asyncio.Future[RegistrationOperation | None] = loop.create_future()
         self._slot = slot
         self._background = background
-        self.task: asyncio.Task[RegistrationOperation | None] | None = None
-        running = self._run(completion)
-        started = eager.start(running, loop) if at_once else loop.create_task(running)
-        if isinstance(started, asyncio.Task):
-            self.task = started
-            background.add(started)
+        self.task = loop.create_task(self._run(completion))
+        background.add(self.task)
 
     async def within(self, seconds: float) -> RegistrationOperation | None:
         """The settled operation if it settles within ``seconds``, else None (it goes on);
@@ -919,8 +904,7 @@ class _Settling:
             return None
         finally:
             self._slot.release()
-            if self.task is not None:
-                self._background.discard(self.task)
+            self._background.discard(self.task)
         if not outcome.done():
             outcome.set_result(settled)
         return settled
