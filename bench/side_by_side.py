@@ -1,24 +1,33 @@
-"""Two versions of dpsd under the same device load at the same time: the server CPU each
-spends per complete registration and per bare TLS accept, and each one's ratio of the two.
+"""Two dpsd servers under one device load at the same time, each operation going to one
+and the next to the other, so that a slower or busier moment of the machine weighs on
+both alike. On a shared machine the CPU an operation costs moves by a tenth or more from
+one run to the next (and from one phase to the next within a run); between two servers
+loaded at once, it moves by about one percent.
 
-    .venv/bin/python bench/side_by_side.py --other-src /path/to/other/checkout/src
+    .venv/bin/python bench/side_by_side.py [--other-src /path/to/other/checkout/src]
         [--protocol mqtt] [--devices 4000] [--rounds 5] [--concurrency 32]
 
-One version is this checkout's ``src`` (``this``), the other the ``src`` folder given
-(``other``: a ``git worktree add /tmp/before <commit>`` of the code before a change, say),
-each as its own ``dpsd serve`` on a fresh data dir set up as bench/mqtt.py and bench/amqp.py
-set theirs up (bench/device_bench.py). The client sends operation 0 to one server,
-operation 1 to the other, and so on, ``--concurrency`` in flight in all: both servers
-are loaded at once, through the same moments of the machine, so a slower or busier moment
-weighs on both alike. That is what a benchmark of one version after the other cannot
-give on a shared machine, where the CPU one operation costs moves by a tenth or more from
-one run to the next.
+Each server is its own ``dpsd serve`` on a fresh data dir, set up as bench/mqtt.py and
+bench/amqp.py set theirs up (bench/device_bench.py); ``--concurrency`` operations are in
+flight in all, each round runs two phases of ``--devices`` operations, and the server CPU
+per operation comes from ``/proc``. Two uses:
 
-Each round runs a registration phase and a bare TLS phase (in alternating order, each
-``--devices`` operations split between the two servers) and reports, per server, the
-server CPU per operation (``/proc``) and the ratio registration / bare TLS; then
-``this / other`` for each. Medians over the rounds come last. The exit status is as
-bench/device_bench.py's: 0 when every operation succeeded.
+- **Two versions** (``--other-src``: the ``src`` folder of another checkout, a
+  ``git worktree add /tmp/before <commit>`` of the code before a change, say): one server
+  runs this checkout (``this``), the other that code (``other``). A round is a phase of
+  complete registrations, then one of bare TLS accepts (the order alternating by round),
+  each split between the two. Reported: each server's CPU per registration and per bare
+  accept and their ratio, and ``this / other`` for each. The same code on both sides
+  reads about 1.00 (within a percent).
+- **One version's ratio** (no ``--other-src``): both servers run this checkout; in each
+  phase one server takes only complete registrations while the other takes only bare TLS
+  accepts, and the next phase swaps them. A round's ratio is the registrations' CPU per
+  operation over the bare accepts', both servers' figures summed: the issue's measure of
+  what a registration costs against a bare TLS accept, under the same moments of the
+  machine (bench/mqtt.py measures the two in phases one after the other).
+
+Medians over the rounds come last. The exit status is as bench/device_bench.py's: 0 when
+every operation succeeded.
 """
 
 from __future__ import annotations
@@ -80,19 +89,19 @@ def code_from(src: Path | None) -> Iterator[None]:
 async def phase(
     sides: list[Side],
     protocol: DeviceProtocol,
-    kind: str,
+    kinds: tuple[str, ...],
     label: str,
     arguments: argparse.Namespace,
     count: int,
 ) -> tuple[list[float], int]:
-    """``count`` operations of one kind, alternating between the sides: each side's server
-    CPU per operation (ms), and how many failed."""
+    """``count`` operations, alternating between the sides, side ``i`` running operations
+    of ``kinds[i]``: each side's server CPU per operation (ms), and how many failed."""
     done = [0] * len(sides)
 
     async def operation(index: int) -> int:
         side = index % len(sides)
         target = sides[side].target
-        if kind == "registrations":
+        if kinds[side] == "registrations":
             extra = await protocol.register(target, f"{label}-{index}", arguments.max_polls)
         else:
             extra = await bare_connection(target)
@@ -106,27 +115,45 @@ async def phase(
     )
     spent = [side.server.cpu_seconds() - was for side, was in zip(sides, before, strict=True)]
     for error in tally.errors:
-        print(f"    {kind} error: {error}", file=sys.stderr)
+        print(f"    {'/'.join(kinds)} error: {error}", file=sys.stderr)
     per_op = [1000 * cpu / n if n else 0.0 for cpu, n in zip(spent, done, strict=True)]
     return per_op, tally.failed + (1 if timed_out else 0)
 
 
 async def rounds(sides: list[Side], protocol: DeviceProtocol, arguments: argparse.Namespace) -> int:
+    """Each round: the phases of one kind each on both sides (two versions), or (one
+    version) a phase with registrations on one side and bare accepts on the other, then
+    the other way round."""
     failed = 0
+    if arguments.other_src is None:
+        passes = [("registrations", "bare"), ("bare", "registrations")]
+    else:
+        passes = [(kind, kind) for kind in PHASES]
     if arguments.warmup:
-        for kind in PHASES:
-            failed += (await phase(sides, protocol, kind, "warm", arguments, arguments.warmup))[1]
+        for kinds in passes:
+            failed += (await phase(sides, protocol, kinds, "warm", arguments, arguments.warmup))[1]
     for number in range(1, arguments.rounds + 1):
-        order = PHASES if number % 2 else tuple(reversed(PHASES))
-        for kind in order:
+        for kinds in passes if number % 2 else list(reversed(passes)):
             per_op, lost = await phase(
-                sides, protocol, kind, f"r{number}", arguments, arguments.devices
+                sides, protocol, kinds, f"r{number}", arguments, arguments.devices
             )
             failed += lost
-            for side, ms in zip(sides, per_op, strict=True):
+            for side, kind, ms in zip(sides, kinds, per_op, strict=True):
                 side.cpu.setdefault(kind, []).append(ms)
-        print(f"  round {number}: " + "   ".join(describe(side, -1) for side in sides), flush=True)
+        if arguments.other_src is None:
+            print(f"  round {number}: {describe_one_version(sides, -1)}", flush=True)
+        else:
+            print(f"  round {number}: " + "   ".join(describe(side, -1) for side in sides))
     return failed
+
+
+def describe_one_version(sides: list[Side], index: int) -> str:
+    """The round's two passes, each side's figure of each kind averaged."""
+    registration = statistics.mean(side.cpu["registrations"][index] for side in sides)
+    bare = statistics.mean(side.cpu["bare"][index] for side in sides)
+    return (
+        f"registration {registration:.3f} ms, bare {bare:.3f} ms, ratio {registration / bare:.2f}"
+    )
 
 
 def describe(side: Side, index: int) -> str:
@@ -139,6 +166,18 @@ def describe(side: Side, index: int) -> str:
 
 def report(sides: list[Side]) -> list[str]:
     this, other = sides
+    if this.name == other.name:
+        ratios = []
+        for index in range(len(this.cpu["bare"])):
+            registration = this.cpu["registrations"][index] + other.cpu["registrations"][index]
+            bare = this.cpu["bare"][index] + other.cpu["bare"][index]
+            ratios.append(registration / bare)
+        return [
+            "",
+            "registration / bare TLS, per round: " + ", ".join(f"{r:.2f}" for r in ratios),
+            f"median: {statistics.median(ratios):.2f} (from {min(ratios):.2f} to "
+            f"{max(ratios):.2f})",
+        ]
     lines = ["", "per round, this / other:"]
     for index in range(len(this.cpu["bare"])):
         ratio_this = this.cpu["registrations"][index] / this.cpu["bare"][index]
@@ -171,7 +210,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--other-src", type=Path, required=True, help="the other dpsd's src")
+    parser.add_argument(
+        "--other-src", type=Path, help="the other dpsd's src (none: this one's ratio)"
+    )
     parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="mqtt")
     parser.add_argument("--devices", type=int, default=4000, help="operations per phase")
     parser.add_argument("--concurrency", type=int, default=32, help="in flight, in all")
@@ -181,7 +222,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=120, help="seconds at most per phase")
     parser.add_argument("--retry-after", type=int, default=1, help="dpsd serve --retry-after")
     arguments = parser.parse_args(argv)
-    if not (arguments.other_src / "dpsd" / "__init__.py").is_file():
+    other = arguments.other_src
+    if other is not None and not (other / "dpsd" / "__init__.py").is_file():
         parser.error(f"{arguments.other_src} holds no dpsd package (give a checkout's src)")
     if min(arguments.devices, arguments.concurrency, arguments.rounds, arguments.max_polls) <= 0:
         parser.error("--devices, --concurrency, --rounds and --max-polls must be positive")
@@ -196,15 +238,21 @@ def main() -> int:
     failed = 1
     try:
         raise_open_files(arguments.concurrency + 256)
-        print(f"this: {describe_code()}; other: {arguments.other_src.resolve()}")
+        other = arguments.other_src
+        if other is None:
+            print(f"code: {describe_code()}, on both sides")
+        else:
+            print(f"this: {describe_code()}; other: {other.resolve()}")
         print(f"machine: {describe_machine()}")
         print(
             f"load: {protocol.name}, {arguments.concurrency} in flight across both servers, "
             f"{arguments.devices} operations per phase (half each), {arguments.rounds} rounds",
             flush=True,
         )
-        for name, src in zip(NAMES, (None, arguments.other_src.resolve()), strict=True):
-            folder = work / name
+        versions = (None, None if other is None else other.resolve())
+        names = NAMES if other is not None else (NAMES[0], NAMES[0])
+        for index, (name, src) in enumerate(zip(names, versions, strict=True)):
+            folder = work / f"server-{index + 1}"
             folder.mkdir()
             with code_from(src):
                 server, target = start_fleet(
