@@ -164,20 +164,22 @@ def describe(side: Side, index: int) -> str:
     )
 
 
-def report(sides: list[Side]) -> list[str]:
+def report_one_version(sides: list[Side]) -> list[str]:
+    """Each round's ratio, both servers' figures of each kind summed; their median."""
+    ratios = []
+    for index in range(len(sides[0].cpu["bare"])):
+        registration = sum(side.cpu["registrations"][index] for side in sides)
+        bare = sum(side.cpu["bare"][index] for side in sides)
+        ratios.append(registration / bare)
+    return [
+        "",
+        "registration / bare TLS, per round: " + ", ".join(f"{r:.2f}" for r in ratios),
+        f"median: {statistics.median(ratios):.2f} (from {min(ratios):.2f} to {max(ratios):.2f})",
+    ]
+
+
+def report_two_versions(sides: list[Side]) -> list[str]:
     this, other = sides
-    if this.name == other.name:
-        ratios = []
-        for index in range(len(this.cpu["bare"])):
-            registration = this.cpu["registrations"][index] + other.cpu["registrations"][index]
-            bare = this.cpu["bare"][index] + other.cpu["bare"][index]
-            ratios.append(registration / bare)
-        return [
-            "",
-            "registration / bare TLS, per round: " + ", ".join(f"{r:.2f}" for r in ratios),
-            f"median: {statistics.median(ratios):.2f} (from {min(ratios):.2f} to "
-            f"{max(ratios):.2f})",
-        ]
     lines = ["", "per round, this / other:"]
     for index in range(len(this.cpu["bare"])):
         ratio_this = this.cpu["registrations"][index] / this.cpu["bare"][index]
@@ -250,7 +252,7 @@ def main() -> int:
             flush=True,
         )
         versions = (None, None if other is None else other.resolve())
-        names = NAMES if other is not None else (NAMES[0], NAMES[0])
+        names = NAMES if other is not None else ("server 1", "server 2")
         for index, (name, src) in enumerate(zip(names, versions, strict=True)):
             folder = work / f"server-{index + 1}"
             folder.mkdir()
@@ -261,7 +263,8 @@ def main() -> int:
             sides.append(Side(name, server, target))
         started = time.monotonic()
         failed = asyncio.run(rounds(sides, protocol, arguments))
-        print("\n".join(report(sides)))
+        lines = report_one_version(sides) if other is None else report_two_versions(sides)
+        print("\n".join(lines))
         print(f"({time.monotonic() - started:.0f} s)")
     except BenchError as error:
         print(f"error: {error}", file=sys.stderr)
