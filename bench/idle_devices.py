@@ -36,13 +36,12 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import shutil
 import ssl
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,14 @@ import amqp
 import mqtt
 from device_bench import IdleDevice, Target, raise_open_files, start_dpsd, vm_rss_kb
 from registrations import HUB, create_group
-from service_api import BenchError, describe_code, describe_machine, dpsd_info, link_hubs
+from service_api import (
+    BenchError,
+    describe_code,
+    describe_machine,
+    dpsd_info,
+    link_hubs,
+    python_path,
+)
 from service_api import shared_access_key as policy_key
 
 PER_ADDRESS = 1000  # dpsd's ConnectionLimits.max_connections_per_address
@@ -322,21 +328,6 @@ async def measure(
     return Measured(
         server, arguments.devices, connected, alive, idle, rss_connected, vm_rss_kb(pid), seconds
     )
-
-
-@contextlib.contextmanager
-def python_path(source: str | None) -> Iterator[None]:
-    """dpsd's commands and server run with ``source`` first on PYTHONPATH (None: as is)."""
-    saved = os.environ.get("PYTHONPATH")
-    if source is not None:
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [source, saved]))
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
 
 
 def run_server(

@@ -34,14 +34,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,7 +53,13 @@ from device_bench import (
     raise_open_files,
     start_fleet,
 )
-from service_api import BenchError, ServerProcess, describe_code, describe_machine
+from service_api import (
+    BenchError,
+    ServerProcess,
+    describe_code,
+    describe_machine,
+    python_path,
+)
 
 PROTOCOLS = {"mqtt": mqtt.MQTT, "amqp": amqp.AMQP}
 PHASES = ("registrations", "bare")
@@ -69,21 +72,6 @@ class Side:
     server: ServerProcess
     target: Target
     cpu: dict[str, list[float]] = field(default_factory=dict)  # ms per operation, by phase
-
-
-@contextlib.contextmanager
-def code_from(src: Path | None) -> Iterator[None]:
-    """The dpsd commands started within run the code in ``src`` (None: this checkout's)."""
-    before = os.environ.get("PYTHONPATH")
-    if src is not None:
-        os.environ["PYTHONPATH"] = str(src)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = before
 
 
 async def phase(
@@ -256,7 +244,7 @@ def main() -> int:
         for index, (name, src) in enumerate(zip(names, versions, strict=True)):
             folder = work / f"server-{index + 1}"
             folder.mkdir()
-            with code_from(src):
+            with python_path(None if src is None else str(src)):
                 server, target = start_fleet(
                     folder / "dpsd-data", folder, arguments.retry_after, protocol
                 )
